@@ -1,0 +1,57 @@
+//! The command line: clap definitions and dispatch. Control plane only: it may allocate,
+//! block and use anyhow; every failure reaches `main` as one line and a non-zero exit.
+
+mod store;
+mod vdi;
+
+use std::future::Future;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Sheepdog VDIs as Linux block devices through ublk.
+#[derive(Debug, Parser)]
+#[command(name = "sheepdev", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage VDIs on a Sheepdog cluster or the embedded store (no `dog` needed).
+    Vdi(vdi::VdiArgs),
+    /// Run the embedded store: a single-node store for tests, demos and benchmarks, not a
+    /// Sheepdog cluster. It speaks sheep's client protocol and keeps objects as files in DIR.
+    Store(store::StoreArgs),
+}
+
+/// Run the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Vdi(a) => vdi::run(a),
+        Command::Store(a) => store::run(a),
+    }
+}
+
+/// Run a future on a control-plane glommio executor on this thread.
+pub fn block_on<T>(fut: impl Future<Output = T>) -> anyhow::Result<T> {
+    let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .name("sheepdev-cli")
+        .io_memory(512 << 10)
+        .make()
+        .map_err(|e| anyhow::anyhow!("cannot start the glommio executor (is RLIMIT_MEMLOCK at least 512 KiB?): {e}"))?;
+    Ok(ex.run(fut))
+}
+
+/// Parse a size flag (`4M`, `10G`).
+pub fn size_arg(s: &str) -> Result<u64, String> {
+    crate::vdi::parse_size(s)
+}
+
+pub(crate) fn path_arg(s: &str) -> Result<PathBuf, String> {
+    if s.is_empty() {
+        return Err("empty path".into());
+    }
+    Ok(PathBuf::from(s))
+}

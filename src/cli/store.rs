@@ -1,0 +1,45 @@
+//! `sheepdev store`: run the embedded store in the foreground until SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::store::{Config, Store};
+
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// Directory holding the objects (created if missing).
+    #[arg(long, value_parser = super::path_arg)]
+    dir: PathBuf,
+    /// Address to listen on; repeat for several gateways of one store.
+    #[arg(long, default_value = "127.0.0.1:7000", value_parser = listen_arg)]
+    listen: Vec<SocketAddr>,
+    /// Enforce VDI locks (like a cluster formatted with `dog cluster format -l`).
+    #[arg(long)]
+    locking: bool,
+    /// Acknowledge writes before they reach stable storage (like sheep -n): benchmarks only.
+    #[arg(long)]
+    no_sync: bool,
+    /// Redundancy the store reports as the cluster default.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=31))]
+    copies: u8,
+    /// Worker threads serving requests.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    workers: u16,
+}
+
+fn listen_arg(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| format!("bad listen address {s:?}: expected IP:PORT, e.g. 127.0.0.1:7000"))
+}
+
+pub fn run(a: StoreArgs) -> anyhow::Result<()> {
+    let cfg = Config { dir: a.dir.clone(), listen: a.listen, locking: a.locking, sync: !a.no_sync, copies: a.copies, workers: usize::from(a.workers) };
+    let store = Store::start(cfg).with_context(|| format!("starting the store in {}", a.dir.display()))?;
+    for addr in store.local_addrs() {
+        eprintln!("sheepdev store: serving {} on {addr}", a.dir.display());
+    }
+    store.wait();
+    Ok(())
+}

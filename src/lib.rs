@@ -1,0 +1,4 @@
+pub mod proto;
+pub mod vdi;
+pub mod sheep;
+pub mod cli;

@@ -1,0 +1,326 @@
+//! One pipelined connection to a sheep gateway, on the glommio control-plane executor.
+//!
+//! Contract:
+//! - Many requests are in flight at once (up to `depth`); each gets a wire `id` made of a
+//!   slot index (low 16 bits) and that slot's generation (high 16 bits), and responses are
+//!   matched by id in whatever order sheep sends them.
+//! - A response is checked against its request's bound (`proto::response_bound`) before its
+//!   payload is read or allocated. A response with an id that is not in flight, or with an
+//!   oversize length, breaks the connection: every request in flight fails with an error
+//!   whose `should_reconnect()` is true, and the caller resends on a new connection.
+//! - Sends are serialised (one writer at a time) so frames never interleave.
+//! - Dropping a `call` future never leaks a slot: a late answer to an abandoned request is
+//!   read and thrown away. Dropping the `Connection` closes the socket.
+//! - Single-threaded (`Rc`/`RefCell`); no borrow is held across an `.await`.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use glommio::net::TcpStream;
+use glommio::sync::Semaphore;
+
+use super::Error;
+use crate::proto::{response_bound, ReqHeader, RspHeader, HEADER_LEN};
+
+/// A response: its header and its payload.
+pub type Response = (RspHeader, Vec<u8>);
+
+enum State {
+    Free,
+    Waiting { bound: u32, waker: Option<Waker> },
+    /// The caller went away; a late answer is drained and dropped.
+    Abandoned { bound: u32 },
+    Done(Result<Response, Error>),
+}
+
+struct Slot {
+    gen: u16,
+    state: State,
+}
+
+/// Why the connection stopped.
+#[derive(Clone)]
+enum Broken {
+    Eof,
+    Io(io::ErrorKind, String),
+    Protocol(String),
+}
+
+struct Inner {
+    addr: SocketAddr,
+    writer: RefCell<Option<WriteHalf<TcpStream>>>,
+    write_lock: Semaphore,
+    depth: Semaphore,
+    slots: RefCell<Vec<Slot>>,
+    free: RefCell<Vec<u16>>,
+    broken: RefCell<Option<Broken>>,
+    inflight: Cell<usize>,
+    timeout: Duration,
+}
+
+/// A pipelined connection. See the module contract.
+pub struct Connection {
+    inner: Rc<Inner>,
+    _reader: glommio::Task<()>,
+}
+
+impl Connection {
+    /// Connect to `addr` within `connect_timeout`; allow `depth` requests in flight, each
+    /// answered within `timeout` (zero: wait forever).
+    pub async fn connect(addr: SocketAddr, connect_timeout: Duration, timeout: Duration, depth: usize) -> Result<Connection, Error> {
+        let ms = connect_timeout.as_millis() as u64;
+        let stream = match TcpStream::connect_timeout(addr, connect_timeout.max(Duration::from_millis(1))).await {
+            Ok(s) => s,
+            Err(glommio::GlommioError::TimedOut(_)) => return Err(Error::ConnectTimeout { addr, ms }),
+            Err(e) => {
+                let source: io::Error = e.into();
+                if source.kind() == io::ErrorKind::TimedOut {
+                    return Err(Error::ConnectTimeout { addr, ms });
+                }
+                return Err(Error::Connect { addr, source });
+            }
+        };
+        stream.set_nodelay(true).map_err(|source| Error::Io { addr, source: source.into() })?;
+        let depth = depth.clamp(1, u16::MAX as usize);
+        let (rd, wr) = futures_lite::io::split(stream);
+        let inner = Rc::new(Inner {
+            addr,
+            writer: RefCell::new(Some(wr)),
+            write_lock: Semaphore::new(1),
+            depth: Semaphore::new(depth as u64),
+            slots: RefCell::new((0..depth).map(|_| Slot { gen: 0, state: State::Free }).collect()),
+            free: RefCell::new((0..depth as u16).rev().collect()),
+            broken: RefCell::new(None),
+            inflight: Cell::new(0),
+            timeout,
+        });
+        let reader = glommio::spawn_local(read_loop(inner.clone(), rd));
+        Ok(Connection { inner, _reader: reader })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// Requests in flight right now.
+    pub fn inflight(&self) -> usize {
+        self.inner.inflight.get()
+    }
+
+    /// Whether the connection has failed and must be replaced.
+    pub fn is_broken(&self) -> bool {
+        self.inner.broken.borrow().is_some()
+    }
+
+    /// Send one request (its `id` is assigned here) with `payload` when it carries the
+    /// WRITE flag, and wait for its response. The server's result code is not interpreted.
+    pub async fn call(&self, mut hdr: ReqHeader, payload: &[u8]) -> Result<Response, Error> {
+        let inner = &self.inner;
+        inner.check()?;
+        if hdr.has_payload() && payload.len() != hdr.data_length as usize {
+            return Err(Error::Invalid(format!("payload of {} bytes for a header announcing {}", payload.len(), hdr.data_length)));
+        }
+        let _permit = inner.depth.acquire_permit(1).await.map_err(|_| inner.broken_error())?;
+        inner.check()?;
+        let slot = SlotGuard::take(inner, response_bound(&hdr))?;
+        hdr.id = slot.id;
+
+        {
+            let _w = inner.write_lock.acquire_permit(1).await.map_err(|_| inner.broken_error())?;
+            inner.check()?;
+            let mut wr = inner.writer.borrow_mut().take().ok_or_else(|| inner.broken_error())?;
+            let sent = async {
+                wr.write_all(&hdr.encode()).await?;
+                if hdr.has_payload() {
+                    wr.write_all(payload).await?;
+                }
+                wr.flush().await
+            }
+            .await;
+            match sent {
+                Ok(()) => *inner.writer.borrow_mut() = Some(wr),
+                Err(e) => {
+                    inner.fail_all(Broken::Io(e.kind(), e.to_string()));
+                    return Err(Error::Io { addr: inner.addr, source: e });
+                }
+            }
+        }
+
+        let wait = poll_fn(|cx| slot.poll(cx.waker()));
+        if inner.timeout.is_zero() {
+            return wait.await;
+        }
+        match glommio::timer::timeout(inner.timeout, async { Ok(wait.await) }).await {
+            Ok(r) => r,
+            Err(_) => {
+                let op = crate::proto::Opcode::try_from(hdr.opcode).map(|o| o.name()).unwrap_or("request");
+                let ms = inner.timeout.as_millis() as u64;
+                inner.fail_all(Broken::Io(io::ErrorKind::TimedOut, format!("{op} timed out")));
+                Err(Error::Timeout { addr: inner.addr, op, ms })
+            }
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.inner.fail_all(Broken::Io(io::ErrorKind::NotConnected, "connection closed by client".into()));
+    }
+}
+
+/// Owns one slot for the life of a `call`; frees or abandons it on drop.
+struct SlotGuard<'a> {
+    inner: &'a Inner,
+    idx: usize,
+    id: u32,
+}
+
+impl<'a> SlotGuard<'a> {
+    fn take(inner: &'a Inner, bound: u32) -> Result<SlotGuard<'a>, Error> {
+        let idx = inner.free.borrow_mut().pop().ok_or_else(|| Error::Invalid("no free request slot".into()))? as usize;
+        let mut slots = inner.slots.borrow_mut();
+        let s = &mut slots[idx];
+        s.gen = s.gen.wrapping_add(1);
+        s.state = State::Waiting { bound, waker: None };
+        inner.inflight.set(inner.inflight.get() + 1);
+        Ok(SlotGuard { inner, idx, id: (u32::from(s.gen) << 16) | idx as u32 })
+    }
+
+    fn poll(&self, waker: &Waker) -> Poll<Result<Response, Error>> {
+        let mut slots = self.inner.slots.borrow_mut();
+        let s = &mut slots[self.idx];
+        match &mut s.state {
+            State::Done(_) => match std::mem::replace(&mut s.state, State::Abandoned { bound: 0 }) {
+                State::Done(r) => Poll::Ready(r),
+                _ => unreachable!("state was just matched as Done"),
+            },
+            State::Waiting { waker: w, .. } => {
+                *w = Some(waker.clone());
+                Poll::Pending
+            }
+            State::Abandoned { .. } | State::Free => Poll::Ready(Err(self.inner.broken_error())),
+        }
+    }
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        let mut slots = self.inner.slots.borrow_mut();
+        let s = &mut slots[self.idx];
+        match s.state {
+            State::Waiting { bound, .. } if self.inner.broken.borrow().is_none() => s.state = State::Abandoned { bound },
+            _ => {
+                s.state = State::Free;
+                self.inner.free.borrow_mut().push(self.idx as u16);
+            }
+        }
+        self.inner.inflight.set(self.inner.inflight.get().saturating_sub(1));
+    }
+}
+
+impl Inner {
+    fn check(&self) -> Result<(), Error> {
+        match self.broken.borrow().is_some() {
+            true => Err(self.broken_error()),
+            false => Ok(()),
+        }
+    }
+
+    fn broken_error(&self) -> Error {
+        match self.broken.borrow().clone() {
+            None | Some(Broken::Eof) => Error::Closed(self.addr),
+            Some(Broken::Io(kind, msg)) => Error::Io { addr: self.addr, source: io::Error::new(kind, msg) },
+            Some(Broken::Protocol(msg)) => Error::Io { addr: self.addr, source: io::Error::new(io::ErrorKind::InvalidData, msg) },
+        }
+    }
+
+    /// Mark the connection broken and fail everything in flight.
+    fn fail_all(&self, why: Broken) {
+        {
+            let mut b = self.broken.borrow_mut();
+            if b.is_none() {
+                *b = Some(why);
+            }
+        }
+        self.writer.borrow_mut().take();
+        let mut wake = Vec::new();
+        {
+            let mut slots = self.slots.borrow_mut();
+            for (i, s) in slots.iter_mut().enumerate() {
+                match std::mem::replace(&mut s.state, State::Free) {
+                    State::Waiting { waker, .. } => {
+                        s.state = State::Done(Err(self.broken_error()));
+                        wake.extend(waker);
+                    }
+                    State::Abandoned { .. } => self.free.borrow_mut().push(i as u16),
+                    other => s.state = other,
+                }
+            }
+        }
+        self.write_lock.close();
+        self.depth.close();
+        wake.into_iter().for_each(Waker::wake);
+    }
+}
+
+async fn read_loop(inner: Rc<Inner>, mut rd: ReadHalf<TcpStream>) {
+    let mut hb = [0u8; HEADER_LEN];
+    loop {
+        if let Err(e) = rd.read_exact(&mut hb).await {
+            let why = if e.kind() == io::ErrorKind::UnexpectedEof { Broken::Eof } else { Broken::Io(e.kind(), e.to_string()) };
+            inner.fail_all(why);
+            return;
+        }
+        let rsp = RspHeader::decode(&hb);
+        let idx = (rsp.id & 0xffff) as usize;
+        let gen = (rsp.id >> 16) as u16;
+        let bound = {
+            let slots = inner.slots.borrow();
+            match slots.get(idx) {
+                Some(Slot { gen: g, state: State::Waiting { bound, .. } | State::Abandoned { bound } }) if *g == gen => Some(*bound),
+                _ => None,
+            }
+        };
+        let Some(bound) = bound else {
+            let e = Error::UnexpectedId { addr: inner.addr, id: rsp.id };
+            tracing::warn!("{e}; closing the connection");
+            inner.fail_all(Broken::Protocol(e.to_string()));
+            return;
+        };
+        if let Err(source) = rsp.check_len(bound) {
+            let e = Error::Protocol { addr: inner.addr, source };
+            tracing::warn!("{e}; closing the connection");
+            inner.fail_all(Broken::Protocol(e.to_string()));
+            return;
+        }
+        let mut data = vec![0u8; rsp.data_length as usize];
+        if let Err(e) = rd.read_exact(&mut data).await {
+            inner.fail_all(Broken::Io(e.kind(), format!("reading a {}-byte response payload: {e}", data.len())));
+            return;
+        }
+        let waker = {
+            let mut slots = inner.slots.borrow_mut();
+            let s = &mut slots[idx];
+            match std::mem::replace(&mut s.state, State::Free) {
+                State::Waiting { waker, .. } => {
+                    s.state = State::Done(Ok((rsp, data)));
+                    waker
+                }
+                // Abandoned: the caller is gone; the slot is free again.
+                _ => {
+                    inner.free.borrow_mut().push(idx as u16);
+                    None
+                }
+            }
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}

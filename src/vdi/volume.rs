@@ -1,0 +1,296 @@
+//! The in-memory state of one open VDI and every decision its I/O needs: which object a
+//! read goes to, whether a write is a WRITE, a CREATE or a COW CREATE, and the per-object
+//! create serialisation that keeps two creates of one object from ever being in flight.
+//!
+//! Contract (reference §9, facts 4–6):
+//! - `plan_read` / `plan_write` look only at `data_vdi_id[idx]` as it is *now*.
+//! - `plan_write` returns [`WritePlan::Wait`] while a create of that index is in flight;
+//!   the caller waits for [`Volume::release`] of that index and plans again. So no two
+//!   creates of one object, and no write overtaking its create, can ever be in flight.
+//! - After a successful create ([`Volume::created`]) the entry names the own vid in memory;
+//!   the caller persists it ([`Volume::entry_bytes`]) and only then releases the index
+//!   ([`Volume::release`]) and completes its block request.
+//! - Pure: no I/O, no runtime; `plan_*`, `created` and `release` do not allocate.
+
+use crate::proto::inode::{entry_offset, InodeHeader};
+use crate::proto::{Oid, Vid};
+
+/// Where a read of one object goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadPlan {
+    /// Never written: the bytes are zeros, no request.
+    Zero,
+    /// READ_OBJ of this oid (possibly a parent's or snapshot's object).
+    Read(Oid),
+}
+
+/// How a write to one object must be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WritePlan {
+    /// WRITE_OBJ: the object is ours.
+    Write(Oid),
+    /// CREATE_AND_WRITE_OBJ, no COW: the object never existed.
+    Create(Oid),
+    /// CREATE_AND_WRITE_OBJ with COW from `cow`: the object is shared with a parent.
+    Cow { oid: Oid, cow: Oid },
+    /// A create of this object is in flight: wait for it, then plan again.
+    Wait,
+}
+
+impl WritePlan {
+    /// Whether this plan is a create (which the caller must end with `release`).
+    pub fn is_create(self) -> bool {
+        matches!(self, WritePlan::Create(_) | WritePlan::Cow { .. })
+    }
+}
+
+/// Errors of the VDI layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("object index {idx} is beyond the vdi's {nr} objects")]
+    OutOfRange { idx: u32, nr: u32 },
+    #[error("the vdi is read-only")]
+    ReadOnly,
+}
+
+impl Error {
+    pub fn errno(self) -> i32 {
+        match self {
+            Error::OutOfRange { .. } => crate::proto::libc_errno::EIO,
+            Error::ReadOnly => crate::proto::libc_errno::EROFS,
+        }
+    }
+    pub fn should_reconnect(self) -> bool {
+        false
+    }
+}
+
+/// One open VDI: its header, its `data_vdi_id` entries, and the creates in flight.
+#[derive(Debug, Clone)]
+pub struct Volume {
+    header: InodeHeader,
+    entries: Vec<u32>,
+    /// One bit per object index: a create is in flight.
+    creating: Vec<u64>,
+    read_only: bool,
+}
+
+impl Volume {
+    /// A volume from an inode header and its entries (`entries.len()` ≥ objects in use;
+    /// missing entries read as 0). `read_only` refuses every write plan.
+    pub fn new(header: InodeHeader, mut entries: Vec<u32>, read_only: bool) -> Volume {
+        let nr = header.nr_objects() as usize;
+        entries.resize(nr, 0);
+        let creating = vec![0u64; nr.div_ceil(64)];
+        Volume { header, entries, creating, read_only }
+    }
+
+    pub fn header(&self) -> &InodeHeader {
+        &self.header
+    }
+    pub fn vid(&self) -> Vid {
+        self.header.vid()
+    }
+    pub fn size(&self) -> u64 {
+        self.header.vdi_size
+    }
+    pub fn block_size_shift(&self) -> u8 {
+        self.header.block_size_shift
+    }
+    pub fn nr_objects(&self) -> u32 {
+        self.entries.len() as u32
+    }
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+    pub fn entry(&self, idx: u32) -> Option<u32> {
+        self.entries.get(idx as usize).copied()
+    }
+    pub fn entries(&self) -> &[u32] {
+        &self.entries
+    }
+
+    fn check(&self, idx: u32) -> Result<(), Error> {
+        if (idx as usize) < self.entries.len() {
+            Ok(())
+        } else {
+            Err(Error::OutOfRange { idx, nr: self.nr_objects() })
+        }
+    }
+
+    pub fn is_creating(&self, idx: u32) -> bool {
+        let i = idx as usize;
+        self.creating.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    fn set_creating(&mut self, idx: u32, on: bool) {
+        let i = idx as usize;
+        if let Some(w) = self.creating.get_mut(i / 64) {
+            if on {
+                *w |= 1 << (i % 64);
+            } else {
+                *w &= !(1 << (i % 64));
+            }
+        }
+    }
+
+    pub fn plan_read(&self, idx: u32) -> Result<ReadPlan, Error> {
+        self.check(idx)?;
+        Ok(match self.entries[idx as usize] {
+            0 => ReadPlan::Zero,
+            owner => ReadPlan::Read(Oid::data(Vid(owner), idx)),
+        })
+    }
+
+    /// Decide how to write object `idx`. A create plan marks the index as creating until
+    /// [`Volume::release`].
+    pub fn plan_write(&mut self, idx: u32) -> Result<WritePlan, Error> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        self.check(idx)?;
+        if self.is_creating(idx) {
+            return Ok(WritePlan::Wait);
+        }
+        let own = self.vid();
+        let oid = Oid::data(own, idx);
+        let plan = match self.entries[idx as usize] {
+            0 => WritePlan::Create(oid),
+            e if e == own.0 => WritePlan::Write(oid),
+            other => WritePlan::Cow { oid, cow: Oid::data(Vid(other), idx) },
+        };
+        if plan.is_create() {
+            self.set_creating(idx, true);
+        }
+        Ok(plan)
+    }
+
+    /// The create of `idx` succeeded: from now on the in-memory entry names the own vid
+    /// (so the caller can encode the inode update). The index stays gated until
+    /// [`Volume::release`], so no writer completes on an object whose entry is not yet
+    /// persisted. Returns the previous entry, for `release` to restore on failure.
+    pub fn created(&mut self, idx: u32) -> u32 {
+        let own = self.header.vdi_id;
+        self.entries.get_mut(idx as usize).map_or(0, |e| std::mem::replace(e, own))
+    }
+
+    /// Open the gate of `idx` after its create (and inode update) finished. `restore`
+    /// puts back the previous entry when the create or its inode update failed, so the
+    /// next writer creates again. Writers waiting on `idx` may plan again.
+    pub fn release(&mut self, idx: u32, restore: Option<u32>) {
+        if let (Some(old), Some(e)) = (restore, self.entries.get_mut(idx as usize)) {
+            *e = old;
+        }
+        self.set_creating(idx, false);
+    }
+
+    /// Set an entry (discard: 0). Returns the old value.
+    pub fn set_entry(&mut self, idx: u32, v: u32) -> Result<u32, Error> {
+        self.check(idx)?;
+        Ok(std::mem::replace(&mut self.entries[idx as usize], v))
+    }
+
+    /// Where and what to write in the inode to persist entries `lo..=hi`: (offset, bytes).
+    pub fn entry_bytes(&self, lo: u32, hi: u32, out: &mut Vec<u8>) -> Result<u32, Error> {
+        self.check(hi)?;
+        if lo > hi {
+            return Err(Error::OutOfRange { idx: lo, nr: self.nr_objects() });
+        }
+        crate::proto::inode::encode_entries(&self.entries[lo as usize..=hi as usize], out);
+        Ok(entry_offset(lo))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn vol(vid: u32, entries: Vec<u32>) -> Volume {
+        let h = InodeHeader { vdi_id: vid, vdi_size: 16 << 22, block_size_shift: 22, ..Default::default() };
+        Volume::new(h, entries, false)
+    }
+
+    #[test]
+    fn write_decisions_follow_entries() {
+        let mut v = vol(7, vec![0, 7, 5]);
+        assert_eq!(v.plan_write(0), Ok(WritePlan::Create(Oid::data(Vid(7), 0))));
+        assert_eq!(v.plan_write(1), Ok(WritePlan::Write(Oid::data(Vid(7), 1))));
+        assert_eq!(v.plan_write(2), Ok(WritePlan::Cow { oid: Oid::data(Vid(7), 2), cow: Oid::data(Vid(5), 2) }));
+        assert_eq!(v.plan_read(2), Ok(ReadPlan::Read(Oid::data(Vid(5), 2))));
+        assert_eq!(v.plan_read(3), Ok(ReadPlan::Zero));
+        assert!(v.plan_read(16).is_err());
+    }
+
+    #[test]
+    fn second_create_waits_then_writes() {
+        let mut v = vol(7, vec![]);
+        assert!(v.plan_write(4).is_ok_and(|p| p.is_create()));
+        assert_eq!(v.plan_write(4), Ok(WritePlan::Wait));
+        assert_eq!(v.created(4), 0);
+        assert_eq!(v.plan_write(4), Ok(WritePlan::Wait), "gated until the inode update is done");
+        v.release(4, None);
+        assert_eq!(v.plan_write(4), Ok(WritePlan::Write(Oid::data(Vid(7), 4))));
+        assert_eq!(v.entry(4), Some(7));
+    }
+
+    #[test]
+    fn failed_create_lets_the_next_writer_create() {
+        let mut v = vol(7, vec![]);
+        assert!(v.plan_write(1).is_ok_and(|p| p.is_create()));
+        v.release(1, None);
+        assert!(v.plan_write(1).is_ok_and(|p| p.is_create()));
+        let old = v.created(1);
+        v.release(1, Some(old));
+        assert_eq!(v.entry(1), Some(0), "a failed inode update restores the entry");
+        assert!(v.plan_write(1).is_ok_and(|p| p.is_create()));
+    }
+
+    #[test]
+    fn read_only_refuses_writes() {
+        let h = InodeHeader { vdi_id: 7, vdi_size: 1 << 22, block_size_shift: 22, ..Default::default() };
+        let mut v = Volume::new(h, vec![], true);
+        assert_eq!(v.plan_write(0), Err(Error::ReadOnly));
+    }
+
+    #[test]
+    fn entry_bytes_are_inode_offsets() {
+        let v = vol(7, vec![0, 7, 7]);
+        let mut out = Vec::new();
+        assert_eq!(v.entry_bytes(1, 2, &mut out), Ok(4668));
+        assert_eq!(out, [7, 0, 0, 0, 7, 0, 0, 0]);
+    }
+
+    // Against a reference model: with any interleaving of plans and create completions,
+    // at most one create per index is ever outstanding, and a write is only planned
+    // once the index has no create in flight.
+    proptest! {
+        #[test]
+        fn never_two_creates_in_flight(ops in proptest::collection::vec((0u32..4, any::<bool>(), any::<bool>()), 1..200)) {
+            let mut v = vol(9, vec![0, 3, 0, 9]);
+            let mut outstanding = [false; 4];
+            for (idx, finish, ok) in ops {
+                if finish {
+                    if outstanding[idx as usize] {
+                        let old = v.created(idx);
+                        v.release(idx, if ok { None } else { Some(old) });
+                        outstanding[idx as usize] = false;
+                    }
+                    continue;
+                }
+                match v.plan_write(idx) {
+                    Ok(WritePlan::Wait) => prop_assert!(outstanding[idx as usize]),
+                    Ok(p) if p.is_create() => {
+                        prop_assert!(!outstanding[idx as usize]);
+                        outstanding[idx as usize] = true;
+                    }
+                    Ok(WritePlan::Write(_)) => {
+                        prop_assert!(!outstanding[idx as usize]);
+                        prop_assert_eq!(v.entry(idx), Some(9));
+                    }
+                    other => prop_assert!(false, "unexpected {:?}", other),
+                }
+            }
+        }
+    }
+}

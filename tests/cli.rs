@@ -1,0 +1,234 @@
+//! The `sheepdev` binary against an embedded store started in-process: bad input gets one
+//! clear line and a non-zero exit with nothing half-made; a 512 MiB write and read give
+//! back identical bytes with many requests in flight; the VDI commands work end to end.
+
+use std::io::{BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sheepdev::store::{Config, Store};
+
+struct Env {
+    store: Store,
+    _dir: tempfile::TempDir,
+    addr: SocketAddr,
+}
+
+fn start(sync: bool) -> Env {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = Config { dir: dir.path().to_path_buf(), listen: vec!["127.0.0.1:0".parse().expect("addr")], sync, ..Default::default() };
+    let store = Store::start(cfg).expect("store starts");
+    let addr = store.local_addrs()[0];
+    Env { store, _dir: dir, addr }
+}
+
+fn sheepdev(env: &Env, args: &[&str]) -> Output {
+    sheepdev_at(&env.addr.to_string(), args, None)
+}
+
+fn sheepdev_at(addr: &str, args: &[&str], stdin: Option<std::fs::File>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sheepdev"));
+    cmd.arg("vdi").arg("-a").arg(addr).args(args);
+    cmd.stdin(stdin.map(Stdio::from).unwrap_or_else(Stdio::null));
+    cmd.output().expect("sheepdev runs")
+}
+
+fn ok(o: &Output) -> String {
+    assert!(o.status.success(), "expected success, got {:?}: {}", o.status, String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Fails with exactly one line on stderr that contains `needle`.
+fn fails_with(o: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "expected failure containing {needle:?}, got success");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line on stderr, got: {err}");
+    assert!(err.contains(needle), "stderr {err:?} should contain {needle:?}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+fn names(env: &Env) -> Vec<String> {
+    let out = ok(&sheepdev(env, &["list", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&out).expect("list --json is JSON");
+    let mut n: Vec<String> = v
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|r| format!("{}{}", r["name"].as_str().unwrap_or("?"), if r["snapshot"].as_bool() == Some(true) { "@snap" } else { "" }))
+        .collect();
+    n.sort();
+    n
+}
+
+#[test]
+fn bad_input_gets_one_clear_line() {
+    let env = start(false);
+    ok(&sheepdev(&env, &["create", "linux", "64M"]));
+
+    fails_with(&sheepdev(&env, &["read", "nosuch"]), "no vdi found");
+    fails_with(&sheepdev(&env, &["read", "linux:nosuchtag"]), "no such snapshot tag");
+    fails_with(&sheepdev(&env, &["read", "linux:7"]), "no such snapshot tag or id");
+    fails_with(&sheepdev(&env, &["create", &"n".repeat(256), "1G"]), "too long");
+    fails_with(&sheepdev(&env, &["create", "big", "5T"]), "above the limit");
+    fails_with(&sheepdev(&env, &["create", "big", "1G", "--object-size", "3M"]), "not a power of two");
+    fails_with(&sheepdev(&env, &["create", "zero", "0"]), "size must be above 0");
+    fails_with(&sheepdev(&env, &["create", "x", "12Q"]), "bad size");
+    fails_with(&sheepdev(&env, &["create", "x", "1G", "--copies", "3:1"]), "data must be 2, 4, 8 or 16");
+    fails_with(&sheepdev(&env, &["create", "linux", "1G"]), "vdi exists already");
+    fails_with(&sheepdev(&env, &["clone", "linux", "copy"]), "needs a snapshot");
+    fails_with(&sheepdev(&env, &["snapshot", "linux", "--tag", "12"]), "all digits");
+    fails_with(&sheepdev(&env, &["write", "linux:1"]), "no such snapshot tag or id");
+    fails_with(&sheepdev_at("127.0.0.1:99999", &["list"], None), "bad address");
+    fails_with(&sheepdev_at("127.0.0.1:", &["list"], None), "bad address");
+
+    // Unreachable: a port nobody listens on.
+    let closed = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    fails_with(&sheepdev_at(&closed.to_string(), &["list"], None), "cannot connect to");
+
+    // A gateway that never answers the handshake: bounded by --connect-timeout.
+    let (addr, _hold) = black_hole();
+    let t = Instant::now();
+    fails_with(&sheepdev_at(&addr.to_string(), &["--connect-timeout", "1", "list"], None), "no answer within 1000 ms");
+    assert!(t.elapsed() < Duration::from_secs(10), "connect timeout took {:?}", t.elapsed());
+
+    // Writing more than the VDI holds is refused before anything is written.
+    let file = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(file.path(), vec![1u8; 65 << 20]).expect("write tmp");
+    let o = sheepdev_at(&env.addr.to_string(), &["write", "linux"], Some(std::fs::File::open(file.path()).expect("open")));
+    fails_with(&o, "do not fit");
+    let mut head = Vec::new();
+    Command::new(env!("CARGO_BIN_EXE_sheepdev"))
+        .args(["vdi", "-a", &env.addr.to_string(), "read", "linux", "--length", "4096"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn")
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_end(&mut head)
+        .expect("read");
+    assert!(head.iter().all(|&b| b == 0), "nothing was written by the refused write");
+
+    // Nothing half-made by any of the above.
+    assert_eq!(names(&env), vec!["linux".to_string()]);
+    env.store.shutdown();
+}
+
+/// A listener whose accept queue is full, so new connections are never completed.
+fn black_hole() -> (SocketAddr, Vec<TcpStream>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let mut hold = Vec::new();
+    // Fill the backlog; further SYNs are dropped by the kernel.
+    for _ in 0..4096 {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(s) => hold.push(s),
+            Err(_) => break,
+        }
+    }
+    std::mem::forget(l);
+    (addr, hold)
+}
+
+fn pattern(seed: u64, buf: &mut [u8]) {
+    let mut x = seed | 1;
+    for c in buf.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let b = x.to_le_bytes();
+        c.copy_from_slice(&b[..c.len()]);
+    }
+}
+
+#[test]
+fn write_then_read_512_mib() {
+    let env = start(true);
+    const LEN: usize = 512 << 20;
+    ok(&sheepdev(&env, &["create", "big", "1G"]));
+    let src = tempfile::NamedTempFile::new().expect("tmp");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(src.path()).expect("create"));
+        let mut buf = vec![0u8; 1 << 20];
+        for i in 0..(LEN >> 20) {
+            pattern(i as u64 + 1, &mut buf);
+            f.write_all(&buf).expect("write");
+        }
+        f.flush().expect("flush");
+    }
+    let t = Instant::now();
+    ok(&sheepdev_at(&env.addr.to_string(), &["write", "big", "--offset", "4K"], Some(std::fs::File::open(src.path()).expect("open"))));
+    let wsecs = t.elapsed().as_secs_f64();
+    let peak = env.store.peak_inflight();
+
+    let dst = tempfile::NamedTempFile::new().expect("tmp");
+    let t = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_sheepdev"))
+        .args(["vdi", "-a", &env.addr.to_string(), "read", "big", "--offset", "4K", "--length", "512M"])
+        .stdout(std::fs::File::create(dst.path()).expect("dst"))
+        .stderr(Stdio::piped())
+        .output()
+        .expect("read runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rsecs = t.elapsed().as_secs_f64();
+    eprintln!(
+        "512 MiB against the embedded store (sync on): write {:.1} MiB/s, read {:.1} MiB/s, peak {} requests in flight",
+        512.0 / wsecs,
+        512.0 / rsecs,
+        peak
+    );
+    assert!(peak >= 16, "the store saw at most {peak} requests in flight");
+
+    let (mut a, mut b) = (BufReader::new(std::fs::File::open(src.path()).expect("src")), BufReader::new(std::fs::File::open(dst.path()).expect("dst")));
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    for i in 0..(LEN >> 20) {
+        a.read_exact(&mut ba).expect("src chunk");
+        b.read_exact(&mut bb).expect("dst chunk");
+        assert!(ba == bb, "MiB {i} differs");
+    }
+    assert_eq!(b.read(&mut bb).expect("eof"), 0, "no extra bytes");
+    // The unaligned start: the 4 KiB before the data are still zeros.
+    let head = Command::new(env!("CARGO_BIN_EXE_sheepdev")).args(["vdi", "-a", &env.addr.to_string(), "read", "big", "--length", "4K"]).output().expect("runs");
+    assert!(head.status.success() && head.stdout.len() == 4096 && head.stdout.iter().all(|&x| x == 0));
+    env.store.shutdown();
+}
+
+#[test]
+fn snapshot_clone_rebase_delete_from_the_cli() {
+    let env = start(false);
+    let a = env.addr.to_string();
+    ok(&sheepdev(&env, &["create", "linux", "16M", "--copies", "2", "--object-size", "1M"]));
+    let write = |spec: &str, byte: u8| {
+        let f = tempfile::NamedTempFile::new().expect("tmp");
+        std::fs::write(f.path(), vec![byte; 8192]).expect("tmp write");
+        ok(&sheepdev_at(&a, &["write", spec], Some(std::fs::File::open(f.path()).expect("open"))));
+    };
+    let read = |spec: &str| -> Vec<u8> {
+        let o = sheepdev_at(&a, &["read", spec, "--length", "8K"], None);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        o.stdout
+    };
+    write("linux", 0xa);
+    ok(&sheepdev(&env, &["snapshot", "linux", "--tag", "snap"]));
+    write("linux", 0xb);
+    assert!(read("linux:snap").iter().all(|&x| x == 0xa));
+    assert!(read("linux:1").iter().all(|&x| x == 0xa));
+    assert!(read("linux").iter().all(|&x| x == 0xb));
+    ok(&sheepdev(&env, &["clone", "linux:snap", "copy"]));
+    write("copy", 0xc);
+    assert!(read("linux:snap").iter().all(|&x| x == 0xa), "clone writes never reach the parent");
+    assert!(read("copy").iter().all(|&x| x == 0xc));
+    ok(&sheepdev(&env, &["rebase", "linux:snap"]));
+    assert!(read("linux").iter().all(|&x| x == 0xa), "rebased working vdi reads the snapshot");
+    assert!(read("linux:2").iter().all(|&x| x == 0xb), "the old working vdi is kept as snapshot 2");
+    let table = ok(&sheepdev(&env, &["list"]));
+    assert!(table.contains("snap") && table.contains("copy"), "{table}");
+    assert_eq!(names(&env), ["copy", "linux", "linux@snap", "linux@snap"]);
+    ok(&sheepdev(&env, &["delete", "copy"]));
+    ok(&sheepdev(&env, &["delete", "linux:2"]));
+    assert_eq!(names(&env), ["linux", "linux@snap"]);
+    fails_with(&sheepdev(&env, &["read", "linux:2"]), "no such snapshot tag or id");
+    assert!(read("linux:snap").iter().all(|&x| x == 0xa));
+    env.store.shutdown();
+}

@@ -1,0 +1,505 @@
+//! Conformance suite: the same assertions about sheep 1.0's client-visible behaviour
+//! (shared/reference/sheep-protocol.md §15 and the traps around it), run
+//! - against the embedded store started in-process (`embedded::*`, always), and
+//! - against a real sheep at `SHEEP_ADDR=host:port` (`external::*`, reported as ignored
+//!   unless run with `--ignored`; set `SHEEP_LOCKING=1` when that cluster was formatted
+//!   with `-l`). Names are unique per run and everything created is deleted afterwards.
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::rc::Rc;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Result};
+use sheepdev::proto::inode::{entry_offset, OFF_SNAP_CTIME};
+use sheepdev::proto::*;
+use sheepdev::sheep::manage::{self, Redundancy};
+use sheepdev::sheep::{Client, Config, VolumeIo};
+use sheepdev::vdi::{SnapSel, VdiSpec};
+
+struct Ctx {
+    client: Rc<Client>,
+    addr: SocketAddr,
+    locking: bool,
+    prefix: String,
+}
+
+impl Ctx {
+    fn name(&self, s: &str) -> VdiName {
+        VdiName::new(&format!("{}-{s}", self.prefix)).expect("test names are valid")
+    }
+    fn spec(&self, s: &str) -> VdiSpec {
+        format!("{}-{s}", self.prefix).parse().expect("test specs are valid")
+    }
+    async fn create(&self, s: &str, size: u64) -> Result<Vid> {
+        Ok(manage::create(&self.client, &self.name(s), size, Redundancy::Default, 0).await?.vid)
+    }
+    async fn vol(&self, vid: Vid) -> Result<VolumeIo> {
+        Ok(VolumeIo::open(self.client.clone(), vid, false).await?)
+    }
+    async fn code(&self, hdr: ReqHeader, payload: &[u8]) -> Result<ResultCode> {
+        Ok(self.client.call(hdr, payload).await?.0.result)
+    }
+    /// Delete every VDI and snapshot this test made (best effort, newest first).
+    async fn cleanup(&self) {
+        if let Ok(rows) = manage::list(&self.client).await {
+            for r in rows.iter().rev().filter(|r| r.name.starts_with(&self.prefix)) {
+                let snap = if r.snapshot { SnapSel::Id(r.snap_id) } else { SnapSel::Working };
+                let spec = VdiSpec { name: VdiName::new(&r.name).expect("listed names are valid"), snap };
+                let _ = manage::delete(&self.client, &spec).await;
+            }
+        }
+    }
+}
+
+fn unique_prefix(case: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("t{}-{nanos:x}-{case}", std::process::id())
+}
+
+fn run_at<F, Fut>(addr: SocketAddr, locking: bool, case: &str, f: F)
+where
+    F: FnOnce(Rc<Ctx>) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let r = sheepdev::cli::block_on(async move {
+        let client = Rc::new(Client::connect(&Config::new(vec![addr])).await?);
+        let cx = Rc::new(Ctx { client, addr, locking, prefix: unique_prefix(case) });
+        let r = f(cx.clone()).await;
+        cx.cleanup().await;
+        r
+    })
+    .and_then(|r| r);
+    if let Err(e) = r {
+        panic!("{case}: {e:#}");
+    }
+}
+
+fn run_embedded<F, Fut>(locking: bool, case: &str, f: F)
+where
+    F: FnOnce(Rc<Ctx>) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = sheepdev::store::Config {
+        dir: dir.path().to_path_buf(),
+        listen: vec!["127.0.0.1:0".parse().expect("addr")],
+        locking,
+        sync: false,
+        ..Default::default()
+    };
+    let store = sheepdev::store::Store::start(cfg).expect("store starts");
+    let addr = store.local_addrs()[0];
+    run_at(addr, locking, case, f);
+    store.shutdown();
+}
+
+fn run_external<F, Fut>(case: &str, f: F)
+where
+    F: FnOnce(Rc<Ctx>) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let Ok(a) = std::env::var("SHEEP_ADDR") else {
+        panic!("SHEEP_ADDR is not set: set it to host:port of a real sheep to run the external conformance suite");
+    };
+    let addr = sheepdev::sheep::parse_gateways(&a).expect("SHEEP_ADDR parses")[0];
+    let locking = std::env::var("SHEEP_LOCKING").is_ok_and(|v| v == "1");
+    run_at(addr, locking, case, f);
+}
+
+macro_rules! conformance {
+    ($($case:ident $(locking=$lk:expr)?),* $(,)?) => {
+        mod embedded {
+            $(#[test] fn $case() { super::run_embedded(false $(|| $lk)?, stringify!($case), super::$case) })*
+        }
+        mod external {
+            $(#[test]
+              #[ignore = "needs SHEEP_ADDR=host:port of a real sheep; run with --ignored"]
+              fn $case() { super::run_external(stringify!($case), super::$case) })*
+        }
+    };
+}
+
+conformance! {
+    header_version_and_unknown_opcodes,
+    responses_come_back_out_of_order,
+    reads_are_not_bounds_checked,
+    double_create_replaces_the_object,
+    clone_writes_copy_on_write,
+    created_entries_are_persisted,
+    vids_come_from_the_bitmap,
+    lookups_by_name_id_and_tag,
+    snapshot_freezes_the_old_vid,
+    snapshot_chain_keeps_every_version,
+    rebase_keeps_the_working_vdi,
+    delete_refuses_silently_until_entries_are_zero,
+    deleted_working_vdi_leaves_snapshots,
+    locks_are_enforced locking=true,
+    locks_follow_the_cluster_setting,
+    flush_is_obsolete_and_discard_zeroes,
+    hyper_volumes_are_refused,
+    wrong_payload_lengths_are_invalid,
+}
+
+const MIB: u64 = 1 << 20;
+
+async fn header_version_and_unknown_opcodes(cx: Rc<Ctx>) -> Result<()> {
+    let mut h = ReqHeader::vdi(Opcode::GetClusterDefault, 0, 0, VdiArgs::default());
+    let (rsp, _) = cx.client.call(h, &[]).await?;
+    ensure!(rsp.result == SD_RES_SUCCESS && rsp.opcode == SD_OP_GET_CLUSTER_DEFAULT);
+    let (copies, _, bss) = rsp.cluster_default();
+    ensure!(copies >= 1 && bss == 22, "cluster default copies {copies} bss {bss}");
+    h.proto_ver = 0;
+    ensure!(cx.code(h, &[]).await? == SD_RES_SUCCESS, "proto_ver 0 is accepted");
+    h.proto_ver = 3;
+    ensure!(cx.code(h, &[]).await? == SD_RES_VER_MISMATCH, "proto_ver 3 is refused");
+    let mut unknown = ReqHeader::vdi(Opcode::GetClusterDefault, 0, 0, VdiArgs::default());
+    unknown.opcode = 0x7e;
+    ensure!(cx.code(unknown, &[]).await? == SD_RES_INVALID_PARMS, "unknown opcode");
+    Ok(())
+}
+
+/// Raw pipelining on one socket: one 4 MiB write then four small reads, sent together.
+async fn responses_come_back_out_of_order(cx: Rc<Ctx>) -> Result<()> {
+    let vid = cx.create("ooo", 64 * MIB).await?;
+    let addr = cx.addr;
+    let big = vec![0xabu8; 4 << 20];
+    let mut out_of_order = 0;
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.set_nodelay(true)?;
+    for trial in 0..20u32 {
+        let mut frame = Vec::new();
+        let w = ReqHeader::obj(Opcode::CreateAndWriteObj, SD_FLAG_CMD_WRITE, big.len() as u32, ObjArgs { oid: Oid::data(vid, trial), ..Default::default() });
+        let mut w = w;
+        w.id = 1000 + trial;
+        frame.extend_from_slice(&w.encode());
+        frame.extend_from_slice(&big);
+        for i in 0..4u32 {
+            let mut r = ReqHeader::obj(Opcode::ReadObj, 0, 512, ObjArgs { oid: Oid::inode(vid), ..Default::default() });
+            r.id = i;
+            frame.extend_from_slice(&r.encode());
+        }
+        s.write_all(&frame)?;
+        let mut order = Vec::new();
+        for _ in 0..5 {
+            let mut hb = [0u8; HEADER_LEN];
+            s.read_exact(&mut hb)?;
+            let rsp = RspHeader::decode(&hb);
+            ensure!(rsp.result == SD_RES_SUCCESS, "pipelined request {} failed: {}", rsp.id, rsp.result);
+            let mut payload = vec![0u8; rsp.data_length as usize];
+            s.read_exact(&mut payload)?;
+            order.push(rsp.id);
+        }
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        ensure!(sorted == [0, 1, 2, 3, 1000 + trial], "every id answered once: {order:?}");
+        if order[0] != 1000 + trial {
+            out_of_order += 1;
+        }
+    }
+    // Remove the objects the raw writes made outside the inode.
+    for trial in 0..20 {
+        cx.client.remove_obj(Oid::data(vid, trial)).await?;
+    }
+    ensure!(out_of_order > 0, "20 pipelined trials all answered in submission order");
+    Ok(())
+}
+
+async fn reads_are_not_bounds_checked(cx: Rc<Ctx>) -> Result<()> {
+    let vid = cx.create("bounds", 8 * MIB).await?;
+    let v = cx.vol(vid).await?;
+    v.write(0, &[7u8; 4096]).await?;
+    let os = 1u32 << v.header().block_size_shift;
+    let data = cx.client.read_obj(Oid::data(vid, 0), os - 512, 4096).await?;
+    ensure!(data.len() == 4096, "read past the object end answers the requested length");
+    let r = cx.client.read_obj(Oid::data(vid, 1), 0, 512).await;
+    ensure!(r.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_NO_OBJ), "unwritten object: {r:?}");
+    Ok(())
+}
+
+async fn double_create_replaces_the_object(cx: Rc<Ctx>) -> Result<()> {
+    let vid = cx.create("double", 8 * MIB).await?;
+    let oid = Oid::data(vid, 0);
+    cx.client.create_obj(oid, None, 0, &[1u8; 4096], 0, 0).await?;
+    cx.client.create_obj(oid, None, 8192, &[2u8; 4096], 0, 0).await?;
+    let a = cx.client.read_obj(oid, 0, 4096).await?;
+    let b = cx.client.read_obj(oid, 8192, 4096).await?;
+    ensure!(a.iter().all(|&x| x == 0), "the first create's data is gone");
+    ensure!(b.iter().all(|&x| x == 2));
+    cx.client.remove_obj(oid).await?;
+    Ok(())
+}
+
+async fn clone_writes_copy_on_write(cx: Rc<Ctx>) -> Result<()> {
+    let vid = cx.create("base", 16 * MIB).await?;
+    cx.vol(vid).await?.write(0, &[0xaa; 8192]).await?;
+    manage::snapshot(&cx.client, &cx.name("base"), Some(&VdiName::new("gold")?)).await?;
+    let clone = manage::clone(&cx.client, &cx.spec("base:gold"), &cx.name("clone")).await?.vid;
+    let cv = cx.vol(clone).await?;
+    ensure!(cv.header().parent_vdi_id == vid.0, "clone's parent is the snapshot");
+    cv.write(4096, &[0xbb; 512]).await?;
+    let mut got = vec![0u8; 8192];
+    cv.read(0, &mut got).await?;
+    ensure!(got[..4096].iter().all(|&x| x == 0xaa) && got[4096..4608].iter().all(|&x| x == 0xbb) && got[4608..].iter().all(|&x| x == 0xaa), "clone sees parent data overlaid with its write");
+    let (_, entries) = cx.client.read_inode(clone).await?;
+    ensure!(entries[0] == clone.0, "the clone owns object 0 after the COW");
+    let parent = VolumeIo::open(cx.client.clone(), vid, true).await?;
+    parent.read(0, &mut got).await?;
+    ensure!(got.iter().all(|&x| x == 0xaa), "the parent's bytes did not change");
+    Ok(())
+}
+
+async fn created_entries_are_persisted(cx: Rc<Ctx>) -> Result<()> {
+    let vid = cx.create("entries", 64 * MIB).await?;
+    let v = cx.vol(vid).await?;
+    let bss = v.header().block_size_shift;
+    // Three objects in one request, plus concurrent writers to one object.
+    v.write((1u64 << bss) - 512, &vec![3u8; (2usize << bss) + 1024]).await?;
+    let w: Vec<_> = (0..8u64).map(|i| v.write((5u64 << bss) + i * 4096, &[9u8; 4096])).collect();
+    for r in manage::join_all(w).await {
+        r?;
+    }
+    let (_, entries) = cx.client.read_inode(vid).await?;
+    ensure!(entries[0..4] == [vid.0; 4] && entries[4] == 0 && entries[5] == vid.0, "entries {:?}", &entries[..6]);
+    let again = cx.vol(vid).await?;
+    let mut got = vec![0u8; 8 * 4096];
+    again.read(5u64 << bss, &mut got).await?;
+    ensure!(got.iter().all(|&x| x == 9), "every concurrent write to one new object survived");
+    Ok(())
+}
+
+fn first_clear_at_or_above(bitmap: &[u8], start: u32) -> u32 {
+    let set = |v: u32| bitmap[(v / 8) as usize] & (1 << (v % 8)) != 0;
+    (start..SD_NR_VDIS).chain(1..start).find(|&v| !set(v)).unwrap_or(0)
+}
+
+async fn vids_come_from_the_bitmap(cx: Rc<Ctx>) -> Result<()> {
+    let name = cx.name("vid");
+    let before = cx.client.read_vdis().await?;
+    let expect = first_clear_at_or_above(&before, hash_vid(name.as_str().as_bytes()));
+    let vid = cx.create("vid", 4 * MIB).await?;
+    ensure!(vid.0 == expect, "vid {vid} but the first clear bit at or above the hash is {expect:x}");
+    let after = cx.client.read_vdis().await?;
+    ensure!(after[(vid.0 / 8) as usize] & (1 << (vid.0 % 8)) != 0, "the new vid's bit is set");
+    let (old, new) = manage::snapshot(&cx.client, &name, None).await?;
+    ensure!(old == vid && new.0 == first_clear_at_or_above(&after, hash_vid(name.as_str().as_bytes())), "snapshot's working vid {new}");
+    let exists = manage::create(&cx.client, &name, 4 * MIB, Redundancy::Default, 0).await;
+    ensure!(exists.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_VDI_EXIST), "second create: {exists:?}");
+    Ok(())
+}
+
+async fn lookups_by_name_id_and_tag(cx: Rc<Ctx>) -> Result<()> {
+    let name = cx.name("look");
+    let v1 = cx.create("look", 4 * MIB).await?;
+    let (s1, _) = manage::snapshot(&cx.client, &name, Some(&VdiName::new("first")?)).await?;
+    let (s2, w) = manage::snapshot(&cx.client, &name, None).await?;
+    ensure!(s1 == v1);
+    let c = &cx.client;
+    ensure!(c.vdi_info(&name, &SnapSel::Working).await?.vid == w);
+    ensure!(c.vdi_info(&name, &SnapSel::Id(1)).await?.vid == s1);
+    ensure!(c.vdi_info(&name, &SnapSel::Id(2)).await?.vid == s2);
+    ensure!(c.vdi_info(&name, &SnapSel::Tag(VdiName::new("first")?)).await?.vid == s1);
+    ensure!(c.read_inode_header(w).await?.snap_id == 3, "the working vdi has the highest snap_id");
+    let no_tag = c.vdi_info(&name, &SnapSel::Tag(VdiName::new("nope")?)).await;
+    ensure!(no_tag.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_NO_TAG), "{no_tag:?}");
+    let no_id = c.vdi_info(&name, &SnapSel::Id(3)).await;
+    ensure!(no_id.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_NO_TAG), "id 3 is the working vdi, not a snapshot: {no_id:?}");
+    let no_vdi = c.vdi_info(&cx.name("missing"), &SnapSel::Working).await;
+    ensure!(no_vdi.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_NO_VDI), "{no_vdi:?}");
+    let no_vdi_tag = c.vdi_info(&cx.name("missing"), &SnapSel::Tag(VdiName::new("first")?)).await;
+    ensure!(no_vdi_tag.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_NO_VDI), "{no_vdi_tag:?}");
+    Ok(())
+}
+
+async fn snapshot_freezes_the_old_vid(cx: Rc<Ctx>) -> Result<()> {
+    let name = cx.name("snap");
+    let vid = cx.create("snap", 16 * MIB).await?;
+    cx.vol(vid).await?.write(0, &[1u8; 4096]).await?;
+    let (old, new) = manage::snapshot(&cx.client, &name, Some(&VdiName::new("t1")?)).await?;
+    ensure!(old == vid && new != vid, "the working vdi gets a new vid");
+    let h = cx.client.read_inode_header(old).await?;
+    ensure!(h.is_snapshot() && h.tag_lossy() == "t1", "old vid is a tagged snapshot");
+    let nh = cx.client.read_inode_header(new).await?;
+    ensure!(!nh.is_snapshot() && nh.parent_vdi_id == old.0 && nh.snap_id == h.snap_id + 1);
+    // A writer still using the old vid (someone snapshotted under it) gets READONLY.
+    let w = cx.client.write_obj(Oid::data(old, 0), 0, &[2u8; 512]).await;
+    ensure!(w.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_READONLY), "write to a snapshot object: {w:?}");
+    let c = cx.client.create_obj(Oid::data(old, 1), None, 0, &[2u8; 512], 0, 0).await;
+    ensure!(c.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_READONLY), "create of a snapshot object: {c:?}");
+    // The snapshot's inode stays writable (tags are set that way) and its snap_ctime is set.
+    let ct = cx.client.read_obj(Oid::inode(old), OFF_SNAP_CTIME as u32, 8).await?;
+    ensure!(ct != [0u8; 8]);
+    // The new working vdi writes through COW and leaves the snapshot alone.
+    let nv = cx.vol(new).await?;
+    nv.write(0, &[5u8; 512]).await?;
+    let mut got = vec![0u8; 4096];
+    VolumeIo::open(cx.client.clone(), old, true).await?.read(0, &mut got).await?;
+    ensure!(got.iter().all(|&x| x == 1));
+    Ok(())
+}
+
+async fn snapshot_chain_keeps_every_version(cx: Rc<Ctx>) -> Result<()> {
+    let name = cx.name("chain");
+    let mut vid = cx.create("chain", 8 * MIB).await?;
+    for i in 1..=4u8 {
+        cx.vol(vid).await?.write(0, &[i; 4096]).await?;
+        vid = manage::snapshot(&cx.client, &name, None).await?.1;
+    }
+    for i in 1..=4u8 {
+        let snap = cx.client.vdi_info(&name, &SnapSel::Id(u32::from(i))).await?.vid;
+        let mut got = vec![0u8; 4096];
+        VolumeIo::open(cx.client.clone(), snap, true).await?.read(0, &mut got).await?;
+        ensure!(got.iter().all(|&x| x == i), "snapshot {i} reads version {i}, got {}", got[0]);
+    }
+    Ok(())
+}
+
+async fn rebase_keeps_the_working_vdi(cx: Rc<Ctx>) -> Result<()> {
+    let name = cx.name("rb");
+    let vid = cx.create("rb", 8 * MIB).await?;
+    cx.vol(vid).await?.write(0, &[0xa; 4096]).await?;
+    let (snap, working) = manage::snapshot(&cx.client, &name, Some(&VdiName::new("s")?)).await?;
+    cx.vol(working).await?.write(0, &[0xb; 4096]).await?;
+    let (old, new) = manage::rebase(&cx.client, &cx.spec("rb:s")).await?;
+    ensure!(old == working && new.vid != working && new.vid != snap);
+    let h = cx.client.read_inode_header(new.vid).await?;
+    ensure!(h.parent_vdi_id == snap.0 && !h.is_snapshot());
+    ensure!(cx.client.vdi_info(&name, &SnapSel::Working).await?.vid == new.vid);
+    let oh = cx.client.read_inode_header(old).await?;
+    ensure!(oh.is_snapshot(), "the previous working vdi is now a snapshot");
+    ensure!(cx.client.vdi_info(&name, &SnapSel::Id(oh.snap_id)).await?.vid == old, "and is found by its snapshot id");
+    let mut got = vec![0u8; 4096];
+    cx.vol(new.vid).await?.read(0, &mut got).await?;
+    ensure!(got.iter().all(|&x| x == 0xa), "the new working vdi reads the snapshot");
+    VolumeIo::open(cx.client.clone(), old, true).await?.read(0, &mut got).await?;
+    ensure!(got.iter().all(|&x| x == 0xb), "the kept vdi still reads what was written to it");
+    Ok(())
+}
+
+async fn delete_refuses_silently_until_entries_are_zero(cx: Rc<Ctx>) -> Result<()> {
+    let name = cx.name("del");
+    let vid = cx.create("del", 16 * MIB).await?;
+    cx.vol(vid).await?.write(0, &[1u8; 8192]).await?;
+    // Bare DEL_VDI: SUCCESS, and nothing happens.
+    let deleted = cx.client.del_vdi(&name, &SnapSel::Working).await?;
+    ensure!(deleted == vid);
+    ensure!(cx.client.read_obj(Oid::data(vid, 0), 0, 512).await.is_ok(), "the data object is still there");
+    // The real delete.
+    ensure!(manage::delete(&cx.client, &VdiSpec::working(name.clone())).await? == vid);
+    let gone = cx.client.vdi_info(&name, &SnapSel::Working).await;
+    ensure!(gone.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_NO_VDI), "{gone:?}");
+    let obj = cx.client.read_obj(Oid::data(vid, 0), 0, 512).await;
+    ensure!(obj.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_NO_OBJ), "the data object was reclaimed: {obj:?}");
+    Ok(())
+}
+
+async fn deleted_working_vdi_leaves_snapshots(cx: Rc<Ctx>) -> Result<()> {
+    let name = cx.name("keep");
+    let vid = cx.create("keep", 8 * MIB).await?;
+    cx.vol(vid).await?.write(0, &[4u8; 4096]).await?;
+    let (snap, working) = manage::snapshot(&cx.client, &name, Some(&VdiName::new("k")?)).await?;
+    cx.vol(working).await?.write(0, &[6u8; 4096]).await?;
+    manage::delete(&cx.client, &VdiSpec::working(name.clone())).await?;
+    let s = cx.client.vdi_info(&name, &SnapSel::Tag(VdiName::new("k")?)).await?;
+    ensure!(s.vid == snap);
+    let mut got = vec![0u8; 4096];
+    VolumeIo::open(cx.client.clone(), snap, true).await?.read(0, &mut got).await?;
+    ensure!(got.iter().all(|&x| x == 4), "the snapshot's shared object survived the working vdi's delete");
+    Ok(())
+}
+
+async fn locks_are_enforced(cx: Rc<Ctx>) -> Result<()> {
+    if !cx.locking {
+        bail!("this case needs a store or cluster with locking on (SHEEP_LOCKING=1)");
+    }
+    let name = cx.name("lock");
+    let vid = cx.create("lock", 8 * MIB).await?;
+    ensure!(cx.client.lock_vdi(&name, &SnapSel::Working, false).await?.vid == vid);
+    let again = cx.client.lock_vdi(&name, &SnapSel::Working, false).await;
+    ensure!(again.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_VDI_LOCKED), "{again:?}");
+    // From another connection too, and after the locker disconnects.
+    let other = Client::connect(&Config::new(vec![cx.addr])).await?;
+    let r = other.lock_vdi(&name, &SnapSel::Working, false).await;
+    ensure!(r.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_VDI_LOCKED), "{r:?}");
+    drop(other);
+    // Locks do not block I/O.
+    cx.vol(vid).await?.write(0, &[1u8; 512]).await?;
+    cx.client.release_vdi(vid, false).await?;
+    let r = cx.client.call(ReqHeader::vdi(Opcode::ReleaseVdi, 0, 0, VdiArgs { base_vdi_id: vid.0, ..Default::default() }), &[]).await?;
+    ensure!(r.0.result == SD_RES_VDI_NOT_LOCKED, "release of an unlocked vdi: {}", r.0.result);
+    ensure!(cx.client.lock_vdi(&name, &SnapSel::Working, false).await?.vid == vid, "lockable again after release");
+    // A snapshot leaves the lock on the old vid; the new working vid is free.
+    let (_, new) = manage::snapshot(&cx.client, &name, None).await?;
+    ensure!(cx.client.lock_vdi(&name, &SnapSel::Working, false).await?.vid == new);
+    cx.client.release_vdi(new, false).await?;
+    cx.client.release_vdi(vid, false).await?;
+    Ok(())
+}
+
+async fn locks_follow_the_cluster_setting(cx: Rc<Ctx>) -> Result<()> {
+    let name = cx.name("nolock");
+    cx.create("nolock", 8 * MIB).await?;
+    cx.client.lock_vdi(&name, &SnapSel::Working, false).await?;
+    let second = cx.client.lock_vdi(&name, &SnapSel::Working, false).await;
+    if cx.locking {
+        ensure!(second.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_VDI_LOCKED), "{second:?}");
+        cx.client.release_vdi(cx.client.vdi_info(&name, &SnapSel::Working).await?.vid, false).await?;
+    } else {
+        ensure!(second.is_ok(), "without locking LOCK_VDI is only a lookup: {second:?}");
+    }
+    Ok(())
+}
+
+async fn flush_is_obsolete_and_discard_zeroes(cx: Rc<Ctx>) -> Result<()> {
+    let vid = cx.create("discard", 16 * MIB).await?;
+    let flush = ReqHeader::obj(Opcode::FlushVdi, 0, 0, ObjArgs { oid: Oid::inode(vid), ..Default::default() });
+    ensure!(cx.code(flush, &[]).await? == SD_RES_INVALID_PARMS, "FLUSH_VDI is obsolete");
+    let v = cx.vol(vid).await?;
+    let os = 1u64 << v.header().block_size_shift;
+    v.write(0, &vec![8u8; 2 * os as usize]).await?;
+    // QEMU's way: zero the entry in the inode; the object is reclaimed.
+    cx.client.write_obj(Oid::inode(vid), entry_offset(0), &[0u8; 4]).await?;
+    let r = cx.client.read_obj(Oid::data(vid, 0), 0, 512).await;
+    ensure!(r.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_NO_OBJ), "{r:?}");
+    // DISCARD_OBJ: the server clears the entry itself.
+    cx.client.discard_obj(vid, 1).await?;
+    let (_, entries) = cx.client.read_inode(vid).await?;
+    ensure!(entries[0] == 0 && entries[1] == 0, "{:?}", &entries[..2]);
+    let mut got = vec![1u8; 4096];
+    cx.vol(vid).await?.read(os, &mut got).await?;
+    ensure!(got.iter().all(|&x| x == 0), "a discarded object reads as zeros");
+    Ok(())
+}
+
+async fn hyper_volumes_are_refused(cx: Rc<Ctx>) -> Result<()> {
+    let name = cx.name("hyper");
+    let args = VdiArgs { vdi_size: 8 * MIB, store_policy: 1, block_size_shift: 22, ..Default::default() };
+    let (rsp, _) = cx.client.request(ReqHeader::vdi(Opcode::NewVdi, SD_FLAG_CMD_WRITE, 256, args), &name.to_field()).await?;
+    let vid = Vid(rsp.vdi_id());
+    ensure!(cx.client.read_inode_header(vid).await?.store_policy == 1);
+    let open = manage::open(&cx.client, &VdiSpec::working(name.clone())).await;
+    ensure!(open.as_ref().err().is_some_and(|e| e.to_string().contains("hyper volumes are not supported")), "{:?}", open.err());
+    let vol = VolumeIo::open(cx.client.clone(), vid, true).await;
+    ensure!(vol.is_err(), "a hyper volume cannot be opened for i/o");
+    // Its inode is not a flat array: delete it with DEL_VDI alone.
+    cx.client.del_vdi(&name, &SnapSel::Working).await?;
+    Ok(())
+}
+
+async fn wrong_payload_lengths_are_invalid(cx: Rc<Ctx>) -> Result<()> {
+    let name = cx.name("len");
+    let field = name.to_field();
+    let short = ReqHeader::vdi(Opcode::NewVdi, SD_FLAG_CMD_WRITE, 255, VdiArgs { vdi_size: MIB, ..Default::default() });
+    ensure!(cx.code(short, &field[..255]).await? == SD_RES_INVALID_PARMS, "NEW_VDI with 255 bytes");
+    let mut long = field.to_vec();
+    long.extend_from_slice(&[0u8; 44]);
+    let info = ReqHeader::vdi(Opcode::GetVdiInfo, SD_FLAG_CMD_WRITE, 300, VdiArgs::default());
+    ensure!(cx.code(info, &long).await? == SD_RES_INVALID_PARMS, "GET_VDI_INFO with 300 bytes");
+    let vdis = ReqHeader::vdi(Opcode::ReadVdis, 0, 4096, VdiArgs::default());
+    ensure!(cx.code(vdis, &[]).await? == SD_RES_INVALID_PARMS, "READ_VDIS of 4096 bytes");
+    let gone = cx.client.vdi_info(&name, &SnapSel::Working).await;
+    ensure!(gone.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_NO_VDI), "nothing was created: {gone:?}");
+    Ok(())
+}

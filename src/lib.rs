@@ -1,4 +1,5 @@
-pub mod proto;
-pub mod vdi;
-pub mod sheep;
 pub mod cli;
+pub mod proto;
+pub mod sheep;
+pub mod store;
+pub mod vdi;

@@ -16,8 +16,12 @@ struct Env {
 }
 
 fn start(sync: bool) -> Env {
+    start_with(Config { sync, ..Default::default() })
+}
+
+fn start_with(cfg: Config) -> Env {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = Config { dir: dir.path().to_path_buf(), listen: vec!["127.0.0.1:0".parse().expect("addr")], sync, ..Default::default() };
+    let cfg = Config { dir: dir.path().to_path_buf(), listen: vec!["127.0.0.1:0".parse().expect("addr")], ..cfg };
     let store = Store::start(cfg).expect("store starts");
     let addr = store.local_addrs()[0];
     Env { store, _dir: dir, addr }
@@ -131,6 +135,15 @@ fn black_hole() -> (SocketAddr, Vec<TcpStream>) {
     (addr, hold)
 }
 
+/// "up to N requests in flight" from the CLI's info log.
+fn peak_from_log(log: &str) -> usize {
+    log.split("up to ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no in-flight count in the log: {log}"))
+}
+
 fn pattern(seed: u64, buf: &mut [u8]) {
     let mut x = seed | 1;
     for c in buf.chunks_mut(8) {
@@ -142,11 +155,17 @@ fn pattern(seed: u64, buf: &mut [u8]) {
     }
 }
 
-#[test]
-fn write_then_read_512_mib() {
-    let env = start(true);
+struct RoundTrip {
+    write_secs: f64,
+    read_secs: f64,
+    write_peak: usize,
+    read_peak: usize,
+}
+
+/// `vdi write` 512 MiB of a pattern at offset 4 KiB, `vdi read` it back, compare every byte.
+fn round_trip_512_mib(env: &Env) -> RoundTrip {
     const LEN: usize = 512 << 20;
-    ok(&sheepdev(&env, &["create", "big", "1G"]));
+    ok(&sheepdev(env, &["create", "big", "1G"]));
     let src = tempfile::NamedTempFile::new().expect("tmp");
     {
         let mut f = std::io::BufWriter::new(std::fs::File::create(src.path()).expect("create"));
@@ -157,40 +176,76 @@ fn write_then_read_512_mib() {
         }
         f.flush().expect("flush");
     }
+    let a = env.addr.to_string();
     let t = Instant::now();
-    ok(&sheepdev_at(&env.addr.to_string(), &["write", "big", "--offset", "4K"], Some(std::fs::File::open(src.path()).expect("open"))));
-    let wsecs = t.elapsed().as_secs_f64();
-    let peak = env.store.peak_inflight();
+    let out = Command::new(env!("CARGO_BIN_EXE_sheepdev"))
+        .args(["vdi", "-a", &a, "write", "big", "--offset", "4K"])
+        .env("SHEEPDEV_LOG", "info")
+        .stdin(std::fs::File::open(src.path()).expect("open"))
+        .output()
+        .expect("write runs");
+    let write_secs = t.elapsed().as_secs_f64();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let write_peak = peak_from_log(&log);
 
     let dst = tempfile::NamedTempFile::new().expect("tmp");
     let t = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_sheepdev"))
-        .args(["vdi", "-a", &env.addr.to_string(), "read", "big", "--offset", "4K", "--length", "512M"])
+        .args(["vdi", "-a", &a, "read", "big", "--offset", "4K", "--length", "512M"])
+        .env("SHEEPDEV_LOG", "info")
         .stdout(std::fs::File::create(dst.path()).expect("dst"))
         .stderr(Stdio::piped())
         .output()
         .expect("read runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let rsecs = t.elapsed().as_secs_f64();
-    eprintln!(
-        "512 MiB against the embedded store (sync on): write {:.1} MiB/s, read {:.1} MiB/s, peak {} requests in flight",
-        512.0 / wsecs,
-        512.0 / rsecs,
-        peak
-    );
-    assert!(peak >= 16, "the store saw at most {peak} requests in flight");
+    let read_secs = t.elapsed().as_secs_f64();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let read_peak = peak_from_log(&log);
 
-    let (mut a, mut b) = (BufReader::new(std::fs::File::open(src.path()).expect("src")), BufReader::new(std::fs::File::open(dst.path()).expect("dst")));
-    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let (mut x, mut y) =
+        (BufReader::new(std::fs::File::open(src.path()).expect("src")), BufReader::new(std::fs::File::open(dst.path()).expect("dst")));
+    let (mut bx, mut by) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
     for i in 0..(LEN >> 20) {
-        a.read_exact(&mut ba).expect("src chunk");
-        b.read_exact(&mut bb).expect("dst chunk");
-        assert!(ba == bb, "MiB {i} differs");
+        x.read_exact(&mut bx).expect("src chunk");
+        y.read_exact(&mut by).expect("dst chunk");
+        assert!(bx == by, "MiB {i} differs");
     }
-    assert_eq!(b.read(&mut bb).expect("eof"), 0, "no extra bytes");
+    assert_eq!(y.read(&mut by).expect("eof"), 0, "no extra bytes");
     // The unaligned start: the 4 KiB before the data are still zeros.
-    let head = Command::new(env!("CARGO_BIN_EXE_sheepdev")).args(["vdi", "-a", &env.addr.to_string(), "read", "big", "--length", "4K"]).output().expect("runs");
-    assert!(head.status.success() && head.stdout.len() == 4096 && head.stdout.iter().all(|&x| x == 0));
+    let head = Command::new(env!("CARGO_BIN_EXE_sheepdev")).args(["vdi", "-a", &a, "read", "big", "--length", "4K"]).output().expect("runs");
+    assert!(head.status.success() && head.stdout.len() == 4096 && head.stdout.iter().all(|&b| b == 0));
+    RoundTrip { write_secs, read_secs, write_peak, read_peak }
+}
+
+#[test]
+fn write_then_read_512_mib_keeps_16_requests_in_flight() {
+    // A 100 ms disk, so requests queue up as they do on a cluster whose latency is longer
+    // than the time the client needs to produce the next request.
+    let env = start_with(Config { sync: true, object_delay: Duration::from_millis(100), workers: 64, ..Default::default() });
+    let r = round_trip_512_mib(&env);
+    let store_peak = env.store.peak_inflight();
+    eprintln!("in flight with a 100 ms disk: write {}, read {} (client); {store_peak} (store)", r.write_peak, r.read_peak);
+    assert!(
+        r.write_peak >= 16 && r.read_peak >= 16 && store_peak >= 16,
+        "in flight: write {}, read {}, store {store_peak}",
+        r.write_peak,
+        r.read_peak
+    );
+    env.store.shutdown();
+}
+
+#[test]
+fn write_then_read_512_mib_throughput() {
+    let env = start(true);
+    let r = round_trip_512_mib(&env);
+    eprintln!(
+        "512 MiB against the embedded store (sync on): write {:.1} MiB/s, read {:.1} MiB/s (client peaks {} / {} in flight)",
+        512.0 / r.write_secs,
+        512.0 / r.read_secs,
+        r.write_peak,
+        r.read_peak
+    );
     env.store.shutdown();
 }
 

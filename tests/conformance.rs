@@ -171,7 +171,12 @@ async fn responses_come_back_out_of_order(cx: Rc<Ctx>) -> Result<()> {
     s.set_nodelay(true)?;
     for trial in 0..20u32 {
         let mut frame = Vec::new();
-        let w = ReqHeader::obj(Opcode::CreateAndWriteObj, SD_FLAG_CMD_WRITE, big.len() as u32, ObjArgs { oid: Oid::data(vid, trial), ..Default::default() });
+        let w = ReqHeader::obj(
+            Opcode::CreateAndWriteObj,
+            SD_FLAG_CMD_WRITE,
+            big.len() as u32,
+            ObjArgs { oid: Oid::data(vid, trial), ..Default::default() },
+        );
         let mut w = w;
         w.id = 1000 + trial;
         frame.extend_from_slice(&w.encode());
@@ -242,7 +247,10 @@ async fn clone_writes_copy_on_write(cx: Rc<Ctx>) -> Result<()> {
     cv.write(4096, &[0xbb; 512]).await?;
     let mut got = vec![0u8; 8192];
     cv.read(0, &mut got).await?;
-    ensure!(got[..4096].iter().all(|&x| x == 0xaa) && got[4096..4608].iter().all(|&x| x == 0xbb) && got[4608..].iter().all(|&x| x == 0xaa), "clone sees parent data overlaid with its write");
+    ensure!(
+        got[..4096].iter().all(|&x| x == 0xaa) && got[4096..4608].iter().all(|&x| x == 0xbb) && got[4608..].iter().all(|&x| x == 0xaa),
+        "clone sees parent data overlaid with its write"
+    );
     let (_, entries) = cx.client.read_inode(clone).await?;
     ensure!(entries[0] == clone.0, "the clone owns object 0 after the COW");
     let parent = VolumeIo::open(cx.client.clone(), vid, true).await?;

@@ -25,6 +25,9 @@ pub struct StoreArgs {
     /// Redundancy the store reports as the cluster default.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=31))]
     copies: u8,
+    /// Emulated disk latency in milliseconds added to every object read and write (tests).
+    #[arg(long, default_value_t = 0, hide = true, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    slow_disk_ms: u64,
     /// Worker threads serving requests.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     workers: u16,
@@ -35,7 +38,15 @@ fn listen_arg(s: &str) -> Result<SocketAddr, String> {
 }
 
 pub fn run(a: StoreArgs) -> anyhow::Result<()> {
-    let cfg = Config { dir: a.dir.clone(), listen: a.listen, locking: a.locking, sync: !a.no_sync, copies: a.copies, workers: usize::from(a.workers) };
+    let cfg = Config {
+        dir: a.dir.clone(),
+        listen: a.listen,
+        locking: a.locking,
+        sync: !a.no_sync,
+        copies: a.copies,
+        workers: usize::from(a.workers),
+        object_delay: std::time::Duration::from_millis(a.slow_disk_ms),
+    };
     let store = Store::start(cfg).with_context(|| format!("starting the store in {}", a.dir.display()))?;
     for addr in store.local_addrs() {
         eprintln!("sheepdev store: serving {} on {addr}", a.dir.display());

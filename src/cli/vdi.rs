@@ -21,8 +21,8 @@ use crate::vdi::VdiSpec;
 #[derive(Debug, Args)]
 pub struct VdiArgs {
     /// Gateways: host[:port][,host[:port]…] (port 7000 by default).
-    #[arg(short = 'a', long = "address", global = true, default_value = "127.0.0.1:7000", value_parser = parse_gateways)]
-    address: Vec<SocketAddr>,
+    #[arg(short = 'a', long = "address", global = true, default_value = "127.0.0.1:7000", value_parser = gateways)]
+    address: Gateways,
     /// Seconds to wait for a gateway to accept the connection.
     #[arg(long, global = true, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=600))]
     connect_timeout: u64,
@@ -85,6 +85,14 @@ enum VdiCmd {
     },
 }
 
+/// The parsed `-a` list (a newtype, so clap treats it as one value).
+#[derive(Debug, Clone)]
+struct Gateways(Vec<SocketAddr>);
+
+fn gateways(s: &str) -> Result<Gateways, String> {
+    parse_gateways(s).map(Gateways)
+}
+
 fn spec(s: &str) -> anyhow::Result<VdiSpec> {
     s.parse::<VdiSpec>().map_err(anyhow::Error::msg)
 }
@@ -97,7 +105,7 @@ fn name(s: &str) -> anyhow::Result<VdiName> {
 }
 
 pub fn run(a: VdiArgs) -> anyhow::Result<()> {
-    let mut cfg = Config::new(a.address.clone());
+    let mut cfg = Config::new(a.address.0.clone());
     cfg.connect_timeout = Duration::from_secs(a.connect_timeout);
     super::block_on(async move {
         // Validate everything the user typed before talking to anyone.
@@ -307,7 +315,7 @@ async fn write(c: Rc<Client>, spec: &VdiSpec, offset: u64, depth: usize) -> anyh
         t.await?;
     }
     pb.finish_and_clear();
-    report("wrote", pos - offset, started);
+    report("wrote", pos - offset, started, &c);
     Ok(())
 }
 
@@ -345,11 +353,12 @@ async fn read(c: Rc<Client>, spec: &VdiSpec, offset: u64, length: Option<u64>, d
     }
     out.flush().context("writing stdout")?;
     pb.finish_and_clear();
-    report("read", len, started);
+    report("read", len, started, &c);
     Ok(())
 }
 
-fn report(what: &str, bytes: u64, started: Instant) {
+fn report(what: &str, bytes: u64, started: Instant, c: &Client) {
     let secs = started.elapsed().as_secs_f64().max(1e-9);
-    tracing::info!("{what} {bytes} bytes in {secs:.2} s ({:.1} MiB/s)", bytes as f64 / secs / (1 << 20) as f64);
+    let mibs = bytes as f64 / secs / (1 << 20) as f64;
+    tracing::info!("{what} {bytes} bytes in {secs:.2} s ({mibs:.1} MiB/s), up to {} requests in flight", c.peak_inflight());
 }

@@ -88,10 +88,7 @@ opcodes! {
 impl Opcode {
     /// Whether requests with this opcode use the object layout of bytes 16..48 (else the VDI one).
     pub fn is_object_op(self) -> bool {
-        matches!(
-            self,
-            Opcode::CreateAndWriteObj | Opcode::ReadObj | Opcode::WriteObj | Opcode::RemoveObj | Opcode::DiscardObj | Opcode::FlushVdi
-        )
+        matches!(self, Opcode::CreateAndWriteObj | Opcode::ReadObj | Opcode::WriteObj | Opcode::RemoveObj | Opcode::DiscardObj | Opcode::FlushVdi)
     }
 }
 

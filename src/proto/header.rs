@@ -197,16 +197,7 @@ pub struct RspHeader {
 impl RspHeader {
     /// A response to `req` with `result`, no payload and zeroed specifics.
     pub fn reply_to(req: &ReqHeader, result: ResultCode) -> Self {
-        RspHeader {
-            proto_ver: req.proto_ver,
-            opcode: req.opcode,
-            flags: 0,
-            epoch: 0,
-            id: req.id,
-            data_length: 0,
-            result,
-            args: [0; 28],
-        }
+        RspHeader { proto_ver: req.proto_ver, opcode: req.opcode, flags: 0, epoch: 0, id: req.id, data_length: 0, result, args: [0; 28] }
     }
 
     /// VDI responses: vid @24.

@@ -14,7 +14,7 @@ mod oid;
 pub use consts::*;
 pub use header::{response_bound, ObjArgs, ReqHeader, RspHeader, VdiArgs, HEADER_LEN};
 pub use inode::{InodeHeader, VdiName};
-pub use oid::{fnv_64a, hash_vid, Oid, Vid, FNV1A_64_INIT, VDI_ATTR_BIT, VDI_BIT, VDI_BTREE_BIT, VMSTATE_BIT};
+pub use oid::{fnv_64a, hash_vid, Oid, Vid, FNV1A_64_INIT, LEDGER_BIT, VDI_ATTR_BIT, VDI_BIT, VDI_BTREE_BIT, VMSTATE_BIT};
 
 /// Errors of the wire codec. Small and `Copy`-free only where a message is needed; the hot
 /// path sees only the variants without `String`.
@@ -30,7 +30,7 @@ pub enum Error {
     BadName(String),
     #[error("bad redundancy {0}")]
     BadRedundancy(String),
-    #[error("hyper volumes (store_policy 1) are not supported")]
+    #[error("hyper volumes are not supported (store_policy 1)")]
     HyperVolume,
     #[error("unusable inode: {0}")]
     BadInode(String),

@@ -121,7 +121,7 @@ mod tests {
         #[test]
         fn hash_is_in_range(name in proptest::collection::vec(any::<u8>(), 0..300)) {
             let v = hash_vid(&name);
-            prop_assert!(v >= 1 && v < (1 << 24));
+            prop_assert!((1..(1 << 24)).contains(&v));
         }
     }
 }

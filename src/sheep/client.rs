@@ -45,6 +45,9 @@ pub fn parse_gateways(s: &str) -> Result<Vec<SocketAddr>, String> {
             return Err(format!("bad address {s:?}: empty gateway in the list"));
         }
         let with_port = if let Ok(a) = part.parse::<SocketAddr>() {
+            if a.port() == 0 {
+                return Err(format!("bad address {part:?}: port 0"));
+            }
             out.push(a);
             continue;
         } else if part.starts_with('[') && part.ends_with(']') {
@@ -120,6 +123,11 @@ impl Client {
     /// The gateway this client talks to.
     pub fn gateway(&self) -> SocketAddr {
         self.conns[0].addr()
+    }
+
+    /// The most requests this client had in flight at once, over all its connections.
+    pub fn peak_inflight(&self) -> usize {
+        self.conns.iter().map(Connection::peak_inflight).sum()
     }
 
     /// Send a request and return the response, whatever its result code.
@@ -221,7 +229,8 @@ impl Client {
 
     /// WRITE_OBJ of `data` at `offset` of an existing object.
     pub async fn write_obj(&self, oid: Oid, offset: u32, data: &[u8]) -> Result<(), Error> {
-        let hdr = ReqHeader::obj(Opcode::WriteObj, SD_FLAG_CMD_WRITE | SD_FLAG_CMD_DIRECT, len32(data)?, ObjArgs { oid, offset, ..Default::default() });
+        let hdr =
+            ReqHeader::obj(Opcode::WriteObj, SD_FLAG_CMD_WRITE | SD_FLAG_CMD_DIRECT, len32(data)?, ObjArgs { oid, offset, ..Default::default() });
         self.request(hdr, data).await.map(|_| ())
     }
 

@@ -33,9 +33,14 @@ pub type Response = (RspHeader, Vec<u8>);
 
 enum State {
     Free,
-    Waiting { bound: u32, waker: Option<Waker> },
+    Waiting {
+        bound: u32,
+        waker: Option<Waker>,
+    },
     /// The caller went away; a late answer is drained and dropped.
-    Abandoned { bound: u32 },
+    Abandoned {
+        bound: u32,
+    },
     Done(Result<Response, Error>),
 }
 
@@ -61,6 +66,7 @@ struct Inner {
     free: RefCell<Vec<u16>>,
     broken: RefCell<Option<Broken>>,
     inflight: Cell<usize>,
+    peak: Cell<usize>,
     timeout: Duration,
 }
 
@@ -98,6 +104,7 @@ impl Connection {
             free: RefCell::new((0..depth as u16).rev().collect()),
             broken: RefCell::new(None),
             inflight: Cell::new(0),
+            peak: Cell::new(0),
             timeout,
         });
         let reader = glommio::spawn_local(read_loop(inner.clone(), rd));
@@ -111,6 +118,11 @@ impl Connection {
     /// Requests in flight right now.
     pub fn inflight(&self) -> usize {
         self.inner.inflight.get()
+    }
+
+    /// The most requests that were in flight at once.
+    pub fn peak_inflight(&self) -> usize {
+        self.inner.peak.get()
     }
 
     /// Whether the connection has failed and must be replaced.
@@ -189,6 +201,7 @@ impl<'a> SlotGuard<'a> {
         s.gen = s.gen.wrapping_add(1);
         s.state = State::Waiting { bound, waker: None };
         inner.inflight.set(inner.inflight.get() + 1);
+        inner.peak.set(inner.peak.get().max(inner.inflight.get()));
         Ok(SlotGuard { inner, idx, id: (u32::from(s.gen) << 16) | idx as u32 })
     }
 

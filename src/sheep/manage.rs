@@ -53,9 +53,7 @@ impl Redundancy {
 /// Check a size and object size the way dog does, before anything is sent.
 pub fn check_size(size: u64, block_size_shift: u8) -> Result<(), Error> {
     if !(SD_MIN_BLOCK_SIZE_SHIFT..=SD_MAX_BLOCK_SIZE_SHIFT).contains(&block_size_shift) {
-        return Err(Error::Invalid(format!(
-            "object size 2^{block_size_shift} is out of range: it must be 1M..2G (a power of two)"
-        )));
+        return Err(Error::Invalid(format!("object size 2^{block_size_shift} is out of range: it must be 1M..2G (a power of two)")));
     }
     if size == 0 {
         return Err(Error::Invalid("vdi size must be above 0".into()));

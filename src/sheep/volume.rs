@@ -114,7 +114,10 @@ impl VolumeIo {
             }
             r?;
         }
-        results.into_iter().map(|r| r.map(|_| ())).collect()
+        for r in results {
+            r?;
+        }
+        Ok(())
     }
 
     /// Plan a write of `idx`, waiting while a create of it is in flight.

@@ -4,7 +4,7 @@
 //! a snapshot id (0 is invalid), anything else is a tag. Names and tags are validated
 //! (`VdiName`: 1..=255 bytes, no NUL). Errors are one lower-case line naming the problem.
 
-use crate::proto::{VdiName, VdiArgs};
+use crate::proto::{VdiArgs, VdiName};
 
 /// Which inode of a name a lookup wants.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,168 @@
+//! The embedded sheep-compatible store: a single-node store for tests, demos and
+//! benchmarks, not a Sheepdog cluster.
+//!
+//! One process speaks the sheep 1.0 client protocol (shared/reference/sheep-protocol.md
+//! §1–§15) over TCP and keeps every object as a file. It reproduces what a client of a
+//! real cluster sees, traps included:
+//! - a second CREATE_AND_WRITE_OBJ of an oid silently replaces the object with zeros plus
+//!   the new data;
+//! - DEL_VDI answers SUCCESS and deletes nothing while the inode still has a non-zero
+//!   `data_vdi_id` entry below `ceil(vdi_size / object_size)`;
+//! - data writes to a snapshot's objects get READONLY, and so do those of a *working* VDI
+//!   that was used as the base of a clone (sheep marks the base read-only in memory; the
+//!   mark lasts until the store restarts, as in sheep);
+//! - READ_OBJ does no bounds check (zeros past the end), WRITE_OBJ past the object end
+//!   grows the file, FLUSH_VDI is always INVALID_PARMS;
+//! - responses on one connection come back in completion order, not submission order.
+//!
+//! Contract:
+//! - Layout on disk: `DIR/obj/<oid as 16 lower-case hex digits>` per object (inodes are
+//!   sparse files of `SD_INODE_SIZE` bytes, data objects sparse files of the owning VDI's
+//!   object size), `DIR/tmp/` for creates in progress (emptied at start). Everything else
+//!   (VDI bitmap, inode cache, which vids are snapshots) is rebuilt from the inode files at
+//!   [`Store::start`], so a store survives a restart.
+//! - Durability: with [`Config::sync`] on, a write is on stable storage when it is
+//!   acknowledged (fdatasync of the object, fsync of `obj/` after a create). Creates are
+//!   atomic (temp file + rename). `sync = false` is sheep's `-n`.
+//! - Locks (LOCK_VDI with [`Config::locking`]) live in memory only: they survive client
+//!   disconnects, as in sheep, and are lost when the store restarts.
+//! - A request payload above [`MAX_PAYLOAD`] closes the connection; a READ_OBJ asking for
+//!   more gets INVALID_PARMS. Nothing a peer sends can panic the store.
+//! - Hyper volumes (`store_policy = 1`) are created with an empty depth-1 B-tree root and
+//!   deleted by DEL_VDI alone (their own objects are reclaimed from the B-tree, as sheep
+//!   does), but the store keeps no index of them: DISCARD_OBJ refuses them and their inode
+//!   writes never reclaim objects.
+//! - One store per directory: nothing stops two processes from sharing one, and they
+//!   would each miss the other's metadata.
+//! - Deliberate differences from sheep 1.0's code: RELEASE_VDI of a vid that is not locked
+//!   answers VDI_NOT_LOCKED (sheep answers SUCCESS); a shared lock may be taken many times
+//!   (sheep allows one per node); NEW_VDI with an empty name, `store_policy > 1` or
+//!   `block_size_shift > 31` and DISCARD_OBJ of anything but a data oid below index 2^20
+//!   get INVALID_PARMS; objects are reclaimed by scanning the live inodes, not through
+//!   sheep's `gref` generation counts (which the store never writes).
+//! - Out of scope: admin opcodes (≥ 0x80, answered VER_MISMATCH or INVALID_PARMS), VDI
+//!   attributes, other store policies (INVALID_PARMS), erasure coding beyond reporting
+//!   `nr_copies = data + parity`.
+//!
+//! Files: `server.rs` (listeners, connections, worker pool), `ops.rs` (one request → one
+//! response), `meta.rs` (VDI metadata: lookup, bitmap, locks, reference drop),
+//! `inode.rs` (one cached inode), `objects.rs` (object files).
+
+mod inode;
+mod meta;
+mod objects;
+mod ops;
+mod server;
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::proto::libc_errno::{EINVAL, EIO};
+use crate::proto::Oid;
+
+pub use server::Store;
+
+/// Largest request payload (and READ_OBJ length) the store accepts: 64 MiB. It covers a
+/// whole 12 MiB inode and any data object a client splits at object boundaries; anything
+/// larger is a client bug or garbage. A bigger payload closes the connection, because the
+/// store would have to read it all to answer.
+pub const MAX_PAYLOAD: u32 = 64 << 20;
+
+/// Store settings; the CLI is `sheepdev store --dir DIR --listen ADDR [--listen ADDR2]
+/// [--locking] [--no-sync] [--copies N]`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory holding `obj/` and `tmp/`; created when missing.
+    pub dir: PathBuf,
+    /// Addresses to listen on (port 0 picks a free port; see [`Store::local_addrs`]).
+    pub listen: Vec<SocketAddr>,
+    /// Enforce LOCK_VDI like a cluster formatted with `dog cluster format -l`.
+    pub locking: bool,
+    /// fdatasync before acknowledging writes (off = sheep's `-n`).
+    pub sync: bool,
+    /// The cluster's default redundancy, reported by GET_CLUSTER_DEFAULT and used by
+    /// NEW_VDI with `copies = 0` (1..=31).
+    pub copies: u8,
+    /// Worker threads executing requests (≥ 1).
+    pub workers: usize,
+    /// Emulated disk latency: every object read, write and create waits this long before
+    /// it runs (a store-side fault for tests; zero in normal use).
+    pub object_delay: std::time::Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            dir: PathBuf::from("."),
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], crate::proto::SD_LISTEN_PORT))],
+            locking: false,
+            sync: true,
+            copies: 3,
+            workers: 8,
+            object_delay: std::time::Duration::ZERO,
+        }
+    }
+}
+
+/// Why a store could not start. Requests never produce these: a failing request gets a
+/// sheep result code on the wire. Each message is complete (it already says what the
+/// underlying I/O error was), so the `io` fields are kept for `errno()`, not as sources.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no listen address given")]
+    NoListen,
+    #[error("invalid store configuration: {0}")]
+    Config(&'static str),
+    #[error("cannot use store directory {}: {reason}", path.display())]
+    Dir { path: PathBuf, reason: String, io: io::Error },
+    #[error("cannot load inode {oid} from {}: {reason}", path.display())]
+    Inode { oid: Oid, path: PathBuf, reason: String, io: io::Error },
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: SocketAddr, reason: String, io: io::Error },
+    #[error("cannot start a store thread: {reason}")]
+    Thread { reason: String, io: io::Error },
+}
+
+impl Error {
+    /// The errno a CLI reports for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::NoListen | Error::Config(_) => EINVAL,
+            Error::Dir { io, .. } | Error::Inode { io, .. } | Error::Listen { io, .. } | Error::Thread { io, .. } => io.raw_os_error().unwrap_or(EIO),
+        }
+    }
+
+    /// Always false: these are local start-up failures, and no connection is involved.
+    pub fn should_reconnect(&self) -> bool {
+        false
+    }
+
+    fn dir(path: PathBuf, io: io::Error) -> Error {
+        Error::Dir { path, reason: describe(&io), io }
+    }
+}
+
+/// A lower-case description of an I/O error for messages ("address in use").
+fn describe(e: &io::Error) -> String {
+    let fixed = match e.kind() {
+        io::ErrorKind::AddrInUse => "address in use",
+        io::ErrorKind::AddrNotAvailable => "address not available on this host",
+        io::ErrorKind::PermissionDenied => "permission denied",
+        io::ErrorKind::NotFound => "not found",
+        io::ErrorKind::AlreadyExists => "already exists",
+        io::ErrorKind::StorageFull => "no space left on device",
+        _ => "",
+    };
+    if !fixed.is_empty() {
+        return fixed.to_owned();
+    }
+    let s = e.to_string();
+    let mut c = s.chars();
+    match c.next() {
+        Some(first) => first.to_lowercase().chain(c).collect(),
+        None => "unknown error".to_owned(),
+    }
+}

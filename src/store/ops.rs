@@ -1,0 +1,244 @@
+//! One request in, one response out: validation and the per-opcode semantics of sheep
+//! 1.0 (reference §4, §8–§11), on top of [`Meta`] and [`Objects`].
+//!
+//! Contract:
+//! - [`Handler::handle`] never fails and never panics on peer input: every problem is a
+//!   result code in the response. The response echoes opcode, id and proto_ver; its
+//!   `data_length` is the length of the returned frame's payload.
+//! - Version check first: opcodes ≥ 0x80 need proto_ver 0x0a (then INVALID_PARMS: admin
+//!   opcodes are out of scope), others accept 0..=2 (VER_MISMATCH above). Unknown opcodes
+//!   get INVALID_PARMS.
+//! - Inode objects are read, written, created and removed under the metadata lock; data
+//!   objects only ask the lock whether their vid is read-only and how big they are, then
+//!   do their I/O in parallel with everything else. Like sheep, nothing orders two
+//!   requests in flight, not even on one object.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::inode::inode_vid;
+use super::meta::{Meta, NewVdi, Query};
+use super::objects::Objects;
+use super::MAX_PAYLOAD;
+use crate::proto::inode::{ec_split, field_str};
+use crate::proto::{
+    Opcode, ReqHeader, ResultCode, RspHeader, HEADER_LEN, SD_DEFAULT_BLOCK_SIZE_SHIFT, SD_FLAG_CMD_COW, SD_MAX_VDI_LEN, SD_MAX_VDI_TAG_LEN,
+    SD_PROTO_VER, SD_RES_INVALID_PARMS, SD_RES_READONLY, SD_RES_SUCCESS, SD_RES_VER_MISMATCH, SD_VDI_BITMAP_LEN,
+};
+
+/// proto_ver that admin and internal opcodes (≥ 0x80) must carry.
+const SD_SHEEP_PROTO_VER: u8 = 0x0a;
+/// First admin/internal opcode.
+const FIRST_ADMIN_OPCODE: u8 = 0x80;
+/// The epoch every response reports: a freshly formatted single-node cluster's.
+const EPOCH: u32 = 1;
+/// Largest `block_size_shift` NEW_VDI accepts (sheep's objects are addressed with u32).
+const MAX_BLOCK_SIZE_SHIFT: u8 = 31;
+
+/// A response: the header and, when it carries data, a frame of `HEADER_LEN` bytes left
+/// for the header followed by the payload (so header and data go out in one write).
+pub(super) struct Reply {
+    pub rsp: RspHeader,
+    pub frame: Option<Vec<u8>>,
+}
+
+/// A frame with room for the header and `len` payload bytes, zeroed.
+fn frame(len: u32) -> Vec<u8> {
+    vec![0u8; HEADER_LEN + len as usize]
+}
+
+/// sheep's time stamp: `(sec << 32) | nsec` (microsecond precision, as sheep); never 0,
+/// because a zero `snap_ctime` would not freeze anything.
+fn now() -> u64 {
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    ((d.as_secs() << 32) | u64::from(d.subsec_micros() * 1000)).max(1)
+}
+
+/// Everything a worker needs to execute requests.
+pub(super) struct Handler {
+    meta: Mutex<Meta>,
+    objs: Objects,
+    locking: bool,
+    copies: u8,
+    object_delay: std::time::Duration,
+}
+
+impl Handler {
+    pub(super) fn new(meta: Meta, objs: Objects, locking: bool, copies: u8, object_delay: std::time::Duration) -> Handler {
+        Handler { meta: Mutex::new(meta), objs, locking, copies, object_delay }
+    }
+
+    /// The metadata, even after a worker panicked while holding it (the state is then as
+    /// good as sheep's after a failed multi-step update).
+    pub(super) fn meta(&self) -> MutexGuard<'_, Meta> {
+        self.meta.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Execute one request. `payload` is what followed the header on the wire (empty
+    /// without `SD_FLAG_CMD_WRITE`).
+    pub(super) fn handle(&self, req: &ReqHeader, payload: &[u8]) -> Reply {
+        let mut rsp = RspHeader::reply_to(req, SD_RES_SUCCESS);
+        rsp.epoch = EPOCH;
+        match self.dispatch(req, payload, &mut rsp) {
+            Ok(frame) => Reply { rsp, frame },
+            Err(code) => {
+                rsp.result = code;
+                Reply { rsp, frame: None }
+            }
+        }
+    }
+
+    fn dispatch(&self, req: &ReqHeader, payload: &[u8], rsp: &mut RspHeader) -> Result<Option<Vec<u8>>, ResultCode> {
+        if req.opcode >= FIRST_ADMIN_OPCODE {
+            return Err(if req.proto_ver == SD_SHEEP_PROTO_VER { SD_RES_INVALID_PARMS } else { SD_RES_VER_MISMATCH });
+        }
+        if req.proto_ver > SD_PROTO_VER {
+            return Err(SD_RES_VER_MISMATCH);
+        }
+        let op = Opcode::try_from(req.opcode).map_err(|_| SD_RES_INVALID_PARMS)?;
+        if !self.object_delay.is_zero() && matches!(op, Opcode::CreateAndWriteObj | Opcode::ReadObj | Opcode::WriteObj) {
+            std::thread::sleep(self.object_delay);
+        }
+        match op {
+            Opcode::CreateAndWriteObj => self.create(req, payload).map(|()| None),
+            Opcode::ReadObj => self.read(req).map(Some),
+            Opcode::WriteObj => self.write(req, payload).map(|()| None),
+            Opcode::RemoveObj => {
+                let oid = req.obj_args().oid;
+                match inode_vid(oid) {
+                    Some(vid) => self.meta().remove_inode(&self.objs, vid)?,
+                    None => self.objs.remove(oid)?,
+                }
+                Ok(None)
+            }
+            Opcode::DiscardObj => self.meta().discard(&self.objs, req.obj_args().oid).map(|()| None),
+            Opcode::NewVdi => self.new_vdi(req, payload, rsp).map(|()| None),
+            Opcode::GetVdiInfo => {
+                let f = self.meta().lookup(&query(req, payload)?)?;
+                rsp.set_vdi(f.vid, f.copies, f.block_size_shift);
+                Ok(None)
+            }
+            Opcode::LockVdi => {
+                let q = query(req, payload)?;
+                let mut meta = self.meta();
+                let f = meta.lookup(&q)?;
+                rsp.set_vdi(f.vid, f.copies, f.block_size_shift);
+                if self.locking {
+                    meta.take_lock(f.vid, req.vdi_args().lock_type)?;
+                }
+                Ok(None)
+            }
+            Opcode::ReleaseVdi => {
+                if self.locking {
+                    let a = req.vdi_args();
+                    self.meta().release(a.base_vdi_id, a.lock_type)?;
+                }
+                Ok(None)
+            }
+            Opcode::DelVdi => {
+                let vid = self.meta().del_vdi(&self.objs, &query(req, payload)?)?;
+                rsp.set_vdi(vid, 0, 0);
+                Ok(None)
+            }
+            Opcode::ReadVdis => {
+                if req.data_length != SD_VDI_BITMAP_LEN {
+                    return Err(SD_RES_INVALID_PARMS);
+                }
+                let mut f = frame(SD_VDI_BITMAP_LEN);
+                f[HEADER_LEN..].copy_from_slice(self.meta().bitmap());
+                Ok(Some(f))
+            }
+            // Obsolete in sheep 1.0: clients take INVALID_PARMS as "writes are durable".
+            Opcode::FlushVdi => Err(SD_RES_INVALID_PARMS),
+            Opcode::GetClusterDefault => {
+                rsp.set_cluster_default(self.copies, 0, SD_DEFAULT_BLOCK_SIZE_SHIFT);
+                Ok(None)
+            }
+        }
+    }
+
+    fn create(&self, req: &ReqHeader, payload: &[u8]) -> Result<(), ResultCode> {
+        let a = req.obj_args();
+        let cow = (req.flags & SD_FLAG_CMD_COW != 0).then_some(a.cow_oid);
+        let off = u64::from(a.offset);
+        if let Some(vid) = inode_vid(a.oid) {
+            return self.meta().create_inode(&self.objs, vid, cow, off, payload);
+        }
+        let (readonly, size) = self.meta().data_target(a.oid);
+        if readonly {
+            return Err(SD_RES_READONLY);
+        }
+        self.objs.create(a.oid, size, cow, off, payload)
+    }
+
+    fn read(&self, req: &ReqHeader) -> Result<Vec<u8>, ResultCode> {
+        if req.data_length > MAX_PAYLOAD {
+            return Err(SD_RES_INVALID_PARMS);
+        }
+        let a = req.obj_args();
+        let mut f = frame(req.data_length);
+        let buf = &mut f[HEADER_LEN..];
+        match inode_vid(a.oid) {
+            Some(vid) => self.meta().read_inode(&self.objs, vid, u64::from(a.offset), buf)?,
+            None => self.objs.read(a.oid, u64::from(a.offset), buf)?,
+        }
+        Ok(f)
+    }
+
+    fn write(&self, req: &ReqHeader, payload: &[u8]) -> Result<(), ResultCode> {
+        let a = req.obj_args();
+        let off = u64::from(a.offset);
+        if let Some(vid) = inode_vid(a.oid) {
+            return self.meta().write_inode(&self.objs, vid, off, payload);
+        }
+        if self.meta().data_target(a.oid).0 {
+            return Err(SD_RES_READONLY);
+        }
+        self.objs.write(a.oid, off, payload)
+    }
+
+    fn new_vdi(&self, req: &ReqHeader, payload: &[u8], rsp: &mut RspHeader) -> Result<(), ResultCode> {
+        if payload.len() != SD_MAX_VDI_LEN {
+            return Err(SD_RES_INVALID_PARMS);
+        }
+        let a = req.vdi_args();
+        let (mut copies, copy_policy) = if a.copies == 0 { (self.copies, 0) } else { (a.copies, a.copy_policy) };
+        if copy_policy != 0 {
+            let (data, parity) = ec_split(copy_policy);
+            copies = data.saturating_add(parity);
+        }
+        let block_size_shift = if a.block_size_shift == 0 { SD_DEFAULT_BLOCK_SIZE_SHIFT } else { a.block_size_shift };
+        rsp.set_vdi(0, copies, block_size_shift);
+        let name = field_str(payload);
+        // sheep would create an unnamed (deleted-looking) inode, an unknown kind of inode,
+        // or objects it cannot address: refuse those instead.
+        if name.is_empty() || a.store_policy > 1 || block_size_shift > MAX_BLOCK_SIZE_SHIFT {
+            return Err(SD_RES_INVALID_PARMS);
+        }
+        let r = NewVdi {
+            name,
+            size: a.vdi_size,
+            base: a.base_vdi_id,
+            snapshot: a.snapid != 0,
+            copies,
+            copy_policy,
+            store_policy: a.store_policy,
+            block_size_shift,
+            time: now(),
+        };
+        let vid = self.meta().new_vdi(&self.objs, &r)?;
+        rsp.set_vdi(vid, copies, block_size_shift);
+        Ok(())
+    }
+}
+
+/// The lookup a GET_VDI_INFO, LOCK_VDI or DEL_VDI asks for: a 256-byte name, optionally
+/// followed by a 256-byte tag, and snapid @32. Any other payload length is INVALID_PARMS.
+fn query<'a>(req: &ReqHeader, payload: &'a [u8]) -> Result<Query<'a>, ResultCode> {
+    let (name, tag) = match payload.len() {
+        SD_MAX_VDI_LEN => (payload, &[][..]),
+        n if n == SD_MAX_VDI_LEN + SD_MAX_VDI_TAG_LEN => payload.split_at(SD_MAX_VDI_LEN),
+        _ => return Err(SD_RES_INVALID_PARMS),
+    };
+    Ok(Query { name: field_str(name), tag: field_str(tag), snapid: req.vdi_args().snapid })
+}

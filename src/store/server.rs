@@ -1,0 +1,331 @@
+//! Network side of the embedded store: listeners, one reader thread per connection, a
+//! fixed pool of worker threads, and an orderly shutdown.
+//!
+//! Contract:
+//! - One acceptor thread per listen address. Each connection gets TCP_NODELAY, a write
+//!   timeout, and a reader thread that reads a header, then `data_length` payload bytes
+//!   only when `SD_FLAG_CMD_WRITE` is set (bounded by [`MAX_PAYLOAD`] *before* anything
+//!   is allocated; a larger one closes the connection with a warning). EOF or a partial
+//!   header or payload closes the connection quietly.
+//! - Requests go through one bounded queue to `workers` threads, so the requests of one
+//!   connection run concurrently and their responses go out in completion order, like
+//!   sheep's. Each response (header + payload) is written in one piece under the
+//!   connection's write lock; a failed write closes the connection.
+//! - [`Store::shutdown`] stops accepting, shuts every connection down, lets the workers
+//!   finish what they hold and joins every thread. It does not wait for idle clients.
+//!   Dropping a `Store` does the same.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use super::meta::Meta;
+use super::objects::Objects;
+use super::ops::{Handler, Reply};
+use super::{describe, Config, Error, MAX_PAYLOAD};
+use crate::proto::{Opcode, ReqHeader, RspHeader, HEADER_LEN, SD_RES_SYSTEM_ERROR};
+
+/// A client that does not read its responses for this long is disconnected.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long shutdown waits for the connection that wakes a blocked acceptor.
+const WAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause after a failed accept (e.g. out of file descriptors) before the next one.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// Queued requests per worker before readers block (and TCP pushes back on clients).
+const QUEUE_PER_WORKER: usize = 4;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One client connection, shared by its reader and the workers answering it.
+struct Conn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    write_lock: Mutex<()>,
+}
+
+impl Conn {
+    fn send(&self, reply: Reply) {
+        let Reply { mut rsp, frame } = reply;
+        let res = match frame {
+            None => {
+                rsp.data_length = 0;
+                let head = rsp.encode();
+                let _g = lock(&self.write_lock);
+                (&self.stream).write_all(&head)
+            }
+            Some(mut f) => {
+                rsp.data_length = u32::try_from(f.len().saturating_sub(HEADER_LEN)).unwrap_or(0);
+                if let Some(h) = f.get_mut(..HEADER_LEN) {
+                    h.copy_from_slice(&rsp.encode());
+                }
+                let _g = lock(&self.write_lock);
+                (&self.stream).write_all(&f)
+            }
+        };
+        if let Err(e) = res {
+            tracing::debug!("cannot answer {}: {}; closing the connection", self.peer, describe(&e));
+            self.close();
+        }
+    }
+
+    fn close(&self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}
+
+struct Job {
+    conn: Arc<Conn>,
+    req: ReqHeader,
+    payload: Vec<u8>,
+}
+
+/// State shared by every thread of one store.
+struct Shared {
+    handler: Handler,
+    stop: AtomicBool,
+    /// The queue's sender; `None` once shutdown began, so only readers hold senders.
+    jobs: Mutex<Option<SyncSender<Job>>>,
+    conns: Mutex<Vec<(Arc<Conn>, JoinHandle<()>)>>,
+    /// Requests read and not yet answered, over all connections, and the most seen.
+    inflight: AtomicUsize,
+    peak_inflight: AtomicUsize,
+}
+
+/// A running store; see the module docs of `store` for what it serves.
+pub struct Store {
+    addrs: Vec<SocketAddr>,
+    shared: Arc<Shared>,
+    acceptors: Vec<(SocketAddr, JoinHandle<()>)>,
+    workers: Vec<JoinHandle<()>>,
+    stopped: bool,
+}
+
+fn thread_error(io: std::io::Error) -> Error {
+    Error::Thread { reason: describe(&io), io }
+}
+
+impl Store {
+    /// Load the store in `cfg.dir`, bind every listen address and start serving. Returns
+    /// once every address accepts connections.
+    pub fn start(cfg: Config) -> Result<Store, Error> {
+        if cfg.listen.is_empty() {
+            return Err(Error::NoListen);
+        }
+        if cfg.workers == 0 {
+            return Err(Error::Config("workers must be at least 1"));
+        }
+        if !(1..=31).contains(&cfg.copies) {
+            return Err(Error::Config("copies must be between 1 and 31"));
+        }
+        let mut listeners = Vec::with_capacity(cfg.listen.len());
+        for &addr in &cfg.listen {
+            let listen_err = |io: std::io::Error| Error::Listen { addr, reason: describe(&io), io };
+            let l = TcpListener::bind(addr).map_err(listen_err)?;
+            let local = l.local_addr().map_err(listen_err)?;
+            listeners.push((local, l));
+        }
+        // Bound first: a store that cannot listen leaves the directory alone.
+        let objs = Objects::open(&cfg.dir, cfg.sync).map_err(|(path, e)| Error::dir(path, e))?;
+        let meta = Meta::load(&objs)?;
+        let nr_inodes = meta.nr_inodes();
+        let (tx, rx) = mpsc::sync_channel(cfg.workers.saturating_mul(QUEUE_PER_WORKER));
+        let shared = Arc::new(Shared {
+            handler: Handler::new(meta, objs, cfg.locking, cfg.copies, cfg.object_delay),
+            stop: AtomicBool::new(false),
+            jobs: Mutex::new(Some(tx)),
+            conns: Mutex::new(Vec::new()),
+            inflight: AtomicUsize::new(0),
+            peak_inflight: AtomicUsize::new(0),
+        });
+        let mut store =
+            Store { addrs: listeners.iter().map(|(a, _)| *a).collect(), shared, acceptors: Vec::new(), workers: Vec::new(), stopped: false };
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..cfg.workers {
+            let (sh, rx) = (Arc::clone(&store.shared), Arc::clone(&rx));
+            let h = thread::Builder::new().name(format!("store-worker-{i}")).spawn(move || work(&sh, &rx));
+            store.workers.push(h.map_err(thread_error)?);
+        }
+        for (addr, l) in listeners {
+            let sh = Arc::clone(&store.shared);
+            let h = thread::Builder::new().name(format!("store-accept-{addr}")).spawn(move || accept(&sh, &l, addr));
+            store.acceptors.push((addr, h.map_err(thread_error)?));
+        }
+        tracing::info!(
+            "store serving {} ({} inodes, locking {}, sync {}) on {:?}",
+            cfg.dir.display(),
+            nr_inodes,
+            if cfg.locking { "on" } else { "off" },
+            if cfg.sync { "on" } else { "off" },
+            store.addrs
+        );
+        Ok(store)
+    }
+
+    /// The bound addresses, in the order of `Config::listen` (real ports when 0 was given).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The most requests that were read and not yet answered at one moment, over all
+    /// connections, since the start (what a benchmark's queue depth really reached).
+    pub fn peak_inflight(&self) -> usize {
+        self.shared.peak_inflight.load(Ordering::Relaxed)
+    }
+
+    /// Stop accepting, close every connection and join every thread.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    /// Serve until the acceptors end (for the CLI, that is until the process is killed;
+    /// with `sync` on, every acknowledged write is on disk by then), then shut down.
+    pub fn wait(mut self) {
+        for (_, h) in self.acceptors.drain(..) {
+            let _ = h.join();
+        }
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        self.shared.stop.store(true, Ordering::SeqCst);
+        // Readers get senders from here only; from now on, readers hold the last ones.
+        lock(&self.shared.jobs).take();
+        for (addr, h) in self.acceptors.drain(..) {
+            if h.is_finished() || TcpStream::connect_timeout(&wake_addr(addr), WAKE_TIMEOUT).is_ok() {
+                let _ = h.join();
+            } else {
+                tracing::warn!("cannot wake the acceptor on {addr}; leaving it behind");
+            }
+        }
+        let conns = std::mem::take(&mut *lock(&self.shared.conns));
+        for (c, _) in &conns {
+            c.close();
+        }
+        for (_, h) in conns {
+            let _ = h.join();
+        }
+        for h in self.workers.drain(..) {
+            let _ = h.join();
+        }
+        tracing::info!("store on {:?} stopped", self.addrs);
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Where to connect to reach a listener bound to `a` (a wildcard means loopback).
+fn wake_addr(mut a: SocketAddr) -> SocketAddr {
+    if a.ip().is_unspecified() {
+        match a {
+            SocketAddr::V4(_) => a.set_ip(Ipv4Addr::LOCALHOST.into()),
+            SocketAddr::V6(_) => a.set_ip(Ipv6Addr::LOCALHOST.into()),
+        }
+    }
+    a
+}
+
+fn accept(sh: &Arc<Shared>, l: &TcpListener, addr: SocketAddr) {
+    for conn in l.incoming() {
+        if sh.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        match conn {
+            Ok(s) => serve(sh, s),
+            Err(e) => {
+                tracing::warn!("accept on {addr} failed: {}", describe(&e));
+                thread::sleep(ACCEPT_BACKOFF);
+            }
+        }
+    }
+}
+
+fn serve(sh: &Arc<Shared>, stream: TcpStream) {
+    let Ok(peer) = stream.peer_addr() else { return };
+    let Some(tx) = lock(&sh.jobs).clone() else { return };
+    if let Err(e) = stream.set_nodelay(true).and_then(|()| stream.set_write_timeout(Some(WRITE_TIMEOUT))) {
+        tracing::warn!("cannot set up the connection from {peer}: {}", describe(&e));
+        return;
+    }
+    let conn = Arc::new(Conn { stream, peer, write_lock: Mutex::new(()) });
+    let (c, counters) = (Arc::clone(&conn), Arc::clone(sh));
+    match thread::Builder::new().name("store-conn".into()).spawn(move || read_requests(&c, &tx, &counters)) {
+        Ok(h) => {
+            let mut conns = lock(&sh.conns);
+            conns.retain(|(_, other)| !other.is_finished());
+            conns.push((conn, h));
+            tracing::debug!("connection from {peer}");
+        }
+        Err(e) => {
+            tracing::warn!("cannot serve {peer}: no thread: {}", describe(&e));
+            conn.close();
+        }
+    }
+}
+
+fn read_requests(conn: &Arc<Conn>, tx: &SyncSender<Job>, sh: &Shared) {
+    let mut head = [0u8; HEADER_LEN];
+    loop {
+        if let Err(e) = (&conn.stream).read_exact(&mut head) {
+            tracing::debug!("connection from {} ends: {}", conn.peer, describe(&e));
+            break;
+        }
+        let req = ReqHeader::decode(&head);
+        let mut payload = Vec::new();
+        if req.has_payload() {
+            if req.data_length > MAX_PAYLOAD {
+                tracing::warn!(
+                    "closing the connection from {}: request {} (opcode 0x{:02x}) announces a payload of {} bytes, more than {}",
+                    conn.peer,
+                    req.id,
+                    req.opcode,
+                    req.data_length,
+                    MAX_PAYLOAD
+                );
+                break;
+            }
+            payload = vec![0u8; req.data_length as usize];
+            if let Err(e) = (&conn.stream).read_exact(&mut payload) {
+                tracing::debug!("connection from {} ends inside a payload: {}", conn.peer, describe(&e));
+                break;
+            }
+        }
+        let now = sh.inflight.fetch_add(1, Ordering::Relaxed) + 1;
+        sh.peak_inflight.fetch_max(now, Ordering::Relaxed);
+        if tx.send(Job { conn: Arc::clone(conn), req, payload }).is_err() {
+            sh.inflight.fetch_sub(1, Ordering::Relaxed);
+            break;
+        }
+    }
+    conn.close();
+}
+
+fn work(sh: &Shared, rx: &Mutex<Receiver<Job>>) {
+    loop {
+        let job = lock(rx).recv();
+        let Ok(job) = job else { break };
+        let reply = catch_unwind(AssertUnwindSafe(|| sh.handler.handle(&job.req, &job.payload))).unwrap_or_else(|_| {
+            let op = Opcode::try_from(job.req.opcode).map_or("unknown", Opcode::name);
+            tracing::error!("request {} ({op}) from {} panicked; answering system error", job.req.id, job.conn.peer);
+            Reply { rsp: RspHeader::reply_to(&job.req, SD_RES_SYSTEM_ERROR), frame: None }
+        });
+        let Job { conn, payload, .. } = job;
+        drop(payload);
+        conn.send(reply);
+        sh.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -22,7 +22,7 @@ use crate::vdi::{split, ReadPlan, Volume, WritePlan};
 /// An open VDI for byte I/O. See the module contract.
 pub struct VolumeIo {
     client: Rc<Client>,
-    vol: RefCell<Volume>,
+    vol: Volume,
     waiters: RefCell<Vec<Waker>>,
 }
 
@@ -32,15 +32,15 @@ impl VolumeIo {
         let (h, entries) = client.read_inode(vid).await?;
         h.check_usable().map_err(|e| Error::Invalid(format!("vdi {vid}: {e}")))?;
         let read_only = read_only || h.is_snapshot();
-        Ok(VolumeIo { client, vol: RefCell::new(Volume::new(h, entries, read_only)), waiters: RefCell::new(Vec::new()) })
+        Ok(VolumeIo { client, vol: Volume::new(h, entries, read_only), waiters: RefCell::new(Vec::new()) })
     }
 
     pub fn header(&self) -> InodeHeader {
-        self.vol.borrow().header().clone()
+        self.vol.header().clone()
     }
 
     pub fn size(&self) -> u64 {
-        self.vol.borrow().size()
+        self.vol.size()
     }
 
     fn check_range(&self, offset: u64, len: usize) -> Result<(), Error> {
@@ -54,13 +54,13 @@ impl VolumeIo {
     /// Read `buf.len()` bytes at `offset`.
     pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
         self.check_range(offset, buf.len())?;
-        let bss = self.vol.borrow().block_size_shift();
+        let bss = self.vol.block_size_shift();
         let mut rest: &mut [u8] = buf;
         let mut futs = Vec::new();
         for p in split(offset, rest.len() as u64, bss) {
             let (piece, tail) = std::mem::take(&mut rest).split_at_mut(p.len as usize);
             rest = tail;
-            let plan = self.vol.borrow().plan_read(p.idx).map_err(|e| Error::Invalid(e.to_string()))?;
+            let plan = self.vol.plan_read(p.idx).map_err(|e| Error::Invalid(e.to_string()))?;
             futs.push(async move {
                 match plan {
                     ReadPlan::Zero => piece.fill(0),
@@ -75,10 +75,7 @@ impl VolumeIo {
     /// Write `data` at `offset`.
     pub async fn write(&self, offset: u64, data: &[u8]) -> Result<(), Error> {
         self.check_range(offset, data.len())?;
-        let (bss, copies, policy) = {
-            let v = self.vol.borrow();
-            (v.block_size_shift(), v.header().nr_copies, v.header().copy_policy)
-        };
+        let (bss, copies, policy) = (self.vol.block_size_shift(), self.vol.header().nr_copies, self.vol.header().copy_policy);
         let futs: Vec<_> = split(offset, data.len() as u64, bss)
             .map(|p| {
                 let piece = &data[p.buf_off..p.buf_off + p.len as usize];
@@ -91,7 +88,7 @@ impl VolumeIo {
                         WritePlan::Wait => unreachable!("plan_write waits until the plan is not Wait"),
                     };
                     match r {
-                        Ok(()) => Ok(Some((p.idx, self.vol.borrow_mut().created(p.idx)))),
+                        Ok(()) => Ok(Some((p.idx, self.vol.created(p.idx)))),
                         Err(e) => {
                             self.release(p.idx, None);
                             Err(e)
@@ -104,10 +101,8 @@ impl VolumeIo {
         let created: Vec<(u32, u32)> = results.iter().filter_map(|r| r.as_ref().ok().copied().flatten()).collect();
         if let (Some(lo), Some(hi)) = (created.iter().map(|c| c.0).min(), created.iter().map(|c| c.0).max()) {
             let mut bytes = Vec::new();
-            let (vid, off) = {
-                let v = self.vol.borrow();
-                (v.vid(), v.entry_bytes(lo, hi, &mut bytes).map_err(|e| Error::Invalid(e.to_string()))?)
-            };
+            let vid = self.vol.vid();
+            let off = self.vol.entry_bytes(lo, hi, &mut bytes).map_err(|e| Error::Invalid(e.to_string()))?;
             let r = self.client.write_obj(Oid::inode(vid), off, &bytes).await;
             for &(idx, old) in &created {
                 self.release(idx, if r.is_ok() { None } else { Some(old) });
@@ -122,7 +117,7 @@ impl VolumeIo {
 
     /// Plan a write of `idx`, waiting while a create of it is in flight.
     async fn plan_write(&self, idx: u32) -> Result<WritePlan, Error> {
-        std::future::poll_fn(|cx| match self.vol.borrow_mut().plan_write(idx) {
+        std::future::poll_fn(|cx| match self.vol.plan_write(idx) {
             Ok(WritePlan::Wait) => {
                 self.waiters.borrow_mut().push(cx.waker().clone());
                 Poll::Pending
@@ -134,7 +129,7 @@ impl VolumeIo {
     }
 
     fn release(&self, idx: u32, restore: Option<u32>) {
-        self.vol.borrow_mut().release(idx, restore);
+        self.vol.release(idx, restore);
         let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
         waiters.into_iter().for_each(Waker::wake);
     }

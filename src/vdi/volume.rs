@@ -11,6 +11,9 @@
 //!   the caller persists it ([`Volume::entry_bytes`]) and only then releases the index
 //!   ([`Volume::release`]) and completes its block request.
 //! - Pure: no I/O, no runtime; `plan_*`, `created` and `release` do not allocate.
+//! - Lock-free: shared by the shards of a device, decisions are made with atomics.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::proto::inode::{entry_offset, InodeHeader};
 use crate::proto::{Oid, Vid};
@@ -66,23 +69,29 @@ impl Error {
 }
 
 /// One open VDI: its header, its `data_vdi_id` entries, and the creates in flight.
-#[derive(Debug, Clone)]
+///
+/// Lock-free and `Sync`: the shards of one device (one per ublk queue, each on its own
+/// thread) share one `Volume` through an `Arc` and decide with atomics, so a create claimed
+/// by one shard makes every other shard wait for it. A single-threaded user (the CLI) pays
+/// only uncontended atomics.
+#[derive(Debug)]
 pub struct Volume {
     header: InodeHeader,
-    entries: Vec<u32>,
-    /// One bit per object index: a create is in flight.
-    creating: Vec<u64>,
+    entries: Box<[AtomicU32]>,
+    /// One bit per object index: a create is in flight (claimed by `plan_write`).
+    creating: Box<[AtomicU64]>,
     read_only: bool,
 }
 
 impl Volume {
-    /// A volume from an inode header and its entries (`entries.len()` ≥ objects in use;
-    /// missing entries read as 0). `read_only` refuses every write plan.
-    pub fn new(header: InodeHeader, mut entries: Vec<u32>, read_only: bool) -> Volume {
+    /// A volume from an inode header and its entries (missing entries read as 0).
+    /// `read_only` refuses every write plan.
+    pub fn new(header: InodeHeader, entries: Vec<u32>, read_only: bool) -> Volume {
         let nr = header.nr_objects() as usize;
-        entries.resize(nr, 0);
-        let creating = vec![0u64; nr.div_ceil(64)];
-        Volume { header, entries, creating, read_only }
+        let mut e: Vec<AtomicU32> = entries.into_iter().take(nr).map(AtomicU32::new).collect();
+        e.resize_with(nr, || AtomicU32::new(0));
+        let creating = (0..nr.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
+        Volume { header, entries: e.into_boxed_slice(), creating, read_only }
     }
 
     pub fn header(&self) -> &InodeHeader {
@@ -104,100 +113,108 @@ impl Volume {
         self.read_only
     }
     pub fn entry(&self, idx: u32) -> Option<u32> {
-        self.entries.get(idx as usize).copied()
-    }
-    pub fn entries(&self) -> &[u32] {
-        &self.entries
+        self.entries.get(idx as usize).map(|e| e.load(Ordering::Acquire))
     }
 
-    fn check(&self, idx: u32) -> Result<(), Error> {
+    fn check(&self, idx: u32) -> Result<usize, Error> {
         if (idx as usize) < self.entries.len() {
-            Ok(())
+            Ok(idx as usize)
         } else {
             Err(Error::OutOfRange { idx, nr: self.nr_objects() })
         }
     }
 
-    pub fn is_creating(&self, idx: u32) -> bool {
-        let i = idx as usize;
-        self.creating.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    fn bit(idx: usize) -> (usize, u64) {
+        (idx / 64, 1u64 << (idx % 64))
     }
 
-    fn set_creating(&mut self, idx: u32, on: bool) {
-        let i = idx as usize;
-        if let Some(w) = self.creating.get_mut(i / 64) {
-            if on {
-                *w |= 1 << (i % 64);
-            } else {
-                *w &= !(1 << (i % 64));
-            }
-        }
+    pub fn is_creating(&self, idx: u32) -> bool {
+        let (w, b) = Self::bit(idx as usize);
+        self.creating.get(w).is_some_and(|a| a.load(Ordering::Acquire) & b != 0)
     }
 
     pub fn plan_read(&self, idx: u32) -> Result<ReadPlan, Error> {
-        self.check(idx)?;
-        Ok(match self.entries[idx as usize] {
+        let i = self.check(idx)?;
+        Ok(match self.entries[i].load(Ordering::Acquire) {
             0 => ReadPlan::Zero,
             owner => ReadPlan::Read(Oid::data(Vid(owner), idx)),
         })
     }
 
-    /// Decide how to write object `idx`. A create plan marks the index as creating until
-    /// [`Volume::release`].
-    pub fn plan_write(&mut self, idx: u32) -> Result<WritePlan, Error> {
+    /// Decide how to write object `idx`. A create plan claims the index until
+    /// [`Volume::release`]; meanwhile every other writer (on any thread) gets `Wait`.
+    pub fn plan_write(&self, idx: u32) -> Result<WritePlan, Error> {
         if self.read_only {
             return Err(Error::ReadOnly);
         }
-        self.check(idx)?;
-        if self.is_creating(idx) {
-            return Ok(WritePlan::Wait);
-        }
+        let i = self.check(idx)?;
         let own = self.vid();
         let oid = Oid::data(own, idx);
-        let plan = match self.entries[idx as usize] {
-            0 => WritePlan::Create(oid),
-            e if e == own.0 => WritePlan::Write(oid),
-            other => WritePlan::Cow { oid, cow: Oid::data(Vid(other), idx) },
-        };
-        if plan.is_create() {
-            self.set_creating(idx, true);
+        let (w, b) = Self::bit(i);
+        // Ours and no create in flight: the entry is persisted (release comes after that).
+        if self.entries[i].load(Ordering::Acquire) == own.0 {
+            return Ok(if self.creating[w].load(Ordering::Acquire) & b != 0 { WritePlan::Wait } else { WritePlan::Write(oid) });
         }
-        Ok(plan)
+        if self.creating[w].fetch_or(b, Ordering::AcqRel) & b != 0 {
+            return Ok(WritePlan::Wait);
+        }
+        // Claimed. Someone may have finished a create between our two loads.
+        Ok(match self.entries[i].load(Ordering::Acquire) {
+            e if e == own.0 => {
+                self.creating[w].fetch_and(!b, Ordering::AcqRel);
+                WritePlan::Write(oid)
+            }
+            0 => WritePlan::Create(oid),
+            other => WritePlan::Cow { oid, cow: Oid::data(Vid(other), idx) },
+        })
     }
 
     /// The create of `idx` succeeded: from now on the in-memory entry names the own vid
-    /// (so the caller can encode the inode update). The index stays gated until
+    /// (so the caller can encode the inode update). The index stays claimed until
     /// [`Volume::release`], so no writer completes on an object whose entry is not yet
     /// persisted. Returns the previous entry, for `release` to restore on failure.
-    pub fn created(&mut self, idx: u32) -> u32 {
+    pub fn created(&self, idx: u32) -> u32 {
         let own = self.header.vdi_id;
-        self.entries.get_mut(idx as usize).map_or(0, |e| std::mem::replace(e, own))
+        self.entries.get(idx as usize).map_or(0, |e| e.swap(own, Ordering::AcqRel))
     }
 
-    /// Open the gate of `idx` after its create (and inode update) finished. `restore`
+    /// Release the claim on `idx` after its create (and inode update) finished. `restore`
     /// puts back the previous entry when the create or its inode update failed, so the
     /// next writer creates again. Writers waiting on `idx` may plan again.
-    pub fn release(&mut self, idx: u32, restore: Option<u32>) {
-        if let (Some(old), Some(e)) = (restore, self.entries.get_mut(idx as usize)) {
-            *e = old;
+    pub fn release(&self, idx: u32, restore: Option<u32>) {
+        let i = idx as usize;
+        if let (Some(old), Some(e)) = (restore, self.entries.get(i)) {
+            e.store(old, Ordering::Release);
         }
-        self.set_creating(idx, false);
+        let (w, b) = Self::bit(i);
+        if let Some(a) = self.creating.get(w) {
+            a.fetch_and(!b, Ordering::AcqRel);
+        }
     }
 
     /// Set an entry (discard: 0). Returns the old value.
-    pub fn set_entry(&mut self, idx: u32, v: u32) -> Result<u32, Error> {
-        self.check(idx)?;
-        Ok(std::mem::replace(&mut self.entries[idx as usize], v))
+    pub fn set_entry(&self, idx: u32, v: u32) -> Result<u32, Error> {
+        let i = self.check(idx)?;
+        Ok(self.entries[i].swap(v, Ordering::AcqRel))
     }
 
-    /// Where and what to write in the inode to persist entries `lo..=hi`: (offset, bytes).
+    /// Where and what to write in the inode to persist entries `lo..=hi`: returns the
+    /// offset, and the bytes in `out`.
     pub fn entry_bytes(&self, lo: u32, hi: u32, out: &mut Vec<u8>) -> Result<u32, Error> {
         self.check(hi)?;
         if lo > hi {
             return Err(Error::OutOfRange { idx: lo, nr: self.nr_objects() });
         }
-        crate::proto::inode::encode_entries(&self.entries[lo as usize..=hi as usize], out);
+        out.clear();
+        for e in &self.entries[lo as usize..=hi as usize] {
+            out.extend_from_slice(&e.load(Ordering::Acquire).to_le_bytes());
+        }
         Ok(entry_offset(lo))
+    }
+
+    /// A copy of every entry.
+    pub fn entries(&self) -> Vec<u32> {
+        self.entries.iter().map(|e| e.load(Ordering::Acquire)).collect()
     }
 }
 
@@ -213,7 +230,7 @@ mod tests {
 
     #[test]
     fn write_decisions_follow_entries() {
-        let mut v = vol(7, vec![0, 7, 5]);
+        let v = vol(7, vec![0, 7, 5]);
         assert_eq!(v.plan_write(0), Ok(WritePlan::Create(Oid::data(Vid(7), 0))));
         assert_eq!(v.plan_write(1), Ok(WritePlan::Write(Oid::data(Vid(7), 1))));
         assert_eq!(v.plan_write(2), Ok(WritePlan::Cow { oid: Oid::data(Vid(7), 2), cow: Oid::data(Vid(5), 2) }));
@@ -224,7 +241,7 @@ mod tests {
 
     #[test]
     fn second_create_waits_then_writes() {
-        let mut v = vol(7, vec![]);
+        let v = vol(7, vec![]);
         assert!(v.plan_write(4).is_ok_and(|p| p.is_create()));
         assert_eq!(v.plan_write(4), Ok(WritePlan::Wait));
         assert_eq!(v.created(4), 0);
@@ -236,7 +253,7 @@ mod tests {
 
     #[test]
     fn failed_create_lets_the_next_writer_create() {
-        let mut v = vol(7, vec![]);
+        let v = vol(7, vec![]);
         assert!(v.plan_write(1).is_ok_and(|p| p.is_create()));
         v.release(1, None);
         assert!(v.plan_write(1).is_ok_and(|p| p.is_create()));
@@ -249,7 +266,7 @@ mod tests {
     #[test]
     fn read_only_refuses_writes() {
         let h = InodeHeader { vdi_id: 7, vdi_size: 1 << 22, block_size_shift: 22, ..Default::default() };
-        let mut v = Volume::new(h, vec![], true);
+        let v = Volume::new(h, vec![], true);
         assert_eq!(v.plan_write(0), Err(Error::ReadOnly));
     }
 
@@ -261,13 +278,46 @@ mod tests {
         assert_eq!(out, [7, 0, 0, 0, 7, 0, 0, 0]);
     }
 
+    #[test]
+    fn threads_never_have_two_creates_of_one_object() {
+        use std::sync::atomic::AtomicU32;
+        use std::sync::Arc;
+        let v = Arc::new(vol(9, vec![]));
+        let active: Arc<Vec<AtomicU32>> = Arc::new((0..4).map(|_| AtomicU32::new(0)).collect());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let (v, active) = (v.clone(), active.clone());
+                std::thread::spawn(move || {
+                    for i in 0..20_000u32 {
+                        let idx = (i + t) % 4;
+                        match v.plan_write(idx) {
+                            Ok(p) if p.is_create() => {
+                                assert_eq!(active[idx as usize].fetch_add(1, Ordering::SeqCst), 0, "two creates of {idx}");
+                                let old = v.created(idx);
+                                active[idx as usize].fetch_sub(1, Ordering::SeqCst);
+                                // Fail most creates so that the race keeps happening.
+                                v.release(idx, if i % 7 == 0 { None } else { Some(old) });
+                            }
+                            Ok(WritePlan::Write(_)) => assert_eq!(v.entry(idx), Some(9)),
+                            Ok(_) => {}
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("no thread panicked");
+        }
+    }
+
     // Against a reference model: with any interleaving of plans and create completions,
     // at most one create per index is ever outstanding, and a write is only planned
     // once the index has no create in flight.
     proptest! {
         #[test]
         fn never_two_creates_in_flight(ops in proptest::collection::vec((0u32..4, any::<bool>(), any::<bool>()), 1..200)) {
-            let mut v = vol(9, vec![0, 3, 0, 9]);
+            let v = vol(9, vec![0, 3, 0, 9]);
             let mut outstanding = [false; 4];
             for (idx, finish, ok) in ops {
                 if finish {

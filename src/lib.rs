@@ -1,5 +1,6 @@
 pub mod cli;
 pub mod proto;
+pub mod shard;
 pub mod sheep;
 pub mod store;
 pub mod vdi;

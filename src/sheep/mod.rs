@@ -15,4 +15,4 @@ mod volume;
 pub use client::{parse_gateways, Client, Config, NewVdi, VdiInfo};
 pub use conn::Connection;
 pub use error::Error;
-pub use volume::VolumeIo;
+pub use volume::{load_volume, VolumeIo};

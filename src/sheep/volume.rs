@@ -19,6 +19,15 @@ use super::Error;
 use crate::proto::{InodeHeader, Oid};
 use crate::vdi::{split, ReadPlan, Volume, WritePlan};
 
+/// Read the inode of `vid` (header and used entries) into a [`Volume`]; refuses hyper
+/// volumes. Snapshots are always read-only.
+pub async fn load_volume(client: &Client, vid: crate::proto::Vid, read_only: bool) -> Result<Volume, Error> {
+    let (h, entries) = client.read_inode(vid).await?;
+    h.check_usable().map_err(|e| Error::Invalid(format!("vdi {vid}: {e}")))?;
+    let read_only = read_only || h.is_snapshot();
+    Ok(Volume::new(h, entries, read_only))
+}
+
 /// An open VDI for byte I/O. See the module contract.
 pub struct VolumeIo {
     client: Rc<Client>,
@@ -29,10 +38,8 @@ pub struct VolumeIo {
 impl VolumeIo {
     /// Read the inode of `vid` and open it (`read_only` refuses writes).
     pub async fn open(client: Rc<Client>, vid: crate::proto::Vid, read_only: bool) -> Result<VolumeIo, Error> {
-        let (h, entries) = client.read_inode(vid).await?;
-        h.check_usable().map_err(|e| Error::Invalid(format!("vdi {vid}: {e}")))?;
-        let read_only = read_only || h.is_snapshot();
-        Ok(VolumeIo { client, vol: Volume::new(h, entries, read_only), waiters: RefCell::new(Vec::new()) })
+        let vol = load_volume(&client, vid, read_only).await?;
+        Ok(VolumeIo { client, vol, waiters: RefCell::new(Vec::new()) })
     }
 
     pub fn header(&self) -> InodeHeader {

@@ -169,6 +169,16 @@ impl Volume {
         })
     }
 
+    /// Claim `idx` without planning a write (discard): true when this caller now holds the
+    /// claim and must [`Volume::release`] it; false while someone else holds it.
+    pub fn try_claim(&self, idx: u32) -> Result<bool, Error> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
+        let (w, b) = Self::bit(self.check(idx)?);
+        Ok(self.creating[w].fetch_or(b, Ordering::AcqRel) & b == 0)
+    }
+
     /// The create of `idx` succeeded: from now on the in-memory entry names the own vid
     /// (so the caller can encode the inode update). The index stays claimed until
     /// [`Volume::release`], so no writer completes on an object whose entry is not yet

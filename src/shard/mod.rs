@@ -1,0 +1,307 @@
+//! The hot path. A shard is one thread pinned to one core that owns one ublk hardware
+//! queue (or, without a kernel, a benchmark or test driver), its own pipelined sheep
+//! connections on that thread's io_uring, and one task per tag.
+//!
+//! Contract:
+//! - The kernel boundary is [`IoDesc`] `{op, offset, len, tag}` plus the tag's buffer;
+//!   ublk, tests and the no-kernel benchmark all enter through [`Shard::handle`].
+//! - READ: per object piece, zeros for unallocated objects, else READ_OBJ of the owner's
+//!   object. WRITE: WRITE_OBJ, CREATE or COW CREATE as `vdi::Volume` decides, creates of one
+//!   object serialised across every shard of the device, and the request completes only
+//!   after one coalesced inode update for the entries it created.
+//! - FLUSH completes at once: a write is acknowledged only after sheep acknowledged its data
+//!   and its inode update, and sheep's writes are durable when acknowledged (FLUSH_VDI is
+//!   obsolete), so every acknowledged write is already stable. FUA needs nothing more.
+//! - DISCARD and WRITE_ZEROES zero the inode entries of the whole objects they cover (one
+//!   inode write); on the partial objects at their edges WRITE_ZEROES writes zeros and
+//!   DISCARD does nothing (discard is a hint; QEMU ignores partial discards the same way).
+//! - No allocation per request; no lock; the `Volume` shared with the other shards of the
+//!   device is lock-free.
+
+mod conn;
+mod error;
+pub mod ring;
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use conn::RingConn;
+pub use error::Error;
+
+use crate::proto::inode::entry_offset;
+use crate::proto::*;
+use crate::vdi::{split, ReadPlan, Volume, WritePlan};
+
+/// What the kernel asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Read,
+    Write,
+    Flush,
+    Discard,
+    WriteZeroes,
+}
+
+/// One block request, as the ublk queue (or a test, or the benchmark) hands it to a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoDesc {
+    pub op: Op,
+    /// Byte offset in the device.
+    pub offset: u64,
+    /// Bytes.
+    pub len: u32,
+    pub tag: u16,
+    pub fua: bool,
+}
+
+/// How long a writer waits before looking again at an object another writer is creating.
+const CREATE_WAIT: Duration = Duration::from_micros(20);
+/// Entries created by one request whose inode update is coalesced into one write.
+const MAX_CREATED: usize = 8;
+
+/// One shard's state: owned by its thread, except the lock-free `Volume`.
+pub struct Shard {
+    vol: Arc<Volume>,
+    conns: Vec<Rc<RingConn>>,
+    next: Cell<usize>,
+    zeros: Box<[u8]>,
+}
+
+impl Shard {
+    /// Connect `connections` pipelined connections (to the first reachable gateway) with
+    /// `slots` request slots each, spawning their tasks on `exe`. `max_io` sizes the zero
+    /// buffer used by WRITE_ZEROES.
+    pub fn new(
+        vol: Arc<Volume>,
+        gateways: &[SocketAddr],
+        connections: usize,
+        slots: usize,
+        max_io: usize,
+        exe: &smol::LocalExecutor<'_>,
+    ) -> std::io::Result<Shard> {
+        let mut last = None;
+        for &g in gateways {
+            let mut conns = Vec::with_capacity(connections);
+            let r = (0..connections.max(1)).try_for_each(|_| {
+                conns.push(RingConn::connect(g, Duration::from_secs(3), slots, exe)?);
+                Ok::<(), std::io::Error>(())
+            });
+            match r {
+                Ok(()) => return Ok(Shard { vol, conns, next: Cell::new(0), zeros: vec![0u8; max_io.max(4096)].into_boxed_slice() }),
+                Err(e) => {
+                    conns.iter().for_each(|c| c.close());
+                    last = Some(std::io::Error::new(e.kind(), format!("{g}: {e}")));
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("no gateway given")))
+    }
+
+    pub fn volume(&self) -> &Volume {
+        &self.vol
+    }
+
+    /// Close every connection (the shard is going away).
+    pub fn close(&self) {
+        self.conns.iter().for_each(|c| c.close());
+    }
+
+    fn conn(&self) -> &RingConn {
+        let n = self.conns.len();
+        let start = self.next.get();
+        self.next.set((start + 1) % n);
+        (0..n).map(|i| &self.conns[(start + i) % n]).min_by_key(|c| c.inflight()).expect("a shard always has a connection")
+    }
+
+    /// Serve one block request with the tag's buffer; returns the bytes done.
+    pub async fn handle(&self, d: IoDesc, buf: &mut [u8]) -> Result<u32, Error> {
+        let len = d.len as usize;
+        if d.offset.checked_add(u64::from(d.len)).is_none_or(|end| end > self.vol.size()) {
+            return Err(Error::OutOfRange);
+        }
+        match d.op {
+            Op::Read => {
+                let buf = buf.get_mut(..len).ok_or(Error::OutOfRange)?;
+                for p in split(d.offset, u64::from(d.len), self.vol.block_size_shift()) {
+                    self.read_piece(p.idx, p.obj_off, &mut buf[p.buf_off..p.buf_off + p.len as usize]).await?;
+                }
+            }
+            Op::Write => {
+                let buf = buf.get(..len).ok_or(Error::OutOfRange)?;
+                self.write(d.offset, buf).await?;
+            }
+            Op::Flush => {}
+            Op::Discard | Op::WriteZeroes => self.zero_range(d, buf).await?,
+        }
+        Ok(d.len)
+    }
+
+    async fn read_piece(&self, idx: u32, obj_off: u32, out: &mut [u8]) -> Result<(), Error> {
+        match self.vol.plan_read(idx)? {
+            ReadPlan::Zero => out.fill(0),
+            ReadPlan::Read(oid) => {
+                let hdr = ReqHeader::obj(Opcode::ReadObj, 0, out.len() as u32, ObjArgs { oid, offset: obj_off, ..Default::default() });
+                let rsp = self.conn().call(hdr, &[], out).await?;
+                check(&rsp)?;
+                if rsp.data_length as usize != out.len() {
+                    return Err(Error::Protocol);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn plan_write(&self, idx: u32) -> Result<WritePlan, Error> {
+        loop {
+            match self.vol.plan_write(idx)? {
+                WritePlan::Wait => ring::sleep(CREATE_WAIT).await,
+                p => return Ok(p),
+            }
+        }
+    }
+
+    /// Write `data` at `offset`, then persist the entries it created (coalesced).
+    async fn write(&self, offset: u64, data: &[u8]) -> Result<(), Error> {
+        let (copies, policy) = (self.vol.header().nr_copies, self.vol.header().copy_policy);
+        let mut created = [(0u32, 0u32); MAX_CREATED];
+        let mut n = 0;
+        let mut result = Ok(());
+        for p in split(offset, data.len() as u64, self.vol.block_size_shift()) {
+            let piece = &data[p.buf_off..p.buf_off + p.len as usize];
+            let args = |oid, cow| ObjArgs { oid, cow_oid: cow, copies, copy_policy: policy, offset: p.obj_off, ..Default::default() };
+            let flags = SD_FLAG_CMD_WRITE | SD_FLAG_CMD_DIRECT;
+            let plan = match self.plan_write(p.idx).await {
+                Ok(plan) => plan,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            };
+            let hdr = match plan {
+                WritePlan::Write(oid) => ReqHeader::obj(Opcode::WriteObj, flags, p.len, args(oid, Oid(0))),
+                WritePlan::Create(oid) => ReqHeader::obj(Opcode::CreateAndWriteObj, flags, p.len, args(oid, Oid(0))),
+                WritePlan::Cow { oid, cow } => ReqHeader::obj(Opcode::CreateAndWriteObj, flags | SD_FLAG_CMD_COW, p.len, args(oid, cow)),
+                WritePlan::Wait => unreachable!("plan_write waits"),
+            };
+            let r = self.conn().call(hdr, piece, &mut []).await.and_then(|rsp| check(&rsp));
+            if plan.is_create() {
+                match r {
+                    Ok(()) => {
+                        created[n] = (p.idx, self.vol.created(p.idx));
+                        n += 1;
+                        if n == MAX_CREATED {
+                            self.persist(&created[..n]).await?;
+                            n = 0;
+                        }
+                    }
+                    Err(_) => self.vol.release(p.idx, None),
+                }
+            }
+            if let Err(e) = r {
+                result = Err(e);
+                break;
+            }
+        }
+        if n > 0 {
+            self.persist(&created[..n]).await?;
+        }
+        result
+    }
+
+    /// One inode write for the entries of `created` (contiguous indexes of one request),
+    /// then release their claims; on failure the entries are restored.
+    async fn persist(&self, created: &[(u32, u32)]) -> Result<(), Error> {
+        let lo = created.iter().map(|c| c.0).min().unwrap_or(0);
+        let hi = created.iter().map(|c| c.0).max().unwrap_or(0);
+        let mut bytes = [0u8; 4 * MAX_CREATED];
+        let count = (hi - lo + 1) as usize;
+        let r = if count <= MAX_CREATED {
+            for (k, idx) in (lo..=hi).enumerate() {
+                bytes[4 * k..4 * k + 4].copy_from_slice(&self.vol.entry(idx).unwrap_or(0).to_le_bytes());
+            }
+            self.write_inode(entry_offset(lo), &bytes[..4 * count]).await
+        } else {
+            Err(Error::OutOfRange)
+        };
+        for &(idx, old) in created {
+            self.vol.release(idx, if r.is_ok() { None } else { Some(old) });
+        }
+        r
+    }
+
+    async fn write_inode(&self, offset: u32, bytes: &[u8]) -> Result<(), Error> {
+        let args = ObjArgs { oid: Oid::inode(self.vol.vid()), offset, ..Default::default() };
+        let hdr = ReqHeader::obj(Opcode::WriteObj, SD_FLAG_CMD_WRITE | SD_FLAG_CMD_DIRECT, bytes.len() as u32, args);
+        let rsp = self.conn().call(hdr, bytes, &mut []).await?;
+        check(&rsp)
+    }
+
+    /// DISCARD / WRITE_ZEROES (see the module contract). `scratch` is the tag's buffer,
+    /// unused by these ops, which carries the zeroed entries.
+    async fn zero_range(&self, d: IoDesc, scratch: &mut [u8]) -> Result<(), Error> {
+        if self.vol.is_read_only() {
+            return Err(Error::ReadOnly);
+        }
+        let bss = self.vol.block_size_shift();
+        let os = 1u64 << bss;
+        let end = d.offset + u64::from(d.len);
+        let first_whole = d.offset.div_ceil(os);
+        let end_whole = end / os;
+        if d.op == Op::WriteZeroes {
+            // Partial objects at the edges get real zeros.
+            let head_end = (first_whole * os).min(end);
+            if first_whole > end_whole {
+                self.write_zeros(d.offset, end).await?;
+                return Ok(());
+            }
+            self.write_zeros(d.offset, head_end).await?;
+            self.write_zeros(end_whole * os, end).await?;
+        }
+        // Whole objects: claim, zero the entries in one inode write per scratch-full, release.
+        let per_write = (scratch.len() / 4).max(1) as u64;
+        let mut lo = first_whole;
+        while lo < end_whole {
+            let hi = (lo + per_write).min(end_whole);
+            let mut any = false;
+            for idx in lo..hi {
+                let idx = idx as u32;
+                loop {
+                    if self.vol.try_claim(idx)? {
+                        break;
+                    }
+                    ring::sleep(CREATE_WAIT).await;
+                }
+                any |= self.vol.set_entry(idx, 0)? != 0;
+            }
+            let bytes = &mut scratch[..4 * (hi - lo) as usize];
+            bytes.fill(0);
+            let r = if any { self.write_inode(entry_offset(lo as u32), bytes).await } else { Ok(()) };
+            for idx in lo..hi {
+                self.vol.release(idx as u32, None);
+            }
+            r?;
+            lo = hi;
+        }
+        Ok(())
+    }
+
+    async fn write_zeros(&self, mut from: u64, to: u64) -> Result<(), Error> {
+        while from < to {
+            let n = (to - from).min(self.zeros.len() as u64) as usize;
+            self.write(from, &self.zeros[..n]).await?;
+            from += n as u64;
+        }
+        Ok(())
+    }
+}
+
+fn check(rsp: &RspHeader) -> Result<(), Error> {
+    if rsp.result.is_success() {
+        Ok(())
+    } else {
+        Err(Error::Server(rsp.result))
+    }
+}

@@ -49,10 +49,16 @@ fn on_shard<T: Send + 'static>(
         ring::init_thread_ring(256).expect("ring");
         let exe = smol::LocalExecutor::new();
         let shard = Rc::new(Shard::new(vol, &[addr], 2, 64, 1 << 20, &exe).expect("shard connects"));
-        let s = shard.clone();
-        let out = ring::run_local(&exe, async move { f(s).await }).expect("ring ran");
-        shard.close();
-        out
+        let out = ring::run_local(&exe, async move {
+            let out = f(shard.clone()).await;
+            // Close and let the connection tasks end before the ring and buffers go away.
+            shard.close();
+            while !shard.is_quiet() {
+                ring::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            out
+        });
+        out.expect("ring ran")
     })
 }
 
@@ -103,7 +109,7 @@ fn writes_read_back_across_object_boundaries() {
 #[test]
 fn two_shards_writing_the_same_new_objects_lose_nothing() {
     let (_s, _d, addr) = store();
-    let vid = create(addr, "race", 64 * MIB, 1 * MIB);
+    let vid = create(addr, "race", 64 * MIB, MIB);
     let vol = volume(addr, vid, false);
     // Each shard runs 16 tags; every tag writes 32 blocks of 4 KiB into objects 0..4, shard 0 the
     // even blocks and shard 1 the odd ones, so every object is created concurrently.
@@ -143,7 +149,7 @@ fn two_shards_writing_the_same_new_objects_lose_nothing() {
 #[test]
 fn discard_and_write_zeroes() {
     let (_s, _d, addr) = store();
-    let vid = create(addr, "z", 16 * MIB, 1 * MIB);
+    let vid = create(addr, "z", 16 * MIB, MIB);
     let vol = volume(addr, vid, false);
     on_shard(addr, vol, async move |sh| {
         let mut buf = vec![7u8; 1 << 20];

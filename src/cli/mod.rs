@@ -1,6 +1,7 @@
 //! The command line: clap definitions and dispatch. Control plane only: it may allocate,
 //! block and use anyhow; every failure reaches `main` as one line and a non-zero exit.
 
+mod dev;
 mod store;
 mod vdi;
 
@@ -19,6 +20,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon that hosts every mapped device (control socket, shards).
+    Serve(dev::ServeArgs),
+    /// Map a VDI (or a snapshot) as /dev/ublkbN; prints the device path.
+    Add(dev::AddArgs),
+    /// Unmap a device: VDI[:SNAP], /dev/ublkbN or --id N.
+    Del(dev::DelArgs),
+    /// List mapped devices.
+    List(dev::ListArgs),
     /// Manage VDIs on a Sheepdog cluster or the embedded store (no `dog` needed).
     Vdi(vdi::VdiArgs),
     /// Run the embedded store: a single-node store for tests, demos and benchmarks, not a
@@ -29,6 +38,10 @@ pub enum Command {
 /// Run the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Serve(a) => dev::serve(a),
+        Command::Add(a) => dev::add(a),
+        Command::Del(a) => dev::del(a),
+        Command::List(a) => dev::list(a),
         Command::Vdi(a) => vdi::run(a),
         Command::Store(a) => store::run(a),
     }

@@ -78,6 +78,8 @@ pub struct RingConn {
     /// Encoded headers, one per slot, at stable addresses for SENDMSG.
     headers: Box<[UnsafeCell<[u8; HEADER_LEN]>]>,
     st: RefCell<State>,
+    /// Sender and receiver tasks still running (their SQEs may reference our buffers).
+    alive: std::cell::Cell<u8>,
 }
 
 impl RingConn {
@@ -111,6 +113,7 @@ impl RingConn {
                 broken: None,
                 inflight: 0,
             }),
+            alive: std::cell::Cell::new(2),
         });
         exe.spawn(conn.clone().send_loop()).detach();
         exe.spawn(conn.clone().recv_loop()).detach();
@@ -127,6 +130,16 @@ impl RingConn {
 
     pub fn is_broken(&self) -> bool {
         self.st.borrow().broken.is_some()
+    }
+
+    /// Whether both tasks have ended, so no SQE of this connection is in flight.
+    pub fn is_quiet(&self) -> bool {
+        self.alive.get() == 0
+    }
+
+    /// The socket, for a control plane that must break a stuck connection from outside.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.stream.as_raw_fd()
     }
 
     /// Close the socket: the tasks end and every request in flight fails.
@@ -227,6 +240,16 @@ impl RingConn {
     }
 
     async fn send_loop(self: Rc<Self>) {
+        self.send_inner().await;
+        self.alive.set(self.alive.get() - 1);
+    }
+
+    async fn recv_loop(self: Rc<Self>) {
+        self.recv_inner().await;
+        self.alive.set(self.alive.get() - 1);
+    }
+
+    async fn send_inner(&self) {
         let fd = types::Fd(self.stream.as_raw_fd());
         let mut iov: Vec<libc::iovec> = Vec::with_capacity(2 * MAX_BATCH);
         loop {
@@ -290,7 +313,7 @@ impl RingConn {
         }
     }
 
-    async fn recv_loop(self: Rc<Self>) {
+    async fn recv_inner(&self) {
         let fd = types::Fd(self.stream.as_raw_fd());
         let mut buf = vec![0u8; RECV_BUF].into_boxed_slice();
         let (mut head, mut tail) = (0usize, 0usize);

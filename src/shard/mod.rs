@@ -104,9 +104,19 @@ impl Shard {
         &self.vol
     }
 
-    /// Close every connection (the shard is going away).
+    /// Close every connection (the shard is going away): requests in flight fail.
     pub fn close(&self) {
         self.conns.iter().for_each(|c| c.close());
+    }
+
+    /// Whether every connection's tasks have ended (after `close`), so the ring may go.
+    pub fn is_quiet(&self) -> bool {
+        self.conns.iter().all(|c| c.is_quiet())
+    }
+
+    /// The sockets of this shard, for a control plane that must break them from outside.
+    pub fn raw_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.conns.iter().map(|c| c.raw_fd()).collect()
     }
 
     fn conn(&self) -> &RingConn {

@@ -1,0 +1,180 @@
+//! `sheepdev serve | add | del | list`: the daemon and the commands that talk to it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::Args;
+
+use crate::daemon::{self, AddRequest, Request, Target};
+use crate::sheep::parse_gateways;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Control socket (root only); default $SHEEPDEV_CONTROL or /run/sheepdev/control.sock.
+    #[arg(long, value_parser = super::path_arg)]
+    control: Option<PathBuf>,
+    /// Where the device table is persisted.
+    #[arg(long, default_value = "/run/sheepdev", value_parser = super::path_arg)]
+    state_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// `[HOST[:PORT]] VDI[:SNAPID|:TAG]`: the gateway (port 7000 by default) and the VDI.
+    /// `linux:snap` maps a new writable VDI made from the snapshot (by rebase; the current
+    /// working VDI is kept as a snapshot); with --read-only it maps the snapshot itself.
+    #[arg(num_args = 0..=2, value_name = "[HOST[:PORT]] VDI")]
+    args: Vec<String>,
+    /// Gateways host[:port][,host[:port]…] (instead of HOST[:PORT]).
+    #[arg(short = 'a', long = "address")]
+    address: Option<String>,
+    /// Hardware queues (one pinned shard thread each); default: the number of cores.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    queues: Option<u16>,
+    /// Requests in flight per queue.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    depth: u16,
+    /// Sheep connections per shard.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    connections: u16,
+    /// Largest request (capped at the object size).
+    #[arg(long, default_value = "512K", value_parser = super::size_arg)]
+    max_io: u64,
+    /// Map read-only (a snapshot is always read-only).
+    #[arg(long)]
+    read_only: bool,
+    /// Do not take the exclusive VDI lock (for operators who know the VDI is not written elsewhere).
+    #[arg(long)]
+    shared: bool,
+    /// Ask for /dev/ublkbN with this N.
+    #[arg(long)]
+    id: Option<u32>,
+    /// Logical block size: 512 or 4096.
+    #[arg(long, default_value_t = 512, value_parser = block_size)]
+    block_size: u32,
+    /// Map a ublk null device of this size instead of a VDI (a benchmark ceiling).
+    #[arg(long, value_parser = super::size_arg, conflicts_with_all = ["address", "read_only", "shared"])]
+    null: Option<u64>,
+}
+
+fn block_size(s: &str) -> Result<u32, String> {
+    match s {
+        "512" => Ok(512),
+        "4096" | "4k" | "4K" => Ok(4096),
+        _ => Err(format!("block size {s:?} must be 512 or 4096")),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DelArgs {
+    /// VDI[:SNAP] or /dev/ublkbN.
+    target: Option<String>,
+    /// The device id N of /dev/ublkbN.
+    #[arg(long, conflicts_with = "target")]
+    id: Option<u32>,
+    /// Remove the device even if the cluster is unreachable (requests in flight fail).
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    daemon::serve(daemon::ServeOptions { control: a.control.unwrap_or_else(daemon::control_path), state_dir: a.state_dir })
+}
+
+fn call(req: &Request) -> anyhow::Result<daemon::Response> {
+    let r = daemon::request(&daemon::control_path(), req, Duration::from_secs(180)).map_err(anyhow::Error::msg)?;
+    for w in &r.warnings {
+        eprintln!("sheepdev: warning: {w}");
+    }
+    if let Some(e) = &r.error {
+        bail!("{e}");
+    }
+    Ok(r)
+}
+
+pub fn add(a: AddArgs) -> anyhow::Result<()> {
+    let (gw, vdi) = match (a.args.as_slice(), a.null) {
+        ([], Some(_)) => (None, String::new()),
+        ([_, ..], Some(_)) => bail!("--null maps a null device: give no VDI"),
+        ([], None) => bail!("which VDI? usage: sheepdev add [HOST[:PORT]] VDI[:SNAP]"),
+        ([vdi], None) => (None, vdi.clone()),
+        ([host, vdi], None) => (Some(host.clone()), vdi.clone()),
+        _ => bail!("too many arguments: usage: sheepdev add [HOST[:PORT]] VDI[:SNAP]"),
+    };
+    if gw.is_some() && a.address.is_some() {
+        bail!("give the gateway either as HOST[:PORT] or with -a, not both");
+    }
+    let gateways = match (gw.or(a.address), a.null) {
+        (_, Some(_)) => Vec::new(),
+        (Some(g), None) => parse_gateways(&g).map_err(anyhow::Error::msg)?,
+        (None, None) => parse_gateways("127.0.0.1:7000").map_err(anyhow::Error::msg)?,
+    };
+    if a.null.is_none() {
+        vdi.parse::<crate::vdi::VdiSpec>().map_err(anyhow::Error::msg)?;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u16;
+    let req = AddRequest {
+        gateways: gateways.iter().map(|g| g.to_string()).collect(),
+        vdi,
+        queues: a.queues.unwrap_or(cores.clamp(1, 64)),
+        depth: a.depth,
+        connections: a.connections,
+        max_io: u32::try_from(a.max_io).map_err(|_| anyhow::anyhow!("max-io {} is too large", a.max_io))?,
+        block_size: a.block_size,
+        read_only: a.read_only,
+        shared: a.shared,
+        id: a.id,
+        null_size: a.null,
+    };
+    let r = call(&Request::Add(req))?;
+    let m = r.mapping.ok_or_else(|| anyhow::anyhow!("the daemon answered without a device"))?;
+    println!("{}", m.device);
+    Ok(())
+}
+
+pub fn del(a: DelArgs) -> anyhow::Result<()> {
+    let target = match (a.target, a.id) {
+        (_, Some(id)) => Target::Id(id),
+        (Some(t), None) if t.starts_with("/dev/") => Target::Device(t),
+        (Some(t), None) => {
+            t.parse::<crate::vdi::VdiSpec>().map_err(anyhow::Error::msg)?;
+            Target::Vdi(t)
+        }
+        (None, None) => bail!("which device? usage: sheepdev del VDI[:SNAP] | /dev/ublkbN | --id N"),
+    };
+    let r = call(&Request::Del { target, force: a.force })?;
+    if let Some(m) = r.mapping {
+        eprintln!("removed {} ({})", m.device, m.vdi);
+    }
+    Ok(())
+}
+
+pub fn list(a: ListArgs) -> anyhow::Result<()> {
+    let r = call(&Request::List)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r.mappings)?);
+        return Ok(());
+    }
+    println!("{:<14} {:<20} {:>8} {:<10} {:<22} {:>6} {:>6} {:<8}", "device", "vdi", "vid", "snapshot", "gateways", "queues", "depth", "state");
+    for m in &r.mappings {
+        println!(
+            "{:<14} {:<20} {:>8x} {:<10} {:<22} {:>6} {:>6} {:<8}",
+            m.device,
+            m.vdi,
+            m.vid,
+            m.snapshot.as_deref().or(m.rebased_from.as_deref().map(|_| "rebased")).unwrap_or("-"),
+            m.gateways.join(","),
+            m.queues,
+            m.depth,
+            if m.read_only { format!("{} ro", m.state) } else { m.state.clone() }
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! The daemon (`sheepdev serve`) and how the CLI talks to it.
+//!
+//! Contract:
+//! - One daemon hosts every mapped device. Its control plane is a glommio executor on the
+//!   main thread serving a Unix socket (directory 0700, socket 0600: root only) with one
+//!   JSON request and one JSON response per line. Device data paths run on their own
+//!   pinned queue threads (see `ublk`), never on this executor.
+//! - Mappings are persisted to `STATE_DIR/devices.json` after every change, so a restarted
+//!   daemon knows the devices a previous one left (reported as `orphaned` until user
+//!   recovery can re-attach them; `del` cleans them up).
+//! - Every failure is one line in `Response::error`, and a failed `add` leaves no device
+//!   and no lock behind.
+
+mod server;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use server::{serve, ServeOptions};
+
+/// Where the daemon listens unless `SHEEPDEV_CONTROL` says otherwise.
+pub const DEFAULT_CONTROL: &str = "/run/sheepdev/control.sock";
+
+/// The control socket path: `SHEEPDEV_CONTROL` or [`DEFAULT_CONTROL`].
+pub fn control_path() -> PathBuf {
+    std::env::var_os("SHEEPDEV_CONTROL").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL))
+}
+
+/// `add` as the CLI sends it (already validated by clap; the daemon checks again).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddRequest {
+    pub gateways: Vec<String>,
+    /// `NAME`, `NAME:ID` or `NAME:TAG`; empty for a null device.
+    pub vdi: String,
+    pub queues: u16,
+    pub depth: u16,
+    pub connections: u16,
+    pub max_io: u32,
+    pub block_size: u32,
+    pub read_only: bool,
+    pub shared: bool,
+    pub id: Option<u32>,
+    /// A null device of this size instead of a VDI.
+    pub null_size: Option<u64>,
+}
+
+/// Which device `del` means.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Target {
+    Id(u32),
+    Device(String),
+    Vdi(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    Add(AddRequest),
+    Del { target: Target, force: bool },
+    List,
+}
+
+/// One mapped device, as `list` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Mapping {
+    pub device: String,
+    pub id: u32,
+    /// What was asked for (`linux`, `linux:snap`), or `null` for a null device.
+    pub vdi: String,
+    /// The VDI name.
+    pub name: String,
+    /// The vid the device serves.
+    pub vid: u32,
+    /// Set when the device serves a snapshot itself (read-only).
+    pub snapshot: Option<String>,
+    /// The snapshot a writable VDI was made from by rebase.
+    pub rebased_from: Option<String>,
+    pub gateways: Vec<String>,
+    pub queues: u16,
+    pub depth: u16,
+    pub connections: u16,
+    pub max_io: u32,
+    pub block_size: u32,
+    pub size: u64,
+    pub read_only: bool,
+    pub shared: bool,
+    /// Whether the daemon holds the VDI lock (released on `del`).
+    pub locked: bool,
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Response {
+    pub error: Option<String>,
+    pub mapping: Option<Mapping>,
+    pub mappings: Vec<Mapping>,
+    /// Things worth telling the user that did not make the request fail.
+    pub warnings: Vec<String>,
+}
+
+/// Send one request to the daemon at `socket` and wait for its answer (up to `timeout`).
+pub fn request(socket: &Path, req: &Request, timeout: Duration) -> Result<Response, String> {
+    let mut s = UnixStream::connect(socket)
+        .map_err(|e| format!("cannot reach the sheepdev daemon at {} ({e}): is `sheepdev serve` running?", socket.display()))?;
+    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
+    line.push('\n');
+    s.write_all(line.as_bytes()).map_err(|e| format!("talking to the daemon: {e}"))?;
+    let mut answer = String::new();
+    BufReader::new(&s).read_line(&mut answer).map_err(|e| format!("waiting for the daemon: {e}"))?;
+    if answer.is_empty() {
+        return Err("the daemon closed the connection without answering (see its log)".into());
+    }
+    serde_json::from_str(&answer).map_err(|e| format!("bad answer from the daemon: {e}"))
+}

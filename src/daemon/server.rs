@@ -1,0 +1,373 @@
+//! `sheepdev serve`: the control socket, add/del/list, and the persisted mapping table.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use futures_lite::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use glommio::net::UnixListener;
+
+use super::{AddRequest, Mapping, Request, Response, Target};
+use crate::proto::SD_RES_VDI_LOCKED;
+use crate::sheep::{load_volume, manage, Client, Config};
+use crate::ublk::{self, Sockets};
+use crate::vdi::{SnapSel, VdiSpec};
+
+/// How `serve` runs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub control: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+/// How long `add` waits for the kernel to bring a device up, and `del` for it to go.
+const DEVICE_WAIT: Duration = Duration::from_secs(60);
+
+/// A device this daemon runs.
+struct Live {
+    sockets: Sockets,
+    /// Receives once when the device thread ends.
+    ended: mpsc::Receiver<()>,
+}
+
+struct Daemon {
+    opts: ServeOptions,
+    mappings: RefCell<BTreeMap<u32, Mapping>>,
+    live: RefCell<BTreeMap<u32, Live>>,
+}
+
+/// Run the daemon until it is killed.
+pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::fs::create_dir_all(&opts.state_dir).with_context(|| format!("creating {}", opts.state_dir.display()))?;
+    std::fs::set_permissions(&opts.state_dir, std::fs::Permissions::from_mode(0o700))?;
+    if let Some(dir) = opts.control.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if opts.control.exists() {
+        if std::os::unix::net::UnixStream::connect(&opts.control).is_ok() {
+            anyhow::bail!("another sheepdev daemon is already serving {}", opts.control.display());
+        }
+        std::fs::remove_file(&opts.control).with_context(|| format!("removing the stale socket {}", opts.control.display()))?;
+    }
+    let mut mappings = load_state(&opts.state_dir);
+    for m in mappings.values_mut() {
+        m.state = if std::path::Path::new(&format!("/dev/ublkc{}", m.id)).exists() { "orphaned".into() } else { "gone".into() };
+    }
+    crate::cli::block_on(async move {
+        let listener = UnixListener::bind(&opts.control).map_err(|e| anyhow::anyhow!("listening on {}: {e}", opts.control.display()))?;
+        std::fs::set_permissions(&opts.control, std::fs::Permissions::from_mode(0o600))?;
+        eprintln!("sheepdev serve: control socket {}", opts.control.display());
+        let d = Rc::new(Daemon { opts, mappings: RefCell::new(mappings), live: RefCell::new(BTreeMap::new()) });
+        d.persist();
+        loop {
+            match listener.accept().await {
+                Ok(stream) => {
+                    let d = d.clone();
+                    glommio::spawn_local(async move {
+                        let mut rd = BufReader::new(stream);
+                        let mut line = String::new();
+                        if rd.read_line(&mut line).await.is_err() || line.is_empty() {
+                            return;
+                        }
+                        let resp = match serde_json::from_str::<Request>(&line) {
+                            Ok(req) => d.handle(req).await,
+                            Err(e) => Response { error: Some(format!("bad request: {e}")), ..Default::default() },
+                        };
+                        let mut out = serde_json::to_string(&resp).unwrap_or_else(|_| "{\"error\":\"cannot encode the answer\"}".into());
+                        out.push('\n');
+                        let mut stream = rd.into_inner();
+                        let _ = stream.write_all(out.as_bytes()).await;
+                    })
+                    .detach();
+                }
+                Err(e) => tracing::warn!("control socket accept failed: {e}"),
+            }
+        }
+    })?
+}
+
+fn state_file(dir: &std::path::Path) -> PathBuf {
+    dir.join("devices.json")
+}
+
+fn load_state(dir: &std::path::Path) -> BTreeMap<u32, Mapping> {
+    let Ok(text) = std::fs::read_to_string(state_file(dir)) else { return BTreeMap::new() };
+    match serde_json::from_str::<Vec<Mapping>>(&text) {
+        Ok(v) => v.into_iter().map(|m| (m.id, m)).collect(),
+        Err(e) => {
+            tracing::warn!("ignoring unreadable {}: {e}", state_file(dir).display());
+            BTreeMap::new()
+        }
+    }
+}
+
+impl Daemon {
+    fn persist(&self) {
+        let v: Vec<Mapping> = self.mappings.borrow().values().cloned().collect();
+        let path = state_file(&self.opts.state_dir);
+        let tmp = path.with_extension("json.tmp");
+        let r = serde_json::to_vec_pretty(&v)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = r {
+            tracing::error!("cannot persist the device table to {}: {e}", path.display());
+        }
+    }
+
+    async fn handle(&self, req: Request) -> Response {
+        match req {
+            Request::List => Response { mappings: self.mappings.borrow().values().cloned().collect(), ..Default::default() },
+            Request::Add(a) => match self.add(a).await {
+                Ok(m) => Response { mapping: Some(m), ..Default::default() },
+                Err(e) => Response { error: Some(e), ..Default::default() },
+            },
+            Request::Del { target, force } => match self.del(target, force).await {
+                Ok((m, warnings)) => Response { mapping: Some(m), warnings, ..Default::default() },
+                Err(e) => Response { error: Some(e), ..Default::default() },
+            },
+        }
+    }
+
+    async fn add(&self, a: AddRequest) -> Result<Mapping, String> {
+        if !(1..=64).contains(&a.queues) || !(1..=4096).contains(&a.depth) || !(1..=16).contains(&a.connections) {
+            return Err("queues must be 1..64, depth 1..4096, connections 1..16".into());
+        }
+        if a.block_size != 512 && a.block_size != 4096 {
+            return Err(format!("block size {} is not 512 or 4096", a.block_size));
+        }
+        if a.max_io < a.block_size || a.max_io > (1 << 20) {
+            return Err(format!("max-io {} must be between the block size and 1M", a.max_io));
+        }
+        if let Some(id) = a.id {
+            if self.mappings.borrow().contains_key(&id) || std::path::Path::new(&format!("/dev/ublkc{id}")).exists() {
+                return Err(format!("ublk device id {id} is already in use"));
+            }
+        }
+        ublk::available()?;
+        let gateways: Vec<SocketAddr> =
+            a.gateways.iter().map(|g| g.parse().map_err(|_| format!("bad gateway address {g:?}"))).collect::<Result<_, _>>()?;
+        let mut m = Mapping {
+            device: String::new(),
+            id: 0,
+            vdi: a.vdi.clone(),
+            name: String::new(),
+            vid: 0,
+            snapshot: None,
+            rebased_from: None,
+            gateways: a.gateways.clone(),
+            queues: a.queues,
+            depth: a.depth,
+            connections: a.connections,
+            max_io: a.max_io,
+            block_size: a.block_size,
+            size: 0,
+            read_only: a.read_only,
+            shared: a.shared,
+            locked: false,
+            state: "live".into(),
+        };
+        let target;
+        let mut lock: Option<(Rc<Client>, crate::proto::Vid)> = None;
+        if let Some(size) = a.null_size {
+            if size == 0 || size % u64::from(a.block_size) != 0 {
+                return Err(format!("null device size {size} must be a non-zero multiple of the block size"));
+            }
+            (m.vdi, m.name, m.size) = ("null".into(), "null".into(), size);
+            target = ublk::Target::Null { size };
+        } else {
+            let spec: VdiSpec = a.vdi.parse()?;
+            m.name = spec.name.to_string();
+            let mut cfg = Config::new(gateways.clone());
+            cfg.connect_timeout = Duration::from_secs(3);
+            let c = Rc::new(Client::connect(&cfg).await.map_err(|e| e.to_string())?);
+            let in_use = |e: crate::sheep::Error, what: &str| {
+                if e.code() == Some(SD_RES_VDI_LOCKED) {
+                    format!("{what} is in use: another client holds its lock (map it with --shared only if you know that is safe)")
+                } else {
+                    format!("{what}: {e}")
+                }
+            };
+            let vid = match (&spec.snap, a.read_only) {
+                (SnapSel::Working, false) if !a.shared => {
+                    let v = c.lock_vdi(&spec.name, &SnapSel::Working, false).await.map_err(|e| in_use(e, &a.vdi))?.vid;
+                    lock = Some((c.clone(), v));
+                    v
+                }
+                (SnapSel::Working, _) => c.vdi_info(&spec.name, &SnapSel::Working).await.map_err(|e| format!("{}: {e}", a.vdi))?.vid,
+                (_, true) => {
+                    m.snapshot = Some(spec.snap.to_string().trim_start_matches(':').to_string());
+                    c.vdi_info(&spec.name, &spec.snap).await.map_err(|e| format!("{}: {e}", a.vdi))?.vid
+                }
+                (_, false) => {
+                    // The seed's semantics: a new writable VDI from the snapshot, by rebase.
+                    let (_, new) = manage::rebase(&c, &spec).await.map_err(|e| format!("making {} writable from {}: {e}", spec.name, a.vdi))?;
+                    m.rebased_from = Some(spec.snap.to_string().trim_start_matches(':').to_string());
+                    if a.shared {
+                        new.vid
+                    } else {
+                        let v = c.lock_vdi(&spec.name, &SnapSel::Working, false).await.map_err(|e| in_use(e, spec.name.as_str()))?.vid;
+                        lock = Some((c.clone(), v));
+                        v
+                    }
+                }
+            };
+            m.locked = lock.is_some();
+            let vol = match load_volume(&c, vid, a.read_only).await {
+                Ok(v) => v,
+                Err(e) => {
+                    release(&lock).await;
+                    return Err(format!("{}: {e}", a.vdi));
+                }
+            };
+            (m.vid, m.size) = (vid.0, vol.size());
+            if vol.is_read_only() {
+                m.read_only = true;
+            }
+            target = ublk::Target::Sheep { vol: Arc::new(vol), gateways: vec![c.gateway()], connections: usize::from(a.connections) };
+        }
+        let spec =
+            ublk::Spec { id: a.id, queues: a.queues, depth: a.depth, max_io: a.max_io, block_size: a.block_size, read_only: m.read_only, target };
+        m.max_io = spec.effective_max_io();
+        let sockets: Sockets = Arc::new(Mutex::new(Vec::new()));
+        let (started_tx, started_rx) = mpsc::channel();
+        let (ended_tx, ended_rx) = mpsc::channel();
+        let s2 = sockets.clone();
+        let spawned = std::thread::Builder::new().name("sheepdev-dev".into()).spawn(move || {
+            let tx = started_tx.clone();
+            let r = ublk::run(spec, s2, move |id| {
+                let _ = tx.send(id);
+            });
+            if let Err(e) = r {
+                let _ = started_tx.send(Err(e));
+            }
+            let _ = ended_tx.send(());
+        });
+        if let Err(e) = spawned {
+            release(&lock).await;
+            return Err(format!("cannot start a device thread: {e}"));
+        }
+        let started = glommio::executor().spawn_blocking(move || started_rx.recv_timeout(DEVICE_WAIT)).await;
+        let id = match started {
+            Ok(Ok(id)) => id,
+            Ok(Err(e)) => {
+                release(&lock).await;
+                return Err(e);
+            }
+            Err(_) => {
+                release(&lock).await;
+                return Err(format!("the ublk device did not come up within {} s", DEVICE_WAIT.as_secs()));
+            }
+        };
+        (m.id, m.device) = (id, format!("/dev/ublkb{id}"));
+        self.mappings.borrow_mut().insert(id, m.clone());
+        self.live.borrow_mut().insert(id, Live { sockets, ended: ended_rx });
+        self.persist();
+        tracing::info!("mapped {} as {}", m.vdi, m.device);
+        Ok(m)
+    }
+
+    fn find(&self, t: &Target) -> Result<u32, String> {
+        let maps = self.mappings.borrow();
+        let found: Vec<u32> = match t {
+            Target::Id(id) => maps.get(id).map(|m| m.id).into_iter().collect(),
+            Target::Device(d) => maps.values().filter(|m| &m.device == d).map(|m| m.id).collect(),
+            Target::Vdi(v) => {
+                let exact: Vec<u32> = maps.values().filter(|m| &m.vdi == v).map(|m| m.id).collect();
+                if exact.is_empty() {
+                    maps.values().filter(|m| &m.name == v && m.snapshot.is_none()).map(|m| m.id).collect()
+                } else {
+                    exact
+                }
+            }
+        };
+        let what = match t {
+            Target::Id(id) => format!("device id {id}"),
+            Target::Device(d) => d.clone(),
+            Target::Vdi(v) => format!("vdi {v}"),
+        };
+        match found[..] {
+            [id] => Ok(id),
+            [] => Err(format!("no mapped device matches {what}")),
+            _ => Err(format!(
+                "{what} matches several devices ({}); name one by path or --id",
+                found.iter().map(|i| format!("/dev/ublkb{i}")).collect::<Vec<_>>().join(", ")
+            )),
+        }
+    }
+
+    async fn del(&self, t: Target, force: bool) -> Result<(Mapping, Vec<String>), String> {
+        let id = self.find(&t)?;
+        let m = self.mappings.borrow().get(&id).cloned().ok_or("the device vanished")?;
+        let live = self.live.borrow_mut().remove(&id);
+        let mut warnings = Vec::new();
+        let sockets = live.as_ref().map(|l| l.sockets.clone());
+        let exists = std::path::Path::new(&format!("/dev/ublkc{id}")).exists();
+        if exists {
+            let s = if force { sockets.clone() } else { None };
+            let r = glommio::executor().spawn_blocking(move || ublk::stop(id, s.as_ref())).await;
+            if let Err(e) = r {
+                if !force {
+                    if let Some(l) = live {
+                        self.live.borrow_mut().insert(id, l);
+                    }
+                    return Err(e);
+                }
+                warnings.push(e);
+            }
+        }
+        if let Some(l) = live {
+            let ended =
+                glommio::executor().spawn_blocking(move || l.ended.recv_timeout(if force { Duration::from_secs(10) } else { DEVICE_WAIT })).await;
+            if ended.is_err() {
+                warnings.push(format!("device {id} did not finish stopping in time; its queue threads may still be draining"));
+            }
+        } else if exists {
+            // Left by an earlier daemon: remove the kernel device too.
+            let r = glommio::executor()
+                .spawn_blocking(move || {
+                    libublk::ctrl::UblkCtrl::new_simple(id as i32).and_then(|c| c.del_dev()).map(|_| ()).map_err(|e| e.to_string())
+                })
+                .await;
+            if let Err(e) = r {
+                warnings.push(format!("deleting ublk device {id}: {e}"));
+            }
+        }
+        if m.locked {
+            if let Err(e) = release_by_name(&m).await {
+                let w = format!("could not release the lock on {} (vid {:x}): {e}", m.name, m.vid);
+                if !force {
+                    warnings.push(w);
+                } else {
+                    warnings.push(format!("{w}; release it later with a client that can reach the cluster"));
+                }
+            }
+        }
+        self.mappings.borrow_mut().remove(&id);
+        self.persist();
+        Ok((m, warnings))
+    }
+}
+
+async fn release(lock: &Option<(Rc<Client>, crate::proto::Vid)>) {
+    if let Some((c, vid)) = lock {
+        if let Err(e) = c.release_vdi(*vid, false).await {
+            tracing::warn!("could not release the lock on vid {vid}: {e}");
+        }
+    }
+}
+
+async fn release_by_name(m: &Mapping) -> Result<(), String> {
+    let gateways: Vec<SocketAddr> = m.gateways.iter().filter_map(|g| g.parse().ok()).collect();
+    let mut cfg = Config::new(gateways);
+    cfg.connect_timeout = Duration::from_secs(2);
+    cfg.request_timeout = Duration::from_secs(10);
+    let c = Client::connect(&cfg).await.map_err(|e| e.to_string())?;
+    c.release_vdi(crate::proto::Vid(m.vid), false).await.map_err(|e| e.to_string())
+}

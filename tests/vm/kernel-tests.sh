@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# kernel-tests.sh - run the ublk data-plane scenarios (tests/vm/scenarios.sh)
+# in the qemu VM: build sheepdev, boot the VM with it, run the scenarios,
+# report.
+#
+# Usage: bash tests/vm/kernel-tests.sh [SCENARIO...]
+#        SCENARIO: 1-6 or ext4 fio-verify snapshots clone-cow discard bad-input
+#        (default: all, in that order)
+# Env:   SHEEPDEV_BIN            use this sheepdev binary, skip `cargo build --release`
+#        SHEEPDEV_KT_OUT         where the guest's /out goes (default: a new
+#                                /tmp/sheepdev-kt.XXXXXX, kept)
+#        SHEEPDEV_KT_TIMEOUT     VM timeout in seconds (default 900)
+#        SHEEPDEV_VM_SKIP_SETUP  1: do not run tests/vm/setup-host.sh first
+#        and run-vm.sh's SHEEPDEV_VM_* variables.
+#
+# The guest's busybox has sha256sum, blockdev, blkdiscard and fallocate, but
+# its blkdiscard cannot zero (-z) and its fallocate cannot punch holes (-p),
+# so util-linux's blkdiscard and fallocate are added with --bin (run-vm.sh
+# copies their libraries) when the host has them.
+#
+# Exit status: 0 when every scenario passed; otherwise run-vm.sh's status
+# (the guest script's, 124 timeout, 125 harness failure), after printing the
+# guest log and the daemon/store logs.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+if [ -n "${SHEEPDEV_BIN:-}" ]; then
+    bin=$SHEEPDEV_BIN
+    [ -x "$bin" ] || { echo "kernel-tests: SHEEPDEV_BIN=$bin is not an executable" >&2; exit 2; }
+else
+    echo "== cargo build --release"
+    cargo build --release
+    bin=target/release/sheepdev
+fi
+[ "${SHEEPDEV_VM_SKIP_SETUP:-0}" = 1 ] || bash tests/vm/setup-host.sh
+
+out=${SHEEPDEV_KT_OUT:-$(mktemp -d /tmp/sheepdev-kt.XXXXXX)}
+mkdir -p "$out"
+extra=()
+for t in /usr/sbin/blkdiscard /sbin/blkdiscard /usr/bin/fallocate /bin/fallocate; do
+    if [ -x "$t" ] && "$t" --version 2>/dev/null | grep -q util-linux; then
+        case " ${extra[*]-} " in *"/$(basename "$t") "*) continue ;; esac
+        extra+=(--bin "$t")
+    fi
+done
+
+echo "== VM scenarios ${*:-all} (sheepdev: $bin; guest /out: $out)"
+start=$SECONDS
+rc=0
+bash tests/vm/run-vm.sh --quiet --timeout "${SHEEPDEV_KT_TIMEOUT:-900}" --bin "$bin" ${extra[@]+"${extra[@]}"} \
+    --out "$out" tests/vm/scenarios.sh "$@" || rc=$?
+
+if [ "$rc" = 0 ]; then
+    cat "$out/results.txt"
+    echo "== kernel tests passed ($((SECONDS - start)) s; logs in $out)"
+    exit 0
+fi
+# run-vm.sh --quiet has printed the whole console (the guest log, with the
+# diagnostics scenarios.sh adds on failure: sheepdev list, serve.log and
+# store.log tails, dmesg) above; sum up.
+{
+    echo "== kernel tests FAILED (status $rc after $((SECONDS - start)) s)"
+    if [ -s "$out/scenarios.log" ]; then
+        grep -E '^(FAIL:|scenarios: FAILED|MISMATCH:)' "$out/scenarios.log" || echo "(no FAIL line in the guest log)"
+    else
+        echo "(no guest log came back: see the console above)"
+    fi
+    if [ -s "$out/results.txt" ]; then echo "passed before that:"; cat "$out/results.txt"; fi
+    echo "guest logs (scenarios.log, serve.log, store.log, diag.txt, fio-*.json): $out"
+} >&2
+exit "$rc"

@@ -1,0 +1,780 @@
+#!/bin/sh
+# shellcheck shell=dash disable=SC2015,SC2012,SC2010,SC3040
+# scenarios.sh - guest script (busybox sh, run with -e by run-vm.sh's /init):
+# the kernel-test scenarios of sheepdev's ublk data plane.
+#
+# It starts the embedded store (--locking --no-sync, on tmpfs) and
+# `sheepdev serve`, waits for both with bounded loops, runs the scenarios,
+# checks that `sheepdev list --json` shows no device left, and stops both.
+#
+#   1 ext4        add linux -> mkfs.ext4 -> files + sha256sums -> e2fsck -fn
+#                 -> del -> add again -> checksums match
+#   2 fio-verify  fio randrw 4k then 64k, iodepth 32, numjobs = queues = 2,
+#                 direct, io_uring (else libaio), verify=crc32c, verify_fatal
+#   3 snapshots   A -> snapshot s -> B; linux:s --read-only reads A and
+#                 refuses writes; linux:s writable (rebase) reads A, takes C;
+#                 the previous working VDI is kept as a snapshot reading B;
+#                 s still reads A
+#   4 clone-cow   clone linux:s child; child and linux:s --read-only mapped at
+#                 once; writes to child (partial and whole objects) leave the
+#                 parent untouched
+#   5 discard     discard of whole 4 MiB objects (owned, and shared with a
+#                 snapshot) reads zeros; flush; write-zeroes (partial and
+#                 whole objects) reads zeros; all of it survives del + add;
+#                 the snapshot is untouched
+#   6 bad-input   add of a missing VDI / tag / snapshot id, a second exclusive
+#                 add, del of unknown devices: non-zero, one line on stderr,
+#                 nothing left behind
+#
+# Each scenario prints "SCENARIO <n> <name>: PASS", or "FAIL: SCENARIO ..."
+# with what differed and the script exits non-zero (logs and diagnostics
+# follow). Scenarios make what they need when run alone.
+#
+# Usage (host): bash tests/vm/kernel-tests.sh [SCENARIO...]
+#   or: bash tests/vm/run-vm.sh --quiet --timeout 900 --bin target/release/sheepdev \
+#         --out DIR tests/vm/scenarios.sh [SCENARIO...]
+# SCENARIO is a number (1-6) or a name (ext4, fio-verify, ...); default: all.
+#
+# Guest tools: busybox, fio, mkfs.ext4, e2fsck (run-vm.sh), sheepdev (--bin).
+# util-linux blkdiscard and fallocate (kernel-tests.sh adds them with --bin)
+# are used when present: busybox blkdiscard has no -z (write zeroes) and
+# busybox fallocate no -p. Without them, write-zeroes is replaced by writing
+# zeros (said in the log).
+#
+# Leaves under /out: scenarios.log (this script's output), results.txt (the
+# PASS lines), serve.log, store.log, fio-*.json, and diag.txt on failure.
+set -eu
+
+# Copy everything this script prints to /out/scenarios.log (busybox ash has
+# pipefail, so the pipeline's status is the script's).
+if [ -z "${SCENARIOS_TEED:-}" ] && [ -d /out ] && [ "${SCENARIOS_SOURCE_ONLY:-0}" != 1 ]; then
+    export SCENARIOS_TEED=1
+    set -o pipefail
+    sh -e "$0" "$@" 2>&1 | tee /out/scenarios.log
+    exit $?
+fi
+
+ADDR=127.0.0.1:7000
+STORE_DIR=/tmp/store
+SOCK=${SHEEPDEV_CONTROL:-/run/sheepdev/control.sock}
+W=/tmp/scenarios           # scratch files (tmpfs)
+OUT=/out
+MIB=1048576
+GIB=1073741824
+T_CMD=120                  # bound for one sheepdev command (TCG is slow)
+T_READY=60                 # bound for the store / serve to come up
+S2_SIZE_4K=16M             # fio scenario: bytes per job, 4k run
+S2_SIZE_64K=64M            # fio scenario: bytes per job, 64k run
+
+SCEN="setup"
+STEP=""
+STORE_PID=""
+SERVE_PID=""
+
+say() { echo "scenarios: $*"; }
+step() { STEP=$*; echo "  [$SCEN] $*"; }
+fail() {
+    echo "FAIL: SCENARIO $SCEN: $*" >&2
+    exit 1
+}
+begin() { SCEN="$1 $2"; STEP=""; say "--- SCENARIO $1 $2"; T0=$(date +%s); }
+pass() {
+    echo "SCENARIO $SCEN: PASS ($(( $(date +%s) - T0 )) s)"
+    echo "SCENARIO $SCEN: PASS" >>"$OUT/results.txt"
+    SCEN="between scenarios"
+}
+
+# ------------------------------------------------------------ JSON (busybox awk)
+# json_flat < JSON: one line per scalar, "PATH<TAB>VALUE", PATH like
+# [0].device or .jobs[1].read.clat_ns.percentile.99.000000. Lines before the
+# first one starting with [ or { (fio's warnings in --output) are skipped.
+# Strings keep their escapes; numbers are printed as written.
+json_flat() {
+    awk '
+    function path(   k, p) {
+        p = ""
+        for (k = 1; k <= d; k++) p = p (ty[k] == "a" ? "[" ix[k] "]" : "." ky[k])
+        return p
+    }
+    !started && /^[ \t]*[\[{]/ { started = 1 }
+    started { buf = buf $0 "\n" }
+    END {
+        n = length(buf); i = 1; d = 0; want_key = 0
+        while (i <= n) {
+            c = substr(buf, i, 1)
+            if (c == " " || c == "\t" || c == "\n" || c == "\r" || c == ":") { i++; continue }
+            if (c == "{") { d++; ty[d] = "o"; ky[d] = ""; want_key = 1; i++; continue }
+            if (c == "[") { d++; ty[d] = "a"; ix[d] = 0; want_key = 0; i++; continue }
+            if (c == "}" || c == "]") { d--; want_key = 0; i++; if (d == 0) break; continue }
+            if (c == ",") { if (ty[d] == "a") ix[d]++; else want_key = 1; i++; continue }
+            if (c == "\"") {
+                s = ""; j = i + 1
+                while (j <= n) {
+                    ch = substr(buf, j, 1)
+                    if (ch == "\\") { s = s substr(buf, j, 2); j += 2; continue }
+                    if (ch == "\"") break
+                    s = s ch; j++
+                }
+                i = j + 1
+                if (ty[d] == "o" && want_key) { ky[d] = s; want_key = 0 }
+                else print path() "\t" s
+                continue
+            }
+            j = i
+            while (j <= n && index(",]} \t\n\r", substr(buf, j, 1)) == 0) j++
+            print path() "\t" substr(buf, i, j - i)
+            i = j
+        }
+    }'
+}
+
+# json_is_array FILE: the file holds a JSON array (possibly empty).
+json_is_array() { [ "$(tr -d ' \t\r\n' <"$1" | cut -c1)" = "[" ]; }
+
+# ------------------------------------------------------------ sheepdev wrappers
+sd() { timeout "$T_CMD" sheepdev "$@"; }
+vdi() { timeout "$T_CMD" sheepdev vdi -a "$ADDR" "$@"; }
+
+# run DESC CMD...: CMD must succeed; its stdout goes to $W/run.out.
+run() {
+    local desc="$1" rc=0; shift
+    "$@" >"$W/run.out" 2>"$W/run.err" || rc=$?
+    [ "$rc" = 0 ] || fail "$desc: '$*' exited $rc: $(head -c 2000 "$W/run.err")"
+}
+
+# The `sheepdev list --json` array, checked, in $W/list.json.
+list_json() {
+    local rc=0
+    sd list --json >"$W/list.json" 2>"$W/list.err" || rc=$?
+    [ "$rc" = 0 ] || fail "sheepdev list --json exited $rc: $(cat "$W/list.err")"
+    json_is_array "$W/list.json" || fail "sheepdev list --json is not a JSON array: $(head -c 500 "$W/list.json")"
+}
+# Number of mapped devices.
+list_count() {
+    list_json
+    json_flat <"$W/list.json" | grep -c '^\[[0-9]*\]\.device	' || true
+}
+# One line per mapping: "device id vdi snapshot read_only state".
+list_rows() {
+    list_json
+    json_flat <"$W/list.json" | awk -F'\t' '
+        match($1, /^\[[0-9]+\]\./) {
+            i = substr($1, 2, RLENGTH - 3); k = substr($1, RLENGTH + 1); v[i, k] = $2
+            if (i + 1 > n) n = i + 1
+        }
+        END { for (i = 0; i < n; i++) print v[i, "device"], v[i, "id"], v[i, "vdi"], v[i, "snapshot"], "ro=" v[i, "read_only"], v[i, "state"] }'
+}
+# list_get DEVICE FIELD: FIELD of DEVICE's entry in `sheepdev list --json`.
+list_get() {
+    list_json
+    json_flat <"$W/list.json" | awk -F'\t' -v dev="$1" -v f="$2" '
+        match($1, /^\[[0-9]+\]\./) {
+            i = substr($1, 2, RLENGTH - 3); k = substr($1, RLENGTH + 1); v[i, k] = $2
+            if (k == "device" && $2 == dev) hit = i
+        }
+        END { if (hit != "") print v[hit, f] }'
+}
+expect_count() { # N WHY
+    local n
+    n=$(list_count)
+    [ "$n" = "$1" ] || fail "$2: sheepdev list shows $n devices, expected $1: $(list_rows | tr '\n' ';')"
+}
+
+# One line per VDI from `sheepdev vdi list --json`: "name snap_id snapshot tag vid"
+# (tag "-" when empty), sorted.
+vdi_rows() {
+    local rc=0
+    vdi list --json >"$W/vdis.json" 2>"$W/vdis.err" || rc=$?
+    [ "$rc" = 0 ] || fail "sheepdev vdi list --json exited $rc: $(cat "$W/vdis.err")"
+    json_is_array "$W/vdis.json" || fail "sheepdev vdi list --json is not a JSON array"
+    json_flat <"$W/vdis.json" | awk -F'\t' '
+        match($1, /^\[[0-9]+\]\./) {
+            i = substr($1, 2, RLENGTH - 3); k = substr($1, RLENGTH + 1); v[i, k] = $2
+            if (i + 1 > n) n = i + 1
+        }
+        END { for (i = 0; i < n; i++) print v[i, "name"], v[i, "snap_id"], v[i, "snapshot"], (v[i, "tag"] == "" ? "-" : v[i, "tag"]), v[i, "vid"] }' | sort
+}
+vdi_exists() { vdi_rows | grep -q "^$1 [0-9]* false "; }             # working VDI NAME
+snap_exists() { vdi_rows | grep -q "^$1 [0-9]* true $2 "; }          # NAME TAG
+ensure_vdi() { # NAME SIZE: create the working VDI if missing
+    vdi_exists "$1" && return 0
+    step "sheepdev vdi create $1 $2"
+    run "create VDI $1" vdi create "$1" "$2"
+}
+
+# add_dev ARGS...: `sheepdev add ARGS`, which must print one /dev/ublkbN line
+# and return with the device usable. Sets DEV and SYS (its
+# /sys/dev/block/MAJ:MIN directory).
+add_dev() {
+    local rc=0
+    sd add "$@" >"$W/add.out" 2>"$W/add.err" || rc=$?
+    [ "$rc" = 0 ] || fail "sheepdev add $* exited $rc: $(head -c 2000 "$W/add.err")"
+    [ "$(awk 'END { print NR }' "$W/add.out")" = 1 ] ||
+        fail "sheepdev add $* printed not exactly one line on stdout: $(head -c 500 "$W/add.out")"
+    DEV=$(cat "$W/add.out")
+    case $DEV in /dev/ublkb[0-9]*) ;; *) fail "sheepdev add $* printed '$DEV', not /dev/ublkbN" ;; esac
+    [ -b "$DEV" ] || fail "sheepdev add $* returned $DEV but it is not a block device"
+    # its sysfs directory, found by device number
+    mm=$(stat -L -c '%t %T' "$DEV")
+    SYS=/sys/dev/block/$((0x${mm% *})):$((0x${mm#* }))
+    [ -d "$SYS/queue" ] || fail "no $SYS/queue for $DEV"
+    # usable now: a direct read of the first 4 KiB must work at once
+    dd if="$DEV" of=/dev/null bs=4096 count=1 iflag=direct status=none 2>"$W/add.err" ||
+        fail "sheepdev add $* returned $DEV but reading it fails: $(cat "$W/add.err")"
+    step "add $* -> $DEV"
+}
+# del_dev ARGS... [-- DEVICE]: `sheepdev del ARGS` must succeed; DEVICE (if
+# given) must be gone afterwards (bounded wait).
+del_dev() {
+    local args="" gone="" rc=0 i
+    while [ $# -gt 0 ]; do
+        if [ "$1" = "--" ]; then gone=$2; break; fi
+        args="$args $1"; shift
+    done
+    # shellcheck disable=SC2086
+    sd del $args >"$W/del.out" 2>"$W/del.err" || rc=$?
+    [ "$rc" = 0 ] || fail "sheepdev del$args exited $rc: $(head -c 2000 "$W/del.err")"
+    if [ -n "$gone" ]; then
+        i=0
+        while [ -e "$gone" ]; do
+            i=$((i + 1))
+            [ $i -le 50 ] || fail "sheepdev del$args returned but $gone still exists after 10 s"
+            sleep 0.2
+        done
+    fi
+    step "del$args"
+}
+check_size() { # DEV BYTES
+    local got
+    got=$(blockdev --getsize64 "$1")
+    [ "$got" = "$2" ] || fail "$1 is $got bytes, expected $2"
+}
+sysq() { cat "$SYS/queue/$1" 2>/dev/null || echo "?"; } # ATTR of the last added device
+
+# expect_fail WANT DESC ARGS...: `sheepdev ARGS` must exit non-zero (not by
+# the timeout), print nothing on stdout and exactly one line on stderr that
+# contains WANT (when WANT is not empty).
+expect_fail() {
+    local want="$1" desc="$2" rc=0 lines; shift 2
+    sd "$@" >"$W/ef.out" 2>"$W/ef.err" || rc=$?
+    [ "$rc" != 0 ] || fail "$desc: 'sheepdev $*' succeeded (stdout: $(head -c 300 "$W/ef.out"))"
+    [ "$rc" != 124 ] && [ "$rc" != 143 ] || fail "$desc: 'sheepdev $*' did not finish within $T_CMD s"
+    lines=$(awk 'END { print NR }' "$W/ef.err")
+    [ "$lines" = 1 ] || fail "$desc: 'sheepdev $*' printed $lines lines on stderr, expected 1: $(head -c 1000 "$W/ef.err")"
+    [ ! -s "$W/ef.out" ] || fail "$desc: 'sheepdev $*' failed but printed on stdout: $(head -c 300 "$W/ef.out")"
+    if [ -n "$want" ] && ! grep -qF "$want" "$W/ef.err"; then
+        fail "$desc: 'sheepdev $*' stderr lacks '$want': $(cat "$W/ef.err")"
+    fi
+    step "$desc: exit $rc: $(cat "$W/ef.err")"
+}
+
+# ------------------------------------------------------------ data helpers
+# pattern LETTER MIB [BASE]: MIB MiB of 16-byte lines "<L><14-digit n>\n",
+# n counting from BASE (default 0): every line tells what and where it is.
+# (seq | sed: several times faster than an awk loop under TCG.)
+pattern() {
+    local first=$((100000000000000 + ${3:-0}))
+    seq "$first" $((first + $2 * 65536 - 1)) | sed "s/^1/$1/"
+}
+zeros() { dd if=/dev/zero bs=65536 count=$(($1 / 65536)) status=none; } # BYTES (64 KiB multiple)
+# dev_read DEV OFF LEN FILE / dev_write DEV OFF FILE: O_DIRECT, 64 KiB units.
+dev_read() {
+    dd if="$1" of="$4" bs=65536 skip=$(($2 / 65536)) count=$(($3 / 65536)) iflag=direct status=none ||
+        fail "reading $(($3 / 1024)) KiB at $2 of $1 failed"
+}
+dev_write() {
+    dd if="$3" of="$1" bs=65536 seek=$(($2 / 65536)) oflag=direct conv=notrunc,fsync status=none ||
+        fail "writing $3 at $2 of $1 failed"
+}
+# put FILE OFF SRC: overwrite FILE at OFF (64 KiB multiple) with SRC.
+put() { dd if="$3" of="$1" bs=65536 seek=$(($2 / 65536)) conv=notrunc status=none; }
+# check_same WHAT EXPECTED ACTUAL: byte-equal, else show the first difference.
+check_same() {
+    local off
+    cmp -s "$2" "$3" && return 0
+    echo "MISMATCH: $1" >&2
+    cmp "$2" "$3" >&2 || true
+    off=$(cmp "$2" "$3" 2>/dev/null | sed -n 's/.* char \([0-9]*\),.*/\1/p')
+    if [ -n "$off" ]; then
+        off=$(( (off - 1) / 16 * 16 ))
+        echo "  expected at byte $off:" >&2
+        dd if="$2" bs=16 skip=$((off / 16)) count=4 status=none | od -A n -c >&2
+        echo "  got:" >&2
+        dd if="$3" bs=16 skip=$((off / 16)) count=4 status=none | od -A n -c >&2
+    fi
+    echo "  sizes: expected $(wc -c <"$2"), got $(wc -c <"$3")" >&2
+    fail "$1: data differs"
+}
+# check_dev WHAT DEV OFF EXPECTED_FILE: DEV at OFF reads EXPECTED_FILE.
+check_dev() {
+    dev_read "$2" "$3" "$(wc -c <"$4")" "$W/got"
+    check_same "$1" "$4" "$W/got"
+}
+# vdi_write SPEC OFF FILE: `sheepdev vdi write SPEC --offset OFF < FILE`.
+vdi_write() {
+    local rc=0
+    vdi write "$1" --offset "$2" <"$3" >"$W/run.out" 2>"$W/run.err" || rc=$?
+    [ "$rc" = 0 ] || fail "sheepdev vdi write $1 --offset $2 < $3 exited $rc: $(cat "$W/run.err")"
+}
+# check_vdi WHAT SPEC OFF EXPECTED_FILE: `sheepdev vdi read SPEC` likewise.
+check_vdi() {
+    run "vdi read $2" vdi read "$2" --offset "$3" --length "$(wc -c <"$4")"
+    check_same "$1" "$4" "$W/run.out"
+}
+
+# ------------------------------------------------------------ store and daemon
+start_store() {
+    local i=0
+    say "starting sheepdev store --dir $STORE_DIR --listen $ADDR --locking --no-sync"
+    sheepdev store --dir "$STORE_DIR" --listen "$ADDR" --locking --no-sync >"$W/store.log" 2>&1 &
+    STORE_PID=$!
+    while ! timeout 10 sheepdev vdi -a "$ADDR" --connect-timeout 1 list >/dev/null 2>&1; do
+        kill -0 "$STORE_PID" 2>/dev/null || { wait "$STORE_PID" || i=$?; STORE_PID="";
+            fail "sheepdev store exited (status $i) before it was ready: $(cat "$W/store.log")"; }
+        i=$((i + 1))
+        [ $i -le $((T_READY * 5)) ] || fail "sheepdev store not ready after $T_READY s: $(cat "$W/store.log")"
+        sleep 0.2
+    done
+    say "store ready (pid $STORE_PID)"
+}
+start_serve() {
+    local i=0
+    say "starting sheepdev serve (control socket $SOCK)"
+    sheepdev serve >"$W/serve.log" 2>&1 &
+    SERVE_PID=$!
+    while ! timeout 10 sheepdev list --json >/dev/null 2>&1; do
+        kill -0 "$SERVE_PID" 2>/dev/null || { wait "$SERVE_PID" || i=$?; SERVE_PID="";
+            fail "sheepdev serve exited (status $i) before it was ready: $(cat "$W/serve.log")"; }
+        i=$((i + 1))
+        [ $i -le $((T_READY * 5)) ] ||
+            fail "sheepdev serve not ready after $T_READY s (socket $SOCK: $([ -S "$SOCK" ] && echo present || echo absent)): $(cat "$W/serve.log")"
+        sleep 0.2
+    done
+    say "serve ready (pid $SERVE_PID)"
+}
+stop_pid() { # NAME PID: SIGTERM, bounded wait, then SIGKILL
+    local i=0
+    [ -n "$2" ] || return 0
+    kill -0 "$2" 2>/dev/null || return 0
+    kill -TERM "$2" 2>/dev/null || true
+    while kill -0 "$2" 2>/dev/null; do
+        i=$((i + 1))
+        if [ $i -gt 100 ]; then
+            say "WARNING: $1 (pid $2) still running 20 s after SIGTERM; SIGKILL"
+            kill -KILL "$2" 2>/dev/null || true
+            break
+        fi
+        sleep 0.2
+    done
+    wait "$2" 2>/dev/null || true
+}
+
+save_logs() {
+    cp "$W/store.log" "$W/serve.log" "$OUT/" 2>/dev/null || true
+    cp "$W"/fio-*.json "$OUT/" 2>/dev/null || true
+}
+on_exit() {
+    local rc=$? id
+    set +e
+    if [ "$rc" != 0 ]; then
+        {
+            echo "scenarios: FAILED with status $rc in SCENARIO $SCEN, step: $STEP"
+            echo "--- sheepdev list --json"; timeout 15 sheepdev list --json 2>&1 | head -c 3000; echo
+            echo "--- ublk devices"; ls -l /dev/ublk* 2>&1
+            echo "--- mounts"; grep -E 'ublk|/mnt/' /proc/mounts
+            echo "--- serve.log (tail)"; tail -n 60 "$W/serve.log" 2>&1
+            echo "--- store.log (tail)"; tail -n 30 "$W/store.log" 2>&1
+            echo "--- dmesg (tail)"; dmesg | tail -n 40
+        } >"$W/diag.txt" 2>&1
+        cat "$W/diag.txt" >&2
+        cp "$W/diag.txt" "$OUT/" 2>/dev/null
+        # clean up what is left: mounts, then mappings
+        for m in $(awk '$2 ~ /^\/mnt\/s[0-9]/ { print $2 }' /proc/mounts); do umount "$m"; done
+        if [ -n "$SERVE_PID" ] && kill -0 "$SERVE_PID" 2>/dev/null; then
+            for id in $(timeout 15 sheepdev list --json 2>/dev/null | json_flat | awk -F'\t' '$1 ~ /^\[[0-9]+\]\.id$/ { print $2 }'); do
+                timeout 30 sheepdev del --id "$id" --force || echo "scenarios: cleanup: del --id $id --force failed"
+            done
+        fi
+    fi
+    stop_pid "sheepdev serve" "$SERVE_PID"
+    stop_pid "sheepdev store" "$STORE_PID"
+    save_logs
+    exit "$rc"
+}
+
+# ------------------------------------------------------------ 1 ext4
+s1_ext4() {
+    local d
+    begin 1 ext4
+    ensure_vdi linux 1G
+    add_dev "$ADDR" linux
+    d=$DEV
+    check_size "$d" "$GIB"
+    step "mkfs.ext4 $d (discard $(sysq discard_max_bytes), logical block $(sysq logical_block_size))"
+    run "mkfs.ext4 on $d" mkfs.ext4 -q -F "$d"
+    mkdir -p /mnt/s1
+    run "mount $d" mount -t ext4 "$d" /mnt/s1
+    step "writing files"
+    echo "sheepdev scenario 1" >/mnt/s1/small.txt
+    head -c 4097 /dev/urandom >/mnt/s1/page-plus-one
+    head -c 1000003 /dev/urandom >/mnt/s1/odd-1m
+    head -c $((3 * MIB)) /dev/urandom >/mnt/s1/rand-3m
+    mkdir -p /mnt/s1/dir/sub
+    head -c $((9 * MIB + 12345)) /dev/urandom >/mnt/s1/dir/sub/rand-9m
+    pattern P 2 >/mnt/s1/dir/pattern-2m
+    : >/mnt/s1/dir/empty
+    (cd /mnt/s1 && find . -type f | sort | xargs sha256sum) >"$W/s1.sums"
+    sync
+    run "umount after writing" umount /mnt/s1
+    step "e2fsck -fn $d"
+    e2fsck -fn "$d" >"$W/fsck.out" 2>&1 || { cat "$W/fsck.out" >&2; fail "e2fsck -fn $d: filesystem not clean (above)"; }
+    del_dev linux -- "$d"
+    expect_count 0 "after del linux"
+    add_dev "$ADDR" linux
+    d=$DEV
+    run "mount $d again" mount -t ext4 "$d" /mnt/s1
+    (cd /mnt/s1 && find . -type f | sort | xargs sha256sum) >"$W/s1.sums2"
+    if ! cmp -s "$W/s1.sums" "$W/s1.sums2"; then
+        diff "$W/s1.sums" "$W/s1.sums2" >&2 || true
+        fail "checksums after del + add differ (above: - before, + after)"
+    fi
+    step "$(wc -l <"$W/s1.sums") files read back with the same sha256"
+    run "umount" umount /mnt/s1
+    del_dev linux -- "$d"
+    expect_count 0 "after the last del"
+    pass
+}
+
+# ------------------------------------------------------------ 2 fio-verify
+fio_engine() {
+    if fio --name=probe --filename="$W/probe" --size=256k --bs=4k --rw=read \
+        --ioengine=io_uring --output="$W/probe.out" >/dev/null 2>&1; then
+        echo io_uring
+    else
+        echo libaio
+    fi
+    rm -f "$W/probe"
+}
+s2_fio() {
+    local d eng bs size q rc i err
+    begin 2 fio-verify
+    ensure_vdi linux 1G
+    add_dev "$ADDR" linux --queues 2
+    d=$DEV
+    check_size "$d" "$GIB"
+    q=$(ls "$SYS/mq" | wc -l)
+    [ "$q" = 2 ] || fail "$d has $q hardware queues in $SYS/mq, expected 2 (--queues 2)"
+    q=$(list_get "$d" queues)
+    [ "$q" = 2 ] || fail "sheepdev list --json says queues=$q for $d, expected 2"
+    eng=$(fio_engine)
+    for bs in 4k 64k; do
+        if [ $bs = 4k ]; then size=$S2_SIZE_4K; else size=$S2_SIZE_64K; fi
+        step "fio randrw bs=$bs iodepth=32 numjobs=2 size=$size/job ioengine=$eng direct=1 verify=crc32c"
+        rc=0
+        # Each job has its own region (offset_increment = size), so the two
+        # writers never overwrite each other's blocks; fio still warns about
+        # "multiple writers" (a static check), which is expected.
+        fio --name="verify-$bs" --filename="$d" --ioengine="$eng" --direct=1 \
+            --rw=randrw --bs="$bs" --iodepth=32 --numjobs=2 \
+            --size="$size" --offset_increment="$size" \
+            --verify=crc32c --verify_fatal=1 --do_verify=1 \
+            --output-format=json --output="$W/fio-s2-$bs.json" 2>"$W/fio-s2-$bs.err" || rc=$?
+        if [ "$rc" != 0 ] || grep -qiE 'verify.*fail|bad magic|bad header' "$W/fio-s2-$bs.err"; then
+            cat "$W/fio-s2-$bs.err" >&2
+            sed '/^{/,$d' "$W/fio-s2-$bs.json" | head -40 >&2 # fio's messages before the JSON
+            fail "fio bs=$bs exited $rc (verify errors above)"
+        fi
+        json_flat <"$W/fio-s2-$bs.json" >"$W/fio.flat"
+        for i in 0 1; do
+            err=$(awk -F'\t' -v p=".jobs[$i].error" '$1 == p { print $2 }' "$W/fio.flat")
+            [ "$err" = 0 ] || fail "fio bs=$bs job $i: error=$err"
+            for dir in read write; do
+                v=$(awk -F'\t' -v p=".jobs[$i].$dir.io_bytes" '$1 == p { print $2 }' "$W/fio.flat")
+                [ -n "$v" ] && [ "$v" -gt 0 ] || fail "fio bs=$bs job $i did no $dir I/O (io_bytes=$v)"
+            done
+        done
+        step "fio bs=$bs: $(awk -F'\t' '$1 ~ /^\.jobs\[[01]\]\.(read|write)\.(iops|io_bytes)$/ { sub(/^\.jobs/, "", $1); printf "%s=%s ", $1, $2 }' "$W/fio.flat")"
+    done
+    del_dev "$d" -- "$d"
+    expect_count 0 "after del"
+    pass
+}
+
+# ------------------------------------------------------------ 3 snapshots
+s3_snapshots() {
+    local d before after old rc
+    begin 3 snapshots
+    ensure_vdi linux 1G
+    ! snap_exists linux s || fail "linux:s exists already; this scenario makes it (run it on a fresh store)"
+    pattern A 1 >"$W/A"; pattern B 1 >"$W/B"; pattern C 1 >"$W/C"
+    add_dev "$ADDR" linux
+    d=$DEV
+    dev_write "$d" 0 "$W/A"
+    check_dev "linux reads A back" "$d" 0 "$W/A"
+    del_dev linux -- "$d"
+
+    step "sheepdev vdi snapshot linux --tag s"
+    run "vdi snapshot" vdi snapshot linux --tag s
+    add_dev "$ADDR" linux
+    d=$DEV
+    check_dev "working linux right after the snapshot reads A" "$d" 0 "$W/A"
+    dev_write "$d" 0 "$W/B"
+    check_dev "linux reads B back" "$d" 0 "$W/B"
+    del_dev linux -- "$d"
+
+    # --read-only maps the snapshot itself and creates nothing
+    before=$(vdi_rows)
+    add_dev "$ADDR" linux:s --read-only
+    d=$DEV
+    check_size "$d" "$GIB"
+    step "linux:s --read-only: blockdev --getro=$(blockdev --getro "$d"), list read_only=$(list_get "$d" read_only)"
+    check_dev "linux:s --read-only reads A" "$d" 0 "$W/A"
+    rc=0
+    dd if="$W/C" of="$d" bs=65536 oflag=direct conv=notrunc,fsync status=none 2>"$W/dd.err" || rc=$?
+    [ "$rc" != 0 ] || fail "a write to the read-only mapping of linux:s succeeded"
+    step "write to the read-only device refused: $(head -n1 "$W/dd.err")"
+    check_dev "linux:s --read-only still reads A after the refused write" "$d" 0 "$W/A"
+    del_dev linux:s -- "$d"
+    after=$(vdi_rows)
+    if [ "$before" != "$after" ]; then
+        printf 'before:\n%s\nafter:\n%s\n' "$before" "$after" >&2
+        fail "add linux:s --read-only changed the VDI list"
+    fi
+
+    # writable linux:s: rebase; the working VDI (B) becomes a snapshot
+    add_dev "$ADDR" linux:s
+    d=$DEV
+    check_size "$d" "$GIB"
+    check_dev "writable linux:s (new working linux) reads A" "$d" 0 "$W/A"
+    dev_write "$d" 0 "$W/C"
+    check_dev "new working linux reads C back" "$d" 0 "$W/C"
+    del_dev linux -- "$d"
+    after=$(vdi_rows)
+    step "VDIs now: $(echo "$after" | tr '\n' ';')"
+    old=$(echo "$after" | awk '$1 == "linux" && $3 == "true" && $4 != "s" { if ($2 + 0 > m) m = $2 + 0 } END { if (m) print m }')
+    [ -n "$old" ] || fail "no untagged snapshot of linux after the rebase: $(echo "$after" | tr '\n' ';')"
+    [ "$(echo "$after" | grep -c '^linux [0-9]* true ')" = $(($(echo "$before" | grep -c '^linux [0-9]* true ') + 1)) ] ||
+        fail "the rebase should add exactly one snapshot of linux: before: $(echo "$before" | tr '\n' ';') after: $(echo "$after" | tr '\n' ';')"
+    [ "$(echo "$after" | grep -c '^linux [0-9]* false ')" = 1 ] || fail "not exactly one working linux after the rebase"
+    step "previous working VDI kept as linux:$old"
+    check_vdi "sheepdev vdi read linux:$old (the previous working VDI) reads B" "linux:$old" 0 "$W/B"
+    add_dev "$ADDR" "linux:$old" --read-only
+    d=$DEV
+    check_dev "linux:$old --read-only reads B" "$d" 0 "$W/B"
+    del_dev "linux:$old" -- "$d"
+    check_vdi "the tagged snapshot linux:s still reads A" linux:s 0 "$W/A"
+    check_vdi "the working linux reads C" linux 0 "$W/C"
+    expect_count 0 "after the scenario"
+    pass
+}
+
+# ------------------------------------------------------------ 4 clone-cow
+s4_clone() {
+    local dc dp idp len
+    begin 4 clone-cow
+    ensure_vdi linux 1G
+    if ! snap_exists linux s; then # alone: make linux:s with known bytes
+        step "making linux:s (pattern A at 0)"
+        pattern A 1 >"$W/A"
+        vdi_write linux 0 "$W/A"
+        run "vdi snapshot" vdi snapshot linux --tag s
+    fi
+    len=$((16 * MIB)) # objects 0-3
+    run "vdi read linux:s" vdi read linux:s --length $len
+    cp "$W/run.out" "$W/orig"
+    step "sheepdev vdi clone linux:s child"
+    run "vdi clone" vdi clone linux:s child
+    add_dev "$ADDR" child
+    dc=$DEV
+    add_dev "$ADDR" linux:s --read-only
+    dp=$DEV
+    [ "$dc" != "$dp" ] || fail "child and linux:s got the same device $dc"
+    check_size "$dc" "$GIB"
+    check_size "$dp" "$GIB"
+    expect_count 2 "child and linux:s mapped"
+    check_dev "child reads the parent's bytes before any write" "$dc" 0 "$W/orig"
+    check_dev "linux:s reads its bytes" "$dp" 0 "$W/orig"
+    # partial object (64 KiB at 128 KiB, object 0) and whole object (object 2)
+    pattern D 1 >"$W/D1"; head -c 65536 "$W/D1" >"$W/D"
+    pattern E 4 524288 >"$W/E"
+    dev_write "$dc" $((128 * 1024)) "$W/D"
+    dev_write "$dc" $((8 * MIB)) "$W/E"
+    cp "$W/orig" "$W/exp"
+    put "$W/exp" $((128 * 1024)) "$W/D"
+    put "$W/exp" $((8 * MIB)) "$W/E"
+    check_dev "child reads its writes over the parent's bytes" "$dc" 0 "$W/exp"
+    check_dev "the parent device still reads the original bytes" "$dp" 0 "$W/orig"
+    check_vdi "sheepdev vdi read linux:s still reads the original bytes" linux:s 0 "$W/orig"
+    idp=$(list_get "$dp" id)
+    [ -n "$idp" ] || fail "no id for $dp in sheepdev list --json"
+    del_dev "$dc" -- "$dc"
+    expect_count 1 "after del $dc"
+    del_dev --id "$idp" -- "$dp"
+    expect_count 0 "after del --id $idp"
+    check_vdi "sheepdev vdi read child reads the child's writes" child 0 "$W/exp"
+    pass
+}
+
+# ------------------------------------------------------------ 5 discard
+s5_discard() {
+    local d bd="" bdz="" fap="" dmax wzmax rc
+    begin 5 discard
+    ensure_vdi linux 1G
+    # blkdiscard: util-linux (has -z and -f) if kernel-tests.sh added it,
+    # else busybox (discard only).
+    if blkdiscard --version 2>/dev/null | grep -q util-linux; then
+        bd="blkdiscard -f"; bdz="blkdiscard -f -z"
+    else
+        bd="blkdiscard"
+    fi
+    # util-linux fallocate -p on a block device is REQ_OP_WRITE_ZEROES with
+    # no fallback (BLKDEV_ZERO_NOFALLBACK): it proves the op reaches sheepdev.
+    fallocate --help 2>&1 | grep -q -- '--punch-hole' && fap=1
+    step "tools: discard '$bd', write-zeroes '${bdz:-none: zeros are written instead}', fallocate -p ${fap:-absent}"
+
+    # Region [4M, 24M) = objects 1-5: pattern P, kept by snapshot d5, so they
+    # start shared with it.
+    pattern P 20 262144 >"$W/P"
+    vdi_write linux $((4 * MIB)) "$W/P"
+    run "vdi snapshot linux --tag d5" vdi snapshot linux --tag d5
+    add_dev "$ADDR" linux
+    d=$DEV
+    dmax=$(sysq discard_max_bytes)
+    wzmax=$(sysq write_zeroes_max_bytes)
+    step "$d: discard_max_bytes=$dmax discard_granularity=$(sysq discard_granularity) write_zeroes_max_bytes=$wzmax write_cache=$(sysq write_cache)"
+    [ "$dmax" != "?" ] && [ "$dmax" -gt 0 ] || fail "$d does not advertise discard (queue/discard_max_bytes=$dmax)"
+
+    # objects 1-4 rewritten through the device (now the working VDI's own)
+    pattern E 16 262144 >"$W/E"
+    dev_write "$d" $((4 * MIB)) "$W/E"
+    cp "$W/E" "$W/exp"; dd if="$W/P" bs=65536 skip=256 status=none >>"$W/exp" # + P for object 5
+    check_dev "after writing E" "$d" $((4 * MIB)) "$W/exp"
+
+    step "discard [8M,16M) (objects 2-3, own) and [20M,24M) (object 5, shared with d5)"
+    rc=0; $bd -o $((8 * MIB)) -l $((8 * MIB)) "$d" 2>"$W/bd.err" || rc=$?
+    [ "$rc" = 0 ] || fail "$bd -o 8M -l 8M $d exited $rc: $(cat "$W/bd.err")"
+    rc=0; $bd -o $((20 * MIB)) -l $((4 * MIB)) "$d" 2>"$W/bd.err" || rc=$?
+    [ "$rc" = 0 ] || fail "$bd -o 20M -l 4M $d exited $rc: $(cat "$W/bd.err")"
+    zeros $((8 * MIB)) >"$W/z8"; zeros $((4 * MIB)) >"$W/z4"
+    put "$W/exp" $((4 * MIB)) "$W/z8"      # device [8M,16M)
+    put "$W/exp" $((16 * MIB)) "$W/z4"     # device [20M,24M)
+    check_dev "discarded ranges read zeros, the rest E" "$d" $((4 * MIB)) "$W/exp"
+
+    step "flush: sync, blockdev --flushbufs"
+    sync
+    run "blockdev --flushbufs $d" blockdev --flushbufs "$d"
+
+    # write zeroes: part of object 1 ([4M+64K, +128K)) and all of object 4
+    zeros 131072 >"$W/z128k"
+    if [ -n "$bdz" ]; then
+        step "write-zeroes with $bdz: [4M+64K,+128K) and [16M,20M)"
+        rc=0; $bdz -o $((4 * MIB + 65536)) -l 131072 "$d" 2>"$W/bd.err" || rc=$?
+        [ "$rc" = 0 ] || fail "$bdz -o 4M+64K -l 128K exited $rc: $(cat "$W/bd.err")"
+        rc=0; $bdz -o $((16 * MIB)) -l $((4 * MIB)) "$d" 2>"$W/bd.err" || rc=$?
+        [ "$rc" = 0 ] || fail "$bdz -o 16M -l 4M exited $rc: $(cat "$W/bd.err")"
+    else
+        # No tool here sends WRITE_ZEROES (busybox blkdiscard has no -z,
+        # busybox fallocate only preallocates): write zeros instead.
+        step "no write-zeroes tool: writing zeros to [4M+64K,+128K) and [16M,20M)"
+        dev_write "$d" $((4 * MIB + 65536)) "$W/z128k"
+        dev_write "$d" $((16 * MIB)) "$W/z4"
+    fi
+    put "$W/exp" 65536 "$W/z128k"
+    put "$W/exp" $((12 * MIB)) "$W/z4"
+    if [ -n "$fap" ]; then
+        if [ "$wzmax" != "?" ] && [ "$wzmax" -gt 0 ]; then
+            step "fallocate -p (REQ_OP_WRITE_ZEROES, no fallback) [5M,6M)"
+            rc=0; fallocate -p -o $((5 * MIB)) -l $MIB "$d" 2>"$W/fa.err" || rc=$?
+            [ "$rc" = 0 ] || fail "fallocate -p -o 5M -l 1M $d exited $rc (write_zeroes_max_bytes=$wzmax): $(cat "$W/fa.err")"
+            zeros $MIB >"$W/z1"
+            put "$W/exp" $MIB "$W/z1"
+        else
+            say "NOTE: $d does not advertise WRITE_ZEROES (write_zeroes_max_bytes=$wzmax): the kernel zeroes by writing zero pages, the op itself is not exercised"
+        fi
+    fi
+    check_dev "write-zeroes ranges read zeros" "$d" $((4 * MIB)) "$W/exp"
+    sync
+    del_dev linux -- "$d"
+
+    add_dev "$ADDR" linux
+    d=$DEV
+    check_dev "everything survives del + add" "$d" $((4 * MIB)) "$W/exp"
+    del_dev linux -- "$d"
+    check_vdi "sheepdev vdi read linux agrees" linux $((4 * MIB)) "$W/exp"
+    check_vdi "the snapshot linux:d5 is untouched" linux:d5 $((4 * MIB)) "$W/P"
+    expect_count 0 "after the scenario"
+    pass
+}
+
+# ------------------------------------------------------------ 6 bad-input
+s6_bad_input() {
+    local d n0 rows0 nodes0
+    begin 6 bad-input
+    ensure_vdi linux 1G
+    n0=$(list_count)
+    rows0=$(vdi_rows)
+    nodes0=$(ls /dev | grep -c '^ublk[bc][0-9]' || true)
+    expect_fail "no vdi found" "add of a missing VDI" add "$ADDR" nosuchvdi
+    expect_fail "no such snapshot tag or id" "add of a missing tag" add "$ADDR" linux:nosuchtag
+    expect_fail "no such snapshot tag or id" "add of a missing tag, read-only" add "$ADDR" linux:nosuchtag --read-only
+    expect_fail "" "add of a missing snapshot id" add "$ADDR" linux:9999
+    expect_count "$n0" "after the failed adds"
+    [ "$(vdi_rows)" = "$rows0" ] || fail "the failed adds changed the VDI list: $(vdi_rows | tr '\n' ';')"
+    [ "$(ls /dev | grep -c '^ublk[bc][0-9]' || true)" = "$nodes0" ] ||
+        fail "the failed adds left ublk device nodes: $(ls /dev | grep '^ublk' | tr '\n' ' ')"
+
+    add_dev "$ADDR" linux
+    d=$DEV
+    expect_fail "in use" "a second exclusive add of linux" add "$ADDR" linux
+    expect_count $((n0 + 1)) "after the refused second add"
+    dd if="$d" of=/dev/null bs=65536 count=16 iflag=direct status=none ||
+        fail "$d no longer reads after the refused second add"
+    expect_fail "" "del of an unknown device" del /dev/ublkb999
+    expect_fail "" "del of an unknown id" del --id 999
+    expect_fail "" "del of an unmapped VDI" del nosuchvdi
+    expect_count $((n0 + 1)) "after the failed dels"
+    del_dev linux -- "$d"
+    expect_count "$n0" "after del linux"
+    [ "$(vdi_rows)" = "$rows0" ] || fail "the VDI list changed: $(vdi_rows | tr '\n' ';')"
+    pass
+}
+
+# ------------------------------------------------------------ main
+ALL="1:ext4 2:fio-verify 3:snapshots 4:clone-cow 5:discard 6:bad-input"
+[ "${SCENARIOS_SOURCE_ONLY:-0}" = 1 ] && return 0 2>/dev/null
+
+pick=""
+[ $# -gt 0 ] || set -- all
+for a in "$@"; do
+    found=""
+    for s in $ALL; do
+        case $a in
+            all|"${s%%:*}"|"${s#*:}") pick="$pick ${s%%:*}"; found=1 ;;
+        esac
+    done
+    [ -n "$found" ] || { echo "usage: scenarios.sh [all|SCENARIO...], SCENARIO one of: $ALL" >&2; exit 2; }
+done
+
+mkdir -p "$W" "$OUT"
+: >"$OUT/results.txt"
+trap on_exit EXIT
+say "kernel $(uname -r), $(nproc) cpus; $(sheepdev --version); scenarios:$pick"
+command -v sheepdev >/dev/null || fail "sheepdev is not in the guest (run-vm.sh --bin target/release/sheepdev)"
+start_store
+start_serve
+expect_count 0 "right after serve started"
+for n in $pick; do
+    case $n in
+        1) s1_ext4 ;;
+        2) s2_fio ;;
+        3) s3_snapshots ;;
+        4) s4_clone ;;
+        5) s5_discard ;;
+        6) s6_bad_input ;;
+    esac
+done
+SCEN="end"
+expect_count 0 "at the end"
+left=$(ls /dev | grep '^ublkb' || true)
+[ -z "$left" ] || fail "block devices left after every del: $left"
+say "all scenarios passed:$pick"

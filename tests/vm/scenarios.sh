@@ -37,9 +37,10 @@
 #
 # Guest tools: busybox, fio, mkfs.ext4, e2fsck (run-vm.sh), sheepdev (--bin).
 # util-linux blkdiscard and fallocate (kernel-tests.sh adds them with --bin)
-# are used when present: busybox blkdiscard has no -z (write zeroes) and
-# busybox fallocate no -p. Without them, write-zeroes is replaced by writing
-# zeros (said in the log).
+# are used when present, by full path (this busybox sh runs its own applet
+# for a bare name even when PATH has another binary first): busybox
+# blkdiscard has no -z (write zeroes) and busybox fallocate no -p. Without
+# them, write-zeroes is replaced by writing zeros (said in the log).
 #
 # Leaves under /out: scenarios.log (this script's output), results.txt (the
 # PASS lines), serve.log, store.log, fio-*.json, and diag.txt on failure.
@@ -320,6 +321,20 @@ vdi_write() {
 check_vdi() {
     run "vdi read $2" vdi read "$2" --offset "$3" --length "$(wc -c <"$4")"
     check_same "$1" "$4" "$W/run.out"
+}
+
+# util_linux NAME: full path of util-linux's NAME (added with run-vm.sh
+# --bin), or fail. A full path is needed: this busybox's sh runs its own
+# applet for a bare name even when PATH finds another binary first.
+util_linux() {
+    local p
+    for p in /usr/local/bin /usr/local/sbin /usr/sbin /usr/bin; do
+        if [ -x "$p/$1" ] && "$p/$1" --version 2>/dev/null | grep -q util-linux; then
+            echo "$p/$1"
+            return 0
+        fi
+    done
+    return 1
 }
 
 # ------------------------------------------------------------ store and daemon
@@ -617,20 +632,20 @@ s4_clone() {
 
 # ------------------------------------------------------------ 5 discard
 s5_discard() {
-    local d bd="" bdz="" fap="" dmax wzmax rc
+    local d bd="" bdz="" fap="" ul dmax wzmax rc
     begin 5 discard
     ensure_vdi linux 1G
     # blkdiscard: util-linux (has -z and -f) if kernel-tests.sh added it,
     # else busybox (discard only).
-    if blkdiscard --version 2>/dev/null | grep -q util-linux; then
-        bd="blkdiscard -f"; bdz="blkdiscard -f -z"
+    if ul=$(util_linux blkdiscard); then
+        bd="$ul -f"; bdz="$ul -f -z"
     else
         bd="blkdiscard"
     fi
     # util-linux fallocate -p on a block device is REQ_OP_WRITE_ZEROES with
     # no fallback (BLKDEV_ZERO_NOFALLBACK): it proves the op reaches sheepdev.
-    fallocate --help 2>&1 | grep -q -- '--punch-hole' && fap=1
-    step "tools: discard '$bd', write-zeroes '${bdz:-none: zeros are written instead}', fallocate -p ${fap:-absent}"
+    fap=$(util_linux fallocate) || fap=""
+    step "tools: discard '$bd', write-zeroes '${bdz:-none: zeros are written instead}', fallocate -p: ${fap:-absent}"
 
     # Region [4M, 24M) = objects 1-5: pattern P, kept by snapshot d5, so they
     # start shared with it.
@@ -684,7 +699,7 @@ s5_discard() {
     if [ -n "$fap" ]; then
         if [ "$wzmax" != "?" ] && [ "$wzmax" -gt 0 ]; then
             step "fallocate -p (REQ_OP_WRITE_ZEROES, no fallback) [5M,6M)"
-            rc=0; fallocate -p -o $((5 * MIB)) -l $MIB "$d" 2>"$W/fa.err" || rc=$?
+            rc=0; "$fap" -p -o $((5 * MIB)) -l $MIB "$d" 2>"$W/fa.err" || rc=$?
             [ "$rc" = 0 ] || fail "fallocate -p -o 5M -l 1M $d exited $rc (write_zeroes_max_bytes=$wzmax): $(cat "$W/fa.err")"
             zeros $MIB >"$W/z1"
             put "$W/exp" $MIB "$W/z1"

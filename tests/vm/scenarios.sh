@@ -1,5 +1,5 @@
 #!/bin/sh
-# shellcheck shell=dash disable=SC2015,SC2012,SC2010,SC3040
+# shellcheck shell=dash disable=SC2015,SC2012,SC2010,SC2013,SC3040
 # scenarios.sh - guest script (busybox sh, run with -e by run-vm.sh's /init):
 # the kernel-test scenarios of sheepdev's ublk data plane.
 #
@@ -64,8 +64,8 @@ MIB=1048576
 GIB=1073741824
 T_CMD=120                  # bound for one sheepdev command (TCG is slow)
 T_READY=60                 # bound for the store / serve to come up
-S2_SIZE_4K=16M             # fio scenario: bytes per job, 4k run
-S2_SIZE_64K=64M            # fio scenario: bytes per job, 64k run
+S2_SIZE_4K=32M             # fio scenario: bytes per job, 4k run (~8 s here)
+S2_SIZE_64K=128M           # fio scenario: bytes per job, 64k run (~12 s here)
 
 SCEN="setup"
 STEP=""
@@ -493,7 +493,7 @@ s2_fio() {
             --rw=randrw --bs="$bs" --iodepth=32 --numjobs=2 \
             --size="$size" --offset_increment="$size" \
             --verify=crc32c --verify_fatal=1 --do_verify=1 \
-            --output-format=json --output="$W/fio-s2-$bs.json" 2>"$W/fio-s2-$bs.err" || rc=$?
+            --eta=never --output-format=json --output="$W/fio-s2-$bs.json" 2>"$W/fio-s2-$bs.err" || rc=$?
         if [ "$rc" != 0 ] || grep -qiE 'verify.*fail|bad magic|bad header' "$W/fio-s2-$bs.err"; then
             cat "$W/fio-s2-$bs.err" >&2
             sed '/^{/,$d' "$W/fio-s2-$bs.json" | head -40 >&2 # fio's messages before the JSON

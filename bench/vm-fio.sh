@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# vm-fio.sh - fio in the qemu VM: a ublk null device (the ublk ceiling)
+# against a sheepdev device on the embedded store, same jobs, same queues;
+# prints a markdown table of IOPS and p99 latency per job with the ratio
+# sheepdev/null.
+#
+# Usage: bash bench/vm-fio.sh [--runtime SECS] [--out DIR] [JOB...]
+#   --runtime SECS  seconds per job (default 10, plus a 2 s ramp)
+#   --out DIR       where the guest's results go (default
+#                   target/bench-vm/YYYYmmdd-HHMMSS): bench.txt (the BENCH
+#                   lines), bench.log (the guest's output),
+#                   bench/<kind>-<job>.json (fio), serve.log, store.log
+#   JOB             bench/fio job names (default: randread-4k-qd1
+#                   randread-4k-qd32 randwrite-4k-qd1 randwrite-4k-qd32)
+# Env: SHEEPDEV_BIN (use this binary, skip `cargo build --release`),
+#      SHEEPDEV_VM_SKIP_SETUP=1 (skip tests/vm/setup-host.sh), run-vm.sh's
+#      SHEEPDEV_VM_* variables.
+#
+# The VM is qemu TCG (software CPU emulation) with 2 vCPUs: the absolute
+# numbers say nothing about hardware; the ratio to the null device is the
+# figure to watch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+runtime=10 out="" jobs=()
+while [ $# -gt 0 ]; do
+    case $1 in
+        --runtime) runtime=$2; shift 2 ;;
+        --out) out=$2; shift 2 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        -*) echo "vm-fio: unknown option $1" >&2; exit 2 ;;
+        *) jobs+=("$1"); shift ;;
+    esac
+done
+[[ $runtime =~ ^[0-9]+$ ]] || { echo "vm-fio: --runtime wants whole seconds" >&2; exit 2; }
+for j in ${jobs[@]+"${jobs[@]}"}; do
+    [ -f "bench/fio/$j.fio" ] || { echo "vm-fio: no job bench/fio/$j.fio" >&2; exit 2; }
+done
+
+if [ -n "${SHEEPDEV_BIN:-}" ]; then
+    bin=$SHEEPDEV_BIN
+else
+    echo "== cargo build --release"
+    cargo build --release
+    bin=target/release/sheepdev
+fi
+[ "${SHEEPDEV_VM_SKIP_SETUP:-0}" = 1 ] || bash tests/vm/setup-host.sh
+out=${out:-target/bench-vm/$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$out"
+
+n=${#jobs[@]}; [ "$n" -gt 0 ] || n=4
+timeout=$(( 300 + 2 * n * (runtime + 20) ))
+echo "== fio in the VM: null vs sheepdev, ${runtime}s per job (guest /out: $out)"
+bash tests/vm/run-vm.sh --quiet --timeout "$timeout" --bin "$bin" --file bench/fio:/bench/fio \
+    --out "$out" tests/vm/bench-guest.sh "$runtime" ${jobs[@]+"${jobs[@]}"}
+
+[ -s "$out/bench.txt" ] || { echo "vm-fio: no $out/bench.txt from the guest" >&2; exit 1; }
+echo
+sed -n 's/^# /Setup: qemu TCG, /p' "$out/bench.txt"
+echo
+awk '
+    $1 == "BENCH" {
+        kind = $2; job = $3
+        if (!(job in seen)) { seen[job] = 1; order[++n] = job }
+        for (i = 4; i <= NF; i++) { split($i, kv, "="); v[kind, job, kv[1]] = kv[2] }
+    }
+    END {
+        print "| job | null IOPS | sheepdev IOPS | sheepdev/null | null p99 (us) | sheepdev p99 (us) |"
+        print "| --- | ---: | ---: | ---: | ---: | ---: |"
+        for (i = 1; i <= n; i++) {
+            j = order[i]; a = v["null", j, "iops"]; b = v["sheepdev", j, "iops"]
+            r = (a > 0 && b != "") ? sprintf("%.2f", b / a) : "-"
+            printf "| %s | %s | %s | %s | %s | %s |\n", j, a, b, r, v["null", j, "lat_p99_us"], v["sheepdev", j, "lat_p99_us"]
+        }
+    }' "$out/bench.txt"
+echo
+echo "fio JSON and logs: $out"

@@ -1,0 +1,191 @@
+#!/bin/sh
+# shellcheck shell=dash disable=SC2015,SC3040
+# bench-guest.sh - guest script (busybox sh, run with -e by run-vm.sh's
+# /init): fio on a ublk null device (`sheepdev add --null`: every I/O
+# completes at once, the ublk ceiling) and on a sheepdev device over the
+# embedded store (--no-sync, objects on tmpfs), with the job files of
+# bench/fio (run-vm.sh --file bench/fio:/bench/fio).
+#
+# Usage (guest): bench-guest.sh [RUNTIME_S [JOB...]]
+#   RUNTIME_S  seconds per job (default 10; plus a 2 s ramp)
+#   JOB        bench/fio job names (default: randread-4k-qd1 randread-4k-qd32
+#              randwrite-4k-qd1 randwrite-4k-qd32)
+# Host runner: bash bench/vm-fio.sh (builds, boots the VM, prints a table).
+#
+# Both devices: --queues 2, NUMJOBS=2, SIZE=128M per job. The sheepdev
+# device is prefilled (bench/fio/prefill.fio, NUMJOBS*SIZE) before any job.
+# Prints one line per job and device kind, also written to /out/bench.txt:
+#   BENCH <null|sheepdev> <job> iops=<n> lat_p99_us=<n>
+# (iops: read + write IOPS of all jobs; lat_p99_us: the highest 99th
+# percentile completion latency among them.) fio's JSON goes to
+# /out/bench/<kind>-<job>.json, this script's output to /out/bench.log, the
+# daemon's and store's logs to /out.
+set -eu
+
+# Copy everything this script prints to /out/bench.log (ash has pipefail).
+if [ -z "${BENCH_TEED:-}" ] && [ -d /out ]; then
+    export BENCH_TEED=1
+    set -o pipefail
+    sh -e "$0" "$@" 2>&1 | tee /out/bench.log
+    exit $?
+fi
+
+RUNTIME=${1:-10}
+[ $# -gt 0 ] && shift
+JOBS=${*:-randread-4k-qd1 randread-4k-qd32 randwrite-4k-qd1 randwrite-4k-qd32}
+FIO_DIR=/bench/fio
+ADDR=127.0.0.1:7000
+QUEUES=2
+SIZE=128M
+RAMP=2
+W=/tmp/bench
+OUT=/out
+T_CMD=120
+STORE_PID=""
+SERVE_PID=""
+
+say() { echo "bench: $*"; }
+fail() { echo "bench: FAIL: $*" >&2; exit 1; }
+
+# json_flat < JSON: "PATH<TAB>VALUE" per scalar (same as in scenarios.sh);
+# lines before the first one starting with [ or { are skipped.
+json_flat() {
+    awk '
+    function path(   k, p) {
+        p = ""
+        for (k = 1; k <= d; k++) p = p (ty[k] == "a" ? "[" ix[k] "]" : "." ky[k])
+        return p
+    }
+    !started && /^[ \t]*[\[{]/ { started = 1 }
+    started { buf = buf $0 "\n" }
+    END {
+        n = length(buf); i = 1; d = 0; want_key = 0
+        while (i <= n) {
+            c = substr(buf, i, 1)
+            if (c == " " || c == "\t" || c == "\n" || c == "\r" || c == ":") { i++; continue }
+            if (c == "{") { d++; ty[d] = "o"; ky[d] = ""; want_key = 1; i++; continue }
+            if (c == "[") { d++; ty[d] = "a"; ix[d] = 0; want_key = 0; i++; continue }
+            if (c == "}" || c == "]") { d--; want_key = 0; i++; if (d == 0) break; continue }
+            if (c == ",") { if (ty[d] == "a") ix[d]++; else want_key = 1; i++; continue }
+            if (c == "\"") {
+                s = ""; j = i + 1
+                while (j <= n) {
+                    ch = substr(buf, j, 1)
+                    if (ch == "\\") { s = s substr(buf, j, 2); j += 2; continue }
+                    if (ch == "\"") break
+                    s = s ch; j++
+                }
+                i = j + 1
+                if (ty[d] == "o" && want_key) { ky[d] = s; want_key = 0 }
+                else print path() "\t" s
+                continue
+            }
+            j = i
+            while (j <= n && index(",]} \t\n\r", substr(buf, j, 1)) == 0) j++
+            print path() "\t" substr(buf, i, j - i)
+            i = j
+        }
+    }'
+}
+
+sd() { timeout "$T_CMD" sheepdev "$@"; }
+
+# wait_for WHAT PID LOG CMD...: until CMD succeeds, at most 60 s, failing
+# at once when PID has exited.
+wait_for() {
+    local what="$1" pid="$2" log="$3" i=0 rc=0
+    shift 3
+    while ! "$@" >/dev/null 2>&1; do
+        kill -0 "$pid" 2>/dev/null || { wait "$pid" || rc=$?; fail "$what exited (status $rc) before it was ready: $(cat "$log")"; }
+        i=$((i + 1))
+        [ $i -le 300 ] || fail "$what not ready after 60 s: $(cat "$log")"
+        sleep 0.2
+    done
+    say "$what ready"
+}
+
+add_dev() { # ARGS...: sets DEV
+    local rc=0
+    sd add "$@" >"$W/add.out" 2>"$W/add.err" || rc=$?
+    [ "$rc" = 0 ] || fail "sheepdev add $* exited $rc: $(cat "$W/add.err")"
+    DEV=$(cat "$W/add.out")
+    [ -b "$DEV" ] || fail "sheepdev add $* printed '$DEV', not a block device"
+    say "sheepdev add $* -> $DEV"
+}
+
+# run_job KIND DEV JOB: run bench/fio/JOB.fio on DEV, print the BENCH line.
+run_job() {
+    local kind="$1" dev="$2" job="$3" json rc=0 res
+    json=$OUT/bench/$kind-$job.json
+    DEV=$dev NUMJOBS=$QUEUES SIZE=$SIZE RUNTIME=$RUNTIME RAMP=$RAMP \
+        fio --eta=never --output-format=json --output="$json" "$FIO_DIR/$job.fio" 2>"$W/fio.err" || rc=$?
+    if [ "$rc" != 0 ]; then
+        cat "$W/fio.err" >&2
+        sed '/^{/,$d' "$json" >&2 2>/dev/null || true
+        fail "fio $job on $kind ($dev) exited $rc"
+    fi
+    res=$(json_flat <"$json" | awk -F'\t' '
+        $1 ~ /^\.jobs\[[0-9]+\]\.error$/ && $2 != 0 { err = err " " $2 }
+        $1 ~ /^\.jobs\[[0-9]+\]\.(read|write)\.iops$/ { iops += $2; seen = 1 }
+        $1 ~ /^\.jobs\[[0-9]+\]\.(read|write)\.clat_ns\.percentile\.99\.000000$/ { if ($2 + 0 > p99) p99 = $2 + 0 }
+        END {
+            if (err != "") { print "ERROR fio job error" err; exit }
+            if (!seen) { print "ERROR no iops in the JSON"; exit }
+            printf "iops=%d lat_p99_us=%d\n", iops + 0.5, p99 / 1000 + 0.5
+        }')
+    case $res in ERROR*) fail "$kind $job: ${res#ERROR }" ;; esac
+    echo "BENCH $kind $job $res" | tee -a "$OUT/bench.txt"
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    [ -n "$SERVE_PID" ] && for d in ${DEV_NULL:-} ${DEV_SD:-}; do timeout 30 sheepdev del "$d" --force; done
+    for p in $SERVE_PID $STORE_PID; do
+        kill -TERM "$p" 2>/dev/null
+        i=0; while kill -0 "$p" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.2; i=$((i + 1)); done
+        kill -KILL "$p" 2>/dev/null
+    done
+    cp "$W/serve.log" "$W/store.log" "$OUT/" 2>/dev/null
+    [ "$rc" = 0 ] || { say "FAILED (status $rc); serve.log:"; tail -n 40 "$W/serve.log"; }
+    exit "$rc"
+}
+
+for j in prefill $JOBS; do
+    [ -f "$FIO_DIR/$j.fio" ] || fail "$FIO_DIR/$j.fio missing (run-vm.sh --file bench/fio:/bench/fio)"
+done
+mkdir -p "$W" "$OUT/bench"
+: >"$OUT/bench.txt"
+trap cleanup EXIT
+say "kernel $(uname -r), $(nproc) cpus, $(fio --version), $(sheepdev --version); runtime ${RUNTIME}s + ramp ${RAMP}s; jobs: $JOBS"
+
+sheepdev store --dir "$W/store" --listen "$ADDR" --no-sync >"$W/store.log" 2>&1 &
+STORE_PID=$!
+wait_for "sheepdev store" "$STORE_PID" "$W/store.log" timeout 10 sheepdev vdi -a "$ADDR" list
+sheepdev serve >"$W/serve.log" 2>&1 &
+SERVE_PID=$!
+wait_for "sheepdev serve" "$SERVE_PID" "$W/serve.log" timeout 10 sheepdev list --json
+
+sd vdi -a "$ADDR" create bench 1G >/dev/null || fail "sheepdev vdi create bench 1G failed"
+add_dev --null 1G --queues "$QUEUES"
+DEV_NULL=$DEV
+add_dev "$ADDR" bench --queues "$QUEUES"
+DEV_SD=$DEV
+
+say "prefill of $DEV_SD ($QUEUES x $SIZE)"
+t0=$(date +%s)
+DEV=$DEV_SD NUMJOBS=$QUEUES SIZE=$SIZE fio --eta=never --output-format=json --output="$OUT/bench/sheepdev-prefill.json" \
+    "$FIO_DIR/prefill.fio" 2>"$W/fio.err" || { cat "$W/fio.err" >&2; fail "prefill of $DEV_SD failed"; }
+say "prefill took $(( $(date +%s) - t0 )) s"
+
+echo "# kernel $(uname -r), $(nproc) vCPUs, $(fio --version), numjobs=$QUEUES, queues=$QUEUES, runtime ${RUNTIME}s" >>"$OUT/bench.txt"
+for job in $JOBS; do
+    run_job null "$DEV_NULL" "$job"
+    run_job sheepdev "$DEV_SD" "$job"
+done
+
+for d in "$DEV_NULL" "$DEV_SD"; do
+    sd del "$d" 2>"$W/del.err" || fail "sheepdev del $d failed: $(cat "$W/del.err")"
+done
+DEV_NULL="" DEV_SD=""
+say "done"

@@ -13,10 +13,6 @@ fn scenarios_on_this_host() {
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_sheepdev"));
     let dir = bin.parent().expect("the binary has a directory");
     let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
-    let status = Command::new("sh")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vm/scenarios.sh"))
-        .env("PATH", path)
-        .status()
-        .expect("sh runs");
+    let status = Command::new("sh").arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vm/scenarios.sh")).env("PATH", path).status().expect("sh runs");
     assert!(status.success(), "kernel scenarios failed: {status}");
 }

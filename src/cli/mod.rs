@@ -1,6 +1,7 @@
 //! The command line: clap definitions and dispatch. Control plane only: it may allocate,
 //! block and use anyhow; every failure reaches `main` as one line and a non-zero exit.
 
+mod bench;
 mod dev;
 mod store;
 mod vdi;
@@ -28,6 +29,8 @@ pub enum Command {
     Del(dev::DelArgs),
     /// List mapped devices.
     List(dev::ListArgs),
+    /// The no-kernel data-plane benchmark: shards vs the raw protocol, same run.
+    Bench(bench::BenchArgs),
     /// Manage VDIs on a Sheepdog cluster or the embedded store (no `dog` needed).
     Vdi(vdi::VdiArgs),
     /// Run the embedded store: a single-node store for tests, demos and benchmarks, not a
@@ -42,6 +45,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Add(a) => dev::add(a),
         Command::Del(a) => dev::del(a),
         Command::List(a) => dev::list(a),
+        Command::Bench(a) => bench::run(a),
         Command::Vdi(a) => vdi::run(a),
         Command::Store(a) => store::run(a),
     }

@@ -1,0 +1,305 @@
+//! The no-kernel data-plane benchmark (`sheepdev bench`).
+//!
+//! Contract:
+//! - Shards are driven through the same [`IoDesc`] entry point the ublk queue uses, one
+//!   pinned thread per shard with `depth` tasks each (like fio's numjobs × iodepth), with
+//!   fio-like workloads: 4k randread, 4k randwrite, 64k randrw 50/50, 1M sequential write.
+//! - In the same run a **raw pipelined generator** sends the same object requests
+//!   (READ_OBJ/WRITE_OBJ on the same objects, same depth and threads) straight over the
+//!   protocol with no block layer: the ceiling. Results are reported as sheepdev/raw ratios;
+//!   absolute figures on a shared 2-core machine are noise.
+//! - The VDI is prefilled first, so reads hit real objects and writes overwrite them.
+//! - Latencies are recorded per thread in hdrhistogram (ns) and merged.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::proto::*;
+use crate::shard::{ring, IoDesc, Op, RingConn, Shard};
+use crate::vdi::Volume;
+
+/// A fio-like workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    RandRead4k,
+    RandWrite4k,
+    RandRw64k,
+    SeqWrite1m,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 4] = [Workload::RandRead4k, Workload::RandWrite4k, Workload::RandRw64k, Workload::SeqWrite1m];
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::RandRead4k => "randread-4k",
+            Workload::RandWrite4k => "randwrite-4k",
+            Workload::RandRw64k => "randrw-64k",
+            Workload::SeqWrite1m => "seqwrite-1m",
+        }
+    }
+    pub fn block_size(self) -> u32 {
+        match self {
+            Workload::RandRead4k | Workload::RandWrite4k => 4096,
+            Workload::RandRw64k => 64 << 10,
+            Workload::SeqWrite1m => 1 << 20,
+        }
+    }
+}
+
+impl std::str::FromStr for Workload {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Workload, String> {
+        Workload::ALL
+            .into_iter()
+            .find(|w| w.name() == s)
+            .ok_or_else(|| format!("unknown workload {s:?}: expected one of {}", Workload::ALL.map(Workload::name).join(", ")))
+    }
+}
+
+/// Who serves the requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// Shards through `IoDesc`.
+    Sheepdev,
+    /// Object requests straight over the protocol.
+    Raw,
+}
+
+/// One measured point.
+#[derive(Debug, Clone, Serialize)]
+pub struct Point {
+    pub workload: Workload,
+    pub driver: Driver,
+    pub shards: u16,
+    pub depth: u16,
+    pub ios: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub iops: f64,
+    pub mib_s: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+}
+
+/// What to measure against.
+pub struct Target {
+    pub addr: SocketAddr,
+    pub vol: Arc<Volume>,
+    /// Bytes of the VDI the workloads touch (prefilled), from offset 0.
+    pub region: u64,
+}
+
+/// xorshift64*: a fast, allocation-free generator for offsets.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+struct ThreadResult {
+    hist: Histogram<u64>,
+    ios: u64,
+    errors: u64,
+    bytes: u64,
+}
+
+/// Run one point: `shards` threads × `depth` tasks for `duration`.
+pub fn run_point(t: &Target, w: Workload, driver: Driver, shards: u16, depth: u16, duration: Duration) -> Result<Point, String> {
+    let start = Instant::now();
+    let threads: Vec<_> = (0..shards)
+        .map(|s| {
+            let (addr, vol, region) = (t.addr, t.vol.clone(), t.region);
+            std::thread::Builder::new()
+                .name(format!("bench-shard-{s}"))
+                .spawn(move || shard_thread(addr, vol, region, w, driver, s, shards, depth, duration))
+                .map_err(|e| format!("cannot start a shard thread: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut hist = Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).map_err(|e| e.to_string())?;
+    let (mut ios, mut errors, mut bytes) = (0, 0, 0);
+    for th in threads {
+        let r = th.join().map_err(|_| "a shard thread panicked".to_string())??;
+        hist.add(&r.hist).map_err(|e| e.to_string())?;
+        (ios, errors, bytes) = (ios + r.ios, errors + r.errors, bytes + r.bytes);
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let q = |x: f64| hist.value_at_quantile(x) as f64 / 1000.0;
+    Ok(Point {
+        workload: w,
+        driver,
+        shards,
+        depth,
+        ios,
+        errors,
+        seconds,
+        iops: ios as f64 / seconds,
+        mib_s: bytes as f64 / seconds / (1 << 20) as f64,
+        p50_us: q(0.5),
+        p99_us: q(0.99),
+        p999_us: q(0.999),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn shard_thread(
+    addr: SocketAddr,
+    vol: Arc<Volume>,
+    region: u64,
+    w: Workload,
+    driver: Driver,
+    s: u16,
+    shards: u16,
+    depth: u16,
+    duration: Duration,
+) -> Result<ThreadResult, String> {
+    if let Some(cores) = core_affinity::get_core_ids().filter(|c| !c.is_empty()) {
+        core_affinity::set_for_current(cores[s as usize % cores.len()]);
+    }
+    ring::init_thread_ring(u32::from(depth) * 4 + 64).map_err(|e| format!("io_uring: {e}"))?;
+    let exe = smol::LocalExecutor::new();
+    let bs = w.block_size();
+    let slots = usize::from(depth) * 2 + 8;
+    let (shard, raw) = match driver {
+        Driver::Sheepdev => (Some(Rc::new(Shard::new(vol.clone(), &[addr], 1, slots, bs as usize, &exe).map_err(|e| e.to_string())?)), None),
+        Driver::Raw => (None, Some(RingConn::connect(addr, Duration::from_secs(3), slots, &exe).map_err(|e| format!("{addr}: {e}"))?)),
+    };
+    let hist = Rc::new(RefCell::new(Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).map_err(|e| e.to_string())?));
+    let (ios, errors) = (Rc::new(Cell::new(0u64)), Rc::new(Cell::new(0u64)));
+    // Sequential workloads: one cursor per shard, over its own slice of the region.
+    let slice = region / u64::from(shards);
+    let cursor = Rc::new(Cell::new(0u64));
+    let deadline = Instant::now() + duration;
+    let bss = vol.block_size_shift();
+    let vid = vol.vid();
+    let blocks = (region / u64::from(bs)).max(1);
+    let tasks: Vec<_> = (0..depth)
+        .map(|tag| {
+            let (shard, raw, hist, ios, errors, cursor) = (shard.clone(), raw.clone(), hist.clone(), ios.clone(), errors.clone(), cursor.clone());
+            exe.spawn(async move {
+                let mut buf = vec![0xa5u8; bs as usize];
+                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (u64::from(s) << 32 | u64::from(tag)) | 1);
+                while Instant::now() < deadline {
+                    let (write, offset) = match w {
+                        Workload::RandRead4k => (false, rng.next() % blocks * u64::from(bs)),
+                        Workload::RandWrite4k => (true, rng.next() % blocks * u64::from(bs)),
+                        Workload::RandRw64k => (rng.next() & 1 == 0, rng.next() % blocks * u64::from(bs)),
+                        Workload::SeqWrite1m => {
+                            let c = cursor.get();
+                            cursor.set((c + u64::from(bs)) % slice.max(u64::from(bs)));
+                            (true, u64::from(s) * slice + c)
+                        }
+                    };
+                    let t0 = Instant::now();
+                    let ok = match (&shard, &raw) {
+                        (Some(sh), _) => {
+                            let d = IoDesc { op: if write { Op::Write } else { Op::Read }, offset, len: bs, tag, fua: false };
+                            sh.handle(d, &mut buf).await.is_ok()
+                        }
+                        (_, Some(c)) => {
+                            let oid = Oid::data(vid, (offset >> bss) as u32);
+                            let args = ObjArgs { oid, offset: (offset & ((1 << bss) - 1)) as u32, ..Default::default() };
+                            let r = if write {
+                                c.call(ReqHeader::obj(Opcode::WriteObj, SD_FLAG_CMD_WRITE | SD_FLAG_CMD_DIRECT, bs, args), &buf, &mut []).await
+                            } else {
+                                c.call(ReqHeader::obj(Opcode::ReadObj, 0, bs, args), &[], &mut buf).await
+                            };
+                            r.is_ok_and(|rsp| rsp.result.is_success())
+                        }
+                        _ => false,
+                    };
+                    hist.borrow_mut().saturating_record(t0.elapsed().as_nanos() as u64);
+                    ios.set(ios.get() + 1);
+                    if !ok {
+                        errors.set(errors.get() + 1);
+                    }
+                }
+            })
+        })
+        .collect();
+    let (shard2, raw2) = (shard.clone(), raw.clone());
+    let done = ring::run_local(&exe, async move {
+        let (shard, raw) = (shard2, raw2);
+        for t in tasks {
+            t.await;
+        }
+        if let Some(sh) = &shard {
+            sh.close();
+            while !sh.is_quiet() {
+                ring::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        if let Some(c) = &raw {
+            c.close();
+            while !c.is_quiet() {
+                ring::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    });
+    done.ok_or("the shard's io_uring failed")?;
+    let n = ios.get();
+    let hist = Rc::try_unwrap(hist).map_err(|_| "histogram still shared")?.into_inner();
+    Ok(ThreadResult { hist, ios: n, errors: errors.get(), bytes: n * u64::from(bs) })
+}
+
+/// Write the whole region once (1 MiB requests, one shard, depth 32) so every object exists.
+pub fn prefill(t: &Target) -> Result<(), String> {
+    let size = t.region;
+    let (addr, vol) = (t.addr, t.vol.clone());
+    std::thread::spawn(move || -> Result<(), String> {
+        ring::init_thread_ring(256).map_err(|e| e.to_string())?;
+        let exe = smol::LocalExecutor::new();
+        let shard = Rc::new(Shard::new(vol, &[addr], 1, 80, 1 << 20, &exe).map_err(|e| e.to_string())?);
+        let next = Rc::new(Cell::new(0u64));
+        let failed = Rc::new(Cell::new(false));
+        let tasks: Vec<_> = (0..32u16)
+            .map(|tag| {
+                let (shard, next, failed) = (shard.clone(), next.clone(), failed.clone());
+                exe.spawn(async move {
+                    let mut buf = vec![0x5au8; 1 << 20];
+                    loop {
+                        let off = next.get();
+                        if off >= size {
+                            break;
+                        }
+                        next.set(off + (1 << 20));
+                        let len = (size - off).min(1 << 20) as u32;
+                        if shard.handle(IoDesc { op: Op::Write, offset: off, len, tag, fua: false }, &mut buf).await.is_err() {
+                            failed.set(true);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let sh = shard.clone();
+        ring::run_local(&exe, async move {
+            let shard = sh;
+            for t in tasks {
+                t.await;
+            }
+            shard.close();
+            while !shard.is_quiet() {
+                ring::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .ok_or("the prefill's io_uring failed")?;
+        if failed.get() {
+            return Err("prefill writes failed".into());
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| "the prefill thread panicked".to_string())?
+}

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::metrics::DeviceMetrics;
 use crate::proto::*;
 use crate::shard::{ring, IoDesc, Op, RingConn, Shard};
 use crate::vdi::Volume;
@@ -69,6 +70,8 @@ impl std::str::FromStr for Workload {
 pub enum Driver {
     /// Shards through `IoDesc`.
     Sheepdev,
+    /// The same, with metrics off (to measure their cost).
+    SheepdevNoMetrics,
     /// Object requests straight over the protocol.
     Raw,
 }
@@ -94,6 +97,8 @@ pub struct Point {
 pub struct Target {
     pub addr: SocketAddr,
     pub vol: Arc<Volume>,
+    /// Metrics of the benchmark's device (`device="bench"`), used by `Driver::Sheepdev`.
+    pub metrics: Option<DeviceMetrics>,
     /// Bytes of the VDI the workloads touch (prefilled), from offset 0.
     pub region: u64,
 }
@@ -121,10 +126,10 @@ pub fn run_point(t: &Target, w: Workload, driver: Driver, shards: u16, depth: u1
     let start = Instant::now();
     let threads: Vec<_> = (0..shards)
         .map(|s| {
-            let (addr, vol, region) = (t.addr, t.vol.clone(), t.region);
+            let (addr, vol, region, dm) = (t.addr, t.vol.clone(), t.region, t.metrics.clone());
             std::thread::Builder::new()
                 .name(format!("bench-shard-{s}"))
-                .spawn(move || shard_thread(addr, vol, region, w, driver, s, shards, depth, duration))
+                .spawn(move || shard_thread(addr, vol, region, dm, w, driver, s, shards, depth, duration))
                 .map_err(|e| format!("cannot start a shard thread: {e}"))
         })
         .collect::<Result<_, _>>()?;
@@ -158,6 +163,7 @@ fn shard_thread(
     addr: SocketAddr,
     vol: Arc<Volume>,
     region: u64,
+    dm: Option<DeviceMetrics>,
     w: Workload,
     driver: Driver,
     s: u16,
@@ -173,7 +179,13 @@ fn shard_thread(
     let bs = w.block_size();
     let slots = usize::from(depth) * 2 + 8;
     let (shard, raw) = match driver {
-        Driver::Sheepdev => (Some(Rc::new(Shard::new(vol.clone(), &[addr], 1, slots, bs as usize, &exe).map_err(|e| e.to_string())?)), None),
+        Driver::Sheepdev | Driver::SheepdevNoMetrics => {
+            let mut sh = Shard::new(vol.clone(), &[addr], 1, slots, bs as usize, &exe).map_err(|e| e.to_string())?;
+            if let (Driver::Sheepdev, Some(dm)) = (driver, &dm) {
+                sh = sh.with_metrics(dm.shard(s, depth, 1, &addr.to_string()));
+            }
+            (Some(Rc::new(sh)), None)
+        }
         Driver::Raw => (None, Some(RingConn::connect(addr, Duration::from_secs(3), slots, &exe).map_err(|e| format!("{addr}: {e}"))?)),
     };
     let hist = Rc::new(RefCell::new(Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).map_err(|e| e.to_string())?));

@@ -41,6 +41,18 @@ pub struct BenchArgs {
     /// Make the embedded store fdatasync every write (default: like sheep -n).
     #[arg(long)]
     store_sync: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics while the benchmark runs.
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Run the shards without metrics (to compare; see --metrics-overhead).
+    #[arg(long)]
+    no_metrics: bool,
+    /// Measure each point with metrics on and off, same run, and report the difference.
+    #[arg(long, conflicts_with = "no_metrics")]
+    metrics_overhead: bool,
+    /// Keep serving /metrics this many seconds after the last point (for scrapers).
+    #[arg(long, default_value_t = 0)]
+    linger: u64,
     /// Also write every point as JSON to this file.
     #[arg(long, value_parser = super::path_arg)]
     json: Option<PathBuf>,
@@ -78,17 +90,50 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             anyhow::Ok(load_volume(&c, vid, false).await?)
         }
     })??;
-    let target = bench::Target { addr, vol: Arc::new(vol), region: size };
+    if let Some(maddr) = a.metrics_addr {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new().name("bench-metrics".into()).spawn(move || {
+            let r = super::block_on(async move {
+                match crate::metrics::serve_http(maddr) {
+                    Ok(task) => {
+                        let _ = tx.send(Ok(()));
+                        task.await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            });
+            if let Err(e) = r {
+                tracing::error!("metrics server: {e}");
+            }
+        })?;
+        rx.recv().map_err(|_| anyhow::anyhow!("the metrics server did not start"))?.map_err(anyhow::Error::msg)?;
+        eprintln!("bench: metrics on http://{maddr}/metrics");
+    }
+    let max_shards = a.shards.iter().copied().max().unwrap_or(1);
+    let max_depth = a.depths.iter().copied().max().unwrap_or(1);
+    let metrics = (!a.no_metrics).then(|| crate::metrics::DeviceMetrics::new("bench", name.as_str(), "", false, max_shards, max_depth, size));
+    let target = bench::Target { addr, vol: Arc::new(vol), region: size, metrics };
     eprintln!("bench: prefilling {} MiB of {name} on {addr}", size >> 20);
     bench::prefill(&target).map_err(anyhow::Error::msg)?;
     let dur = Duration::from_secs_f64(a.seconds);
     let mut points: Vec<Point> = Vec::new();
-    println!("| workload | shards | depth | sheepdev IOPS | MiB/s | p50 µs | p99 µs | p99.9 µs | raw IOPS | raw p99 µs | IOPS ratio | p99 ratio |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let driver = if a.no_metrics { Driver::SheepdevNoMetrics } else { Driver::Sheepdev };
+    println!(
+        "| workload | shards | depth | sheepdev IOPS | MiB/s | p50 µs | p99 µs | p99.9 µs | raw IOPS | raw p99 µs | IOPS ratio | p99 ratio |{}",
+        if a.metrics_overhead { " metrics off IOPS | on/off |" } else { "" }
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{}", if a.metrics_overhead { "---:|---:|" } else { "" });
     for &w in &a.workloads {
         for &shards in &a.shards {
             for &depth in &a.depths {
-                let p = bench::run_point(&target, w, Driver::Sheepdev, shards, depth, dur).map_err(anyhow::Error::msg)?;
+                let p = bench::run_point(&target, w, driver, shards, depth, dur).map_err(anyhow::Error::msg)?;
+                let off = if a.metrics_overhead {
+                    Some(bench::run_point(&target, w, Driver::SheepdevNoMetrics, shards, depth, dur).map_err(anyhow::Error::msg)?)
+                } else {
+                    None
+                };
                 let raw =
                     if a.no_raw { None } else { Some(bench::run_point(&target, w, Driver::Raw, shards, depth, dur).map_err(anyhow::Error::msg)?) };
                 let (rio, rp99, ratio, pratio) = match &raw {
@@ -100,8 +145,9 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                     ),
                     None => ("-".into(), "-".into(), "-".into(), "-".into()),
                 };
+                let overhead = off.as_ref().map_or(String::new(), |o| format!(" {:.0} | {:.3} |", o.iops, p.iops / o.iops.max(1e-9)));
                 println!(
-                    "| {} | {shards} | {depth} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {rio} | {rp99} | {ratio} | {pratio} |",
+                    "| {} | {shards} | {depth} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {rio} | {rp99} | {ratio} | {pratio} |{overhead}",
                     w.name(),
                     p.iops,
                     p.mib_s,
@@ -114,12 +160,13 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 }
                 points.push(p);
                 points.extend(raw);
+                points.extend(off);
             }
         }
         if w == Workload::SeqWrite1m && !a.no_raw {
             // What `dog vdi write` does: one request at a time.
             let one = bench::run_point(&target, w, Driver::Raw, 1, 1, dur).map_err(anyhow::Error::msg)?;
-            let best = points.iter().filter(|p| p.workload == w && p.driver == Driver::Sheepdev).map(|p| p.mib_s).fold(0.0, f64::max);
+            let best = points.iter().filter(|p| p.workload == w && p.driver == driver).map(|p| p.mib_s).fold(0.0, f64::max);
             println!(
                 "\nseqwrite-1m one request at a time (like `dog vdi write`): {:.1} MiB/s; best sheepdev: {best:.1} MiB/s ({:.2}x)\n",
                 one.mib_s,
@@ -137,6 +184,9 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             manage::delete(&c, &VdiSpec::working(name)).await?;
             anyhow::Ok(())
         })??;
+    }
+    if a.linger > 0 {
+        std::thread::sleep(Duration::from_secs(a.linger));
     }
     if let Some(s) = store {
         s.shutdown();

@@ -17,7 +17,15 @@ pub struct ServeArgs {
     /// Where the device table is persisted.
     #[arg(long, default_value = "/run/sheepdev", value_parser = super::path_arg)]
     state_dir: PathBuf,
+    /// Serve Prometheus metrics at http://ADDR/metrics (`off` to disable). Binding beyond
+    /// loopback is an explicit choice.
+    #[arg(long, default_value = "127.0.0.1:9477", value_parser = super::metrics_addr)]
+    metrics_addr: MetricsAddr,
 }
+
+/// `--metrics-addr`: an address, or `off`.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricsAddr(pub Option<std::net::SocketAddr>);
 
 #[derive(Debug, Args)]
 pub struct AddArgs {
@@ -85,7 +93,11 @@ pub struct ListArgs {
 }
 
 pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
-    daemon::serve(daemon::ServeOptions { control: a.control.unwrap_or_else(daemon::control_path), state_dir: a.state_dir })
+    daemon::serve(daemon::ServeOptions {
+        control: a.control.unwrap_or_else(daemon::control_path),
+        state_dir: a.state_dir,
+        metrics_addr: a.metrics_addr.0,
+    })
 }
 
 fn call(req: &Request) -> anyhow::Result<daemon::Response> {

@@ -66,6 +66,13 @@ pub fn size_arg(s: &str) -> Result<u64, String> {
     crate::vdi::parse_size(s)
 }
 
+pub(crate) fn metrics_addr(s: &str) -> Result<dev::MetricsAddr, String> {
+    if s == "off" {
+        return Ok(dev::MetricsAddr(None));
+    }
+    s.parse().map(|a| dev::MetricsAddr(Some(a))).map_err(|_| format!("bad metrics address {s:?}: expected IP:PORT (e.g. 127.0.0.1:9477) or off"))
+}
+
 pub(crate) fn path_arg(s: &str) -> Result<PathBuf, String> {
     if s.is_empty() {
         return Err("empty path".into());

@@ -23,6 +23,8 @@ use crate::vdi::{SnapSel, VdiSpec};
 pub struct ServeOptions {
     pub control: PathBuf,
     pub state_dir: PathBuf,
+    /// Where `/metrics` is served (none: not served).
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// How long `add` waits for the kernel to bring a device up, and `del` for it to go.
@@ -31,6 +33,7 @@ const DEVICE_WAIT: Duration = Duration::from_secs(60);
 /// A device this daemon runs.
 struct Live {
     sockets: Sockets,
+    metrics: Option<crate::metrics::DeviceMetrics>,
     /// Receives once when the device thread ends.
     ended: mpsc::Receiver<()>,
 }
@@ -60,6 +63,14 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         m.state = if std::path::Path::new(&format!("/dev/ublkc{}", m.id)).exists() { "orphaned".into() } else { "gone".into() };
     }
     crate::cli::block_on(async move {
+        let _metrics = match opts.metrics_addr {
+            Some(a) => {
+                let t = crate::metrics::serve_http(a).map_err(anyhow::Error::msg)?;
+                eprintln!("sheepdev serve: metrics on http://{a}/metrics");
+                Some(t)
+            }
+            None => None,
+        };
         let listener = UnixListener::bind(&opts.control).map_err(|e| anyhow::anyhow!("listening on {}: {e}", opts.control.display()))?;
         std::fs::set_permissions(&opts.control, std::fs::Permissions::from_mode(0o600))?;
         eprintln!("sheepdev serve: control socket {}", opts.control.display());
@@ -232,8 +243,17 @@ impl Daemon {
             }
             target = ublk::Target::Sheep { vol: Arc::new(vol), gateways: vec![c.gateway()], connections: usize::from(a.connections) };
         }
-        let spec =
-            ublk::Spec { id: a.id, queues: a.queues, depth: a.depth, max_io: a.max_io, block_size: a.block_size, read_only: m.read_only, target };
+        let labels = (m.vdi.clone(), m.snapshot.clone().unwrap_or_default());
+        let spec = ublk::Spec {
+            id: a.id,
+            queues: a.queues,
+            depth: a.depth,
+            max_io: a.max_io,
+            block_size: a.block_size,
+            read_only: m.read_only,
+            target,
+            metrics: Some(labels),
+        };
         m.max_io = spec.effective_max_io();
         let sockets: Sockets = Arc::new(Mutex::new(Vec::new()));
         let (started_tx, started_rx) = mpsc::channel();
@@ -241,8 +261,8 @@ impl Daemon {
         let s2 = sockets.clone();
         let spawned = std::thread::Builder::new().name("sheepdev-dev".into()).spawn(move || {
             let tx = started_tx.clone();
-            let r = ublk::run(spec, s2, move |id| {
-                let _ = tx.send(id);
+            let r = ublk::run(spec, s2, move |st| {
+                let _ = tx.send(Ok(st));
             });
             if let Err(e) = r {
                 let _ = started_tx.send(Err(e));
@@ -254,8 +274,8 @@ impl Daemon {
             return Err(format!("cannot start a device thread: {e}"));
         }
         let started = glommio::executor().spawn_blocking(move || started_rx.recv_timeout(DEVICE_WAIT)).await;
-        let id = match started {
-            Ok(Ok(id)) => id,
+        let (id, metrics) = match started {
+            Ok(Ok(st)) => (st.id, st.metrics),
             Ok(Err(e)) => {
                 release(&lock).await;
                 return Err(e);
@@ -267,7 +287,7 @@ impl Daemon {
         };
         (m.id, m.device) = (id, format!("/dev/ublkb{id}"));
         self.mappings.borrow_mut().insert(id, m.clone());
-        self.live.borrow_mut().insert(id, Live { sockets, ended: ended_rx });
+        self.live.borrow_mut().insert(id, Live { sockets, metrics, ended: ended_rx });
         self.persist();
         tracing::info!("mapped {} as {}", m.vdi, m.device);
         Ok(m)
@@ -321,6 +341,9 @@ impl Daemon {
                 }
                 warnings.push(e);
             }
+        }
+        if let Some(dm) = live.as_ref().and_then(|l| l.metrics.as_ref()) {
+            dm.remove();
         }
         if let Some(l) = live {
             let ended =

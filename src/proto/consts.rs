@@ -105,6 +105,11 @@ macro_rules! results {
             pub fn name(self) -> Option<&'static str> {
                 match self.0 { $($val => Some($label),)* _ => None }
             }
+            /// sheep's constant name without `SD_RES_` (`NO_OBJ`, `READONLY`), for metric
+            /// labels; `UNKNOWN_CODE` for a code this client does not know.
+            pub fn label(self) -> &'static str {
+                match self.0 { $($val => { let n: &'static str = stringify!($konst); n.trim_start_matches("SD_RES_") },)* _ => "UNKNOWN_CODE" }
+            }
             /// The errno a block request or CLI command reports for this result.
             pub fn errno(self) -> i32 {
                 match self.0 { $($val => $errno,)* _ => libc_errno::EIO }

@@ -22,15 +22,16 @@ mod conn;
 mod error;
 pub mod ring;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use conn::RingConn;
 pub use error::Error;
 
+use crate::metrics::{Backend, ShardMetrics};
 use crate::proto::inode::entry_offset;
 use crate::proto::*;
 use crate::vdi::{split, ReadPlan, Volume, WritePlan};
@@ -68,6 +69,8 @@ pub struct Shard {
     conns: Vec<Rc<RingConn>>,
     next: Cell<usize>,
     zeros: Box<[u8]>,
+    /// Pre-resolved metric handles (none: metrics off). Borrowed only between awaits.
+    metrics: Option<RefCell<ShardMetrics>>,
 }
 
 impl Shard {
@@ -90,7 +93,7 @@ impl Shard {
                 Ok::<(), std::io::Error>(())
             });
             match r {
-                Ok(()) => return Ok(Shard { vol, conns, next: Cell::new(0), zeros: vec![0u8; max_io.max(4096)].into_boxed_slice() }),
+                Ok(()) => return Ok(Shard { vol, conns, next: Cell::new(0), zeros: vec![0u8; max_io.max(4096)].into_boxed_slice(), metrics: None }),
                 Err(e) => {
                     conns.iter().for_each(|c| c.close());
                     last = Some(std::io::Error::new(e.kind(), format!("{g}: {e}")));
@@ -98,6 +101,20 @@ impl Shard {
             }
         }
         Err(last.unwrap_or_else(|| std::io::Error::other("no gateway given")))
+    }
+
+    /// Record metrics through these handles (built for this shard's device and queue).
+    pub fn with_metrics(mut self, m: ShardMetrics) -> Shard {
+        for up in &m.conn_up {
+            up.set(1);
+        }
+        self.metrics = Some(RefCell::new(m));
+        self
+    }
+
+    /// The gateway this shard's connections talk to.
+    pub fn gateway(&self) -> SocketAddr {
+        self.conns[0].addr()
     }
 
     pub fn volume(&self) -> &Volume {
@@ -119,15 +136,49 @@ impl Shard {
         self.conns.iter().map(|c| c.raw_fd()).collect()
     }
 
-    fn conn(&self) -> &RingConn {
+    /// Send one sheep request of kind `kind` on the least busy connection, with metrics.
+    async fn call(&self, kind: Backend, hdr: ReqHeader, payload: &[u8], dest: &mut [u8]) -> Result<RspHeader, Error> {
         let n = self.conns.len();
         let start = self.next.get();
         self.next.set((start + 1) % n);
-        (0..n).map(|i| &self.conns[(start + i) % n]).min_by_key(|c| c.inflight()).expect("a shard always has a connection")
+        let i = (0..n).map(|k| (start + k) % n).min_by_key(|&k| self.conns[k].inflight()).unwrap_or(0);
+        let Some(m) = &self.metrics else {
+            return self.conns[i].call(hdr, payload, dest).await.and_then(|rsp| check(&rsp).map(|()| rsp));
+        };
+        let t0 = Instant::now();
+        if let Some(g) = m.borrow().conn_inflight.get(i) {
+            g.inc();
+        }
+        let r = self.conns[i].call(hdr, payload, dest).await.and_then(|rsp| check(&rsp).map(|()| rsp));
+        let m = m.borrow();
+        if let Some(g) = m.conn_inflight.get(i) {
+            g.dec();
+        }
+        m.backend(kind, t0.elapsed());
+        if let Err(e) = r {
+            m.backend_error(kind, error_label(e));
+            if e.should_reconnect() {
+                if let Some(up) = m.conn_up.get(i) {
+                    up.set(0);
+                }
+            }
+        }
+        r
     }
 
     /// Serve one block request with the tag's buffer; returns the bytes done.
     pub async fn handle(&self, d: IoDesc, buf: &mut [u8]) -> Result<u32, Error> {
+        let Some(m) = &self.metrics else { return self.serve(d, buf).await };
+        let t0 = Instant::now();
+        m.borrow().inflight.inc();
+        let r = self.serve(d, buf).await;
+        let mut m = m.borrow_mut();
+        m.inflight.dec();
+        m.io(d.op, d.len, r.is_ok(), t0.elapsed());
+        r
+    }
+
+    async fn serve(&self, d: IoDesc, buf: &mut [u8]) -> Result<u32, Error> {
         let len = d.len as usize;
         if d.offset.checked_add(u64::from(d.len)).is_none_or(|end| end > self.vol.size()) {
             return Err(Error::OutOfRange);
@@ -154,8 +205,7 @@ impl Shard {
             ReadPlan::Zero => out.fill(0),
             ReadPlan::Read(oid) => {
                 let hdr = ReqHeader::obj(Opcode::ReadObj, 0, out.len() as u32, ObjArgs { oid, offset: obj_off, ..Default::default() });
-                let rsp = self.conn().call(hdr, &[], out).await?;
-                check(&rsp)?;
+                let rsp = self.call(Backend::ReadObj, hdr, &[], out).await?;
                 if rsp.data_length as usize != out.len() {
                     return Err(Error::Protocol);
                 }
@@ -165,9 +215,18 @@ impl Shard {
     }
 
     async fn plan_write(&self, idx: u32) -> Result<WritePlan, Error> {
+        let mut waited = false;
         loop {
             match self.vol.plan_write(idx)? {
-                WritePlan::Wait => ring::sleep(CREATE_WAIT).await,
+                WritePlan::Wait => {
+                    if !waited {
+                        waited = true;
+                        if let Some(m) = &self.metrics {
+                            m.borrow().create_waits.inc();
+                        }
+                    }
+                    ring::sleep(CREATE_WAIT).await
+                }
                 p => return Ok(p),
             }
         }
@@ -190,13 +249,18 @@ impl Shard {
                     break;
                 }
             };
-            let hdr = match plan {
-                WritePlan::Write(oid) => ReqHeader::obj(Opcode::WriteObj, flags, p.len, args(oid, Oid(0))),
-                WritePlan::Create(oid) => ReqHeader::obj(Opcode::CreateAndWriteObj, flags, p.len, args(oid, Oid(0))),
-                WritePlan::Cow { oid, cow } => ReqHeader::obj(Opcode::CreateAndWriteObj, flags | SD_FLAG_CMD_COW, p.len, args(oid, cow)),
+            let (kind, hdr) = match plan {
+                WritePlan::Write(oid) => (Backend::WriteObj, ReqHeader::obj(Opcode::WriteObj, flags, p.len, args(oid, Oid(0)))),
+                WritePlan::Create(oid) => (Backend::CreateAndWrite, ReqHeader::obj(Opcode::CreateAndWriteObj, flags, p.len, args(oid, Oid(0)))),
+                WritePlan::Cow { oid, cow } => {
+                    if let Some(m) = &self.metrics {
+                        m.borrow().cow.inc();
+                    }
+                    (Backend::CowCreate, ReqHeader::obj(Opcode::CreateAndWriteObj, flags | SD_FLAG_CMD_COW, p.len, args(oid, cow)))
+                }
                 WritePlan::Wait => unreachable!("plan_write waits"),
             };
-            let r = self.conn().call(hdr, piece, &mut []).await.and_then(|rsp| check(&rsp));
+            let r = self.call(kind, hdr, piece, &mut []).await.map(|_| ());
             if plan.is_create() {
                 match r {
                     Ok(()) => {
@@ -245,8 +309,7 @@ impl Shard {
     async fn write_inode(&self, offset: u32, bytes: &[u8]) -> Result<(), Error> {
         let args = ObjArgs { oid: Oid::inode(self.vol.vid()), offset, ..Default::default() };
         let hdr = ReqHeader::obj(Opcode::WriteObj, SD_FLAG_CMD_WRITE | SD_FLAG_CMD_DIRECT, bytes.len() as u32, args);
-        let rsp = self.conn().call(hdr, bytes, &mut []).await?;
-        check(&rsp)
+        self.call(Backend::InodeUpdate, hdr, bytes, &mut []).await.map(|_| ())
     }
 
     /// DISCARD / WRITE_ZEROES (see the module contract). `scratch` is the tag's buffer,
@@ -305,6 +368,17 @@ impl Shard {
             from += n as u64;
         }
         Ok(())
+    }
+}
+
+/// The `result` label of a failed sheep request.
+fn error_label(e: Error) -> &'static str {
+    match e {
+        Error::Server(code) => code.label(),
+        Error::Io(_) => "io",
+        Error::Closed => "closed",
+        Error::Protocol => "protocol",
+        Error::ReadOnly | Error::OutOfRange | Error::Unsupported => "client",
     }
 }
 

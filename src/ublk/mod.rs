@@ -22,6 +22,7 @@ use libublk::helpers::IoBuf;
 use libublk::io::{UblkDev, UblkQueue};
 use libublk::{sys, BufDesc, UblkError, UblkFlags};
 
+use crate::metrics::DeviceMetrics;
 use crate::shard::{IoDesc, Op, Shard};
 use crate::vdi::Volume;
 
@@ -43,6 +44,8 @@ pub struct Spec {
     pub block_size: u32,
     pub read_only: bool,
     pub target: Target,
+    /// Labels for the device's metrics: (vdi, snapshot). `None`: no metrics.
+    pub metrics: Option<(String, String)>,
 }
 
 /// Sockets of every shard of a device, so a forced delete can break them from outside.
@@ -90,9 +93,15 @@ fn to_desc(iod: &sys::ublksrv_io_desc, tag: u16) -> Option<IoDesc> {
     Some(IoDesc { op, offset: iod.start_sector << 9, len: iod.nr_sectors << 9, tag, fua: iod.op_flags & sys::UBLK_IO_F_FUA != 0 })
 }
 
-/// Create the device and serve it until it is deleted. `started` gets the device id once
-/// `/dev/ublkbN` exists (or the error that prevented it). Blocking: run it on its own thread.
-pub fn run(spec: Spec, sockets: Sockets, started: impl FnOnce(Result<u32, String>) + Send + Sync + 'static) -> Result<(), String> {
+/// What `run` reports once the device is up.
+pub struct Started {
+    pub id: u32,
+    pub metrics: Option<DeviceMetrics>,
+}
+
+/// Create the device and serve it until it is deleted. `started` gets the device id (and
+/// its metrics) once `/dev/ublkbN` exists. Blocking: run it on its own thread.
+pub fn run(spec: Spec, sockets: Sockets, started: impl FnOnce(Started) + Send + Sync + 'static) -> Result<(), String> {
     let max_io = spec.effective_max_io();
     let size = spec.size();
     let ctrl = UblkCtrlBuilder::default()
@@ -126,18 +135,21 @@ pub fn run(spec: Spec, sockets: Sockets, started: impl FnOnce(Result<u32, String
         dev.tgt.cq_depth = depth.saturating_mul(4).max(128);
         Ok(())
     };
+    let id = ctrl.dev_info().dev_id;
+    let dm = spec.metrics.as_ref().map(|(vdi, snap)| DeviceMetrics::new(&format!("ublkb{id}"), vdi, snap, read_only, spec.queues, depth, size));
     let target = Arc::new(match spec.target {
         Target::Sheep { vol, gateways, connections } => QueueTarget::Sheep { vol, gateways, connections },
         Target::Null { .. } => QueueTarget::Null,
     });
     let started = Mutex::new(Some(started));
+    let dm2 = dm.clone();
     let r = ctrl.run_target(
         tgt_init,
-        move |qid, dev| serve_queue(qid, dev, &target, &sockets, max_io),
+        move |qid, dev| serve_queue(qid, dev, &target, &sockets, max_io, dm2.as_ref()),
         move |ctrl| {
             let id = ctrl.dev_info().dev_id;
             if let Some(f) = started.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
-                f(Ok(id));
+                f(Started { id, metrics: dm });
             }
         },
     );
@@ -151,7 +163,7 @@ enum QueueTarget {
 }
 
 /// One queue thread: pin, connect, one task per tag, run the ring until the queue stops.
-fn serve_queue(qid: u16, dev: &UblkDev, target: &QueueTarget, sockets: &Sockets, max_io: u32) {
+fn serve_queue(qid: u16, dev: &UblkDev, target: &QueueTarget, sockets: &Sockets, max_io: u32, dm: Option<&DeviceMetrics>) {
     if let Some(cores) = core_affinity::get_core_ids() {
         if !cores.is_empty() {
             core_affinity::set_for_current(cores[qid as usize % cores.len()]);
@@ -172,6 +184,13 @@ fn serve_queue(qid: u16, dev: &UblkDev, target: &QueueTarget, sockets: &Sockets,
             match Shard::new(vol.clone(), gateways, *connections, depth * 2 + 8, max_io as usize, &exe) {
                 Ok(s) => {
                     sockets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(s.raw_fds());
+                    let s = match dm {
+                        Some(dm) => {
+                            let m = dm.shard(qid, depth as u16, *connections, &s.gateway().to_string());
+                            s.with_metrics(m)
+                        }
+                        None => s,
+                    };
                     Some(Rc::new(s))
                 }
                 Err(e) => {

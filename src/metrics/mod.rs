@@ -1,0 +1,349 @@
+//! Metrics: Prometheus series for operators (scraped from `/metrics`) and hdrhistogram
+//! percentiles for `sheepdev stats`.
+//!
+//! Contract:
+//! - One process-wide registry ([`global`]). Names follow Prometheus conventions: prefix
+//!   `sheepdev_`, base units (`_seconds`, `_bytes`), `_total` on counters, and only
+//!   low-cardinality labels: device, queue, op, opcode, result, conn, gateway — never an
+//!   oid, offset or vid.
+//! - The hot path touches only pre-resolved handles ([`ShardMetrics`], built once per
+//!   shard): each is an atomic counter or a lock-free histogram owned by that (device,
+//!   queue), so no label lookup, no lock shared between shards and no allocation per I/O.
+//!   Error series are resolved on the (rare) error path.
+//! - Latency buckets are exponential from 10 µs to ~10 s.
+//! - [`DeviceMetrics::remove`] drops every series of a device when it is unmapped.
+
+mod http;
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use hdrhistogram::sync::{Recorder, SyncHistogram};
+use hdrhistogram::Histogram as Hdr;
+use prometheus::core::Collector;
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use serde::Serialize;
+
+pub use http::serve_http;
+
+use crate::shard::Op;
+
+/// Block ops in label order.
+pub const OPS: [(Op, &str); 5] =
+    [(Op::Read, "read"), (Op::Write, "write"), (Op::Flush, "flush"), (Op::Discard, "discard"), (Op::WriteZeroes, "write_zeroes")];
+
+/// Backend request kinds, in label order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    ReadObj = 0,
+    WriteObj = 1,
+    CreateAndWrite = 2,
+    CowCreate = 3,
+    InodeUpdate = 4,
+}
+pub const BACKEND_LABELS: [&str; 5] = ["read_obj", "write_obj", "create_and_write", "cow_create", "inode_update"];
+
+/// 10 µs × 2^k, k = 0..20: 10 µs … ~10.5 s.
+pub fn latency_buckets() -> Vec<f64> {
+    (0..21).map(|k| 10e-6 * f64::from(1u32 << k)).collect()
+}
+
+/// Every family sheepdev exports.
+pub struct Families {
+    pub registry: Registry,
+    pub build_info: IntGaugeVec,
+    pub device_info: IntGaugeVec,
+    pub device_size: IntGaugeVec,
+    pub io_requests: IntCounterVec,
+    pub io_bytes: IntCounterVec,
+    pub io_latency: HistogramVec,
+    pub queue_inflight: IntGaugeVec,
+    pub queue_depth: IntGaugeVec,
+    pub backend_latency: HistogramVec,
+    pub backend_errors: IntCounterVec,
+    pub backend_inflight: IntGaugeVec,
+    pub connection_up: IntGaugeVec,
+    pub reconnects: IntCounterVec,
+    pub coalesced: IntCounterVec,
+    pub cow_writes: IntCounterVec,
+    pub create_waits: IntCounterVec,
+    pub inode_reloads: IntCounterVec,
+}
+
+fn reg<C: Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+    r.register(Box::new(c.clone())).expect("each family is registered once, with a valid name");
+    c
+}
+
+impl Families {
+    fn new() -> Families {
+        let r = Registry::new();
+        let g = |n: &str, h: &str, l: &[&str]| reg(&r, IntGaugeVec::new(Opts::new(n, h), l).expect("valid gauge"));
+        let c = |n: &str, h: &str, l: &[&str]| reg(&r, IntCounterVec::new(Opts::new(n, h), l).expect("valid counter"));
+        let hist = |n: &str, h: &str, l: &[&str]| {
+            reg(&r, HistogramVec::new(HistogramOpts::new(n, h).buckets(latency_buckets()), l).expect("valid histogram"))
+        };
+        let dq = &["device", "queue"];
+        let f = Families {
+            build_info: g("sheepdev_build_info", "Build information; always 1.", &["version"]),
+            device_info: g(
+                "sheepdev_device_info",
+                "One series per mapped device; always 1.",
+                &["device", "vdi", "snapshot", "read_only", "queues", "depth"],
+            ),
+            device_size: g("sheepdev_device_size_bytes", "Size of the device.", &["device"]),
+            io_requests: c("sheepdev_io_requests_total", "Block requests completed, by op and result.", &["device", "queue", "op", "result"]),
+            io_bytes: c("sheepdev_io_bytes_total", "Bytes of completed block requests.", &["device", "queue", "op"]),
+            io_latency: hist(
+                "sheepdev_io_latency_seconds",
+                "Block request latency, from arrival at the shard to completion.",
+                &["device", "queue", "op"],
+            ),
+            queue_inflight: g("sheepdev_queue_inflight", "Block requests in progress on the queue.", dq),
+            queue_depth: g("sheepdev_queue_depth", "Depth of the queue.", dq),
+            backend_latency: hist("sheepdev_backend_request_latency_seconds", "Sheep request latency by opcode.", &["device", "queue", "opcode"]),
+            backend_errors: c("sheepdev_backend_errors_total", "Sheep requests that failed, by result.", &["device", "queue", "opcode", "result"]),
+            backend_inflight: g("sheepdev_backend_inflight", "Sheep requests in flight per connection.", &["device", "queue", "conn"]),
+            connection_up: g("sheepdev_backend_connection_up", "Whether a sheep connection is up.", &["device", "queue", "conn", "gateway"]),
+            reconnects: c("sheepdev_backend_reconnects_total", "Reconnections to a gateway.", &["device", "gateway"]),
+            coalesced: c("sheepdev_coalesced_merges_total", "Requests merged into another sheep request.", dq),
+            cow_writes: c("sheepdev_cow_writes_total", "Copy-on-write creates.", dq),
+            create_waits: c("sheepdev_create_waits_total", "Writes held because their object was being created.", dq),
+            inode_reloads: c("sheepdev_inode_reloads_total", "Inode header reloads (live snapshots).", dq),
+            registry: r,
+        };
+        f.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        #[cfg(target_os = "linux")]
+        {
+            let _ = f.registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+        }
+        f
+    }
+}
+
+/// The process-wide families.
+pub fn global() -> &'static Families {
+    static F: OnceLock<Families> = OnceLock::new();
+    F.get_or_init(Families::new)
+}
+
+/// Render every family in the text exposition format.
+pub fn render() -> String {
+    let mut out = String::new();
+    let enc = prometheus::TextEncoder::new();
+    if let Err(e) = enc.encode_utf8(&global().registry.gather(), &mut out) {
+        out = format!("# error encoding metrics: {e}\n");
+    }
+    out
+}
+
+/// Percentile recorders of one device, one per op (ns), shared by its shards.
+pub struct Percentiles {
+    hists: Vec<Mutex<SyncHistogram<u64>>>,
+}
+
+/// p50/p99/p99.9 of one op.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct OpStats {
+    pub op: String,
+    pub count: u64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+}
+
+impl Percentiles {
+    fn new() -> Percentiles {
+        let h = || Mutex::new(SyncHistogram::from(Hdr::<u64>::new_with_bounds(1_000, 600_000_000_000, 3).expect("valid bounds")));
+        Percentiles { hists: (0..OPS.len()).map(|_| h()).collect() }
+    }
+    /// Collect what the shards recorded so far (waiting at most `timeout` for busy ones).
+    pub fn snapshot(&self, timeout: Duration) -> Vec<OpStats> {
+        OPS.iter()
+            .zip(&self.hists)
+            .map(|((_, name), h)| {
+                let mut h = h.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                h.refresh_timeout(timeout);
+                let q = |x: f64| h.value_at_quantile(x) as f64 / 1000.0;
+                OpStats { op: (*name).to_string(), count: h.len(), p50_us: q(0.5), p99_us: q(0.99), p999_us: q(0.999) }
+            })
+            .collect()
+    }
+}
+
+/// Which family a tracked series belongs to (so a device's series can be removed).
+#[derive(Clone, Copy)]
+enum Fam {
+    IoRequests,
+    IoBytes,
+    IoLatency,
+    QueueInflight,
+    QueueDepth,
+    BackendLatency,
+    BackendErrors,
+    BackendInflight,
+    ConnectionUp,
+    Reconnects,
+    Coalesced,
+    CowWrites,
+    CreateWaits,
+    InodeReloads,
+}
+
+/// Every series created for one device, for [`DeviceMetrics::remove`].
+type Tracked = Arc<Mutex<Vec<(Fam, Vec<String>)>>>;
+
+fn track(t: &Tracked, fam: Fam, labels: &[&str]) {
+    let mut t = t.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !t.iter().any(|(f, l)| *f as u8 == fam as u8 && l.iter().map(String::as_str).eq(labels.iter().copied())) {
+        t.push((fam, labels.iter().map(|s| s.to_string()).collect()));
+    }
+}
+
+/// The series of one device; cloned into each of its shards.
+#[derive(Clone)]
+pub struct DeviceMetrics {
+    pub device: String,
+    pub percentiles: Arc<Percentiles>,
+    info: Vec<String>,
+    tracked: Tracked,
+}
+
+impl DeviceMetrics {
+    /// Register a device: its info and size series, and its percentile recorders.
+    pub fn new(device: &str, vdi: &str, snapshot: &str, read_only: bool, queues: u16, depth: u16, size: u64) -> DeviceMetrics {
+        let f = global();
+        let info = vec![device.to_string(), vdi.to_string(), snapshot.to_string(), read_only.to_string(), queues.to_string(), depth.to_string()];
+        f.device_info.with_label_values(&info).set(1);
+        f.device_size.with_label_values(&[device]).set(size as i64);
+        DeviceMetrics { device: device.to_string(), percentiles: Arc::new(Percentiles::new()), info, tracked: Arc::new(Mutex::new(Vec::new())) }
+    }
+
+    /// Pre-resolved handles for queue `q` with `conns` connections to `gateway`.
+    pub fn shard(&self, q: u16, depth: u16, conns: usize, gateway: &str) -> ShardMetrics {
+        let f = global();
+        let (d, qs) = (self.device.as_str(), q.to_string());
+        let t = &self.tracked;
+        let c = |fam: &IntCounterVec, which: Fam, l: &[&str]| {
+            track(t, which, l);
+            fam.with_label_values(l)
+        };
+        let g = |fam: &IntGaugeVec, which: Fam, l: &[&str]| {
+            track(t, which, l);
+            fam.with_label_values(l)
+        };
+        let h = |fam: &HistogramVec, which: Fam, l: &[&str]| {
+            track(t, which, l);
+            fam.with_label_values(l)
+        };
+        g(&f.queue_depth, Fam::QueueDepth, &[d, &qs]).set(i64::from(depth));
+        let conn_labels: Vec<String> = (0..conns).map(|c| c.to_string()).collect();
+        ShardMetrics {
+            ok: OPS.map(|(_, n)| c(&f.io_requests, Fam::IoRequests, &[d, &qs, n, "ok"])),
+            err: OPS.map(|(_, n)| c(&f.io_requests, Fam::IoRequests, &[d, &qs, n, "error"])),
+            bytes: OPS.map(|(_, n)| c(&f.io_bytes, Fam::IoBytes, &[d, &qs, n])),
+            latency: OPS.map(|(_, n)| h(&f.io_latency, Fam::IoLatency, &[d, &qs, n])),
+            inflight: g(&f.queue_inflight, Fam::QueueInflight, &[d, &qs]),
+            backend: BACKEND_LABELS.map(|n| h(&f.backend_latency, Fam::BackendLatency, &[d, &qs, n])),
+            conn_inflight: conn_labels.iter().map(|cl| g(&f.backend_inflight, Fam::BackendInflight, &[d, &qs, cl])).collect(),
+            conn_up: conn_labels.iter().map(|cl| g(&f.connection_up, Fam::ConnectionUp, &[d, &qs, cl, gateway])).collect(),
+            reconnects: c(&f.reconnects, Fam::Reconnects, &[d, gateway]),
+            coalesced: c(&f.coalesced, Fam::Coalesced, &[d, &qs]),
+            cow: c(&f.cow_writes, Fam::CowWrites, &[d, &qs]),
+            create_waits: c(&f.create_waits, Fam::CreateWaits, &[d, &qs]),
+            inode_reloads: c(&f.inode_reloads, Fam::InodeReloads, &[d, &qs]),
+            hdr: self.percentiles.hists.iter().map(|h| h.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recorder()).collect(),
+            device: d.to_string(),
+            queue: qs,
+            tracked: self.tracked.clone(),
+        }
+    }
+
+    /// Drop every series of this device (it was unmapped).
+    pub fn remove(&self) {
+        let f = global();
+        let info: Vec<&str> = self.info.iter().map(String::as_str).collect();
+        let _ = f.device_info.remove_label_values(&info);
+        let _ = f.device_size.remove_label_values(&[self.device.as_str()]);
+        let tracked = std::mem::take(&mut *self.tracked.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        for (fam, labels) in tracked {
+            let l: Vec<&str> = labels.iter().map(String::as_str).collect();
+            let _ = match fam {
+                Fam::IoRequests => f.io_requests.remove_label_values(&l),
+                Fam::IoBytes => f.io_bytes.remove_label_values(&l),
+                Fam::IoLatency => f.io_latency.remove_label_values(&l),
+                Fam::QueueInflight => f.queue_inflight.remove_label_values(&l),
+                Fam::QueueDepth => f.queue_depth.remove_label_values(&l),
+                Fam::BackendLatency => f.backend_latency.remove_label_values(&l),
+                Fam::BackendErrors => f.backend_errors.remove_label_values(&l),
+                Fam::BackendInflight => f.backend_inflight.remove_label_values(&l),
+                Fam::ConnectionUp => f.connection_up.remove_label_values(&l),
+                Fam::Reconnects => f.reconnects.remove_label_values(&l),
+                Fam::Coalesced => f.coalesced.remove_label_values(&l),
+                Fam::CowWrites => f.cow_writes.remove_label_values(&l),
+                Fam::CreateWaits => f.create_waits.remove_label_values(&l),
+                Fam::InodeReloads => f.inode_reloads.remove_label_values(&l),
+            };
+        }
+    }
+}
+
+/// Handles one shard writes on the hot path. See the module contract.
+pub struct ShardMetrics {
+    ok: [IntCounter; 5],
+    err: [IntCounter; 5],
+    bytes: [IntCounter; 5],
+    latency: [Histogram; 5],
+    pub inflight: IntGauge,
+    backend: [Histogram; 5],
+    pub conn_inflight: Vec<IntGauge>,
+    pub conn_up: Vec<IntGauge>,
+    pub reconnects: IntCounter,
+    pub coalesced: IntCounter,
+    pub cow: IntCounter,
+    pub create_waits: IntCounter,
+    pub inode_reloads: IntCounter,
+    hdr: Vec<Recorder<u64>>,
+    device: String,
+    queue: String,
+    tracked: Tracked,
+}
+
+fn op_index(op: Op) -> usize {
+    match op {
+        Op::Read => 0,
+        Op::Write => 1,
+        Op::Flush => 2,
+        Op::Discard => 3,
+        Op::WriteZeroes => 4,
+    }
+}
+
+impl ShardMetrics {
+    /// A block request finished after `elapsed`.
+    pub fn io(&mut self, op: Op, len: u32, ok: bool, elapsed: Duration) {
+        let i = op_index(op);
+        if ok {
+            self.ok[i].inc();
+            self.bytes[i].inc_by(u64::from(len));
+        } else {
+            self.err[i].inc();
+        }
+        self.latency[i].observe(elapsed.as_secs_f64());
+        if let Some(r) = self.hdr.get_mut(i) {
+            r.saturating_record(elapsed.as_nanos() as u64);
+        }
+    }
+
+    /// A sheep request of kind `b` finished after `elapsed`.
+    pub fn backend(&self, b: Backend, elapsed: Duration) {
+        self.backend[b as usize].observe(elapsed.as_secs_f64());
+    }
+
+    /// A sheep request failed (the rare path: resolves its series here).
+    pub fn backend_error(&self, b: Backend, result: &str) {
+        let l = [self.device.as_str(), self.queue.as_str(), BACKEND_LABELS[b as usize], result];
+        track(&self.tracked, Fam::BackendErrors, &l);
+        global().backend_errors.with_label_values(&l).inc();
+    }
+}

@@ -184,7 +184,9 @@ fn shard_thread(
             if let (Driver::Sheepdev, Some(dm)) = (driver, &dm) {
                 sh = sh.with_metrics(dm.shard(s, depth, 1, &addr.to_string()));
             }
-            (Some(Rc::new(sh)), None)
+            let sh = Rc::new(sh);
+            exe.spawn(sh.clone().tick()).detach();
+            (Some(sh), None)
         }
         Driver::Raw => (None, Some(RingConn::connect(addr, Duration::from_secs(3), slots, &exe).map_err(|e| format!("{addr}: {e}"))?)),
     };

@@ -168,6 +168,21 @@ pub fn del(a: DelArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub fn stats(a: ListArgs) -> anyhow::Result<()> {
+    let r = call(&Request::Stats)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r.stats)?);
+        return Ok(());
+    }
+    println!("{:<14} {:<20} {:<13} {:>12} {:>10} {:>10} {:>10}", "device", "vdi", "op", "requests", "p50 µs", "p99 µs", "p99.9 µs");
+    for d in &r.stats {
+        for o in d.ops.iter().filter(|o| o.count > 0) {
+            println!("{:<14} {:<20} {:<13} {:>12} {:>10.1} {:>10.1} {:>10.1}", d.device, d.vdi, o.op, o.count, o.p50_us, o.p99_us, o.p999_us);
+        }
+    }
+    Ok(())
+}
+
 pub fn list(a: ListArgs) -> anyhow::Result<()> {
     let r = call(&Request::List)?;
     if a.json {

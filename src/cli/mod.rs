@@ -29,6 +29,8 @@ pub enum Command {
     Del(dev::DelArgs),
     /// List mapped devices.
     List(dev::ListArgs),
+    /// Latency percentiles (p50/p99/p99.9) per device and op, from the daemon.
+    Stats(dev::ListArgs),
     /// The no-kernel data-plane benchmark: shards vs the raw protocol, same run.
     Bench(bench::BenchArgs),
     /// Manage VDIs on a Sheepdog cluster or the embedded store (no `dog` needed).
@@ -45,6 +47,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Add(a) => dev::add(a),
         Command::Del(a) => dev::del(a),
         Command::List(a) => dev::list(a),
+        Command::Stats(a) => dev::stats(a),
         Command::Bench(a) => bench::run(a),
         Command::Vdi(a) => vdi::run(a),
         Command::Store(a) => store::run(a),

@@ -61,6 +61,15 @@ pub enum Request {
     Add(AddRequest),
     Del { target: Target, force: bool },
     List,
+    Stats,
+}
+
+/// Latency percentiles of one device, for `sheepdev stats`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeviceStats {
+    pub device: String,
+    pub vdi: String,
+    pub ops: Vec<crate::metrics::OpStats>,
 }
 
 /// One mapped device, as `list` shows it.
@@ -97,6 +106,7 @@ pub struct Response {
     pub error: Option<String>,
     pub mapping: Option<Mapping>,
     pub mappings: Vec<Mapping>,
+    pub stats: Vec<DeviceStats>,
     /// Things worth telling the user that did not make the request fail.
     pub warnings: Vec<String>,
 }

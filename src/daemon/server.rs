@@ -135,6 +135,19 @@ impl Daemon {
     async fn handle(&self, req: Request) -> Response {
         match req {
             Request::List => Response { mappings: self.mappings.borrow().values().cloned().collect(), ..Default::default() },
+            Request::Stats => {
+                let devices: Vec<_> = {
+                    let live = self.live.borrow();
+                    let maps = self.mappings.borrow();
+                    live.iter().filter_map(|(id, l)| Some((maps.get(id)?.clone(), l.metrics.as_ref()?.percentiles.clone()))).collect()
+                };
+                let mut stats = Vec::new();
+                for (m, p) in devices {
+                    let ops = glommio::executor().spawn_blocking(move || p.snapshot()).await;
+                    stats.push(super::DeviceStats { device: m.device, vdi: m.vdi, ops });
+                }
+                Response { stats, ..Default::default() }
+            }
             Request::Add(a) => match self.add(a).await {
                 Ok(m) => Response { mapping: Some(m), ..Default::default() },
                 Err(e) => Response { error: Some(e), ..Default::default() },

@@ -18,7 +18,6 @@ mod http;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use hdrhistogram::sync::{Recorder, SyncHistogram};
 use hdrhistogram::Histogram as Hdr;
 use prometheus::core::Collector;
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
@@ -137,9 +136,18 @@ pub fn render() -> String {
     out
 }
 
-/// Percentile recorders of one device, one per op (ns), shared by its shards.
+/// A shard's published latencies (ns), one histogram per op. The shard records into its own
+/// histograms and merges them here from a timer ([`ShardMetrics::flush`]), never per I/O;
+/// `sheepdev stats` reads them. The lock is per shard: no lock is shared between shards.
+type ShardHdr = [Mutex<Hdr<u64>>; 5];
+
+fn new_hdr() -> Hdr<u64> {
+    Hdr::<u64>::new_with_bounds(1_000, 600_000_000_000, 3).expect("valid histogram bounds")
+}
+
+/// The percentile histograms of one device's shards.
 pub struct Percentiles {
-    hists: Vec<Mutex<SyncHistogram<u64>>>,
+    shards: Mutex<Vec<Arc<ShardHdr>>>,
 }
 
 /// p50/p99/p99.9 of one op.
@@ -154,16 +162,18 @@ pub struct OpStats {
 
 impl Percentiles {
     fn new() -> Percentiles {
-        let h = || Mutex::new(SyncHistogram::from(Hdr::<u64>::new_with_bounds(1_000, 600_000_000_000, 3).expect("valid bounds")));
-        Percentiles { hists: (0..OPS.len()).map(|_| h()).collect() }
+        Percentiles { shards: Mutex::new(Vec::new()) }
     }
-    /// Collect what the shards recorded so far (waiting at most `timeout` for busy ones).
-    pub fn snapshot(&self, timeout: Duration) -> Vec<OpStats> {
+    /// p50/p99/p99.9 per op over every shard, as of their last flush.
+    pub fn snapshot(&self) -> Vec<OpStats> {
+        let shards = self.shards.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         OPS.iter()
-            .zip(&self.hists)
-            .map(|((_, name), h)| {
-                let mut h = h.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                h.refresh_timeout(timeout);
+            .enumerate()
+            .map(|(i, (_, name))| {
+                let mut h = new_hdr();
+                for s in &shards {
+                    let _ = h.add(&*s[i].lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+                }
                 let q = |x: f64| h.value_at_quantile(x) as f64 / 1000.0;
                 OpStats { op: (*name).to_string(), count: h.len(), p50_us: q(0.5), p99_us: q(0.99), p999_us: q(0.999) }
             })
@@ -252,7 +262,12 @@ impl DeviceMetrics {
             cow: c(&f.cow_writes, Fam::CowWrites, &[d, &qs]),
             create_waits: c(&f.create_waits, Fam::CreateWaits, &[d, &qs]),
             inode_reloads: c(&f.inode_reloads, Fam::InodeReloads, &[d, &qs]),
-            hdr: self.percentiles.hists.iter().map(|h| h.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recorder()).collect(),
+            hdr: OPS.map(|_| new_hdr()),
+            published: {
+                let p: Arc<ShardHdr> = Arc::new(OPS.map(|_| Mutex::new(new_hdr())));
+                self.percentiles.shards.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(p.clone());
+                p
+            },
             device: d.to_string(),
             queue: qs,
             tracked: self.tracked.clone(),
@@ -303,7 +318,8 @@ pub struct ShardMetrics {
     pub cow: IntCounter,
     pub create_waits: IntCounter,
     pub inode_reloads: IntCounter,
-    hdr: Vec<Recorder<u64>>,
+    hdr: [Hdr<u64>; 5],
+    published: Arc<ShardHdr>,
     device: String,
     queue: String,
     tracked: Tracked,
@@ -330,8 +346,20 @@ impl ShardMetrics {
             self.err[i].inc();
         }
         self.latency[i].observe(elapsed.as_secs_f64());
-        if let Some(r) = self.hdr.get_mut(i) {
-            r.saturating_record(elapsed.as_nanos() as u64);
+        self.hdr[i].saturating_record(elapsed.as_nanos() as u64);
+    }
+
+    /// Publish what was recorded since the last flush for `sheepdev stats` (from a timer,
+    /// not per I/O; merging allocates nothing).
+    pub fn flush(&mut self) {
+        for (local, shared) in self.hdr.iter_mut().zip(self.published.iter()) {
+            if local.is_empty() {
+                continue;
+            }
+            if let Ok(mut s) = shared.lock() {
+                let _ = s.add(&*local);
+            }
+            local.reset();
         }
     }
 
@@ -345,5 +373,45 @@ impl ShardMetrics {
         let l = [self.device.as_str(), self.queue.as_str(), BACKEND_LABELS[b as usize], result];
         track(&self.tracked, Fam::BackendErrors, &l);
         global().backend_errors.with_label_values(&l).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bucket_count(fam: &str, dev: &str, le: &str) -> Option<u64> {
+        let text = render();
+        let needle = format!("device=\"{dev}\"");
+        text.lines()
+            .filter(|l| {
+                l.starts_with(&format!("{fam}_bucket{{")) && l.contains(&needle) && l.contains("op=\"read\"") && l.contains(&format!("le=\"{le}\""))
+            })
+            .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    #[test]
+    fn buckets_span_10us_to_10s() {
+        let b = latency_buckets();
+        assert!((b[0] - 10e-6).abs() < 1e-12);
+        assert!(b[b.len() - 1] > 10.0 && b[b.len() - 1] < 11.0);
+    }
+
+    #[test]
+    fn an_io_of_known_latency_lands_in_its_bucket() {
+        let dm = DeviceMetrics::new("test-bucket", "v", "", false, 1, 4, 1 << 30);
+        let mut m = dm.shard(0, 4, 1, "127.0.0.1:7000");
+        m.io(Op::Read, 4096, true, Duration::from_micros(150));
+        // Buckets are 10 µs × 2^k: 150 µs is above 80 µs and below 160 µs.
+        assert_eq!(bucket_count("sheepdev_io_latency_seconds", "test-bucket", "0.00008"), Some(0));
+        assert_eq!(bucket_count("sheepdev_io_latency_seconds", "test-bucket", "0.00016"), Some(1));
+        assert!(render().contains("sheepdev_io_bytes_total{device=\"test-bucket\",op=\"read\",queue=\"0\"} 4096"));
+        m.flush();
+        let s = dm.percentiles.snapshot();
+        let read = s.iter().find(|o| o.op == "read").expect("read stats");
+        assert_eq!(read.count, 1);
+        assert!((read.p50_us - 150.0).abs() < 1.0, "p50 {}", read.p50_us);
+        dm.remove();
+        assert!(!render().contains("test-bucket"), "every series of a removed device is gone");
     }
 }

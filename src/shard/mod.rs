@@ -71,7 +71,12 @@ pub struct Shard {
     zeros: Box<[u8]>,
     /// Pre-resolved metric handles (none: metrics off). Borrowed only between awaits.
     metrics: Option<RefCell<ShardMetrics>>,
+    closed: Cell<bool>,
+    ticking: Cell<bool>,
 }
+
+/// How often a shard publishes its latency histograms for `sheepdev stats`.
+const TICK: Duration = Duration::from_millis(250);
 
 impl Shard {
     /// Connect `connections` pipelined connections (to the first reachable gateway) with
@@ -93,7 +98,17 @@ impl Shard {
                 Ok::<(), std::io::Error>(())
             });
             match r {
-                Ok(()) => return Ok(Shard { vol, conns, next: Cell::new(0), zeros: vec![0u8; max_io.max(4096)].into_boxed_slice(), metrics: None }),
+                Ok(()) => {
+                    return Ok(Shard {
+                        vol,
+                        conns,
+                        next: Cell::new(0),
+                        zeros: vec![0u8; max_io.max(4096)].into_boxed_slice(),
+                        metrics: None,
+                        closed: Cell::new(false),
+                        ticking: Cell::new(false),
+                    })
+                }
                 Err(e) => {
                     conns.iter().for_each(|c| c.close());
                     last = Some(std::io::Error::new(e.kind(), format!("{g}: {e}")));
@@ -123,12 +138,30 @@ impl Shard {
 
     /// Close every connection (the shard is going away): requests in flight fail.
     pub fn close(&self) {
+        self.closed.set(true);
         self.conns.iter().for_each(|c| c.close());
     }
 
-    /// Whether every connection's tasks have ended (after `close`), so the ring may go.
+    /// Whether every connection's tasks and the ticker have ended (after `close`), so the
+    /// ring may go.
     pub fn is_quiet(&self) -> bool {
-        self.conns.iter().all(|c| c.is_quiet())
+        !self.ticking.get() && self.conns.iter().all(|c| c.is_quiet())
+    }
+
+    /// The shard's timer task: publishes latency histograms every [`TICK`] until `close`.
+    /// Spawn it on the shard's executor when metrics are on.
+    pub async fn tick(self: Rc<Self>) {
+        if self.metrics.is_none() {
+            return;
+        }
+        self.ticking.set(true);
+        while !self.closed.get() {
+            ring::sleep(TICK).await;
+            if let Some(m) = &self.metrics {
+                m.borrow_mut().flush();
+            }
+        }
+        self.ticking.set(false);
     }
 
     /// The sockets of this shard, for a control plane that must break them from outside.

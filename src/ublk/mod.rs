@@ -200,6 +200,9 @@ fn serve_queue(qid: u16, dev: &UblkDev, target: &QueueTarget, sockets: &Sockets,
             }
         }
     };
+    if let Some(s) = &shard {
+        exe.spawn(s.clone().tick()).detach();
+    }
     let null = matches!(target, QueueTarget::Null);
     let tasks: Vec<_> = q
         .tags()

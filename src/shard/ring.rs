@@ -9,15 +9,34 @@
 //!   completion; see `conn.rs`).
 //! - [`init_thread_ring`] creates the ring for a thread that has no ublk queue (tests and
 //!   the no-kernel benchmark); [`run_local`] drives such a thread's tasks to completion with
-//!   the same reaping code the ublk queue loop uses.
+//!   the same reaping code the ublk queue loop uses, counting the task runs it makes
+//!   ([`tasks_run`]).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::time::Duration;
 
 use io_uring::{opcode, squeue, types, IoUring};
 use libublk::uring_async::{ublk_reap_events_with_handler, ublk_submit_sqe_async, ublk_wake_task};
 use libublk::{UblkError, UblkUringData};
+
+thread_local! {
+    static TASKS_RUN: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Task runs (polls) [`run_local`] has made on this thread. Each run takes one entry off the
+/// executor's run queue, so this also counts that queue's traffic (tests/alloc.rs bounds the
+/// queue's allocations with it).
+pub fn tasks_run() -> u64 {
+    TASKS_RUN.get()
+}
+
+/// Run every task that is ready, counting the runs.
+fn run_ready(exe: &smol::LocalExecutor<'_>) {
+    while exe.try_tick() {
+        TASKS_RUN.set(TASKS_RUN.get() + 1);
+    }
+}
 
 /// Submit `sqe` on this thread's ring; resolves to the CQE's result (negative errno on error).
 pub async fn submit(sqe: squeue::Entry) -> i32 {
@@ -55,7 +74,7 @@ pub fn init_thread_ring(entries: u32) -> std::io::Result<()> {
 pub fn run_local<'a, T: 'a>(exe: &smol::LocalExecutor<'a>, fut: impl Future<Output = T> + 'a) -> Option<T> {
     let task = exe.spawn(fut);
     loop {
-        while exe.try_tick() {}
+        run_ready(exe);
         if task.is_finished() {
             break;
         }
@@ -70,6 +89,6 @@ pub fn run_local<'a, T: 'a>(exe: &smol::LocalExecutor<'a>, fut: impl Future<Outp
             }
         }
     }
-    while exe.try_tick() {}
+    run_ready(exe);
     task.is_finished().then(|| smol::block_on(task))
 }

@@ -11,6 +11,9 @@ cd "$(dirname "$0")/.."
 echo "== cargo test (unit, property, conformance, cli)"
 cargo test --release --all-targets 2>&1
 
+echo "== Prometheus metrics and the Grafana dashboard (a real Prometheus scraping sheepdev bench)"
+bash tests/prometheus/run.sh
+
 echo "== kernel harness: VM smoke (ublk_drv, io_uring, ext4)"
 bash tests/vm/setup-host.sh
 bash tests/vm/run-vm.sh --quiet --timeout 300 tests/vm/smoke.sh

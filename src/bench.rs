@@ -123,6 +123,12 @@ struct ThreadResult {
 
 /// Run one point: `shards` threads × `depth` tasks for `duration`.
 pub fn run_point(t: &Target, w: Workload, driver: Driver, shards: u16, depth: u16, duration: Duration) -> Result<Point, String> {
+    if let (Driver::Sheepdev, Some(dm)) = (driver, &t.metrics) {
+        // Queues this point does not run show depth 0, not the last point's depth.
+        for q in shards..dm.queues() {
+            dm.set_queue_depth(q, 0);
+        }
+    }
     let start = Instant::now();
     let threads: Vec<_> = (0..shards)
         .map(|s| {

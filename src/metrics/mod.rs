@@ -217,6 +217,7 @@ pub struct DeviceMetrics {
     pub percentiles: Arc<Percentiles>,
     info: Vec<String>,
     tracked: Tracked,
+    queues: u16,
 }
 
 impl DeviceMetrics {
@@ -226,7 +227,13 @@ impl DeviceMetrics {
         let info = vec![device.to_string(), vdi.to_string(), snapshot.to_string(), read_only.to_string(), queues.to_string(), depth.to_string()];
         f.device_info.with_label_values(&info).set(1);
         f.device_size.with_label_values(&[device]).set(size as i64);
-        DeviceMetrics { device: device.to_string(), percentiles: Arc::new(Percentiles::new()), info, tracked: Arc::new(Mutex::new(Vec::new())) }
+        DeviceMetrics {
+            device: device.to_string(),
+            percentiles: Arc::new(Percentiles::new()),
+            info,
+            tracked: Arc::new(Mutex::new(Vec::new())),
+            queues,
+        }
     }
 
     /// Pre-resolved handles for queue `q` with `conns` connections to `gateway`.
@@ -272,6 +279,20 @@ impl DeviceMetrics {
             queue: qs,
             tracked: self.tracked.clone(),
         }
+    }
+
+    /// The number of queues the device was registered with.
+    pub fn queues(&self) -> u16 {
+        self.queues
+    }
+
+    /// Set queue `q`'s depth gauge (0 marks a queue that is not running, e.g. between the
+    /// benchmark's points).
+    pub fn set_queue_depth(&self, q: u16, depth: u16) {
+        let qs = q.to_string();
+        let l = [self.device.as_str(), qs.as_str()];
+        track(&self.tracked, Fam::QueueDepth, &l);
+        global().queue_depth.with_label_values(&l).set(i64::from(depth));
     }
 
     /// Drop every series of this device (it was unmapped).

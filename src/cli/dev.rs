@@ -58,6 +58,10 @@ pub struct AddArgs {
     /// Ask for /dev/ublkbN with this N.
     #[arg(long)]
     id: Option<u32>,
+    /// Seconds a block request may wait for an unreachable cluster before it fails with EIO
+    /// (0: wait forever). The device stays and recovers when the cluster returns.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    io_timeout: u64,
     /// Logical block size: 512 or 4096.
     #[arg(long, default_value_t = 512, value_parser = block_size)]
     block_size: u32,
@@ -143,6 +147,7 @@ pub fn add(a: AddArgs) -> anyhow::Result<()> {
         read_only: a.read_only,
         shared: a.shared,
         id: a.id,
+        io_timeout: a.io_timeout,
         null_size: a.null,
     };
     let r = call(&Request::Add(req))?;

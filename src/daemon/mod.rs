@@ -44,8 +44,15 @@ pub struct AddRequest {
     pub read_only: bool,
     pub shared: bool,
     pub id: Option<u32>,
+    /// Seconds a block request may wait for the cluster before it fails with EIO (0: forever).
+    #[serde(default = "default_io_timeout")]
+    pub io_timeout: u64,
     /// A null device of this size instead of a VDI.
     pub null_size: Option<u64>,
+}
+
+fn default_io_timeout() -> u64 {
+    30
 }
 
 /// Which device `del` means.

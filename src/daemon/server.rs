@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use futures_lite::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -15,7 +15,7 @@ use glommio::net::UnixListener;
 use super::{AddRequest, Mapping, Request, Response, Target};
 use crate::proto::SD_RES_VDI_LOCKED;
 use crate::sheep::{load_volume, manage, Client, Config};
-use crate::ublk::{self, Sockets};
+use crate::ublk::{self, Abort};
 use crate::vdi::{SnapSel, VdiSpec};
 
 /// How `serve` runs.
@@ -32,7 +32,7 @@ const DEVICE_WAIT: Duration = Duration::from_secs(60);
 
 /// A device this daemon runs.
 struct Live {
-    sockets: Sockets,
+    abort: Abort,
     metrics: Option<crate::metrics::DeviceMetrics>,
     /// Receives once when the device thread ends.
     ended: mpsc::Receiver<()>,
@@ -254,7 +254,10 @@ impl Daemon {
             if vol.is_read_only() {
                 m.read_only = true;
             }
-            target = ublk::Target::Sheep { vol: Arc::new(vol), gateways: vec![c.gateway()], connections: usize::from(a.connections) };
+            // The reachable gateway first, then the others: shards reconnect through all.
+            let mut gws = vec![c.gateway()];
+            gws.extend(gateways.iter().copied().filter(|g| *g != c.gateway()));
+            target = ublk::Target::Sheep { vol: Arc::new(vol), gateways: gws, connections: usize::from(a.connections) };
         }
         let labels = (m.vdi.clone(), m.snapshot.clone().unwrap_or_default());
         let spec = ublk::Spec {
@@ -266,12 +269,13 @@ impl Daemon {
             read_only: m.read_only,
             target,
             metrics: Some(labels),
+            io_timeout: Duration::from_secs(a.io_timeout),
         };
         m.max_io = spec.effective_max_io();
-        let sockets: Sockets = Arc::new(Mutex::new(Vec::new()));
+        let abort: Abort = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (started_tx, started_rx) = mpsc::channel();
         let (ended_tx, ended_rx) = mpsc::channel();
-        let s2 = sockets.clone();
+        let s2 = abort.clone();
         let spawned = std::thread::Builder::new().name("sheepdev-dev".into()).spawn(move || {
             let tx = started_tx.clone();
             let r = ublk::run(spec, s2, move |st| {
@@ -300,7 +304,7 @@ impl Daemon {
         };
         (m.id, m.device) = (id, format!("/dev/ublkb{id}"));
         self.mappings.borrow_mut().insert(id, m.clone());
-        self.live.borrow_mut().insert(id, Live { sockets, metrics, ended: ended_rx });
+        self.live.borrow_mut().insert(id, Live { abort, metrics, ended: ended_rx });
         self.persist();
         tracing::info!("mapped {} as {}", m.vdi, m.device);
         Ok(m)
@@ -340,10 +344,10 @@ impl Daemon {
         let m = self.mappings.borrow().get(&id).cloned().ok_or("the device vanished")?;
         let live = self.live.borrow_mut().remove(&id);
         let mut warnings = Vec::new();
-        let sockets = live.as_ref().map(|l| l.sockets.clone());
+        let abort = live.as_ref().map(|l| l.abort.clone());
         let exists = std::path::Path::new(&format!("/dev/ublkc{id}")).exists();
         if exists {
-            let s = if force { sockets.clone() } else { None };
+            let s = if force { abort.clone() } else { None };
             let r = glommio::executor().spawn_blocking(move || ublk::stop(id, s.as_ref())).await;
             if let Err(e) = r {
                 if !force {

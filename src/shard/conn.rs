@@ -19,7 +19,7 @@
 //!   outlive the connection.
 //! - Single-threaded (`Rc`, `RefCell`); no borrow is held across an `.await`.
 
-use std::cell::{RefCell, UnsafeCell};
+use std::cell::{Cell, RefCell, UnsafeCell};
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
@@ -27,7 +27,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types};
 
@@ -39,6 +39,9 @@ use crate::proto::{Opcode, ReqHeader, RspHeader, HEADER_LEN};
 const MAX_BATCH: usize = 64;
 /// Receive buffer per connection.
 const RECV_BUF: usize = 256 << 10;
+/// How long one reconnect attempt may take (blocking the shard thread: it has nothing to
+/// serve while its connection is down).
+const RECONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -59,6 +62,8 @@ struct Slot {
     dest_len: usize,
     result: Option<Result<RspHeader, Error>>,
     waker: Option<Waker>,
+    /// When the request was queued (only with a stall timeout).
+    sent_at: Option<Instant>,
 }
 
 struct State {
@@ -73,25 +78,75 @@ struct State {
 
 /// A connection; see the module contract.
 pub struct RingConn {
-    stream: TcpStream,
-    addr: SocketAddr,
+    /// The current socket (none while reconnecting).
+    stream: RefCell<Option<TcpStream>>,
+    /// The gateway of the current socket.
+    addr: Cell<SocketAddr>,
+    /// Where to reconnect, in rotation (empty: never reconnect).
+    gateways: Vec<SocketAddr>,
+    /// A request older than this breaks the connection (zero: never).
+    stall: Duration,
     /// Encoded headers, one per slot, at stable addresses for SENDMSG.
     headers: Box<[UnsafeCell<[u8; HEADER_LEN]>]>,
     st: RefCell<State>,
-    /// Sender and receiver tasks still running (their SQEs may reference our buffers).
-    alive: std::cell::Cell<u8>,
+    /// Tasks still running (their SQEs may reference our buffers).
+    alive: Cell<u8>,
+    /// The owner is going away: stop reconnecting.
+    closed: Cell<bool>,
+    reconnects: Cell<u64>,
 }
 
 impl RingConn {
     /// Connect (blocking, at shard start-up) with `slots` request slots, and spawn the
-    /// sender and receiver tasks on `exe`.
+    /// sender and receiver tasks on `exe`. The connection never reconnects.
     pub fn connect(addr: SocketAddr, timeout: Duration, slots: usize, exe: &smol::LocalExecutor<'_>) -> io::Result<Rc<RingConn>> {
         let stream = TcpStream::connect_timeout(&addr, timeout)?;
         stream.set_nodelay(true)?;
+        let conn = Self::build(stream, addr, Vec::new(), Duration::ZERO, slots);
+        conn.alive.set(1);
+        exe.spawn(conn.clone().run_once()).detach();
+        Ok(conn)
+    }
+
+    /// Connect to the first reachable of `gateways` (blocking, at shard start-up), then keep
+    /// the connection up: when it breaks — socket error, EOF, a response that matches no
+    /// request, or a request older than `stall` — every request in flight fails with an
+    /// error whose `should_reconnect()` is true (the caller resends it), and a supervisor task
+    /// reconnects, rotating through `gateways` with a backoff from 100 ms to 1 s, until
+    /// [`RingConn::close`].
+    pub fn connect_supervised(
+        gateways: &[SocketAddr],
+        timeout: Duration,
+        slots: usize,
+        stall: Duration,
+        exe: &smol::LocalExecutor<'_>,
+    ) -> io::Result<Rc<RingConn>> {
+        let mut last = io::Error::other("no gateway given");
+        for (i, &g) in gateways.iter().enumerate() {
+            match TcpStream::connect_timeout(&g, timeout).and_then(|s| s.set_nodelay(true).map(|()| s)) {
+                Ok(stream) => {
+                    let mut rotation = gateways[i..].to_vec();
+                    rotation.extend_from_slice(&gateways[..i]);
+                    let conn = Self::build(stream, g, rotation, stall, slots);
+                    conn.alive.set(1);
+                    exe.spawn(conn.clone().supervise()).detach();
+                    return Ok(conn);
+                }
+                Err(e) => last = io::Error::new(e.kind(), format!("{g}: {e}")),
+            }
+        }
+        Err(last)
+    }
+
+    fn build(stream: TcpStream, addr: SocketAddr, gateways: Vec<SocketAddr>, stall: Duration, slots: usize) -> Rc<RingConn> {
         let n = slots.clamp(1, u16::MAX as usize);
-        let conn = Rc::new(RingConn {
-            stream,
-            addr,
+        Rc::new(RingConn {
+            stream: RefCell::new(Some(stream)),
+            addr: Cell::new(addr),
+            gateways,
+            stall,
+            closed: Cell::new(false),
+            reconnects: Cell::new(0),
             headers: (0..n).map(|_| UnsafeCell::new([0u8; HEADER_LEN])).collect(),
             st: RefCell::new(State {
                 slots: (0..n)
@@ -104,6 +159,7 @@ impl RingConn {
                         dest_len: 0,
                         result: None,
                         waker: None,
+                        sent_at: None,
                     })
                     .collect(),
                 free: (0..n as u16).rev().collect(),
@@ -113,15 +169,28 @@ impl RingConn {
                 broken: None,
                 inflight: 0,
             }),
-            alive: std::cell::Cell::new(2),
-        });
-        exe.spawn(conn.clone().send_loop()).detach();
-        exe.spawn(conn.clone().recv_loop()).detach();
-        Ok(conn)
+            alive: Cell::new(0),
+        })
     }
 
+    /// The gateway of the current (or last) socket.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.addr.get()
+    }
+
+    /// Times this connection was re-established.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.get()
+    }
+
+    /// Whether the connection is up (requests can be sent now).
+    pub fn is_up(&self) -> bool {
+        self.st.borrow().broken.is_none()
+    }
+
+    /// Whether the owner closed it (it will not come back).
+    pub fn is_closed(&self) -> bool {
+        self.closed.get()
     }
 
     pub fn inflight(&self) -> usize {
@@ -132,20 +201,20 @@ impl RingConn {
         self.st.borrow().broken.is_some()
     }
 
-    /// Whether both tasks have ended, so no SQE of this connection is in flight.
+    /// Whether its tasks have ended, so no SQE of this connection is in flight.
     pub fn is_quiet(&self) -> bool {
         self.alive.get() == 0
     }
 
-    /// The socket, for a control plane that must break a stuck connection from outside.
-    pub fn raw_fd(&self) -> std::os::fd::RawFd {
-        self.stream.as_raw_fd()
+    /// Close for good: the tasks end, every request in flight fails, no reconnect.
+    pub fn close(&self) {
+        self.closed.set(true);
+        self.fail(Error::Closed);
     }
 
-    /// Close the socket: the tasks end and every request in flight fails.
-    pub fn close(&self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
-        self.fail(Error::Closed);
+    /// Break the current socket (the supervisor, if any, reconnects).
+    pub fn break_connection(&self, e: Error) {
+        self.fail(e);
     }
 
     /// Send `hdr` (its id is assigned here) with `payload` when it has the WRITE flag, and
@@ -180,6 +249,7 @@ impl RingConn {
             let takes = if hdr.opcode == Opcode::ReadObj as u8 { dest.len() } else { 0 };
             (s.dest, s.dest_len) = (dest.as_mut_ptr(), takes);
             s.result = None;
+            s.sent_at = (!self.stall.is_zero()).then(Instant::now);
             st.inflight += 1;
             st.sendq.push_back(idx as u16);
             if let Some(w) = st.sender.take() {
@@ -203,7 +273,9 @@ impl RingConn {
     }
 
     fn fail(&self, e: Error) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        if let Some(s) = self.stream.borrow().as_ref() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
         let mut wake = Vec::new();
         {
             let mut st = self.st.borrow_mut();
@@ -239,18 +311,83 @@ impl RingConn {
         }
     }
 
-    async fn send_loop(self: Rc<Self>) {
-        self.send_inner().await;
+    /// Serve one socket until it breaks (no reconnect).
+    async fn run_once(self: Rc<Self>) {
+        let fd = self.stream.borrow().as_ref().map(|s| s.as_raw_fd());
+        if let Some(fd) = fd {
+            futures_lite::future::zip(self.send_inner(types::Fd(fd)), self.recv_inner(types::Fd(fd))).await;
+        }
         self.alive.set(self.alive.get() - 1);
     }
 
-    async fn recv_loop(self: Rc<Self>) {
-        self.recv_inner().await;
+    /// Serve the socket, and reconnect whenever it breaks, until closed.
+    async fn supervise(self: Rc<Self>) {
+        let mut backoff = Duration::from_millis(100);
+        let mut next = 1 % self.gateways.len().max(1);
+        loop {
+            let fd = self.stream.borrow().as_ref().map(|s| s.as_raw_fd());
+            if let Some(fd) = fd {
+                let fd = types::Fd(fd);
+                futures_lite::future::zip(self.send_inner(fd), futures_lite::future::zip(self.recv_inner(fd), self.watch())).await;
+                // Every task of that socket is done: nothing refers to it any more.
+                self.stream.borrow_mut().take();
+                backoff = Duration::from_millis(100);
+            }
+            if self.closed.get() {
+                break;
+            }
+            super::ring::sleep(backoff).await;
+            if self.closed.get() {
+                break;
+            }
+            let g = self.gateways[next % self.gateways.len().max(1)];
+            next += 1;
+            match TcpStream::connect_timeout(&g, RECONNECT_TIMEOUT).and_then(|s| s.set_nodelay(true).map(|()| s)) {
+                Ok(s) => {
+                    tracing::info!("sheep connection to {g} re-established");
+                    *self.stream.borrow_mut() = Some(s);
+                    self.addr.set(g);
+                    self.reconnects.set(self.reconnects.get() + 1);
+                    let waiters: Vec<Waker> = {
+                        let mut st = self.st.borrow_mut();
+                        st.broken = None;
+                        st.free_waiters.drain(..).collect()
+                    };
+                    waiters.into_iter().for_each(Waker::wake);
+                }
+                Err(e) => {
+                    tracing::debug!("reconnect to {g} failed: {e}");
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
         self.alive.set(self.alive.get() - 1);
     }
 
-    async fn send_inner(&self) {
-        let fd = types::Fd(self.stream.as_raw_fd());
+    /// Break the socket when a request waits longer than `stall` (or the owner closed it).
+    async fn watch(&self) {
+        if self.stall.is_zero() {
+            return;
+        }
+        let tick = (self.stall / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+        loop {
+            if self.closed.get() || self.st.borrow().broken.is_some() {
+                return;
+            }
+            let oldest = {
+                let st = self.st.borrow();
+                st.slots.iter().filter(|s| matches!(s.phase, Phase::Queued | Phase::Sent)).filter_map(|s| s.sent_at).min()
+            };
+            if oldest.is_some_and(|t| t.elapsed() > self.stall) {
+                tracing::warn!("sheep {}: a request got no answer within {:?}; reconnecting", self.addr.get(), self.stall);
+                self.fail(Error::Io(libc::ETIMEDOUT));
+                return;
+            }
+            super::ring::sleep(tick).await;
+        }
+    }
+
+    async fn send_inner(&self, fd: types::Fd) {
         let mut iov: Vec<libc::iovec> = Vec::with_capacity(2 * MAX_BATCH);
         loop {
             let go = poll_fn(|cx| {
@@ -313,8 +450,7 @@ impl RingConn {
         }
     }
 
-    async fn recv_inner(&self) {
-        let fd = types::Fd(self.stream.as_raw_fd());
+    async fn recv_inner(&self, fd: types::Fd) {
         let mut buf = vec![0u8; RECV_BUF].into_boxed_slice();
         let (mut head, mut tail) = (0usize, 0usize);
         // The response whose payload is being copied: (slot, header, bytes copied so far).
@@ -371,8 +507,7 @@ impl RingConn {
                     })
                 };
                 if !ok {
-                    tracing::warn!("sheep {}: response id {:#x} with {} bytes matches no request; closing", self.addr, rsp.id, rsp.data_length);
-                    let _ = self.stream.shutdown(std::net::Shutdown::Both);
+                    tracing::warn!("sheep {}: response id {:#x} with {} bytes matches no request; closing", self.addr.get(), rsp.id, rsp.data_length);
                     self.fail(Error::Protocol);
                     return;
                 }

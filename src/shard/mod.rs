@@ -25,6 +25,7 @@ pub mod ring;
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,6 +61,8 @@ pub struct IoDesc {
 
 /// How long a writer waits before looking again at an object another writer is creating.
 const CREATE_WAIT: Duration = Duration::from_micros(20);
+/// How often a request waiting for a connection to come back looks again.
+const RETRY_POLL: Duration = Duration::from_millis(10);
 /// Entries created by one request whose inode update is coalesced into one write.
 const MAX_CREATED: usize = 8;
 
@@ -73,15 +76,24 @@ pub struct Shard {
     metrics: Option<RefCell<ShardMetrics>>,
     closed: Cell<bool>,
     ticking: Cell<bool>,
+    io_timeout: Cell<Duration>,
+    abort: Option<Arc<AtomicBool>>,
 }
+
+/// A sheep request without an answer for this long breaks its connection (which then
+/// reconnects, and the request is resent). Sheep answers in milliseconds; a gateway absorbs
+/// node failures with stalls of about a second.
+const STALL: Duration = Duration::from_secs(5);
 
 /// How often a shard publishes its latency histograms for `sheepdev stats`.
 const TICK: Duration = Duration::from_millis(250);
 
 impl Shard {
-    /// Connect `connections` pipelined connections (to the first reachable gateway) with
-    /// `slots` request slots each, spawning their tasks on `exe`. `max_io` sizes the zero
-    /// buffer used by WRITE_ZEROES.
+    /// Connect `connections` pipelined connections to the first reachable of `gateways`
+    /// (blocking, at shard start) with `slots` request slots each, spawning their tasks on
+    /// `exe`. The connections reconnect by themselves (rotating through `gateways`); a block
+    /// request waits for them at most `io_timeout` (zero: forever) before it fails with EIO.
+    /// `max_io` sizes the zero buffer used by WRITE_ZEROES.
     pub fn new(
         vol: Arc<Volume>,
         gateways: &[SocketAddr],
@@ -90,32 +102,39 @@ impl Shard {
         max_io: usize,
         exe: &smol::LocalExecutor<'_>,
     ) -> std::io::Result<Shard> {
-        let mut last = None;
-        for &g in gateways {
-            let mut conns = Vec::with_capacity(connections);
-            let r = (0..connections.max(1)).try_for_each(|_| {
-                conns.push(RingConn::connect(g, Duration::from_secs(3), slots, exe)?);
-                Ok::<(), std::io::Error>(())
-            });
-            match r {
-                Ok(()) => {
-                    return Ok(Shard {
-                        vol,
-                        conns,
-                        next: Cell::new(0),
-                        zeros: vec![0u8; max_io.max(4096)].into_boxed_slice(),
-                        metrics: None,
-                        closed: Cell::new(false),
-                        ticking: Cell::new(false),
-                    })
-                }
+        let mut conns: Vec<Rc<RingConn>> = Vec::with_capacity(connections.max(1));
+        for _ in 0..connections.max(1) {
+            match RingConn::connect_supervised(gateways, Duration::from_secs(3), slots, STALL, exe) {
+                Ok(c) => conns.push(c),
                 Err(e) => {
                     conns.iter().for_each(|c| c.close());
-                    last = Some(std::io::Error::new(e.kind(), format!("{g}: {e}")));
+                    return Err(e);
                 }
             }
         }
-        Err(last.unwrap_or_else(|| std::io::Error::other("no gateway given")))
+        Ok(Shard {
+            vol,
+            conns,
+            next: Cell::new(0),
+            zeros: vec![0u8; max_io.max(4096)].into_boxed_slice(),
+            metrics: None,
+            closed: Cell::new(false),
+            ticking: Cell::new(false),
+            io_timeout: Cell::new(Duration::from_secs(30)),
+            abort: None,
+        })
+    }
+
+    /// How long a block request may wait for the cluster (zero: forever). Default 30 s.
+    pub fn with_io_timeout(self, t: Duration) -> Shard {
+        self.io_timeout.set(t);
+        self
+    }
+
+    /// A flag the control plane raises to fail every request at once (forced delete).
+    pub fn with_abort(mut self, abort: Arc<AtomicBool>) -> Shard {
+        self.abort = Some(abort);
+        self
     }
 
     /// Record metrics through these handles (built for this shard's device and queue).
@@ -125,6 +144,11 @@ impl Shard {
         }
         self.metrics = Some(RefCell::new(m));
         self
+    }
+
+    /// Times this shard's connections were re-established.
+    pub fn reconnects(&self) -> u64 {
+        self.conns.iter().map(|c| c.reconnects()).sum()
     }
 
     /// The gateway this shard's connections talk to.
@@ -164,17 +188,41 @@ impl Shard {
         self.ticking.set(false);
     }
 
-    /// The sockets of this shard, for a control plane that must break them from outside.
-    pub fn raw_fds(&self) -> Vec<std::os::fd::RawFd> {
-        self.conns.iter().map(|c| c.raw_fd()).collect()
+    fn aborted(&self) -> bool {
+        self.closed.get() || self.abort.as_ref().is_some_and(|a| a.load(Ordering::Relaxed))
     }
 
-    /// Send one sheep request of kind `kind` on the least busy connection, with metrics.
-    async fn call(&self, kind: Backend, hdr: ReqHeader, payload: &[u8], dest: &mut [u8]) -> Result<RspHeader, Error> {
+    /// Send one sheep request of kind `kind`, resending it on a connection failure until the
+    /// connection is back or `deadline` passes. Resending is safe: a create is resent only
+    /// while this request still holds the object's claim, so nobody else wrote the object
+    /// and the entry is unchanged — the same CREATE (or COW) gives the same object.
+    async fn call(&self, kind: Backend, hdr: ReqHeader, payload: &[u8], dest: &mut [u8], deadline: Option<Instant>) -> Result<RspHeader, Error> {
+        loop {
+            let r = self.call_once(kind, hdr, payload, dest).await;
+            match r {
+                Err(e) if e.should_reconnect() => {
+                    // Wait for any connection to come back, within the deadline.
+                    loop {
+                        if self.aborted() || deadline.is_some_and(|d| Instant::now() >= d) {
+                            return Err(e);
+                        }
+                        if self.conns.iter().any(|c| c.is_up()) {
+                            break;
+                        }
+                        ring::sleep(RETRY_POLL).await;
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// One attempt on the least busy connection that is up, with metrics.
+    async fn call_once(&self, kind: Backend, hdr: ReqHeader, payload: &[u8], dest: &mut [u8]) -> Result<RspHeader, Error> {
         let n = self.conns.len();
         let start = self.next.get();
         self.next.set((start + 1) % n);
-        let i = (0..n).map(|k| (start + k) % n).min_by_key(|&k| self.conns[k].inflight()).unwrap_or(0);
+        let i = (0..n).map(|k| (start + k) % n).min_by_key(|&k| (!self.conns[k].is_up(), self.conns[k].inflight())).unwrap_or(0);
         let Some(m) = &self.metrics else {
             return self.conns[i].call(hdr, payload, dest).await.and_then(|rsp| check(&rsp).map(|()| rsp));
         };
@@ -182,19 +230,21 @@ impl Shard {
         if let Some(g) = m.borrow().conn_inflight.get(i) {
             g.inc();
         }
+        let before = self.conns[i].reconnects();
         let r = self.conns[i].call(hdr, payload, dest).await.and_then(|rsp| check(&rsp).map(|()| rsp));
         let m = m.borrow();
         if let Some(g) = m.conn_inflight.get(i) {
             g.dec();
         }
+        if let Some(up) = m.conn_up.get(i) {
+            up.set(i64::from(self.conns[i].is_up()));
+        }
+        if self.conns[i].reconnects() != before {
+            m.reconnects.inc_by(self.conns[i].reconnects() - before);
+        }
         m.backend(kind, t0.elapsed());
         if let Err(e) = r {
             m.backend_error(kind, error_label(e));
-            if e.should_reconnect() {
-                if let Some(up) = m.conn_up.get(i) {
-                    up.set(0);
-                }
-            }
         }
         r
     }
@@ -212,6 +262,8 @@ impl Shard {
     }
 
     async fn serve(&self, d: IoDesc, buf: &mut [u8]) -> Result<u32, Error> {
+        let t = self.io_timeout.get();
+        let dl = (!t.is_zero()).then(|| Instant::now() + t);
         let len = d.len as usize;
         if d.offset.checked_add(u64::from(d.len)).is_none_or(|end| end > self.vol.size()) {
             return Err(Error::OutOfRange);
@@ -220,25 +272,25 @@ impl Shard {
             Op::Read => {
                 let buf = buf.get_mut(..len).ok_or(Error::OutOfRange)?;
                 for p in split(d.offset, u64::from(d.len), self.vol.block_size_shift()) {
-                    self.read_piece(p.idx, p.obj_off, &mut buf[p.buf_off..p.buf_off + p.len as usize]).await?;
+                    self.read_piece(p.idx, p.obj_off, &mut buf[p.buf_off..p.buf_off + p.len as usize], dl).await?;
                 }
             }
             Op::Write => {
                 let buf = buf.get(..len).ok_or(Error::OutOfRange)?;
-                self.write(d.offset, buf).await?;
+                self.write(d.offset, buf, dl).await?;
             }
             Op::Flush => {}
-            Op::Discard | Op::WriteZeroes => self.zero_range(d, buf).await?,
+            Op::Discard | Op::WriteZeroes => self.zero_range(d, buf, dl).await?,
         }
         Ok(d.len)
     }
 
-    async fn read_piece(&self, idx: u32, obj_off: u32, out: &mut [u8]) -> Result<(), Error> {
+    async fn read_piece(&self, idx: u32, obj_off: u32, out: &mut [u8], dl: Option<Instant>) -> Result<(), Error> {
         match self.vol.plan_read(idx)? {
             ReadPlan::Zero => out.fill(0),
             ReadPlan::Read(oid) => {
                 let hdr = ReqHeader::obj(Opcode::ReadObj, 0, out.len() as u32, ObjArgs { oid, offset: obj_off, ..Default::default() });
-                let rsp = self.call(Backend::ReadObj, hdr, &[], out).await?;
+                let rsp = self.call(Backend::ReadObj, hdr, &[], out, dl).await?;
                 if rsp.data_length as usize != out.len() {
                     return Err(Error::Protocol);
                 }
@@ -266,7 +318,7 @@ impl Shard {
     }
 
     /// Write `data` at `offset`, then persist the entries it created (coalesced).
-    async fn write(&self, offset: u64, data: &[u8]) -> Result<(), Error> {
+    async fn write(&self, offset: u64, data: &[u8], dl: Option<Instant>) -> Result<(), Error> {
         let (copies, policy) = (self.vol.header().nr_copies, self.vol.header().copy_policy);
         let mut created = [(0u32, 0u32); MAX_CREATED];
         let mut n = 0;
@@ -293,14 +345,14 @@ impl Shard {
                 }
                 WritePlan::Wait => unreachable!("plan_write waits"),
             };
-            let r = self.call(kind, hdr, piece, &mut []).await.map(|_| ());
+            let r = self.call(kind, hdr, piece, &mut [], dl).await.map(|_| ());
             if plan.is_create() {
                 match r {
                     Ok(()) => {
                         created[n] = (p.idx, self.vol.created(p.idx));
                         n += 1;
                         if n == MAX_CREATED {
-                            self.persist(&created[..n]).await?;
+                            self.persist(&created[..n], dl).await?;
                             n = 0;
                         }
                     }
@@ -313,14 +365,14 @@ impl Shard {
             }
         }
         if n > 0 {
-            self.persist(&created[..n]).await?;
+            self.persist(&created[..n], dl).await?;
         }
         result
     }
 
     /// One inode write for the entries of `created` (contiguous indexes of one request),
     /// then release their claims; on failure the entries are restored.
-    async fn persist(&self, created: &[(u32, u32)]) -> Result<(), Error> {
+    async fn persist(&self, created: &[(u32, u32)], dl: Option<Instant>) -> Result<(), Error> {
         let lo = created.iter().map(|c| c.0).min().unwrap_or(0);
         let hi = created.iter().map(|c| c.0).max().unwrap_or(0);
         let mut bytes = [0u8; 4 * MAX_CREATED];
@@ -329,7 +381,7 @@ impl Shard {
             for (k, idx) in (lo..=hi).enumerate() {
                 bytes[4 * k..4 * k + 4].copy_from_slice(&self.vol.entry(idx).unwrap_or(0).to_le_bytes());
             }
-            self.write_inode(entry_offset(lo), &bytes[..4 * count]).await
+            self.write_inode(entry_offset(lo), &bytes[..4 * count], dl).await
         } else {
             Err(Error::OutOfRange)
         };
@@ -339,15 +391,15 @@ impl Shard {
         r
     }
 
-    async fn write_inode(&self, offset: u32, bytes: &[u8]) -> Result<(), Error> {
+    async fn write_inode(&self, offset: u32, bytes: &[u8], dl: Option<Instant>) -> Result<(), Error> {
         let args = ObjArgs { oid: Oid::inode(self.vol.vid()), offset, ..Default::default() };
         let hdr = ReqHeader::obj(Opcode::WriteObj, SD_FLAG_CMD_WRITE | SD_FLAG_CMD_DIRECT, bytes.len() as u32, args);
-        self.call(Backend::InodeUpdate, hdr, bytes, &mut []).await.map(|_| ())
+        self.call(Backend::InodeUpdate, hdr, bytes, &mut [], dl).await.map(|_| ())
     }
 
     /// DISCARD / WRITE_ZEROES (see the module contract). `scratch` is the tag's buffer,
     /// unused by these ops, which carries the zeroed entries.
-    async fn zero_range(&self, d: IoDesc, scratch: &mut [u8]) -> Result<(), Error> {
+    async fn zero_range(&self, d: IoDesc, scratch: &mut [u8], dl: Option<Instant>) -> Result<(), Error> {
         if self.vol.is_read_only() {
             return Err(Error::ReadOnly);
         }
@@ -360,11 +412,11 @@ impl Shard {
             // Partial objects at the edges get real zeros.
             let head_end = (first_whole * os).min(end);
             if first_whole > end_whole {
-                self.write_zeros(d.offset, end).await?;
+                self.write_zeros(d.offset, end, dl).await?;
                 return Ok(());
             }
-            self.write_zeros(d.offset, head_end).await?;
-            self.write_zeros(end_whole * os, end).await?;
+            self.write_zeros(d.offset, head_end, dl).await?;
+            self.write_zeros(end_whole * os, end, dl).await?;
         }
         // Whole objects: claim, zero the entries in one inode write per scratch-full, release.
         let per_write = (scratch.len() / 4).max(1) as u64;
@@ -384,7 +436,7 @@ impl Shard {
             }
             let bytes = &mut scratch[..4 * (hi - lo) as usize];
             bytes.fill(0);
-            let r = if any { self.write_inode(entry_offset(lo as u32), bytes).await } else { Ok(()) };
+            let r = if any { self.write_inode(entry_offset(lo as u32), bytes, dl).await } else { Ok(()) };
             for idx in lo..hi {
                 self.vol.release(idx as u32, None);
             }
@@ -394,10 +446,10 @@ impl Shard {
         Ok(())
     }
 
-    async fn write_zeros(&self, mut from: u64, to: u64) -> Result<(), Error> {
+    async fn write_zeros(&self, mut from: u64, to: u64, dl: Option<Instant>) -> Result<(), Error> {
         while from < to {
             let n = (to - from).min(self.zeros.len() as u64) as usize;
-            self.write(from, &self.zeros[..n]).await?;
+            self.write(from, &self.zeros[..n], dl).await?;
             from += n as u64;
         }
         Ok(())

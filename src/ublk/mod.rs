@@ -13,9 +13,10 @@
 //! - `Target::Null` completes every request at once (the ublk ceiling for benchmarks).
 
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
 use libublk::helpers::IoBuf;
@@ -46,10 +47,13 @@ pub struct Spec {
     pub target: Target,
     /// Labels for the device's metrics: (vdi, snapshot). `None`: no metrics.
     pub metrics: Option<(String, String)>,
+    /// How long a block request may wait for the cluster (zero: forever).
+    pub io_timeout: Duration,
 }
 
-/// Sockets of every shard of a device, so a forced delete can break them from outside.
-pub type Sockets = Arc<Mutex<Vec<RawFd>>>;
+/// Raised by a forced delete: every shard of the device fails its requests at once instead
+/// of waiting for the cluster.
+pub type Abort = Arc<AtomicBool>;
 
 impl Spec {
     fn size(&self) -> u64 {
@@ -101,7 +105,7 @@ pub struct Started {
 
 /// Create the device and serve it until it is deleted. `started` gets the device id (and
 /// its metrics) once `/dev/ublkbN` exists. Blocking: run it on its own thread.
-pub fn run(spec: Spec, sockets: Sockets, started: impl FnOnce(Started) + Send + Sync + 'static) -> Result<(), String> {
+pub fn run(spec: Spec, abort: Abort, started: impl FnOnce(Started) + Send + Sync + 'static) -> Result<(), String> {
     let max_io = spec.effective_max_io();
     let size = spec.size();
     let ctrl = UblkCtrlBuilder::default()
@@ -138,14 +142,14 @@ pub fn run(spec: Spec, sockets: Sockets, started: impl FnOnce(Started) + Send + 
     let id = ctrl.dev_info().dev_id;
     let dm = spec.metrics.as_ref().map(|(vdi, snap)| DeviceMetrics::new(&format!("ublkb{id}"), vdi, snap, read_only, spec.queues, depth, size));
     let target = Arc::new(match spec.target {
-        Target::Sheep { vol, gateways, connections } => QueueTarget::Sheep { vol, gateways, connections },
+        Target::Sheep { vol, gateways, connections } => QueueTarget::Sheep { vol, gateways, connections, io_timeout: spec.io_timeout },
         Target::Null { .. } => QueueTarget::Null,
     });
     let started = Mutex::new(Some(started));
     let dm2 = dm.clone();
     let r = ctrl.run_target(
         tgt_init,
-        move |qid, dev| serve_queue(qid, dev, &target, &sockets, max_io, dm2.as_ref()),
+        move |qid, dev| serve_queue(qid, dev, &target, &abort, max_io, dm2.as_ref()),
         move |ctrl| {
             let id = ctrl.dev_info().dev_id;
             if let Some(f) = started.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
@@ -158,12 +162,12 @@ pub fn run(spec: Spec, sockets: Sockets, started: impl FnOnce(Started) + Send + 
 }
 
 enum QueueTarget {
-    Sheep { vol: Arc<Volume>, gateways: Vec<SocketAddr>, connections: usize },
+    Sheep { vol: Arc<Volume>, gateways: Vec<SocketAddr>, connections: usize, io_timeout: Duration },
     Null,
 }
 
 /// One queue thread: pin, connect, one task per tag, run the ring until the queue stops.
-fn serve_queue(qid: u16, dev: &UblkDev, target: &QueueTarget, sockets: &Sockets, max_io: u32, dm: Option<&DeviceMetrics>) {
+fn serve_queue(qid: u16, dev: &UblkDev, target: &QueueTarget, abort: &Abort, max_io: u32, dm: Option<&DeviceMetrics>) {
     if let Some(cores) = core_affinity::get_core_ids() {
         if !cores.is_empty() {
             core_affinity::set_for_current(cores[qid as usize % cores.len()]);
@@ -180,10 +184,10 @@ fn serve_queue(qid: u16, dev: &UblkDev, target: &QueueTarget, sockets: &Sockets,
     let depth = dev.dev_info.queue_depth as usize;
     let shard = match target {
         QueueTarget::Null => None,
-        QueueTarget::Sheep { vol, gateways, connections } => {
+        QueueTarget::Sheep { vol, gateways, connections, io_timeout } => {
             match Shard::new(vol.clone(), gateways, *connections, depth * 2 + 8, max_io as usize, &exe) {
                 Ok(s) => {
-                    sockets.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(s.raw_fds());
+                    let s = s.with_io_timeout(*io_timeout).with_abort(abort.clone());
                     let s = match dm {
                         Some(dm) => {
                             let m = dm.shard(qid, depth as u16, *connections, &s.gateway().to_string());
@@ -254,16 +258,11 @@ async fn serve_tag(q: &UblkQueue<'_>, tag: u16, shard: Option<&Shard>, null: boo
     }
 }
 
-/// Stop device `id` (its queues end and [`run`] returns). With `sockets`, break the sheep
-/// connections first so requests stuck on an unreachable cluster fail instead of hanging.
-pub fn stop(id: u32, sockets: Option<&Sockets>) -> Result<(), String> {
-    if let Some(s) = sockets {
-        for &fd in s.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
-            // SAFETY: shutdown on a descriptor never frees memory; if the fd was already
-            // closed and reused, shutting down an unrelated socket is the worst outcome, and
-            // the queue threads only close their sockets after the device has stopped.
-            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-        }
+/// Stop device `id` (its queues end and [`run`] returns). With `abort`, raise it first so
+/// requests waiting for an unreachable cluster fail at once instead of hanging the stop.
+pub fn stop(id: u32, abort: Option<&Abort>) -> Result<(), String> {
+    if let Some(a) = abort {
+        a.store(true, Ordering::Relaxed);
     }
     let ctrl = UblkCtrl::new_simple(id as i32).map_err(|e| format!("no ublk device {id}: {e}"))?;
     ctrl.kill_dev().map_err(|e| format!("cannot stop ublk device {id}: {e}"))?;

@@ -1,0 +1,237 @@
+//! Shards outliving their connections, without a kernel: a TCP proxy between the shard and
+//! the embedded store drops every connection again and again while writers run, and the
+//! bytes read back afterwards are exactly what was written; a cluster gone for longer than
+//! the I/O timeout fails requests with an error, and the shard recovers when it returns.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sheepdev::proto::VdiName;
+use sheepdev::shard::{ring, IoDesc, Op, Shard};
+use sheepdev::sheep::manage::{self, Redundancy};
+use sheepdev::sheep::{load_volume, Client, Config, VolumeIo};
+use sheepdev::store::{Config as StoreConfig, Store};
+
+const MIB: u64 = 1 << 20;
+
+/// A TCP proxy that can cut every connection, and refuse new ones.
+struct Proxy {
+    addr: SocketAddr,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+    accepting: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    fn start(target: SocketAddr) -> Proxy {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let accepting = Arc::new(AtomicBool::new(true));
+        let (c2, a2) = (conns.clone(), accepting.clone());
+        std::thread::spawn(move || {
+            for client in l.incoming().flatten() {
+                if !a2.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(target) else { continue };
+                let _ = (client.set_nodelay(true), server.set_nodelay(true));
+                let pairs = [(client.try_clone(), server.try_clone()), (server.try_clone(), client.try_clone())];
+                {
+                    let mut c = c2.lock().expect("lock");
+                    c.push(client);
+                    c.push(server);
+                }
+                for (from, to) in pairs {
+                    let (Ok(mut from), Ok(mut to)) = (from, to) else { continue };
+                    std::thread::spawn(move || {
+                        let mut buf = vec![0u8; 256 << 10];
+                        loop {
+                            match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    if to.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        let _ = from.shutdown(Shutdown::Both);
+                        let _ = to.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { addr, conns, accepting }
+    }
+
+    fn cut_all(&self) {
+        for s in self.conns.lock().expect("lock").drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+fn setup(size: u64) -> (Store, tempfile::TempDir, SocketAddr, sheepdev::proto::Vid) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = StoreConfig { dir: dir.path().to_path_buf(), listen: vec!["127.0.0.1:0".parse().expect("addr")], sync: false, ..Default::default() };
+    let store = Store::start(cfg).expect("store");
+    let addr = store.local_addrs()[0];
+    let vid = sheepdev::cli::block_on(async move {
+        let c = Client::connect(&Config::new(vec![addr])).await.expect("connect");
+        manage::create(&c, &VdiName::new("r").expect("name"), size, Redundancy::Default, MIB).await.expect("create").vid
+    })
+    .expect("executor");
+    (store, dir, addr, vid)
+}
+
+fn block(i: u64) -> Vec<u8> {
+    (0..65536u64).map(|k| (i.wrapping_mul(131).wrapping_add(k / 61) % 253) as u8).collect()
+}
+
+#[test]
+fn writes_survive_connections_cut_again_and_again() {
+    let (_store, _dir, addr, vid) = setup(64 * MIB);
+    let proxy = Proxy::start(addr);
+    let vol = Arc::new(
+        sheepdev::cli::block_on(async move {
+            let c = Client::connect(&Config::new(vec![addr])).await.expect("connect");
+            load_volume(&c, vid, false).await.expect("load")
+        })
+        .expect("executor"),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let (stop2, paddr) = (stop.clone(), proxy.addr);
+    let shard = std::thread::spawn(move || {
+        ring::init_thread_ring(256).expect("ring");
+        let exe = smol::LocalExecutor::new();
+        let sh = Rc::new(Shard::new(vol, &[paddr], 2, 64, MIB as usize, &exe).expect("shard").with_io_timeout(Duration::from_secs(20)));
+        let s2 = sh.clone();
+        let out = ring::run_local(&exe, async move {
+            let sh = s2;
+            // 16 tags, each rewriting its own 16 blocks of 64 KiB (creates first, then writes)
+            // until told to stop, always ending a full round.
+            let tasks: Vec<_> = (0..16u64)
+                .map(|t| {
+                    let (sh, stop) = (sh.clone(), stop2.clone());
+                    async move {
+                        let mut rounds = 0u64;
+                        let mut buf = vec![0u8; 65536];
+                        loop {
+                            for k in 0..16u64 {
+                                let i = t * 16 + k;
+                                buf.copy_from_slice(&block(i + rounds));
+                                sh.handle(IoDesc { op: Op::Write, offset: i * 65536, len: 65536, tag: t as u16, fua: false }, &mut buf)
+                                    .await
+                                    .expect("writes succeed across reconnects");
+                            }
+                            rounds += 1;
+                            if stop.load(Ordering::SeqCst) {
+                                return rounds;
+                            }
+                        }
+                    }
+                })
+                .collect();
+            let mut rounds = Vec::new();
+            for t in tasks {
+                rounds.push(t.await);
+            }
+            let reconnects = sh.reconnects();
+            sh.close();
+            while !sh.is_quiet() {
+                ring::sleep(Duration::from_millis(1)).await;
+            }
+            (rounds, reconnects)
+        });
+        out.expect("ring ran")
+    });
+    // Cut every connection every 40 ms for 1.2 s.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_millis(1200) {
+        std::thread::sleep(Duration::from_millis(40));
+        proxy.cut_all();
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (rounds, reconnects) = shard.join().expect("shard thread");
+    assert!(reconnects >= 5, "the connections were re-established ({reconnects} times)");
+    // Read everything back through a fresh client: the last round of every tag.
+    sheepdev::cli::block_on(async move {
+        let c = Rc::new(Client::connect(&Config::new(vec![addr])).await.expect("connect"));
+        let v = VolumeIo::open(c, vid, true).await.expect("open");
+        for t in 0..16u64 {
+            for k in 0..16u64 {
+                let i = t * 16 + k;
+                let mut got = vec![0u8; 65536];
+                v.read(i * 65536, &mut got).await.expect("read");
+                assert!(got == block(i + rounds[t as usize] - 1), "block {i} (tag {t}, round {}) differs", rounds[t as usize] - 1);
+            }
+        }
+    })
+    .expect("executor");
+}
+
+#[test]
+fn a_cluster_gone_past_the_io_timeout_fails_requests_then_recovers() {
+    let (_store, _dir, addr, vid) = setup(16 * MIB);
+    let proxy = Arc::new(Proxy::start(addr));
+    let vol = Arc::new(
+        sheepdev::cli::block_on(async move {
+            let c = Client::connect(&Config::new(vec![addr])).await.expect("connect");
+            load_volume(&c, vid, false).await.expect("load")
+        })
+        .expect("executor"),
+    );
+    let (p2, paddr) = (proxy.clone(), proxy.addr);
+    std::thread::spawn(move || {
+        ring::init_thread_ring(64).expect("ring");
+        let exe = smol::LocalExecutor::new();
+        let sh = Rc::new(Shard::new(vol, &[paddr], 1, 16, MIB as usize, &exe).expect("shard").with_io_timeout(Duration::from_millis(400)));
+        let s2 = sh.clone();
+        ring::run_local(&exe, async move {
+            let sh = s2;
+            let mut buf = vec![7u8; 4096];
+            let w = |sh: Rc<Shard>, mut b: Vec<u8>| async move {
+                let r = sh.handle(IoDesc { op: Op::Write, offset: 0, len: 4096, tag: 0, fua: false }, &mut b).await;
+                (r, b)
+            };
+            let (r, b) = w(sh.clone(), buf).await;
+            r.expect("first write");
+            // The cluster goes away.
+            p2.accepting.store(false, Ordering::SeqCst);
+            p2.cut_all();
+            let t0 = Instant::now();
+            let (r, b) = w(sh.clone(), b).await;
+            let waited = t0.elapsed();
+            assert!(r.is_err(), "a write with the cluster gone fails");
+            assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(5), "failed after {waited:?}");
+            // It comes back: the same shard serves again.
+            p2.accepting.store(true, Ordering::SeqCst);
+            let t0 = Instant::now();
+            let mut b = b;
+            loop {
+                let (r, nb) = w(sh.clone(), b).await;
+                b = nb;
+                if r.is_ok() {
+                    break;
+                }
+                assert!(t0.elapsed() < Duration::from_secs(10), "the shard did not recover");
+            }
+            buf = b;
+            let mut back = vec![0u8; 4096];
+            sh.handle(IoDesc { op: Op::Read, offset: 0, len: 4096, tag: 0, fua: false }, &mut back).await.expect("read after recovery");
+            assert_eq!(back, buf);
+            sh.close();
+            while !sh.is_quiet() {
+                ring::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .expect("ring ran");
+    })
+    .join()
+    .expect("shard thread");
+}

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # vm-fio.sh - fio in the qemu VM: a ublk null device (the ublk ceiling)
 # against a sheepdev device on the embedded store, same jobs, same queues;
-# prints a markdown table of IOPS and p99 latency per job with the ratio
-# sheepdev/null.
+# prints the markdown table of `sheepdev fio-report --ceiling`: IOPS, MiB/s,
+# p50/p99/p99.9 per job, each with its ratio to the null device.
 #
 # Usage: bash bench/vm-fio.sh [--runtime SECS] [--out DIR] [JOB...]
 #   --runtime SECS  seconds per job (default 10, plus a 2 s ramp)
 #   --out DIR       where the guest's results go (default
-#                   target/bench-vm/YYYYmmdd-HHMMSS): bench.txt (the BENCH
-#                   lines), bench.log (the guest's output),
-#                   bench/<kind>-<job>.json (fio), serve.log, store.log
+#                   target/bench-vm/YYYYmmdd-HHMMSS): bench.txt (the
+#                   setup line), bench.log (the guest's output),
+#                   bench/<null|sheepdev>/<job>.json (fio),
+#                   bench/prefill.json, serve.log, store.log
 #   JOB             bench/fio job names (default: randread-4k-qd1
 #                   randread-4k-qd32 randwrite-4k-qd1 randwrite-4k-qd32)
 # Env: SHEEPDEV_BIN (use this binary, skip `cargo build --release`),
@@ -58,20 +59,9 @@ bash tests/vm/run-vm.sh --quiet --timeout "$timeout" --bin "$bin" --file bench/f
 echo
 sed -n 's/^# /Setup: qemu TCG, /p' "$out/bench.txt"
 echo
-awk '
-    $1 == "BENCH" {
-        kind = $2; job = $3
-        if (!(job in seen)) { seen[job] = 1; order[++n] = job }
-        for (i = 4; i <= NF; i++) { split($i, kv, "="); v[kind, job, kv[1]] = kv[2] }
-    }
-    END {
-        print "| job | null IOPS | sheepdev IOPS | sheepdev/null | null p99 (us) | sheepdev p99 (us) |"
-        print "| --- | ---: | ---: | ---: | ---: | ---: |"
-        for (i = 1; i <= n; i++) {
-            j = order[i]; a = v["null", j, "iops"]; b = v["sheepdev", j, "iops"]
-            r = (a > 0 && b != "") ? sprintf("%.2f", b / a) : "-"
-            printf "| %s | %s | %s | %s | %s | %s |\n", j, a, b, r, v["null", j, "lat_p99_us"], v["sheepdev", j, "lat_p99_us"]
-        }
-    }' "$out/bench.txt"
+for k in null sheepdev; do
+    [ -d "$out/bench/$k" ] || { echo "vm-fio: no $out/bench/$k from the guest" >&2; exit 1; }
+done
+"$bin" fio-report --ceiling "$out/bench/null" "$out/bench/sheepdev"
 echo
 echo "fio JSON and logs: $out"

@@ -3,6 +3,7 @@ pub mod cli;
 pub mod daemon;
 pub mod metrics;
 pub mod proto;
+pub mod report;
 pub mod shard;
 pub mod sheep;
 pub mod store;

@@ -8,9 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests need: a C toolchain for glommio's liburing, libclang for
-# libublk's bindgen, a real Prometheus (promtool included) and node_exporter.
+# libublk's bindgen, a real Prometheus (promtool included) and node_exporter, and the
+# DejaVu font that `sheepdev bench --plot` draws its text with.
 need=()
-for p in build-essential pkg-config libclang-dev prometheus prometheus-node-exporter; do
+for p in build-essential pkg-config libclang-dev prometheus prometheus-node-exporter fonts-dejavu-core; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -1,7 +1,9 @@
 //! The `sheepdev` binary against an embedded store started in-process: bad input gets one
 //! clear line and a non-zero exit with nothing half-made; a 512 MiB write and read give
-//! back identical bytes with many requests in flight; the VDI commands work end to end.
+//! back identical bytes with many requests in flight; the VDI commands work end to end;
+//! `fio-report` turns fio JSON into its table.
 
+use std::ffi::OsStr;
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Output, Stdio};
@@ -286,4 +288,39 @@ fn snapshot_clone_rebase_delete_from_the_cli() {
     fails_with(&sheepdev(&env, &["read", "linux:2"]), "no such snapshot tag or id");
     assert!(read("linux:snap").iter().all(|&x| x == 0xa));
     env.store.shutdown();
+}
+
+/// `sheepdev fio-report`: fio JSON (a warning line first, as fio writes it) from a directory,
+/// against a ceiling; a job that reported an error still prints, then fails the command.
+#[test]
+fn fio_report_against_a_ceiling() {
+    let job = |name: &str, iops: f64, p99: u64, error: i32| {
+        format!(
+            "fio: multiple writers may overwrite blocks that belong to other jobs.\n{{ \"fio version\" : \"fio-3.33\", \"jobs\" : [ {{ \"jobname\" : \"{name}\", \"groupid\" : 0, \"error\" : {error},
+              \"job options\" : {{ \"iodepth\" : \"32\", \"numjobs\" : \"2\" }},
+              \"read\" : {{ \"total_ios\" : 1000, \"iops\" : {iops}, \"bw_bytes\" : {bw},
+                \"clat_ns\" : {{ \"percentile\" : {{ \"50.000000\" : 100000, \"99.000000\" : {p99}, \"99.900000\" : 900000 }} }} }},
+              \"write\" : {{ \"total_ios\" : 0, \"iops\" : 0, \"bw_bytes\" : 0 }} }} ] }}\n",
+            bw = iops * 4096.0
+        )
+    };
+    let (dev, null) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    std::fs::write(dev.path().join("randread-4k-qd32.json"), job("randread-4k-qd32", 1000.0, 400000, 0)).expect("write");
+    std::fs::write(null.path().join("randread-4k-qd32.json"), job("randread-4k-qd32", 4000.0, 200000, 0)).expect("write");
+    let run = |args: &[&OsStr]| Command::new(env!("CARGO_BIN_EXE_sheepdev")).arg("fio-report").args(args).output().expect("sheepdev runs");
+    let o = run(&[OsStr::new("--ceiling"), null.path().as_os_str(), dev.path().as_os_str()]);
+    let out = ok(&o);
+    assert!(
+        out.contains("| randread-4k-qd32 | read | 2 × 32 | 1000 | 4000 | 0.25 | 3.9 | 0.25 | 100 | 1.00 | 400 | 2.00 | 900 | 1.00 | 0 |"),
+        "{out}"
+    );
+
+    std::fs::write(dev.path().join("randread-4k-qd1.json"), job("randread-4k-qd1", 10.0, 1000, 5)).expect("write");
+    let o = run(&[dev.path().as_os_str()]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("| randread-4k-qd1 | read | 2 × 32 | 10 |"), "the table is printed: {out}");
+    fails_with(&o, "fio reported errors in randread-4k-qd1");
+
+    let o = Command::new(env!("CARGO_BIN_EXE_sheepdev")).args(["bench", "--plot", "out.svg"]).output().expect("sheepdev runs");
+    fails_with(&o, "--plot writes a PNG");
 }

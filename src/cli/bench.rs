@@ -56,6 +56,10 @@ pub struct BenchArgs {
     /// Also write every point as JSON to this file.
     #[arg(long, value_parser = super::path_arg)]
     json: Option<PathBuf>,
+    /// Also draw the points into this PNG: IOPS and p50/p99 latency against depth, one row per
+    /// workload (needs a TrueType font: fonts-dejavu-core, or SHEEPDEV_FONT).
+    #[arg(long, value_parser = super::path_arg)]
+    plot: Option<PathBuf>,
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
@@ -64,6 +68,13 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     }
     if a.size < (4 << 20) {
         bail!("--size must be at least 4M");
+    }
+    if let Some(p) = &a.plot {
+        if !p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
+            bail!("--plot writes a PNG: give a file name ending in .png, not {}", p.display());
+        }
+        // Before measuring: a missing font should not cost a whole run.
+        crate::report::plot::load_font()?;
     }
     let dir = tempfile::tempdir().context("creating a directory for the embedded store")?;
     let (store, addr) = match &a.address {
@@ -177,6 +188,25 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(path) = &a.json {
         std::fs::write(path, serde_json::to_vec_pretty(&points)?).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &a.plot {
+        let title = format!(
+            "sheepdev bench: {}, {} s per point, {} MiB{}",
+            a.address.as_deref().map_or("embedded store".to_string(), |s| format!("cluster {s}")),
+            a.seconds,
+            size >> 20,
+            if a.address.is_none() {
+                if a.store_sync {
+                    ", store fdatasync on"
+                } else {
+                    ", store sync off"
+                }
+            } else {
+                ""
+            }
+        );
+        crate::report::plot::draw(&points, &title, path)?;
+        eprintln!("bench: plot written to {}", path.display());
     }
     if a.address.is_some() {
         super::block_on(async move {

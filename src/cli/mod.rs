@@ -3,6 +3,7 @@
 
 mod bench;
 mod dev;
+mod report;
 mod store;
 mod vdi;
 
@@ -33,6 +34,9 @@ pub enum Command {
     Stats(dev::ListArgs),
     /// The no-kernel data-plane benchmark: shards vs the raw protocol, same run.
     Bench(bench::BenchArgs),
+    /// fio JSON outputs as a markdown table (IOPS, MiB/s, p50/p99/p99.9 per job), optionally
+    /// as ratios to a ceiling run of the same jobs (e.g. on a ublk null device).
+    FioReport(report::FioReportArgs),
     /// Manage VDIs on a Sheepdog cluster or the embedded store (no `dog` needed).
     Vdi(vdi::VdiArgs),
     /// Run the embedded store: a single-node store for tests, demos and benchmarks, not a
@@ -49,6 +53,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::List(a) => dev::list(a),
         Command::Stats(a) => dev::stats(a),
         Command::Bench(a) => bench::run(a),
+        Command::FioReport(a) => report::run(a),
         Command::Vdi(a) => vdi::run(a),
         Command::Store(a) => store::run(a),
     }

@@ -190,23 +190,19 @@ struct RawLat {
 
 impl RawDir {
     fn to_dir(&self) -> Dir {
-        let pick = |l: &Option<RawLat>| l.as_ref().and_then(|l| l.percentile.as_ref()).filter(|p| !p.is_empty());
         let (pct, src) = match (pick(&self.clat_ns), pick(&self.lat_ns)) {
             (Some(p), _) => (Some(p), Some(LatSource::Clat)),
             (None, Some(p)) => (Some(p), Some(LatSource::Lat)),
             (None, None) => (None, None),
         };
         let at = |q: f64| pct.and_then(|p| percentile(p, q));
-        Dir {
-            ios: self.total_ios,
-            iops: self.iops,
-            bw_bytes: self.bw_bytes,
-            p50_ns: at(50.0),
-            p99_ns: at(99.0),
-            p999_ns: at(99.9),
-            lat_source: src,
-        }
+        Dir { ios: self.total_ios, iops: self.iops, bw_bytes: self.bw_bytes, p50_ns: at(50.0), p99_ns: at(99.0), p999_ns: at(99.9), lat_source: src }
     }
+}
+
+/// A latency's percentiles, if fio wrote any.
+fn pick(l: &Option<RawLat>) -> Option<&BTreeMap<String, f64>> {
+    l.as_ref().and_then(|l| l.percentile.as_ref()).filter(|p| !p.is_empty())
 }
 
 /// The value of fio's percentile key for `q` (keys are formatted `"99.900000"`).
@@ -262,16 +258,16 @@ pub fn parse(text: &str) -> Result<Vec<Job>, Error> {
             None => {
                 numjobs.push(option_u32(&raw.options, &out.global, "numjobs").flatten());
                 jobs.push(Job {
-                name: raw.jobname.clone(),
-                group: raw.groupid,
-                entries: 1,
-                numjobs: 0,
-                iodepth: option_u32(&raw.options, &out.global, "iodepth").unwrap_or(Some(1)),
-                read,
-                write,
-                failed,
-                first_error: raw.error,
-                io_errors: raw.total_err,
+                    name: raw.jobname.clone(),
+                    group: raw.groupid,
+                    entries: 1,
+                    numjobs: 0,
+                    iodepth: option_u32(&raw.options, &out.global, "iodepth").unwrap_or(Some(1)),
+                    read,
+                    write,
+                    failed,
+                    first_error: raw.error,
+                    io_errors: raw.total_err,
                 });
             }
         }
@@ -506,7 +502,7 @@ mod tests {
         let lines: Vec<&str> = md.lines().collect();
         assert_eq!(lines[0], "| job | op | jobs × QD | IOPS | MiB/s | p50 µs | p99 µs | p99.9 µs | errors |");
         assert_eq!(lines[2], "| rw | read | 2 × 1 | 1050 | 4.1 | 1.50 | 5.00 | 9.00 | 0 |");
-        assert_eq!(lines[3], "| rw | write | 2 × 1 | 500 | 1.9 | 2.00 | 6.00 | 20.0 | 0 |");
+        assert_eq!(lines[3], "| rw | write | 2 × 1 | 500 | 2.0 | 2.00 | 6.00 | 20.0 | 0 |");
     }
 
     #[test]
@@ -519,7 +515,7 @@ mod tests {
         null[0].read.p99_ns = None;
         let md = markdown(&dev, Some(&null));
         let row = md.lines().nth(2).expect("a row");
-        assert_eq!(row, "| randread-4k-qd32 | read | 2 × 32 | 47856 | 191423 | 0.25 | 186.9 | 0.25 | 569 | 2.00 | 1532 | - | 5014 | 1.00 | 0 |");
+        assert_eq!(row, "| randread-4k-qd32 | read | 2 × 32 | 47856 | 191424 | 0.25 | 186.9 | 0.25 | 569 | 2.00 | 1532 | - | 5014 | 1.00 | 0 |");
         let other = parse(UNGROUPED).expect("parses");
         let md = markdown(&other, Some(&null));
         assert!(md.lines().nth(2).expect("a row").starts_with("| rw | read | 2 × 1 | 1050 | - | - |"), "{md}");

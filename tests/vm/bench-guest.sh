@@ -14,12 +14,12 @@
 #
 # Both devices: --queues 2, NUMJOBS=2, SIZE=128M per job. The sheepdev
 # device is prefilled (bench/fio/prefill.fio, NUMJOBS*SIZE) before any job.
-# Prints one line per job and device kind, also written to /out/bench.txt:
-#   BENCH <null|sheepdev> <job> iops=<n> lat_p99_us=<n>
-# (iops: read + write IOPS of all jobs; lat_p99_us: the highest 99th
-# percentile completion latency among them.) fio's JSON goes to
-# /out/bench/<kind>-<job>.json, this script's output to /out/bench.log, the
-# daemon's and store's logs to /out.
+# fio's JSON goes to /out/bench/<null|sheepdev>/<job>.json (the prefill's to
+# /out/bench/prefill.json); after each job `sheepdev fio-report` prints that
+# job's row (and fails the run if fio reported errors). The host makes the
+# table with `sheepdev fio-report --ceiling /out/bench/null /out/bench/sheepdev`.
+# /out/bench.txt holds one "# ..." line describing the setup; this script's
+# output goes to /out/bench.log, the daemon's and store's logs to /out.
 set -eu
 
 # Copy everything this script prints to /out/bench.log (ash has pipefail).
@@ -47,47 +47,6 @@ SERVE_PID=""
 say() { echo "bench: $*"; }
 fail() { echo "bench: FAIL: $*" >&2; exit 1; }
 
-# json_flat < JSON: "PATH<TAB>VALUE" per scalar (same as in scenarios.sh);
-# lines before the first one starting with [ or { are skipped.
-json_flat() {
-    awk '
-    function path(   k, p) {
-        p = ""
-        for (k = 1; k <= d; k++) p = p (ty[k] == "a" ? "[" ix[k] "]" : "." ky[k])
-        return p
-    }
-    !started && /^[ \t]*[\[{]/ { started = 1 }
-    started { buf = buf $0 "\n" }
-    END {
-        n = length(buf); i = 1; d = 0; want_key = 0
-        while (i <= n) {
-            c = substr(buf, i, 1)
-            if (c == " " || c == "\t" || c == "\n" || c == "\r" || c == ":") { i++; continue }
-            if (c == "{") { d++; ty[d] = "o"; ky[d] = ""; want_key = 1; i++; continue }
-            if (c == "[") { d++; ty[d] = "a"; ix[d] = 0; want_key = 0; i++; continue }
-            if (c == "}" || c == "]") { d--; want_key = 0; i++; if (d == 0) break; continue }
-            if (c == ",") { if (ty[d] == "a") ix[d]++; else want_key = 1; i++; continue }
-            if (c == "\"") {
-                s = ""; j = i + 1
-                while (j <= n) {
-                    ch = substr(buf, j, 1)
-                    if (ch == "\\") { s = s substr(buf, j, 2); j += 2; continue }
-                    if (ch == "\"") break
-                    s = s ch; j++
-                }
-                i = j + 1
-                if (ty[d] == "o" && want_key) { ky[d] = s; want_key = 0 }
-                else print path() "\t" s
-                continue
-            }
-            j = i
-            while (j <= n && index(",]} \t\n\r", substr(buf, j, 1)) == 0) j++
-            print path() "\t" substr(buf, i, j - i)
-            i = j
-        }
-    }'
-}
-
 sd() { timeout "$T_CMD" sheepdev "$@"; }
 
 # wait_for WHAT PID LOG CMD...: until CMD succeeds, at most 60 s, failing
@@ -113,10 +72,11 @@ add_dev() { # ARGS...: sets DEV
     say "sheepdev add $* -> $DEV"
 }
 
-# run_job KIND DEV JOB: run bench/fio/JOB.fio on DEV, print the BENCH line.
+# run_job KIND DEV JOB: run bench/fio/JOB.fio on DEV into
+# /out/bench/KIND/JOB.json and print its row of `sheepdev fio-report`.
 run_job() {
-    local kind="$1" dev="$2" job="$3" json rc=0 res
-    json=$OUT/bench/$kind-$job.json
+    local kind="$1" dev="$2" job="$3" json rc=0
+    json=$OUT/bench/$kind/$job.json
     DEV=$dev NUMJOBS=$QUEUES SIZE=$SIZE RUNTIME=$RUNTIME RAMP=$RAMP \
         fio --eta=never --output-format=json --output="$json" "$FIO_DIR/$job.fio" 2>"$W/fio.err" || rc=$?
     if [ "$rc" != 0 ]; then
@@ -124,17 +84,8 @@ run_job() {
         sed '/^{/,$d' "$json" >&2 2>/dev/null || true
         fail "fio $job on $kind ($dev) exited $rc"
     fi
-    res=$(json_flat <"$json" | awk -F'\t' '
-        $1 ~ /^\.jobs\[[0-9]+\]\.error$/ && $2 != 0 { err = err " " $2 }
-        $1 ~ /^\.jobs\[[0-9]+\]\.(read|write)\.iops$/ { iops += $2; seen = 1 }
-        $1 ~ /^\.jobs\[[0-9]+\]\.(read|write)\.clat_ns\.percentile\.99\.000000$/ { if ($2 + 0 > p99) p99 = $2 + 0 }
-        END {
-            if (err != "") { print "ERROR fio job error" err; exit }
-            if (!seen) { print "ERROR no iops in the JSON"; exit }
-            printf "iops=%d lat_p99_us=%d\n", iops + 0.5, p99 / 1000 + 0.5
-        }')
-    case $res in ERROR*) fail "$kind $job: ${res#ERROR }" ;; esac
-    echo "BENCH $kind $job $res" | tee -a "$OUT/bench.txt"
+    sd fio-report "$json" >"$W/report.md" 2>"$W/report.err" || { cat "$W/report.md" >&2; fail "$kind $job: $(cat "$W/report.err")"; }
+    say "$kind: $(tail -n 1 "$W/report.md")"
 }
 
 cleanup() {
@@ -154,7 +105,7 @@ cleanup() {
 for j in prefill $JOBS; do
     [ -f "$FIO_DIR/$j.fio" ] || fail "$FIO_DIR/$j.fio missing (run-vm.sh --file bench/fio:/bench/fio)"
 done
-mkdir -p "$W" "$OUT/bench"
+mkdir -p "$W" "$OUT/bench/null" "$OUT/bench/sheepdev"
 : >"$OUT/bench.txt"
 trap cleanup EXIT
 say "kernel $(uname -r), $(nproc) cpus, $(fio --version), $(sheepdev --version); runtime ${RUNTIME}s + ramp ${RAMP}s; jobs: $JOBS"
@@ -174,7 +125,7 @@ DEV_SD=$DEV
 
 say "prefill of $DEV_SD ($QUEUES x $SIZE)"
 t0=$(date +%s)
-DEV=$DEV_SD NUMJOBS=$QUEUES SIZE=$SIZE fio --eta=never --output-format=json --output="$OUT/bench/sheepdev-prefill.json" \
+DEV=$DEV_SD NUMJOBS=$QUEUES SIZE=$SIZE fio --eta=never --output-format=json --output="$OUT/bench/prefill.json" \
     "$FIO_DIR/prefill.fio" 2>"$W/fio.err" || { cat "$W/fio.err" >&2; fail "prefill of $DEV_SD failed"; }
 say "prefill took $(( $(date +%s) - t0 )) s"
 

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 # libublk's bindgen, a real Prometheus (promtool included) and node_exporter, and the
 # DejaVu font that `sheepdev bench --plot` draws its text with.
 need=()
-for p in build-essential pkg-config libclang-dev prometheus prometheus-node-exporter fonts-dejavu-core; do
+for p in build-essential pkg-config libclang-dev curl prometheus prometheus-node-exporter fonts-dejavu-core; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

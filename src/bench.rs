@@ -177,9 +177,7 @@ fn shard_thread(
     depth: u16,
     duration: Duration,
 ) -> Result<ThreadResult, String> {
-    if let Some(cores) = core_affinity::get_core_ids().filter(|c| !c.is_empty()) {
-        core_affinity::set_for_current(cores[s as usize % cores.len()]);
-    }
+    crate::shard::pin_thread(usize::from(s));
     ring::init_thread_ring(u32::from(depth) * 4 + 64).map_err(|e| format!("io_uring: {e}"))?;
     let exe = smol::LocalExecutor::new();
     let bs = w.block_size();
@@ -256,16 +254,10 @@ fn shard_thread(
             t.await;
         }
         if let Some(sh) = &shard {
-            sh.close();
-            while !sh.is_quiet() {
-                ring::sleep(Duration::from_millis(1)).await;
-            }
+            sh.shut_down().await;
         }
         if let Some(c) = &raw {
-            c.close();
-            while !c.is_quiet() {
-                ring::sleep(Duration::from_millis(1)).await;
-            }
+            c.shut_down().await;
         }
     });
     done.ok_or("the shard's io_uring failed")?;
@@ -309,10 +301,7 @@ pub fn prefill(t: &Target) -> Result<(), String> {
             for t in tasks {
                 t.await;
             }
-            shard.close();
-            while !shard.is_quiet() {
-                ring::sleep(Duration::from_millis(1)).await;
-            }
+            shard.shut_down().await;
         })
         .ok_or("the prefill's io_uring failed")?;
         if failed.get() {

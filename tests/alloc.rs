@@ -444,10 +444,7 @@ fn run_shard(addr: SocketAddr, vol: Arc<Volume>, plan: Vec<Phase>) -> Vec<Outcom
                 t.await;
             }
             // Close and let the connection tasks end before the ring and buffers go away.
-            shard.close();
-            while !shard.is_quiet() {
-                ring::sleep(Duration::from_millis(1)).await;
-            }
+            shard.shut_down().await;
             out
         };
         let out = ring::run_local(&exe, coordinator).expect("ring ran");

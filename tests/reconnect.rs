@@ -142,10 +142,7 @@ fn writes_survive_connections_cut_again_and_again() {
                 rounds.push(t.await);
             }
             let reconnects = sh.reconnects();
-            sh.close();
-            while !sh.is_quiet() {
-                ring::sleep(Duration::from_millis(1)).await;
-            }
+            sh.shut_down().await;
             (rounds, reconnects)
         });
         out.expect("ring ran")
@@ -225,10 +222,7 @@ fn a_cluster_gone_past_the_io_timeout_fails_requests_then_recovers() {
             let mut back = vec![0u8; 4096];
             sh.handle(IoDesc { op: Op::Read, offset: 0, len: 4096, tag: 0, fua: false }, &mut back).await.expect("read after recovery");
             assert_eq!(back, buf);
-            sh.close();
-            while !sh.is_quiet() {
-                ring::sleep(Duration::from_millis(1)).await;
-            }
+            sh.shut_down().await;
         })
         .expect("ring ran");
     })

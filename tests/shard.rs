@@ -52,10 +52,7 @@ fn on_shard<T: Send + 'static>(
         let out = ring::run_local(&exe, async move {
             let out = f(shard.clone()).await;
             // Close and let the connection tasks end before the ring and buffers go away.
-            shard.close();
-            while !shard.is_quiet() {
-                ring::sleep(std::time::Duration::from_millis(1)).await;
-            }
+            shard.shut_down().await;
             out
         });
         out.expect("ring ran")

@@ -197,10 +197,6 @@ impl RingConn {
         self.st.borrow().inflight
     }
 
-    pub fn is_broken(&self) -> bool {
-        self.st.borrow().broken.is_some()
-    }
-
     /// Whether its tasks have ended, so no SQE of this connection is in flight.
     pub fn is_quiet(&self) -> bool {
         self.alive.get() == 0
@@ -212,9 +208,12 @@ impl RingConn {
         self.fail(Error::Closed);
     }
 
-    /// Break the current socket (the supervisor, if any, reconnects).
-    pub fn break_connection(&self, e: Error) {
-        self.fail(e);
+    /// Close, then let the tasks end, so the ring and the buffers their SQEs point to may go.
+    pub async fn shut_down(&self) {
+        self.close();
+        while !self.is_quiet() {
+            super::ring::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     /// Send `hdr` (its id is assigned here) with `payload` when it has the WRITE flag, and

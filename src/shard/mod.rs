@@ -37,6 +37,13 @@ use crate::proto::inode::entry_offset;
 use crate::proto::*;
 use crate::vdi::{split, ReadPlan, Volume, WritePlan};
 
+/// Pin the calling (shard) thread to core `n` modulo the cores this process may use.
+pub fn pin_thread(n: usize) {
+    if let Some(cores) = core_affinity::get_core_ids().filter(|c| !c.is_empty()) {
+        core_affinity::set_for_current(cores[n % cores.len()]);
+    }
+}
+
 /// What the kernel asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -156,14 +163,19 @@ impl Shard {
         self.conns[0].addr()
     }
 
-    pub fn volume(&self) -> &Volume {
-        &self.vol
-    }
-
     /// Close every connection (the shard is going away): requests in flight fail.
     pub fn close(&self) {
         self.closed.set(true);
         self.conns.iter().for_each(|c| c.close());
+    }
+
+    /// Close, then let the connection tasks and the ticker end, so the ring and the buffers
+    /// their SQEs point to may go.
+    pub async fn shut_down(&self) {
+        self.close();
+        while !self.is_quiet() {
+            ring::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     /// Whether every connection's tasks and the ticker have ended (after `close`), so the

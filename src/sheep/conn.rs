@@ -125,11 +125,6 @@ impl Connection {
         self.inner.peak.get()
     }
 
-    /// Whether the connection has failed and must be replaced.
-    pub fn is_broken(&self) -> bool {
-        self.inner.broken.borrow().is_some()
-    }
-
     /// Send one request (its `id` is assigned here) with `payload` when it carries the
     /// WRITE flag, and wait for its response. The server's result code is not interpreted.
     pub async fn call(&self, mut hdr: ReqHeader, payload: &[u8]) -> Result<Response, Error> {

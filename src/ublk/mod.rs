@@ -168,11 +168,7 @@ enum QueueTarget {
 
 /// One queue thread: pin, connect, one task per tag, run the ring until the queue stops.
 fn serve_queue(qid: u16, dev: &UblkDev, target: &QueueTarget, abort: &Abort, max_io: u32, dm: Option<&DeviceMetrics>) {
-    if let Some(cores) = core_affinity::get_core_ids() {
-        if !cores.is_empty() {
-            core_affinity::set_for_current(cores[qid as usize % cores.len()]);
-        }
-    }
+    crate::shard::pin_thread(usize::from(qid));
     let q = match UblkQueue::new(qid, dev) {
         Ok(q) => Rc::new(q),
         Err(e) => {

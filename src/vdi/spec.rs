@@ -4,7 +4,7 @@
 //! a snapshot id (0 is invalid), anything else is a tag. Names and tags are validated
 //! (`VdiName`: 1..=255 bytes, no NUL). Errors are one lower-case line naming the problem.
 
-use crate::proto::{VdiArgs, VdiName};
+use crate::proto::VdiName;
 
 /// Which inode of a name a lookup wants.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,10 +32,6 @@ impl SnapSel {
                 (p, 0)
             }
         }
-    }
-    /// Lookup args with `snapid` set.
-    pub fn lookup_args(&self, snapid: u32) -> VdiArgs {
-        VdiArgs { snapid, ..Default::default() }
     }
 }
 

@@ -128,11 +128,6 @@ impl Volume {
         (idx / 64, 1u64 << (idx % 64))
     }
 
-    pub fn is_creating(&self, idx: u32) -> bool {
-        let (w, b) = Self::bit(idx as usize);
-        self.creating.get(w).is_some_and(|a| a.load(Ordering::Acquire) & b != 0)
-    }
-
     pub fn plan_read(&self, idx: u32) -> Result<ReadPlan, Error> {
         let i = self.check(idx)?;
         Ok(match self.entries[i].load(Ordering::Acquire) {
@@ -220,11 +215,6 @@ impl Volume {
             out.extend_from_slice(&e.load(Ordering::Acquire).to_le_bytes());
         }
         Ok(entry_offset(lo))
-    }
-
-    /// A copy of every entry.
-    pub fn entries(&self) -> Vec<u32> {
-        self.entries.iter().map(|e| e.load(Ordering::Acquire)).collect()
     }
 }
 

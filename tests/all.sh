@@ -24,6 +24,22 @@ fi
 echo "== cargo test (unit, property, conformance, cli, shards, allocations)"
 cargo test --release --all-targets 2>&1
 
+echo "== fuzzing response decoding and the connection demultiplexer, bounded (tests/fuzz/README.md)"
+# cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain take them.
+cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+fuzz_log=$(mktemp)
+for t in response:1000000 demux:100000; do
+  name=${t%%:*} runs=${t##*:}
+  if ! RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir tests/fuzz "$name" -- \
+      -runs="$runs" -max_len=4096 -len_control=0 -print_final_stats=1 >"$fuzz_log" 2>&1; then
+    tail -n 60 "$fuzz_log"
+    echo "fuzz target $name failed; the input that did it is under tests/fuzz/artifacts/$name/"
+    exit 1
+  fi
+  echo "$name: $(grep -E '^Done [0-9]+ runs' "$fuzz_log")"
+done
+rm -f "$fuzz_log"
+
 echo "== Prometheus metrics and the Grafana dashboard (a real Prometheus scraping sheepdev bench)"
 SHEEPDEV_BIN=target/release/sheepdev bash tests/prometheus/run.sh
 

@@ -7,6 +7,7 @@
 //! its payload is read ([`RspHeader::check_len`], [`response_bound`]).
 
 mod consts;
+pub mod demux;
 mod header;
 pub mod inode;
 mod oid;

@@ -6,7 +6,8 @@
 //!   allocated when the connection is made: a request allocates nothing.
 //! - One sender task batches every queued request into one SENDMSG (header + payload as
 //!   iovecs, no copy); one receiver task reads responses into a connection buffer and copies
-//!   each payload into the caller's destination. A response whose id is not in flight, or
+//!   each payload into the caller's destination, with the framing and every check done by
+//!   `proto::demux` (pure, fuzzed in `tests/fuzz/`). A response whose id is not in flight, or
 //!   whose length exceeds what its request can take, breaks the connection: every request
 //!   in flight fails with an error whose `should_reconnect()` is true.
 //! - Buffer ownership ("rent"): the caller's payload and destination are referenced by raw
@@ -33,6 +34,7 @@ use io_uring::{opcode, types};
 
 use super::ring::submit;
 use super::Error;
+use crate::proto::demux::{wire_id, Demux, Event, InFlight};
 use crate::proto::{Opcode, ReqHeader, RspHeader, HEADER_LEN};
 
 /// Requests gathered into one SENDMSG.
@@ -239,7 +241,7 @@ impl RingConn {
             let mut st = self.st.borrow_mut();
             let s = &mut st.slots[idx];
             s.gen = s.gen.wrapping_add(1);
-            hdr.id = (u32::from(s.gen) << 16) | idx as u32;
+            hdr.id = wire_id(idx as u16, s.gen);
             // SAFETY: the header cell of a slot is only written here, while the slot is
             // owned by this call and not queued, so neither the sender nor the kernel reads it.
             unsafe { *self.headers[idx].get() = hdr.encode() };
@@ -300,6 +302,10 @@ impl RingConn {
         let w = {
             let mut st = self.st.borrow_mut();
             let s = &mut st.slots[idx];
+            if !matches!(s.phase, Phase::Queued | Phase::Sent) {
+                // Already failed: its caller has (or will get) that error, not this.
+                return;
+            }
             s.phase = Phase::Done;
             s.result = Some(r);
             (s.dest, s.dest_len) = (std::ptr::null_mut(), 0);
@@ -449,11 +455,12 @@ impl RingConn {
         }
     }
 
+    /// Read responses and hand them to their callers; the framing and every check are
+    /// [`Demux`]'s (see `proto::demux`), this adds the reads and the copies.
     async fn recv_inner(&self, fd: types::Fd) {
         let mut buf = vec![0u8; RECV_BUF].into_boxed_slice();
         let (mut head, mut tail) = (0usize, 0usize);
-        // The response whose payload is being copied: (slot, header, bytes copied so far).
-        let mut cur: Option<(usize, RspHeader, usize)> = None;
+        let mut demux = Demux::new();
         loop {
             if head == tail {
                 (head, tail) = (0, 0);
@@ -467,53 +474,36 @@ impl RingConn {
                 self.fail(if n == 0 { Error::Closed } else { Error::Io(-n) });
                 return;
             }
+            // Broken meanwhile (send error, stall, close): its callers already have their
+            // error and their destinations are gone; nothing more is delivered.
+            if self.st.borrow().broken.is_some() {
+                return;
+            }
             tail += n as usize;
             loop {
-                if let Some((idx, rsp, done)) = cur {
-                    let want = rsp.data_length as usize - done;
-                    let take = want.min(tail - head);
-                    {
+                let (used, ev) = demux.feed(&buf[head..tail], |i| {
+                    let st = self.st.borrow();
+                    let s = st.slots.get(i).filter(|s| matches!(s.phase, Phase::Queued | Phase::Sent))?;
+                    Some(InFlight { gen: s.gen, bound: u32::try_from(s.dest_len).unwrap_or(u32::MAX) })
+                });
+                head += used;
+                match ev {
+                    Event::NeedMore => break,
+                    Event::Payload { slot, offset, data } => {
                         let st = self.st.borrow();
-                        let s = &st.slots[idx];
-                        if !s.dest.is_null() && done + take <= s.dest_len {
+                        if let Some(s) = st.slots.get(slot).filter(|s| !s.dest.is_null() && offset + data.len() <= s.dest_len) {
                             // SAFETY: `dest` points to the caller's buffer of `dest_len` bytes,
                             // valid while the slot is in flight (module contract); the range is
                             // checked against `dest_len` just above.
-                            unsafe { std::ptr::copy_nonoverlapping(buf[head..].as_ptr(), s.dest.add(done), take) };
+                            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), s.dest.add(offset), data.len()) };
                         }
                     }
-                    head += take;
-                    if take < want {
-                        cur = Some((idx, rsp, done + take));
-                        break;
+                    Event::Complete { slot, rsp } => self.complete(slot, Ok(rsp)),
+                    Event::Break(why) => {
+                        tracing::warn!("sheep {}: {why}; closing", self.addr.get());
+                        self.fail(Error::Protocol);
+                        return;
                     }
-                    cur = None;
-                    self.complete(idx, Ok(rsp));
-                    continue;
-                }
-                if tail - head < HEADER_LEN {
-                    break;
-                }
-                let mut hb = [0u8; HEADER_LEN];
-                hb.copy_from_slice(&buf[head..head + HEADER_LEN]);
-                head += HEADER_LEN;
-                let rsp = RspHeader::decode(&hb);
-                let idx = (rsp.id & 0xffff) as usize;
-                let ok = {
-                    let st = self.st.borrow();
-                    st.slots.get(idx).is_some_and(|s| {
-                        s.gen == (rsp.id >> 16) as u16 && matches!(s.phase, Phase::Queued | Phase::Sent) && rsp.data_length as usize <= s.dest_len
-                    })
-                };
-                if !ok {
-                    tracing::warn!("sheep {}: response id {:#x} with {} bytes matches no request; closing", self.addr.get(), rsp.id, rsp.data_length);
-                    self.fail(Error::Protocol);
-                    return;
-                }
-                if rsp.data_length == 0 {
-                    self.complete(idx, Ok(rsp));
-                } else {
-                    cur = Some((idx, rsp, 0));
                 }
             }
         }
@@ -546,5 +536,116 @@ impl Drop for CallGuard<'_> {
         if let Some(w) = waiter {
             w.wake();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{demux::split_id, ObjArgs, SD_RES_SUCCESS};
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    const LEN: usize = 4096;
+
+    /// A fake sheep: each answer in turn goes to one new connection, as the reply to the one
+    /// READ_OBJ it receives; then it reads until the client closes that connection.
+    fn fake_sheep(answers: Vec<fn(RspHeader) -> Vec<u8>>) -> (SocketAddr, std::thread::JoinHandle<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let t = std::thread::spawn(move || {
+            for answer in answers {
+                let (mut s, _) = l.accept().expect("accept");
+                let mut hb = [0u8; HEADER_LEN];
+                s.read_exact(&mut hb).expect("request");
+                let mut rsp = RspHeader::reply_to(&ReqHeader::decode(&hb), SD_RES_SUCCESS);
+                rsp.data_length = LEN as u32;
+                s.write_all(&answer(rsp)).expect("answer");
+                let mut rest = Vec::new();
+                let _ = s.read_to_end(&mut rest);
+            }
+        });
+        (addr, t)
+    }
+
+    fn with_payload(rsp: RspHeader) -> Vec<u8> {
+        let mut b = rsp.encode().to_vec();
+        b.resize(HEADER_LEN + rsp.data_length as usize, 0x5a);
+        b
+    }
+
+    /// A response read after the connection failed (the stall watch fired while its payload
+    /// was arriving) must not turn the request's error into a success with half a payload.
+    #[test]
+    fn a_late_answer_does_not_replace_the_error_of_a_failed_request() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let conn = RingConn::build(TcpStream::connect(addr).expect("connect"), addr, Vec::new(), Duration::ZERO, 1);
+        {
+            let mut st = conn.st.borrow_mut();
+            st.slots[0].phase = Phase::Sent;
+            st.inflight += 1;
+        }
+        conn.fail(Error::Io(libc::ETIMEDOUT));
+        let req = ReqHeader::obj(Opcode::ReadObj, 0, LEN as u32, ObjArgs::default());
+        conn.complete(0, Ok(RspHeader::reply_to(&req, SD_RES_SUCCESS)));
+        let mut st = conn.st.borrow_mut();
+        assert_eq!(st.slots[0].result.take(), Some(Err(Error::Io(libc::ETIMEDOUT))));
+        assert!(st.broken.is_some());
+    }
+
+    #[test]
+    fn a_response_that_matches_no_request_breaks_the_connection_and_it_comes_back() {
+        let answers: Vec<fn(RspHeader) -> Vec<u8>> = vec![
+            // An earlier generation of the same slot.
+            |mut r| {
+                let (slot, gen) = split_id(r.id);
+                r.id = wire_id(slot as u16, gen.wrapping_sub(1));
+                with_payload(r)
+            },
+            // A slot nobody uses.
+            |mut r| {
+                r.id = wire_id(999, split_id(r.id).1);
+                with_payload(r)
+            },
+            // One byte more than the read asked for.
+            |mut r| {
+                r.data_length += 1;
+                with_payload(r)
+            },
+            // Finally a good answer, on the fourth connection.
+            with_payload,
+        ];
+        let (addr, server) = fake_sheep(answers);
+        let client = std::thread::spawn(move || {
+            super::super::ring::init_thread_ring(64).expect("ring");
+            let exe = smol::LocalExecutor::new();
+            let conn = RingConn::connect_supervised(&[addr], Duration::from_secs(1), 4, Duration::ZERO, &exe).expect("connect");
+            let c2 = conn.clone();
+            super::super::ring::run_local(&exe, async move {
+                let conn = c2;
+                let hdr = ReqHeader::obj(Opcode::ReadObj, 0, LEN as u32, ObjArgs::default());
+                let mut dest = vec![0u8; LEN];
+                for bad in 0..3 {
+                    let r = conn.call(hdr, &[], &mut dest).await;
+                    assert_eq!(r, Err(Error::Protocol), "bad answer {bad}");
+                    assert!(r.err().is_some_and(Error::should_reconnect));
+                    assert!(dest.iter().all(|&b| b == 0), "bad answer {bad} wrote into the destination");
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while !conn.is_up() {
+                        assert!(Instant::now() < deadline, "no reconnect after bad answer {bad}");
+                        super::super::ring::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                let r = conn.call(hdr, &[], &mut dest).await.expect("the resent request is answered");
+                assert_eq!(r.data_length as usize, LEN);
+                assert!(dest.iter().all(|&b| b == 0x5a));
+                assert_eq!(conn.reconnects(), 3);
+                conn.shut_down().await;
+            })
+            .expect("ring");
+        });
+        client.join().expect("client");
+        server.join().expect("fake sheep");
     }
 }

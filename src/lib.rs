@@ -1,6 +1,7 @@
 pub mod bench;
 pub mod cli;
 pub mod daemon;
+pub mod fault;
 pub mod metrics;
 pub mod proto;
 pub mod report;

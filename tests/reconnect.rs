@@ -1,15 +1,17 @@
-//! Shards outliving their connections, without a kernel: a TCP proxy between the shard and
-//! the embedded store drops every connection again and again while writers run, and the
-//! bytes read back afterwards are exactly what was written; a cluster gone for longer than
-//! the I/O timeout fails requests with an error, and the shard recovers when it returns.
+//! Shards outliving their connections, without a kernel: the fault proxy (`sheepdev::fault`)
+//! between the shard and the embedded store drops every connection again and again while
+//! writers run, and the bytes read back afterwards are exactly what was written; a cluster
+//! gone for longer than the I/O timeout fails requests with an error, and the shard recovers
+//! when it returns. More faults (stalls, delays, cut responses, store errors and restarts)
+//! are in tests/faults.rs.
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sheepdev::fault::Proxy;
 use sheepdev::proto::VdiName;
 use sheepdev::shard::{ring, IoDesc, Op, Shard};
 use sheepdev::sheep::manage::{self, Redundancy};
@@ -17,64 +19,6 @@ use sheepdev::sheep::{load_volume, Client, Config, VolumeIo};
 use sheepdev::store::{Config as StoreConfig, Store};
 
 const MIB: u64 = 1 << 20;
-
-/// A TCP proxy that can cut every connection, and refuse new ones.
-struct Proxy {
-    addr: SocketAddr,
-    conns: Arc<Mutex<Vec<TcpStream>>>,
-    accepting: Arc<AtomicBool>,
-}
-
-impl Proxy {
-    fn start(target: SocketAddr) -> Proxy {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = l.local_addr().expect("addr");
-        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let accepting = Arc::new(AtomicBool::new(true));
-        let (c2, a2) = (conns.clone(), accepting.clone());
-        std::thread::spawn(move || {
-            for client in l.incoming().flatten() {
-                if !a2.load(Ordering::SeqCst) {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                }
-                let Ok(server) = TcpStream::connect(target) else { continue };
-                let _ = (client.set_nodelay(true), server.set_nodelay(true));
-                let pairs = [(client.try_clone(), server.try_clone()), (server.try_clone(), client.try_clone())];
-                {
-                    let mut c = c2.lock().expect("lock");
-                    c.push(client);
-                    c.push(server);
-                }
-                for (from, to) in pairs {
-                    let (Ok(mut from), Ok(mut to)) = (from, to) else { continue };
-                    std::thread::spawn(move || {
-                        let mut buf = vec![0u8; 256 << 10];
-                        loop {
-                            match from.read(&mut buf) {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => {
-                                    if to.write_all(&buf[..n]).is_err() {
-                                        break;
-                                    }
-                                }
-                            }
-                        }
-                        let _ = from.shutdown(Shutdown::Both);
-                        let _ = to.shutdown(Shutdown::Both);
-                    });
-                }
-            }
-        });
-        Proxy { addr, conns, accepting }
-    }
-
-    fn cut_all(&self) {
-        for s in self.conns.lock().expect("lock").drain(..) {
-            let _ = s.shutdown(Shutdown::Both);
-        }
-    }
-}
 
 fn setup(size: u64) -> (Store, tempfile::TempDir, SocketAddr, sheepdev::proto::Vid) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -96,7 +40,7 @@ fn block(i: u64) -> Vec<u8> {
 #[test]
 fn writes_survive_connections_cut_again_and_again() {
     let (_store, _dir, addr, vid) = setup(64 * MIB);
-    let proxy = Proxy::start(addr);
+    let proxy = Proxy::start("127.0.0.1:0".parse().expect("addr"), addr).expect("proxy");
     let vol = Arc::new(
         sheepdev::cli::block_on(async move {
             let c = Client::connect(&Config::new(vec![addr])).await.expect("connect");
@@ -105,7 +49,7 @@ fn writes_survive_connections_cut_again_and_again() {
         .expect("executor"),
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let (stop2, paddr) = (stop.clone(), proxy.addr);
+    let (stop2, paddr) = (stop.clone(), proxy.addr());
     let shard = std::thread::spawn(move || {
         ring::init_thread_ring(256).expect("ring");
         let exe = smol::LocalExecutor::new();
@@ -151,7 +95,7 @@ fn writes_survive_connections_cut_again_and_again() {
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_millis(1200) {
         std::thread::sleep(Duration::from_millis(40));
-        proxy.cut_all();
+        proxy.handle().drop_all();
     }
     stop.store(true, Ordering::SeqCst);
     let (rounds, reconnects) = shard.join().expect("shard thread");
@@ -175,7 +119,7 @@ fn writes_survive_connections_cut_again_and_again() {
 #[test]
 fn a_cluster_gone_past_the_io_timeout_fails_requests_then_recovers() {
     let (_store, _dir, addr, vid) = setup(16 * MIB);
-    let proxy = Arc::new(Proxy::start(addr));
+    let proxy = Proxy::start("127.0.0.1:0".parse().expect("addr"), addr).expect("proxy");
     let vol = Arc::new(
         sheepdev::cli::block_on(async move {
             let c = Client::connect(&Config::new(vec![addr])).await.expect("connect");
@@ -183,7 +127,7 @@ fn a_cluster_gone_past_the_io_timeout_fails_requests_then_recovers() {
         })
         .expect("executor"),
     );
-    let (p2, paddr) = (proxy.clone(), proxy.addr);
+    let (p2, paddr) = (proxy.handle(), proxy.addr());
     std::thread::spawn(move || {
         ring::init_thread_ring(64).expect("ring");
         let exe = smol::LocalExecutor::new();
@@ -199,15 +143,15 @@ fn a_cluster_gone_past_the_io_timeout_fails_requests_then_recovers() {
             let (r, b) = w(sh.clone(), buf).await;
             r.expect("first write");
             // The cluster goes away.
-            p2.accepting.store(false, Ordering::SeqCst);
-            p2.cut_all();
+            p2.set_accepting(false);
+            p2.drop_all();
             let t0 = Instant::now();
             let (r, b) = w(sh.clone(), b).await;
             let waited = t0.elapsed();
             assert!(r.is_err(), "a write with the cluster gone fails");
             assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(5), "failed after {waited:?}");
             // It comes back: the same shard serves again.
-            p2.accepting.store(true, Ordering::SeqCst);
+            p2.set_accepting(true);
             let t0 = Instant::now();
             let mut b = b;
             loop {

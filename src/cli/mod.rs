@@ -3,6 +3,7 @@
 
 mod bench;
 mod dev;
+mod fault;
 mod report;
 mod store;
 mod vdi;
@@ -42,6 +43,9 @@ pub enum Command {
     /// Run the embedded store: a single-node store for tests, demos and benchmarks, not a
     /// Sheepdog cluster. It speaks sheep's client protocol and keeps objects as files in DIR.
     Store(store::StoreArgs),
+    /// A TCP fault proxy between sheepdev and a sheep endpoint (tests; one line per fault).
+    #[command(hide = true)]
+    FaultProxy(fault::FaultProxyArgs),
 }
 
 /// Run the parsed command.
@@ -56,6 +60,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::FioReport(a) => report::run(a),
         Command::Vdi(a) => vdi::run(a),
         Command::Store(a) => store::run(a),
+        Command::FaultProxy(a) => fault::run(a),
     }
 }
 

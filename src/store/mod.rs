@@ -44,10 +44,14 @@
 //!   attributes, other store policies (INVALID_PARMS), erasure coding beyond reporting
 //!   `nr_copies = data + parity`.
 //!
+//! - Faults for tests: a slow disk ([`Config::object_delay`], [`Faults::set_object_delay`]),
+//!   error results ([`Faults::fail_next`]) and [`Store::restart`]; see `fault.rs`.
+//!
 //! Files: `server.rs` (listeners, connections, worker pool), `ops.rs` (one request → one
 //! response), `meta.rs` (VDI metadata: lookup, bitmap, locks, reference drop),
-//! `inode.rs` (one cached inode), `objects.rs` (object files).
+//! `inode.rs` (one cached inode), `objects.rs` (object files), `fault.rs` (faults).
 
+mod fault;
 mod inode;
 mod meta;
 mod objects;
@@ -63,6 +67,7 @@ use std::path::PathBuf;
 use crate::proto::libc_errno::{EINVAL, EIO};
 use crate::proto::Oid;
 
+pub use fault::Faults;
 pub use server::Store;
 
 /// Largest request payload (and READ_OBJ length) the store accepts: 64 MiB. It covers a

@@ -12,10 +12,13 @@
 //!   objects only ask the lock whether their vid is read-only and how big they are, then
 //!   do their I/O in parallel with everything else. Like sheep, nothing orders two
 //!   requests in flight, not even on one object.
+//! - Injected faults (`fault.rs`) come right after the version check: an error result
+//!   instead of executing, then the emulated disk latency.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::fault::Faults;
 use super::inode::inode_vid;
 use super::meta::{Meta, NewVdi, Query};
 use super::objects::Objects;
@@ -60,12 +63,17 @@ pub(super) struct Handler {
     objs: Objects,
     locking: bool,
     copies: u8,
-    object_delay: std::time::Duration,
+    faults: Faults,
 }
 
 impl Handler {
-    pub(super) fn new(meta: Meta, objs: Objects, locking: bool, copies: u8, object_delay: std::time::Duration) -> Handler {
-        Handler { meta: Mutex::new(meta), objs, locking, copies, object_delay }
+    pub(super) fn new(meta: Meta, objs: Objects, locking: bool, copies: u8, faults: Faults) -> Handler {
+        Handler { meta: Mutex::new(meta), objs, locking, copies, faults }
+    }
+
+    /// The store's fault controls.
+    pub(super) fn faults(&self) -> &Faults {
+        &self.faults
     }
 
     /// The metadata, even after a worker panicked while holding it (the state is then as
@@ -96,8 +104,12 @@ impl Handler {
             return Err(SD_RES_VER_MISMATCH);
         }
         let op = Opcode::try_from(req.opcode).map_err(|_| SD_RES_INVALID_PARMS)?;
-        if !self.object_delay.is_zero() && matches!(op, Opcode::CreateAndWriteObj | Opcode::ReadObj | Opcode::WriteObj) {
-            std::thread::sleep(self.object_delay);
+        if let Some(code) = self.faults.take(op) {
+            return Err(code);
+        }
+        let delay = self.faults.object_delay();
+        if !delay.is_zero() && matches!(op, Opcode::CreateAndWriteObj | Opcode::ReadObj | Opcode::WriteObj) {
+            std::thread::sleep(delay);
         }
         match op {
             Opcode::CreateAndWriteObj => self.create(req, payload).map(|()| None),

@@ -13,7 +13,8 @@
 //!   connection's write lock; a failed write closes the connection.
 //! - [`Store::shutdown`] stops accepting, shuts every connection down, lets the workers
 //!   finish what they hold and joins every thread. It does not wait for idle clients.
-//!   Dropping a `Store` does the same.
+//!   Dropping a `Store` does the same. [`Store::restart`] is a shutdown and a start on the
+//!   same directory and bound addresses.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -24,6 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use super::fault::Faults;
 use super::meta::Meta;
 use super::objects::Objects;
 use super::ops::{Handler, Reply};
@@ -105,6 +107,8 @@ pub struct Store {
     acceptors: Vec<(SocketAddr, JoinHandle<()>)>,
     workers: Vec<JoinHandle<()>>,
     stopped: bool,
+    /// What it was started with, the listen addresses replaced by the bound ones.
+    cfg: Config,
 }
 
 fn thread_error(io: std::io::Error) -> Error {
@@ -137,17 +141,18 @@ impl Store {
         let nr_inodes = meta.nr_inodes();
         let (tx, rx) = mpsc::sync_channel(cfg.workers.saturating_mul(QUEUE_PER_WORKER));
         let shared = Arc::new(Shared {
-            handler: Handler::new(meta, objs, cfg.locking, cfg.copies, cfg.object_delay),
+            handler: Handler::new(meta, objs, cfg.locking, cfg.copies, Faults::new(cfg.object_delay)),
             stop: AtomicBool::new(false),
             jobs: Mutex::new(Some(tx)),
             conns: Mutex::new(Vec::new()),
             inflight: AtomicUsize::new(0),
             peak_inflight: AtomicUsize::new(0),
         });
-        let mut store =
-            Store { addrs: listeners.iter().map(|(a, _)| *a).collect(), shared, acceptors: Vec::new(), workers: Vec::new(), stopped: false };
+        let addrs: Vec<SocketAddr> = listeners.iter().map(|(a, _)| *a).collect();
+        let cfg = Config { listen: addrs.clone(), ..cfg };
+        let mut store = Store { addrs, shared, acceptors: Vec::new(), workers: Vec::new(), stopped: false, cfg };
         let rx = Arc::new(Mutex::new(rx));
-        for i in 0..cfg.workers {
+        for i in 0..store.cfg.workers {
             let (sh, rx) = (Arc::clone(&store.shared), Arc::clone(&rx));
             let h = thread::Builder::new().name(format!("store-worker-{i}")).spawn(move || work(&sh, &rx));
             store.workers.push(h.map_err(thread_error)?);
@@ -159,10 +164,10 @@ impl Store {
         }
         tracing::info!(
             "store serving {} ({} inodes, locking {}, sync {}) on {:?}",
-            cfg.dir.display(),
+            store.cfg.dir.display(),
             nr_inodes,
-            if cfg.locking { "on" } else { "off" },
-            if cfg.sync { "on" } else { "off" },
+            if store.cfg.locking { "on" } else { "off" },
+            if store.cfg.sync { "on" } else { "off" },
             store.addrs
         );
         Ok(store)
@@ -177,6 +182,27 @@ impl Store {
     /// connections, since the start (what a benchmark's queue depth really reached).
     pub fn peak_inflight(&self) -> usize {
         self.shared.peak_inflight.load(Ordering::Relaxed)
+    }
+
+    /// The fault controls of this running store (see `fault.rs`).
+    pub fn faults(&self) -> Faults {
+        self.shared.handler.faults().clone()
+    }
+
+    /// The configuration it runs with, its listen addresses being the bound ones: what
+    /// [`Store::start`] needs to bring the same store back on the same addresses.
+    pub fn config(&self) -> Config {
+        self.cfg.clone()
+    }
+
+    /// Shut down, then start again on the same directory and addresses (a store-side fault
+    /// for tests: every connection ends, in-memory state such as locks is lost). The
+    /// listeners rebind at once: std sets SO_REUSEADDR, so the connections this store
+    /// closed, left in TIME_WAIT, do not hold the port.
+    pub fn restart(self) -> Result<Store, Error> {
+        let cfg = self.config();
+        self.shutdown();
+        Store::start(cfg)
     }
 
     /// Stop accepting, close every connection and join every thread.

@@ -39,8 +39,10 @@ pub enum Backend {
     CreateAndWrite = 2,
     CowCreate = 3,
     InodeUpdate = 4,
+    /// GET_VDI_INFO after a live snapshot (READONLY): the new working vid.
+    VdiLookup = 5,
 }
-pub const BACKEND_LABELS: [&str; 5] = ["read_obj", "write_obj", "create_and_write", "cow_create", "inode_update"];
+pub const BACKEND_LABELS: [&str; 6] = ["read_obj", "write_obj", "create_and_write", "cow_create", "inode_update", "vdi_lookup"];
 
 /// 10 µs × 2^k, k = 0..20: 10 µs … ~10.5 s.
 pub fn latency_buckets() -> Vec<f64> {
@@ -331,7 +333,7 @@ pub struct ShardMetrics {
     bytes: [IntCounter; 5],
     latency: [Histogram; 5],
     pub inflight: IntGauge,
-    backend: [Histogram; 5],
+    backend: [Histogram; 6],
     pub conn_inflight: Vec<IntGauge>,
     pub conn_up: Vec<IntGauge>,
     pub reconnects: IntCounter,

@@ -12,6 +12,10 @@
 //! - FLUSH completes at once: a write is acknowledged only after sheep acknowledged its data
 //!   and its inode update, and sheep's writes are durable when acknowledged (FLUSH_VDI is
 //!   obsolete), so every acknowledged write is already stable. FUA needs nothing more.
+//! - Live snapshots: a write refused with READONLY (another client snapshotted the VDI)
+//!   makes one request of the device look the new working vid up (GET_VDI_INFO by name),
+//!   switch the shared `Volume` to it and rewrite the in-memory entries into the new inode;
+//!   every refused piece is then sent again as a COW. The application sees no error.
 //! - DISCARD and WRITE_ZEROES zero the inode entries of the whole objects they cover (one
 //!   inode write); on the partial objects at their edges WRITE_ZEROES writes zeros and
 //!   DISCARD does nothing (discard is a hint; QEMU ignores partial discards the same way).
@@ -72,6 +76,11 @@ const CREATE_WAIT: Duration = Duration::from_micros(20);
 const RETRY_POLL: Duration = Duration::from_millis(10);
 /// Entries created by one request whose inode update is coalesced into one write.
 const MAX_CREATED: usize = 8;
+/// How often a piece refused with READONLY follows a live snapshot before it fails (each
+/// follow moves the own vid on; a vid that stays read-only fails at once).
+const READONLY_RETRIES: u32 = 4;
+/// How often a request waiting for another to follow a live snapshot looks again.
+const FOLLOW_WAIT: Duration = Duration::from_millis(1);
 
 /// One shard's state: owned by its thread, except the lock-free `Volume`.
 pub struct Shard {
@@ -329,51 +338,68 @@ impl Shard {
         }
     }
 
-    /// Write `data` at `offset`, then persist the entries it created (coalesced).
+    /// Write `data` at `offset`, then persist the entries it created (coalesced). A piece
+    /// refused with READONLY (a live snapshot of the VDI) follows the snapshot and is sent
+    /// again, planned against the new working vid (so a COW).
     async fn write(&self, offset: u64, data: &[u8], dl: Option<Instant>) -> Result<(), Error> {
         let (copies, policy) = (self.vol.header().nr_copies, self.vol.header().copy_policy);
         let mut created = [(0u32, 0u32); MAX_CREATED];
         let mut n = 0;
         let mut result = Ok(());
-        for p in split(offset, data.len() as u64, self.vol.block_size_shift()) {
+        'pieces: for p in split(offset, data.len() as u64, self.vol.block_size_shift()) {
             let piece = &data[p.buf_off..p.buf_off + p.len as usize];
             let args = |oid, cow| ObjArgs { oid, cow_oid: cow, copies, copy_policy: policy, offset: p.obj_off, ..Default::default() };
             let flags = SD_FLAG_CMD_WRITE | SD_FLAG_CMD_DIRECT;
-            let plan = match self.plan_write(p.idx).await {
-                Ok(plan) => plan,
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            };
-            let (kind, hdr) = match plan {
-                WritePlan::Write(oid) => (Backend::WriteObj, ReqHeader::obj(Opcode::WriteObj, flags, p.len, args(oid, Oid(0)))),
-                WritePlan::Create(oid) => (Backend::CreateAndWrite, ReqHeader::obj(Opcode::CreateAndWriteObj, flags, p.len, args(oid, Oid(0)))),
-                WritePlan::Cow { oid, cow } => {
-                    if let Some(m) = &self.metrics {
-                        m.borrow().cow.inc();
+            let mut refused = 0;
+            loop {
+                let plan = match self.plan_write(p.idx).await {
+                    Ok(plan) => plan,
+                    Err(e) => {
+                        result = Err(e);
+                        break 'pieces;
                     }
-                    (Backend::CowCreate, ReqHeader::obj(Opcode::CreateAndWriteObj, flags | SD_FLAG_CMD_COW, p.len, args(oid, cow)))
+                };
+                let (kind, hdr, oid) = match plan {
+                    WritePlan::Write(oid) => (Backend::WriteObj, ReqHeader::obj(Opcode::WriteObj, flags, p.len, args(oid, Oid(0))), oid),
+                    WritePlan::Create(oid) => {
+                        (Backend::CreateAndWrite, ReqHeader::obj(Opcode::CreateAndWriteObj, flags, p.len, args(oid, Oid(0))), oid)
+                    }
+                    WritePlan::Cow { oid, cow } => {
+                        if let Some(m) = &self.metrics {
+                            m.borrow().cow.inc();
+                        }
+                        (Backend::CowCreate, ReqHeader::obj(Opcode::CreateAndWriteObj, flags | SD_FLAG_CMD_COW, p.len, args(oid, cow)), oid)
+                    }
+                    WritePlan::Wait => unreachable!("plan_write waits"),
+                };
+                let r = self.call(kind, hdr, piece, &mut [], dl).await.map(|_| ());
+                if plan.is_create() {
+                    match r {
+                        Ok(()) => {
+                            created[n] = (p.idx, self.vol.created(p.idx, oid.vid()));
+                            n += 1;
+                            if n == MAX_CREATED {
+                                self.persist(&created[..n], dl).await?;
+                                n = 0;
+                            }
+                        }
+                        Err(_) => self.vol.release(p.idx, None),
+                    }
                 }
-                WritePlan::Wait => unreachable!("plan_write waits"),
-            };
-            let r = self.call(kind, hdr, piece, &mut [], dl).await.map(|_| ());
-            if plan.is_create() {
                 match r {
-                    Ok(()) => {
-                        created[n] = (p.idx, self.vol.created(p.idx));
-                        n += 1;
-                        if n == MAX_CREATED {
-                            self.persist(&created[..n], dl).await?;
-                            n = 0;
+                    Ok(()) => break,
+                    Err(Error::Server(code)) if code == SD_RES_READONLY && refused < READONLY_RETRIES => {
+                        refused += 1;
+                        if let Err(e) = self.follow_snapshot(oid.vid(), dl).await {
+                            result = Err(e);
+                            break 'pieces;
                         }
                     }
-                    Err(_) => self.vol.release(p.idx, None),
+                    Err(e) => {
+                        result = Err(e);
+                        break 'pieces;
+                    }
                 }
-            }
-            if let Err(e) = r {
-                result = Err(e);
-                break;
             }
         }
         if n > 0 {
@@ -393,7 +419,7 @@ impl Shard {
             for (k, idx) in (lo..=hi).enumerate() {
                 bytes[4 * k..4 * k + 4].copy_from_slice(&self.vol.entry(idx).unwrap_or(0).to_le_bytes());
             }
-            self.write_inode(entry_offset(lo), &bytes[..4 * count], dl).await
+            self.write_entries(entry_offset(lo), &bytes[..4 * count], dl).await
         } else {
             Err(Error::OutOfRange)
         };
@@ -403,10 +429,96 @@ impl Shard {
         r
     }
 
-    async fn write_inode(&self, offset: u32, bytes: &[u8], dl: Option<Instant>) -> Result<(), Error> {
-        let args = ObjArgs { oid: Oid::inode(self.vol.vid()), offset, ..Default::default() };
+    /// Write inode entries into the inode of the own vid. sheep accepts inode writes to a
+    /// snapshot, so an update that raced a live snapshot may have landed in the snapshot's
+    /// inode: when the own vid moved meanwhile, the same bytes go to the new one too.
+    async fn write_entries(&self, offset: u32, bytes: &[u8], dl: Option<Instant>) -> Result<(), Error> {
+        let mut vid = self.vol.vid();
+        loop {
+            self.write_inode(vid, offset, bytes, dl).await?;
+            let now = self.vol.vid();
+            if now == vid {
+                return Ok(());
+            }
+            vid = now;
+        }
+    }
+
+    async fn write_inode(&self, vid: Vid, offset: u32, bytes: &[u8], dl: Option<Instant>) -> Result<(), Error> {
+        let args = ObjArgs { oid: Oid::inode(vid), offset, ..Default::default() };
         let hdr = ReqHeader::obj(Opcode::WriteObj, SD_FLAG_CMD_WRITE | SD_FLAG_CMD_DIRECT, bytes.len() as u32, args);
         self.call(Backend::InodeUpdate, hdr, bytes, &mut [], dl).await.map(|_| ())
+    }
+
+    /// A write of an object of `stale` got READONLY: someone snapshotted the VDI. One
+    /// request (of any shard of the device) looks the new working vid up and switches the
+    /// shared `Volume` to it; the others wait for that and plan again.
+    async fn follow_snapshot(&self, stale: Vid, dl: Option<Instant>) -> Result<(), Error> {
+        if !self.vol.begin_follow(stale) {
+            while self.vol.is_following() {
+                if self.aborted() {
+                    return Err(Error::Closed);
+                }
+                ring::sleep(FOLLOW_WAIT).await;
+            }
+            return Ok(());
+        }
+        let r = self.follow_inner(stale, dl).await;
+        self.vol.end_follow();
+        match r {
+            Ok(new) => tracing::info!("vdi {}: live snapshot of vid {stale}; writes now go to vid {new}", self.vol.header().name_lossy()),
+            Err(e) => {
+                tracing::warn!("vdi {}: vid {stale} became read-only and no new working vdi could be followed: {e}", self.vol.header().name_lossy())
+            }
+        }
+        r.map(|_| ())
+    }
+
+    /// GET_VDI_INFO by name, check the new inode, switch, then make the new inode's entries
+    /// what this device has in memory (updates that landed in the snapshot's inode after
+    /// the snapshot was taken, and before the switch, would otherwise be missing from it).
+    /// Not on the I/O path: it allocates.
+    async fn follow_inner(&self, stale: Vid, dl: Option<Instant>) -> Result<Vid, Error> {
+        let name = self.vol.header().name;
+        let hdr = ReqHeader::vdi(Opcode::GetVdiInfo, SD_FLAG_CMD_WRITE, name.len() as u32, VdiArgs::default());
+        let rsp = self.call(Backend::VdiLookup, hdr, &name, &mut [], dl).await?;
+        let new = match Vid::new(rsp.vdi_id()) {
+            Some(v) if v != stale => v,
+            // The vid stays a snapshot and no other working VDI took its name (a clone made
+            // from a working VDI, reference §10.3): nothing to follow.
+            _ => return Err(Error::Server(SD_RES_READONLY)),
+        };
+        let mut head = vec![0u8; crate::proto::inode::INODE_HEADER_PARSE_LEN];
+        let rh = ReqHeader::obj(Opcode::ReadObj, 0, head.len() as u32, ObjArgs { oid: Oid::inode(new), ..Default::default() });
+        self.call(Backend::ReadObj, rh, &[], &mut head, dl).await?;
+        let h = InodeHeader::parse(&head).map_err(|_| Error::Protocol)?;
+        let old = self.vol.header();
+        if h.is_snapshot() || h.vdi_id != new.0 || h.block_size_shift != old.block_size_shift || h.vdi_size < old.vdi_size {
+            return Err(Error::Server(SD_RES_READONLY));
+        }
+        self.vol.follow(stale, new);
+        // Reconcile: write every entry, then again the chunks that changed meanwhile (a
+        // request may have updated memory and the new inode between our copy and our write).
+        const CHUNK: usize = 16 << 10;
+        let (mut cur, mut sent) = (Vec::new(), Vec::new());
+        self.vol.entries_snapshot(&mut cur);
+        let mut bytes = Vec::with_capacity(4 * CHUNK);
+        for pass in 0..8 {
+            for (k, chunk) in cur.chunks(CHUNK).enumerate() {
+                if pass > 0 && sent.get(k * CHUNK..k * CHUNK + chunk.len()) == Some(chunk) {
+                    continue;
+                }
+                bytes.clear();
+                chunk.iter().for_each(|e| bytes.extend_from_slice(&e.to_le_bytes()));
+                self.write_inode(new, entry_offset((k * CHUNK) as u32), &bytes, dl).await?;
+            }
+            std::mem::swap(&mut sent, &mut cur);
+            self.vol.entries_snapshot(&mut cur);
+            if cur == sent {
+                break;
+            }
+        }
+        Ok(new)
     }
 
     /// DISCARD / WRITE_ZEROES (see the module contract). `scratch` is the tag's buffer,
@@ -448,7 +560,7 @@ impl Shard {
             }
             let bytes = &mut scratch[..4 * (hi - lo) as usize];
             bytes.fill(0);
-            let r = if any { self.write_inode(entry_offset(lo as u32), bytes, dl).await } else { Ok(()) };
+            let r = if any { self.write_entries(entry_offset(lo as u32), bytes, dl).await } else { Ok(()) };
             for idx in lo..hi {
                 self.vol.release(idx as u32, None);
             }

@@ -88,14 +88,14 @@ impl VolumeIo {
                 let piece = &data[p.buf_off..p.buf_off + p.len as usize];
                 async move {
                     let plan = self.plan_write(p.idx).await?;
-                    let r = match plan {
+                    let (oid, r) = match plan {
                         WritePlan::Write(oid) => return self.client.write_obj(oid, p.obj_off, piece).await.map(|()| None),
-                        WritePlan::Create(oid) => self.client.create_obj(oid, None, p.obj_off, piece, copies, policy).await,
-                        WritePlan::Cow { oid, cow } => self.client.create_obj(oid, Some(cow), p.obj_off, piece, copies, policy).await,
+                        WritePlan::Create(oid) => (oid, self.client.create_obj(oid, None, p.obj_off, piece, copies, policy).await),
+                        WritePlan::Cow { oid, cow } => (oid, self.client.create_obj(oid, Some(cow), p.obj_off, piece, copies, policy).await),
                         WritePlan::Wait => unreachable!("plan_write waits until the plan is not Wait"),
                     };
                     match r {
-                        Ok(()) => Ok(Some((p.idx, self.vol.created(p.idx)))),
+                        Ok(()) => Ok(Some((p.idx, self.vol.created(p.idx, oid.vid())))),
                         Err(e) => {
                             self.release(p.idx, None);
                             Err(e)

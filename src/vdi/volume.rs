@@ -12,8 +12,14 @@
 //!   ([`Volume::release`]) and completes its block request.
 //! - Pure: no I/O, no runtime; `plan_*`, `created` and `release` do not allocate.
 //! - Lock-free: shared by the shards of a device, decisions are made with atomics.
+//! - Live snapshots (reference §12): the own vid can change. When another client snapshots
+//!   the VDI, sheep answers READONLY to writes of the old vid's data objects; one caller
+//!   wins [`Volume::begin_follow`], looks the new working vid up and calls
+//!   [`Volume::follow`]. The entries are kept (the new working VDI's map is a copy of the
+//!   snapshot's), so from then on every write to an object the snapshot owns plans a COW,
+//!   for every shard at once.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use crate::proto::inode::{entry_offset, InodeHeader};
 use crate::proto::{Oid, Vid};
@@ -81,6 +87,10 @@ pub struct Volume {
     /// One bit per object index: a create is in flight (claimed by `plan_write`).
     creating: Box<[AtomicU64]>,
     read_only: bool,
+    /// The own (working) vid: the header's, until a live snapshot moves it.
+    vid: AtomicU32,
+    /// A caller is looking up the new working vid after a live snapshot.
+    following: AtomicBool,
 }
 
 impl Volume {
@@ -91,14 +101,48 @@ impl Volume {
         let mut e: Vec<AtomicU32> = entries.into_iter().take(nr).map(AtomicU32::new).collect();
         e.resize_with(nr, || AtomicU32::new(0));
         let creating = (0..nr.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
-        Volume { header, entries: e.into_boxed_slice(), creating, read_only }
+        let vid = AtomicU32::new(header.vdi_id);
+        Volume { header, entries: e.into_boxed_slice(), creating, read_only, vid, following: AtomicBool::new(false) }
     }
 
+    /// The header as it was loaded (size, object size, copies; its `vdi_id` is the vid the
+    /// device was opened with — [`Volume::vid`] is the current one).
     pub fn header(&self) -> &InodeHeader {
         &self.header
     }
+    /// The own (working) vid now.
     pub fn vid(&self) -> Vid {
-        self.header.vid()
+        Vid(self.vid.load(Ordering::Acquire))
+    }
+
+    /// Become the one caller that follows a live snapshot of `stale` (the vid a write was
+    /// refused for). `false`: the vid already moved on, or another caller is following it;
+    /// wait for [`Volume::is_following`] to clear and plan again.
+    pub fn begin_follow(&self, stale: Vid) -> bool {
+        self.vid() == stale && self.following.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// Whether a caller is between [`Volume::begin_follow`] and [`Volume::end_follow`].
+    pub fn is_following(&self) -> bool {
+        self.following.load(Ordering::Acquire)
+    }
+
+    /// The new working vid of a live snapshot: writes plan against `new` from now on (every
+    /// object still owned by `stale` becomes a COW). Only the caller that won
+    /// `begin_follow(stale)` calls this.
+    pub fn follow(&self, stale: Vid, new: Vid) {
+        let _ = self.vid.compare_exchange(stale.0, new.0, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// The follow is over (done or failed): waiting writers may plan again.
+    pub fn end_follow(&self) {
+        self.following.store(false, Ordering::Release);
+    }
+
+    /// A copy of every entry (a live snapshot's reconciliation; not on the I/O path).
+    pub fn entries_snapshot(&self, out: &mut Vec<u32>) {
+        out.clear();
+        out.extend(self.entries.iter().map(|e| e.load(Ordering::Acquire)));
     }
     pub fn size(&self) -> u64 {
         self.header.vdi_size
@@ -174,13 +218,13 @@ impl Volume {
         Ok(self.creating[w].fetch_or(b, Ordering::AcqRel) & b == 0)
     }
 
-    /// The create of `idx` succeeded: from now on the in-memory entry names the own vid
-    /// (so the caller can encode the inode update). The index stays claimed until
-    /// [`Volume::release`], so no writer completes on an object whose entry is not yet
-    /// persisted. Returns the previous entry, for `release` to restore on failure.
-    pub fn created(&self, idx: u32) -> u32 {
-        let own = self.header.vdi_id;
-        self.entries.get(idx as usize).map_or(0, |e| e.swap(own, Ordering::AcqRel))
+    /// The create of `idx` as an object of `vid` (the vid its plan named) succeeded: from
+    /// now on the in-memory entry names `vid` (so the caller can encode the inode update).
+    /// The index stays claimed until [`Volume::release`], so no writer completes on an
+    /// object whose entry is not yet persisted. Returns the previous entry, for `release`
+    /// to restore on failure.
+    pub fn created(&self, idx: u32, vid: Vid) -> u32 {
+        self.entries.get(idx as usize).map_or(0, |e| e.swap(vid.0, Ordering::AcqRel))
     }
 
     /// Release the claim on `idx` after its create (and inode update) finished. `restore`
@@ -244,7 +288,7 @@ mod tests {
         let v = vol(7, vec![]);
         assert!(v.plan_write(4).is_ok_and(|p| p.is_create()));
         assert_eq!(v.plan_write(4), Ok(WritePlan::Wait));
-        assert_eq!(v.created(4), 0);
+        assert_eq!(v.created(4, Vid(7)), 0);
         assert_eq!(v.plan_write(4), Ok(WritePlan::Wait), "gated until the inode update is done");
         v.release(4, None);
         assert_eq!(v.plan_write(4), Ok(WritePlan::Write(Oid::data(Vid(7), 4))));
@@ -257,10 +301,33 @@ mod tests {
         assert!(v.plan_write(1).is_ok_and(|p| p.is_create()));
         v.release(1, None);
         assert!(v.plan_write(1).is_ok_and(|p| p.is_create()));
-        let old = v.created(1);
+        let old = v.created(1, Vid(7));
         v.release(1, Some(old));
         assert_eq!(v.entry(1), Some(0), "a failed inode update restores the entry");
         assert!(v.plan_write(1).is_ok_and(|p| p.is_create()));
+    }
+
+    #[test]
+    fn following_a_snapshot_turns_own_objects_into_cows() {
+        let v = vol(7, vec![7, 0, 5]);
+        assert!(v.begin_follow(Vid(7)));
+        assert!(!v.begin_follow(Vid(7)), "one follower at a time");
+        assert!(v.is_following());
+        v.follow(Vid(7), Vid(8));
+        v.end_follow();
+        assert!(!v.begin_follow(Vid(7)), "the vid moved on: nothing to follow");
+        assert_eq!(v.vid(), Vid(8));
+        assert_eq!(v.plan_write(0), Ok(WritePlan::Cow { oid: Oid::data(Vid(8), 0), cow: Oid::data(Vid(7), 0) }));
+        assert_eq!(v.plan_write(1), Ok(WritePlan::Create(Oid::data(Vid(8), 1))));
+        assert_eq!(v.plan_read(0), Ok(ReadPlan::Read(Oid::data(Vid(7), 0))));
+        // A create planned before the switch records the vid it was made with.
+        assert_eq!(v.created(0, Vid(7)), 7);
+        v.release(0, None);
+        assert_eq!(v.plan_write(0), Ok(WritePlan::Cow { oid: Oid::data(Vid(8), 0), cow: Oid::data(Vid(7), 0) }));
+        v.release(0, None);
+        assert_eq!(v.created(1, Vid(8)), 0);
+        v.release(1, None);
+        assert_eq!(v.plan_write(1), Ok(WritePlan::Write(Oid::data(Vid(8), 1))));
     }
 
     #[test]
@@ -293,7 +360,7 @@ mod tests {
                         match v.plan_write(idx) {
                             Ok(p) if p.is_create() => {
                                 assert_eq!(active[idx as usize].fetch_add(1, Ordering::SeqCst), 0, "two creates of {idx}");
-                                let old = v.created(idx);
+                                let old = v.created(idx, Vid(9));
                                 active[idx as usize].fetch_sub(1, Ordering::SeqCst);
                                 // Fail most creates so that the race keeps happening.
                                 v.release(idx, if i % 7 == 0 { None } else { Some(old) });
@@ -322,7 +389,7 @@ mod tests {
             for (idx, finish, ok) in ops {
                 if finish {
                     if outstanding[idx as usize] {
-                        let old = v.created(idx);
+                        let old = v.created(idx, Vid(9));
                         v.release(idx, if ok { None } else { Some(old) });
                         outstanding[idx as usize] = false;
                     }

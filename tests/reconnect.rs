@@ -54,33 +54,32 @@ fn writes_survive_connections_cut_again_and_again() {
         ring::init_thread_ring(256).expect("ring");
         let exe = smol::LocalExecutor::new();
         let sh = Rc::new(Shard::new(vol, &[paddr], 2, 64, MIB as usize, &exe).expect("shard").with_io_timeout(Duration::from_secs(20)));
-        let s2 = sh.clone();
-        let out = ring::run_local(&exe, async move {
-            let sh = s2;
-            // 16 tags, each rewriting its own 16 blocks of 64 KiB (creates first, then writes)
-            // until told to stop, always ending a full round.
-            let tasks: Vec<_> = (0..16u64)
-                .map(|t| {
-                    let (sh, stop) = (sh.clone(), stop2.clone());
-                    async move {
-                        let mut rounds = 0u64;
-                        let mut buf = vec![0u8; 65536];
-                        loop {
-                            for k in 0..16u64 {
-                                let i = t * 16 + k;
-                                buf.copy_from_slice(&block(i + rounds));
-                                sh.handle(IoDesc { op: Op::Write, offset: i * 65536, len: 65536, tag: t as u16, fua: false }, &mut buf)
-                                    .await
-                                    .expect("writes succeed across reconnects");
-                            }
-                            rounds += 1;
-                            if stop.load(Ordering::SeqCst) {
-                                return rounds;
-                            }
+        // 16 tags running at once (spawned, not awaited one after the other), each
+        // rewriting its own 16 blocks of 64 KiB (creates first, then writes) until told to
+        // stop, always ending a full round.
+        let tasks: Vec<_> = (0..16u64)
+            .map(|t| {
+                let (sh, stop) = (sh.clone(), stop2.clone());
+                exe.spawn(async move {
+                    let mut rounds = 0u64;
+                    let mut buf = vec![0u8; 65536];
+                    loop {
+                        for k in 0..16u64 {
+                            let i = t * 16 + k;
+                            buf.copy_from_slice(&block(i + rounds));
+                            sh.handle(IoDesc { op: Op::Write, offset: i * 65536, len: 65536, tag: t as u16, fua: false }, &mut buf)
+                                .await
+                                .expect("writes succeed across reconnects");
+                        }
+                        rounds += 1;
+                        if stop.load(Ordering::SeqCst) {
+                            return rounds;
                         }
                     }
                 })
-                .collect();
+            })
+            .collect();
+        let out = ring::run_local(&exe, async move {
             let mut rounds = Vec::new();
             for t in tasks {
                 rounds.push(t.await);

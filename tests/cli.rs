@@ -324,3 +324,76 @@ fn fio_report_against_a_ceiling() {
     let o = Command::new(env!("CARGO_BIN_EXE_sheepdev")).args(["bench", "--plot", "out.svg"]).output().expect("sheepdev runs");
     fails_with(&o, "--plot writes a PNG");
 }
+
+/// `sheepdev serve` given the device table of a daemon that is gone, on a kernel that no
+/// longer has the device: the device is dropped from the table with a log line (a re-attach
+/// needs the kernel side); `recover` of it, or of nothing, fails with one line; SIGTERM exits
+/// 0 and leaves the table persisted; `systemd-unit` names this binary. No kernel device is
+/// touched, so this runs anywhere.
+#[test]
+fn serve_drops_lost_devices_and_exits_on_sigterm() {
+    let bin = env!("CARGO_BIN_EXE_sheepdev");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id = 4242;
+    assert!(!std::path::Path::new(&format!("/dev/ublkc{id}")).exists(), "this test needs ublk device {id} not to exist");
+    let table = format!(
+        r#"[{{"device":"/dev/ublkb{id}","id":{id},"vdi":"linux","name":"linux","vid":7,"snapshot":null,"rebased_from":null,
+        "gateways":["127.0.0.1:1"],"queues":1,"depth":8,"connections":1,"max_io":524288,"block_size":512,"size":1073741824,
+        "read_only":false,"shared":false,"locked":false,"state":"live"}}]"#
+    );
+    std::fs::write(dir.path().join("devices.json"), table).expect("write the table");
+    let sock = dir.path().join("control.sock");
+    let log = std::fs::File::create(dir.path().join("serve.log")).expect("log");
+    let mut serve = Command::new(bin)
+        .args(["serve", "--metrics-addr", "off", "--state-dir"])
+        .arg(dir.path())
+        .env("SHEEPDEV_CONTROL", &sock)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("serve starts");
+    let cli = |args: &[&str]| Command::new(bin).args(args).env("SHEEPDEV_CONTROL", &sock).output().expect("sheepdev runs");
+    let t = Instant::now();
+    let list = loop {
+        let o = cli(&["list", "--json"]);
+        if o.status.success() {
+            break String::from_utf8_lossy(&o.stdout).into_owned();
+        }
+        assert!(
+            serve.try_wait().expect("try_wait").is_none(),
+            "serve exited: {}",
+            std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default()
+        );
+        assert!(t.elapsed() < Duration::from_secs(30), "serve did not answer within 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&list).expect("JSON"), serde_json::json!([]), "the lost device is dropped");
+    fails_with(&cli(&["recover", "--id", &id.to_string()]), &format!("no mapped device matches device id {id}"));
+    fails_with(&cli(&["recover", "/dev/ublkb4242"]), "no mapped device matches /dev/ublkb4242");
+    fails_with(&cli(&["recover"]), "which device?");
+    fails_with(&cli(&["recover", "linux:"]), "");
+
+    // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped.
+    assert_eq!(unsafe { libc::kill(serve.id() as i32, libc::SIGTERM) }, 0);
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = serve.try_wait().expect("try_wait") {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "serve did not exit within 30 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = std::fs::read_to_string(dir.path().join("serve.log")).expect("log");
+    assert!(status.success(), "serve exits 0 on SIGTERM, got {status:?}: {log}");
+    assert!(log.contains(&format!("/dev/ublkb{id} (linux) no longer exists in the kernel: dropped from the device table")), "{log}");
+    assert!(log.contains("SIGTERM: exiting; 0 device(s) stay in the kernel"), "{log}");
+    assert_eq!(std::fs::read_to_string(dir.path().join("devices.json")).expect("table").trim(), "[]");
+
+    let unit = ok(&Command::new(bin).arg("systemd-unit").output().expect("sheepdev runs"));
+    let exe = std::fs::canonicalize(bin).expect("canonical path");
+    assert!(unit.contains(&format!("\nExecStart={} serve\n", exe.display())) || unit.contains(&format!("\nExecStart={bin} serve\n")), "{unit}");
+    for line in ["Restart=always", "KillMode=mixed", "KillSignal=SIGTERM", "[Install]"] {
+        assert!(unit.contains(line), "the unit has {line}: {unit}");
+    }
+    fails_with(&Command::new(bin).args(["systemd-unit", "--bin", "relative/sheepdev"]).output().expect("runs"), "absolute path");
+}

@@ -1,4 +1,5 @@
-//! `sheepdev serve | add | del | list`: the daemon and the commands that talk to it.
+//! `sheepdev serve | add | del | recover | list | systemd-unit`: the daemon and the commands
+//! that talk to it.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -91,6 +92,22 @@ pub struct DelArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// VDI[:SNAP] or /dev/ublkbN.
+    target: Option<String>,
+    /// The device id N of /dev/ublkbN.
+    #[arg(long, conflicts_with = "target")]
+    id: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct SystemdUnitArgs {
+    /// The sheepdev binary the unit runs (default: this one).
+    #[arg(long, value_parser = super::path_arg)]
+    bin: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 pub struct ListArgs {
     #[arg(long)]
     json: bool,
@@ -156,20 +173,46 @@ pub fn add(a: AddArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn del(a: DelArgs) -> anyhow::Result<()> {
-    let target = match (a.target, a.id) {
+/// The device a `del`/`recover` names.
+fn target(t: Option<String>, id: Option<u32>, cmd: &str) -> anyhow::Result<Target> {
+    Ok(match (t, id) {
         (_, Some(id)) => Target::Id(id),
         (Some(t), None) if t.starts_with("/dev/") => Target::Device(t),
         (Some(t), None) => {
             t.parse::<crate::vdi::VdiSpec>().map_err(anyhow::Error::msg)?;
             Target::Vdi(t)
         }
-        (None, None) => bail!("which device? usage: sheepdev del VDI[:SNAP] | /dev/ublkbN | --id N"),
-    };
+        (None, None) => bail!("which device? usage: sheepdev {cmd} VDI[:SNAP] | /dev/ublkbN | --id N"),
+    })
+}
+
+pub fn del(a: DelArgs) -> anyhow::Result<()> {
+    let target = target(a.target, a.id, "del")?;
     let r = call(&Request::Del { target, force: a.force })?;
     if let Some(m) = r.mapping {
         eprintln!("removed {} ({})", m.device, m.vdi);
     }
+    Ok(())
+}
+
+pub fn recover(a: RecoverArgs) -> anyhow::Result<()> {
+    let target = target(a.target, a.id, "recover")?;
+    let r = call(&Request::Recover { target })?;
+    let m = r.mapping.ok_or_else(|| anyhow::anyhow!("the daemon answered without a device"))?;
+    println!("{}", m.device);
+    Ok(())
+}
+
+/// Print the systemd unit with this binary (or `--bin`) in `ExecStart`.
+pub fn systemd_unit(a: SystemdUnitArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let bin = match a.bin {
+        Some(b) => b,
+        None => std::env::current_exe().context("finding this binary's path (give it with --bin)")?,
+    };
+    let bin = bin.to_str().filter(|b| b.starts_with('/') && !b.contains(char::is_whitespace) && !b.contains('%'));
+    let Some(bin) = bin else { bail!("the unit needs an absolute path without spaces or '%' for the binary (give one with --bin)") };
+    print!("{}", daemon::SYSTEMD_UNIT.replace("@SHEEPDEV@", bin));
     Ok(())
 }
 

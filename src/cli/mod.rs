@@ -3,7 +3,6 @@
 
 mod bench;
 mod dev;
-mod fault;
 mod report;
 mod store;
 mod vdi;
@@ -29,6 +28,9 @@ pub enum Command {
     Add(dev::AddArgs),
     /// Unmap a device: VDI[:SNAP], /dev/ublkbN or --id N.
     Del(dev::DelArgs),
+    /// Re-attach a device a previous daemon left (`serve` re-attaches them all at start;
+    /// this retries one whose re-attach failed): VDI[:SNAP], /dev/ublkbN or --id N.
+    Recover(dev::RecoverArgs),
     /// List mapped devices.
     List(dev::ListArgs),
     /// Latency percentiles (p50/p99/p99.9) per device and op, from the daemon.
@@ -43,9 +45,8 @@ pub enum Command {
     /// Run the embedded store: a single-node store for tests, demos and benchmarks, not a
     /// Sheepdog cluster. It speaks sheep's client protocol and keeps objects as files in DIR.
     Store(store::StoreArgs),
-    /// A TCP fault proxy between sheepdev and a sheep endpoint (tests; one line per fault).
-    #[command(hide = true)]
-    FaultProxy(fault::FaultProxyArgs),
+    /// Print a systemd unit for `sheepdev serve` (crash → restart → devices re-attached).
+    SystemdUnit(dev::SystemdUnitArgs),
 }
 
 /// Run the parsed command.
@@ -54,13 +55,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(a) => dev::serve(a),
         Command::Add(a) => dev::add(a),
         Command::Del(a) => dev::del(a),
+        Command::Recover(a) => dev::recover(a),
+        Command::SystemdUnit(a) => dev::systemd_unit(a),
         Command::List(a) => dev::list(a),
         Command::Stats(a) => dev::stats(a),
         Command::Bench(a) => bench::run(a),
         Command::FioReport(a) => report::run(a),
         Command::Vdi(a) => vdi::run(a),
         Command::Store(a) => store::run(a),
-        Command::FaultProxy(a) => fault::run(a),
     }
 }
 

@@ -6,11 +6,23 @@
 //!   JSON request and one JSON response per line. Device data paths run on their own
 //!   pinned queue threads (see `ublk`), never on this executor.
 //! - Mappings are persisted to `STATE_DIR/devices.json` after every change, so a restarted
-//!   daemon knows the devices a previous one left (reported as `orphaned` until user
-//!   recovery can re-attach them; `del` cleans them up).
+//!   daemon knows the devices a previous one left.
+//! - Devices outlive the daemon (ublk user recovery, see [`crate::ublk::recovery_flags`]).
+//!   When the daemon dies (a crash, `kill -9`) or exits on SIGTERM/SIGINT (an upgrade,
+//!   `systemctl restart`), the kernel keeps every `/dev/ublkbN`, quiesces it and holds its
+//!   I/O. The next `serve` re-attaches every persisted device whose kernel side still
+//!   exists (`recovering`, then `live`; `orphaned` if that fails, which `sheepdev recover`
+//!   retries and `del` cleans up) and drops from the table, with a log line, every device
+//!   the kernel no longer has. SIGTERM/SIGINT first let control requests under way finish
+//!   and never unmap: only `del` does.
+//! - The daemon never shares its mount namespace with a private copy ([`SYSTEMD_UNIT`] sets
+//!   no `PrivateMounts=`/`ProtectSystem=`): a copy would receive mounts of its own devices
+//!   by propagation, and a daemon exiting as the last holder of that namespace would
+//!   deadlock unmounting them (libublk-rs PR 51).
 //! - Every failure is one line in `Response::error`, and a failed `add` leaves no device
 //!   and no lock behind.
 
+mod recover;
 mod server;
 
 use std::io::{BufRead, BufReader, Write};
@@ -21,6 +33,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use server::{serve, ServeOptions};
+
+/// The systemd unit for `sheepdev serve` (`sheepdev systemd-unit` prints it with the binary's
+/// path in place of `@SHEEPDEV@`).
+pub const SYSTEMD_UNIT: &str = include_str!("sheepdev.service");
 
 /// Where the daemon listens unless `SHEEPDEV_CONTROL` says otherwise.
 pub const DEFAULT_CONTROL: &str = "/run/sheepdev/control.sock";
@@ -66,7 +82,14 @@ pub enum Target {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
     Add(AddRequest),
-    Del { target: Target, force: bool },
+    Del {
+        target: Target,
+        force: bool,
+    },
+    /// Re-attach one device a previous daemon left (one whose automatic re-attach failed).
+    Recover {
+        target: Target,
+    },
     List,
     Stats,
 }
@@ -105,7 +128,15 @@ pub struct Mapping {
     pub shared: bool,
     /// Whether the daemon holds the VDI lock (released on `del`).
     pub locked: bool,
+    /// `live`, `recovering` (being re-attached) or `orphaned` (left by a previous daemon and
+    /// not re-attached: `sheepdev recover` retries, `del` removes it).
     pub state: String,
+    /// Seconds a block request may wait for the cluster (0: forever).
+    #[serde(default = "default_io_timeout")]
+    pub io_timeout: u64,
+    /// Whether the kernel device has user recovery, so it survives the daemon.
+    #[serde(default)]
+    pub recoverable: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -132,4 +163,30 @@ pub fn request(socket: &Path, req: &Request, timeout: Duration) -> Result<Respon
         return Err("the daemon closed the connection without answering (see its log)".into());
     }
     serde_json::from_str(&answer).map_err(|e| format!("bad answer from the daemon: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A table written before recovery existed still loads: the new fields take defaults.
+    #[test]
+    fn an_older_device_table_loads() {
+        let old = r#"[{"device":"/dev/ublkb0","id":0,"vdi":"linux","name":"linux","vid":7,"snapshot":null,"rebased_from":null,
+            "gateways":["127.0.0.1:7000"],"queues":2,"depth":128,"connections":1,"max_io":524288,"block_size":512,
+            "size":1073741824,"read_only":false,"shared":false,"locked":true,"state":"live"}]"#;
+        let v: Vec<Mapping> = serde_json::from_str(old).expect("loads");
+        assert_eq!((v[0].io_timeout, v[0].recoverable, v[0].locked), (30, false, true));
+    }
+
+    #[test]
+    fn the_unit_restarts_the_daemon_and_keeps_the_host_mount_namespace() {
+        let active: Vec<&str> = SYSTEMD_UNIT.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).collect();
+        for want in ["ExecStart=@SHEEPDEV@ serve", "Restart=always", "KillMode=mixed", "KillSignal=SIGTERM", "TimeoutStopSec=90"] {
+            assert!(active.contains(&want), "the unit lacks {want}");
+        }
+        for l in &active {
+            assert!(!l.starts_with("Private") && !l.starts_with("Protect") && !l.starts_with("RuntimeDirectory"), "{l}");
+        }
+    }
 }

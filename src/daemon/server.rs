@@ -1,6 +1,7 @@
 //! `sheepdev serve`: the control socket, add/del/list, and the persisted mapping table.
+//! Re-attaching devices and the exit on SIGTERM are in `recover.rs`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -31,20 +32,53 @@ pub struct ServeOptions {
 const DEVICE_WAIT: Duration = Duration::from_secs(60);
 
 /// A device this daemon runs.
-struct Live {
-    abort: Abort,
-    metrics: Option<crate::metrics::DeviceMetrics>,
+pub(super) struct Live {
+    pub(super) abort: Abort,
+    pub(super) metrics: Option<crate::metrics::DeviceMetrics>,
     /// Receives once when the device thread ends.
-    ended: mpsc::Receiver<()>,
+    pub(super) ended: mpsc::Receiver<()>,
 }
 
-struct Daemon {
-    opts: ServeOptions,
-    mappings: RefCell<BTreeMap<u32, Mapping>>,
-    live: RefCell<BTreeMap<u32, Live>>,
+/// What [`Daemon::launch`] hands back once the device serves I/O.
+pub(super) struct Launched {
+    pub(super) id: u32,
+    pub(super) recoverable: bool,
+    pub(super) live: Live,
 }
 
-/// Run the daemon until it is killed.
+pub(super) struct Daemon {
+    pub(super) opts: ServeOptions,
+    pub(super) mappings: RefCell<BTreeMap<u32, Mapping>>,
+    pub(super) live: RefCell<BTreeMap<u32, Live>>,
+    /// Control requests (and re-attaches) under way; a SIGTERM exit waits for them.
+    pub(super) busy: Cell<usize>,
+    /// Set on SIGTERM/SIGINT: new add/del/recover requests are refused.
+    pub(super) stopping: Cell<bool>,
+}
+
+/// Counts one request in [`Daemon::busy`] while it lives.
+pub(super) struct Busy<'a>(&'a Cell<usize>);
+
+impl<'a> Busy<'a> {
+    pub(super) fn new(c: &'a Cell<usize>) -> Busy<'a> {
+        c.set(c.get() + 1);
+        Busy(c)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+/// Whether the kernel still has ublk device `id`.
+pub(super) fn kernel_has(id: u32) -> bool {
+    std::path::Path::new(&format!("/dev/ublkc{id}")).exists() || std::path::Path::new(&format!("/sys/class/ublk-char/ublkc{id}")).exists()
+}
+
+/// Run the daemon: re-attach what a previous one left, serve the control socket, and on
+/// SIGTERM/SIGINT exit the process (0) leaving every device for the next daemon.
 pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     use anyhow::Context;
     std::fs::create_dir_all(&opts.state_dir).with_context(|| format!("creating {}", opts.state_dir.display()))?;
@@ -58,10 +92,17 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         }
         std::fs::remove_file(&opts.control).with_context(|| format!("removing the stale socket {}", opts.control.display()))?;
     }
-    let mut mappings = load_state(&opts.state_dir);
+    super::recover::catch_signals().context("installing the SIGTERM/SIGINT handlers")?;
+    // Every device a previous daemon left is re-attached once the socket is up; those the
+    // kernel no longer has are dropped.
+    let (mut mappings, gone): (BTreeMap<u32, Mapping>, Vec<Mapping>) = {
+        let (keep, gone): (Vec<_>, Vec<_>) = load_state(&opts.state_dir).into_values().partition(|m| kernel_has(m.id));
+        (keep.into_iter().map(|m| (m.id, m)).collect(), gone)
+    };
     for m in mappings.values_mut() {
-        m.state = if std::path::Path::new(&format!("/dev/ublkc{}", m.id)).exists() { "orphaned".into() } else { "gone".into() };
+        m.state = "recovering".into();
     }
+    let to_recover: Vec<u32> = mappings.keys().copied().collect();
     crate::cli::block_on(async move {
         let _metrics = match opts.metrics_addr {
             Some(a) => {
@@ -74,8 +115,16 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         let listener = UnixListener::bind(&opts.control).map_err(|e| anyhow::anyhow!("listening on {}: {e}", opts.control.display()))?;
         std::fs::set_permissions(&opts.control, std::fs::Permissions::from_mode(0o600))?;
         eprintln!("sheepdev serve: control socket {}", opts.control.display());
-        let d = Rc::new(Daemon { opts, mappings: RefCell::new(mappings), live: RefCell::new(BTreeMap::new()) });
+        let d = Rc::new(Daemon {
+            opts,
+            mappings: RefCell::new(mappings),
+            live: RefCell::new(BTreeMap::new()),
+            busy: Cell::new(0),
+            stopping: Cell::new(false),
+        });
         d.persist();
+        glommio::spawn_local(d.clone().exit_on_signal()).detach();
+        glommio::spawn_local(d.clone().recover_all(to_recover, gone)).detach();
         loop {
             match listener.accept().await {
                 Ok(stream) => {
@@ -119,7 +168,7 @@ fn load_state(dir: &std::path::Path) -> BTreeMap<u32, Mapping> {
 }
 
 impl Daemon {
-    fn persist(&self) {
+    pub(super) fn persist(&self) {
         let v: Vec<Mapping> = self.mappings.borrow().values().cloned().collect();
         let path = state_file(&self.opts.state_dir);
         let tmp = path.with_extension("json.tmp");
@@ -133,6 +182,13 @@ impl Daemon {
     }
 
     async fn handle(&self, req: Request) -> Response {
+        let _busy = match req {
+            Request::Add(_) | Request::Del { .. } | Request::Recover { .. } if self.stopping.get() => {
+                return Response { error: Some("the daemon is shutting down (SIGTERM): try again once it is back".into()), ..Default::default() };
+            }
+            Request::Add(_) | Request::Del { .. } | Request::Recover { .. } => Some(Busy::new(&self.busy)),
+            Request::List | Request::Stats => None,
+        };
         match req {
             Request::List => Response { mappings: self.mappings.borrow().values().cloned().collect(), ..Default::default() },
             Request::Stats => {
@@ -154,6 +210,16 @@ impl Daemon {
             },
             Request::Del { target, force } => match self.del(target, force).await {
                 Ok((m, warnings)) => Response { mapping: Some(m), warnings, ..Default::default() },
+                Err(e) => Response { error: Some(e), ..Default::default() },
+            },
+            Request::Recover { target } => match self.find(&target) {
+                Ok(id) if self.mappings.borrow().get(&id).is_some_and(|m| m.state == "recovering") => {
+                    Response { error: Some(format!("/dev/ublkb{id} is being re-attached already")), ..Default::default() }
+                }
+                Ok(id) => match self.reattach(id).await {
+                    Ok(m) => Response { mapping: Some(m), ..Default::default() },
+                    Err(e) => Response { error: Some(e), ..Default::default() },
+                },
                 Err(e) => Response { error: Some(e), ..Default::default() },
             },
         }
@@ -196,6 +262,8 @@ impl Daemon {
             shared: a.shared,
             locked: false,
             state: "live".into(),
+            io_timeout: a.io_timeout,
+            recoverable: false,
         };
         let target;
         let mut lock: Option<(Rc<Client>, crate::proto::Vid)> = None;
@@ -270,47 +338,53 @@ impl Daemon {
             target,
             metrics: Some(labels),
             io_timeout: Duration::from_secs(a.io_timeout),
+            recover: false,
         };
         m.max_io = spec.effective_max_io();
-        let abort: Abort = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (started_tx, started_rx) = mpsc::channel();
-        let (ended_tx, ended_rx) = mpsc::channel();
-        let s2 = abort.clone();
-        let spawned = std::thread::Builder::new().name("sheepdev-dev".into()).spawn(move || {
-            let tx = started_tx.clone();
-            let r = ublk::run(spec, s2, move |st| {
-                let _ = tx.send(Ok(st));
-            });
-            if let Err(e) = r {
-                let _ = started_tx.send(Err(e));
-            }
-            let _ = ended_tx.send(());
-        });
-        if let Err(e) = spawned {
-            release(&lock).await;
-            return Err(format!("cannot start a device thread: {e}"));
-        }
-        let started = glommio::executor().spawn_blocking(move || started_rx.recv_timeout(DEVICE_WAIT)).await;
-        let (id, metrics) = match started {
-            Ok(Ok(st)) => (st.id, st.metrics),
-            Ok(Err(e)) => {
+        let l = match self.launch(spec).await {
+            Ok(l) => l,
+            Err(e) => {
                 release(&lock).await;
                 return Err(e);
             }
-            Err(_) => {
-                release(&lock).await;
-                return Err(format!("the ublk device did not come up within {} s", DEVICE_WAIT.as_secs()));
-            }
         };
-        (m.id, m.device) = (id, format!("/dev/ublkb{id}"));
-        self.mappings.borrow_mut().insert(id, m.clone());
-        self.live.borrow_mut().insert(id, Live { abort, metrics, ended: ended_rx });
+        (m.id, m.device, m.recoverable) = (l.id, format!("/dev/ublkb{}", l.id), l.recoverable);
+        self.mappings.borrow_mut().insert(l.id, m.clone());
+        self.live.borrow_mut().insert(l.id, l.live);
         self.persist();
         tracing::info!("mapped {} as {}", m.vdi, m.device);
         Ok(m)
     }
 
-    fn find(&self, t: &Target) -> Result<u32, String> {
+    /// Run `spec`'s device on its own thread and wait until it serves I/O (or failed).
+    pub(super) async fn launch(&self, spec: ublk::Spec) -> Result<Launched, String> {
+        let abort: Abort = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (started_tx, started_rx) = mpsc::channel();
+        let (ended_tx, ended_rx) = mpsc::channel();
+        let s2 = abort.clone();
+        std::thread::Builder::new()
+            .name("sheepdev-dev".into())
+            .spawn(move || {
+                let tx = started_tx.clone();
+                let r = ublk::run(spec, s2, move |st| {
+                    let _ = tx.send(Ok(st));
+                });
+                if let Err(e) = r {
+                    let _ = started_tx.send(Err(e));
+                }
+                let _ = ended_tx.send(());
+            })
+            .map_err(|e| format!("cannot start a device thread: {e}"))?;
+        // A re-attach may first wait up to 30 s for the kernel to quiesce the device.
+        let started = glommio::executor().spawn_blocking(move || started_rx.recv_timeout(DEVICE_WAIT)).await;
+        match started {
+            Ok(Ok(st)) => Ok(Launched { id: st.id, recoverable: st.recoverable, live: Live { abort, metrics: st.metrics, ended: ended_rx } }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(format!("the ublk device did not come up within {} s", DEVICE_WAIT.as_secs())),
+        }
+    }
+
+    pub(super) fn find(&self, t: &Target) -> Result<u32, String> {
         let maps = self.mappings.borrow();
         let found: Vec<u32> = match t {
             Target::Id(id) => maps.get(id).map(|m| m.id).into_iter().collect(),
@@ -342,6 +416,9 @@ impl Daemon {
     async fn del(&self, t: Target, force: bool) -> Result<(Mapping, Vec<String>), String> {
         let id = self.find(&t)?;
         let m = self.mappings.borrow().get(&id).cloned().ok_or("the device vanished")?;
+        if m.state == "recovering" {
+            return Err(format!("{} is being re-attached; try again once `sheepdev list` shows it live", m.device));
+        }
         let live = self.live.borrow_mut().remove(&id);
         let mut warnings = Vec::new();
         let abort = live.as_ref().map(|l| l.abort.clone());
@@ -395,7 +472,7 @@ impl Daemon {
     }
 }
 
-async fn release(lock: &Option<(Rc<Client>, crate::proto::Vid)>) {
+pub(super) async fn release(lock: &Option<(Rc<Client>, crate::proto::Vid)>) {
     if let Some((c, vid)) = lock {
         if let Err(e) = c.release_vdi(*vid, false).await {
             tracing::warn!("could not release the lock on vid {vid}: {e}");
@@ -403,7 +480,7 @@ async fn release(lock: &Option<(Rc<Client>, crate::proto::Vid)>) {
     }
 }
 
-async fn release_by_name(m: &Mapping) -> Result<(), String> {
+pub(super) async fn release_by_name(m: &Mapping) -> Result<(), String> {
     let gateways: Vec<SocketAddr> = m.gateways.iter().filter_map(|g| g.parse().ok()).collect();
     let mut cfg = Config::new(gateways);
     cfg.connect_timeout = Duration::from_secs(2);

@@ -11,6 +11,12 @@
 //!   `max_io` ≤ object size, discard granularity = object size. No volatile cache is
 //!   declared: a write completes only once it is durable.
 //! - `Target::Null` completes every request at once (the ublk ceiling for benchmarks).
+//! - Devices are created with user recovery and reissue ([`recovery_flags`]) when the driver
+//!   has them: if the daemon exits or dies, the kernel keeps `/dev/ublkbN`, quiesces it
+//!   and holds its I/O; a later [`run`] with `Spec::recover` re-attaches it
+//!   (START_USER_RECOVERY, queues rebuilt with `UBLK_DEV_F_RECOVER_DEV`, then
+//!   END_USER_RECOVERY by `start_dev`) and the held requests are served. A failed
+//!   re-attach leaves the device as it was (quiesced), never deletes it.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -49,6 +55,9 @@ pub struct Spec {
     pub metrics: Option<(String, String)>,
     /// How long a block request may wait for the cluster (zero: forever).
     pub io_timeout: Duration,
+    /// Re-attach the existing, quiesced device `id` (left by a daemon that exited or died)
+    /// instead of creating one. Its queues, depth and buffer size must match this spec.
+    pub recover: bool,
 }
 
 /// Raised by a forced delete: every shard of the device fails its requests at once instead
@@ -101,22 +110,132 @@ fn to_desc(iod: &sys::ublksrv_io_desc, tag: u16) -> Option<IoDesc> {
 pub struct Started {
     pub id: u32,
     pub metrics: Option<DeviceMetrics>,
+    /// Whether the device has user recovery (it survives the daemon; see [`recovery_flags`]).
+    pub recoverable: bool,
 }
 
-/// Create the device and serve it until it is deleted. `started` gets the device id (and
-/// its metrics) once `/dev/ublkbN` exists. Blocking: run it on its own thread.
-pub fn run(spec: Spec, abort: Abort, started: impl FnOnce(Started) + Send + Sync + 'static) -> Result<(), String> {
-    let max_io = spec.effective_max_io();
-    let size = spec.size();
+/// The ublk flags a new device gets: `UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE`
+/// when the driver has both (Linux 6.1+; asked with GET_FEATURES where the kernel has it,
+/// 6.5+), else none (the device then dies with the daemon).
+///
+/// Why REISSUE rather than plain USER_RECOVERY: when the daemon dies, the requests it had
+/// taken from the kernel and not completed are, with USER_RECOVERY alone, failed with EIO;
+/// with REISSUE they are requeued and issued again to the next daemon. None of them was
+/// acknowledged, so the filesystem above allows any outcome for them, but an EIO on a
+/// write during an upgrade is exactly what recovery exists to avoid (ext4 aborts its
+/// journal on one). Issuing a request again is safe here: a read, a write of the same
+/// bytes at the same offset, a discard or a write-zeroes gives the same result whether or
+/// not the first attempt reached sheep, and the next daemon reloads the inode, so a
+/// copy-on-write the first attempt finished is seen as done and one it did not is redone.
+/// Acknowledged writes are already durable in sheep (no volatile cache is declared), so
+/// nothing else needs replaying.
+pub fn recovery_flags() -> u64 {
+    let want = u64::from(sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_USER_RECOVERY_REISSUE);
+    match UblkCtrl::get_features() {
+        Some(f) if f & want != want => {
+            tracing::warn!("this kernel's ublk driver has no user recovery: devices will not survive a daemon restart");
+            0
+        }
+        _ => want,
+    }
+}
+
+/// Whether process `pid` is alive (a zombie is not: its files are closed).
+fn pid_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // "pid (comm) S ...": the state follows the last ')'.
+        Ok(s) => s.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()).is_some_and(|c| c != 'Z' && c != 'X'),
+        Err(_) => false,
+    }
+}
+
+fn state_name(state: u16) -> String {
+    match u32::from(state) {
+        sys::UBLK_S_DEV_DEAD => "stopped".into(),
+        sys::UBLK_S_DEV_LIVE => "live".into(),
+        sys::UBLK_S_DEV_QUIESCED => "quiesced".into(),
+        sys::UBLK_S_DEV_FAIL_IO => "failing I/O".into(),
+        s => format!("in state {s}"),
+    }
+}
+
+/// How long [`attach`] waits for the process that served a live device to go away.
+const OLD_DAEMON_WAIT: Duration = Duration::from_secs(15);
+
+/// Open device `id` for re-attaching and start its recovery (START_USER_RECOVERY).
+///
+/// The device must have user recovery and the geometry `spec` gives. It is normally
+/// quiesced; a live device whose serving process is gone is accepted too (the kernel
+/// quiesces it a few seconds after its daemon died and START_USER_RECOVERY answers EBUSY
+/// until then, which libublk retries for 30 s). A live device whose process still runs is
+/// refused after [`OLD_DAEMON_WAIT`].
+fn attach(id: u32, spec: &Spec, max_io: u32) -> Result<UblkCtrl, String> {
     let ctrl = UblkCtrlBuilder::default()
         .name("sheepdev")
-        .id(spec.id.map_or(-1, |i| i as i32))
+        .id(id as i32)
         .nr_queues(spec.queues)
         .depth(spec.depth)
         .io_buf_bytes(max_io)
-        .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
+        .ctrl_flags(u64::from(sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_USER_RECOVERY_REISSUE))
+        .dev_flags(UblkFlags::UBLK_DEV_F_RECOVER_DEV)
         .build()
-        .map_err(|e| format!("cannot create the ublk device: {e}"))?;
+        .map_err(|e| format!("cannot open ublk device {id}: {e}"))?;
+    let mut info = ctrl.dev_info();
+    if info.flags & u64::from(sys::UBLK_F_USER_RECOVERY) == 0 {
+        return Err(format!(
+            "ublk device {id} was created without user recovery and cannot be re-attached (remove it with `sheepdev del --id {id}`)"
+        ));
+    }
+    if (info.nr_hw_queues, info.queue_depth, info.max_io_buf_bytes) != (spec.queues, spec.depth, max_io) {
+        return Err(format!(
+            "ublk device {id} has {} queues of depth {} with {}-byte buffers, the device table says {}, {} and {}: not re-attaching",
+            info.nr_hw_queues, info.queue_depth, info.max_io_buf_bytes, spec.queues, spec.depth, max_io
+        ));
+    }
+    let t0 = std::time::Instant::now();
+    while u32::from(info.state) == sys::UBLK_S_DEV_LIVE && pid_alive(info.ublksrv_pid) {
+        if t0.elapsed() > OLD_DAEMON_WAIT {
+            return Err(format!("ublk device {id} is live and served by process {}", info.ublksrv_pid));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        ctrl.read_dev_info().map_err(|e| format!("reading ublk device {id}: {e}"))?;
+        info = ctrl.dev_info();
+    }
+    if !matches!(u32::from(info.state), sys::UBLK_S_DEV_LIVE | sys::UBLK_S_DEV_QUIESCED) {
+        return Err(format!("ublk device {id} is {}, not quiesced: there is nothing to re-attach", state_name(info.state)));
+    }
+    match ctrl.start_user_recover() {
+        Ok(r) if r >= 0 => Ok(ctrl),
+        Ok(r) => Err(format!(
+            "ublk device {id} did not become recoverable within 30 s ({}): is its old daemon still exiting?",
+            std::io::Error::from_raw_os_error(-r)
+        )),
+        Err(e) => Err(format!("cannot start recovering ublk device {id}: {e}")),
+    }
+}
+
+/// Create the device (or re-attach it, with `Spec::recover`) and serve it until it is
+/// deleted. `started` gets the device id (and its metrics) once `/dev/ublkbN` serves I/O.
+/// Blocking: run it on its own thread.
+pub fn run(spec: Spec, abort: Abort, started: impl FnOnce(Started) + Send + Sync + 'static) -> Result<(), String> {
+    let max_io = spec.effective_max_io();
+    let size = spec.size();
+    let recover = spec.recover;
+    let ctrl = match (recover, spec.id) {
+        (true, Some(id)) => attach(id, &spec, max_io)?,
+        (true, None) => return Err("re-attaching a device needs its id".into()),
+        (false, _) => UblkCtrlBuilder::default()
+            .name("sheepdev")
+            .id(spec.id.map_or(-1, |i| i as i32))
+            .nr_queues(spec.queues)
+            .depth(spec.depth)
+            .io_buf_bytes(max_io)
+            .ctrl_flags(recovery_flags())
+            .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
+            .build()
+            .map_err(|e| format!("cannot create the ublk device: {e}"))?,
+    };
+    let recoverable = ctrl.dev_info().flags & u64::from(sys::UBLK_F_USER_RECOVERY) != 0;
     let (bs_shift, os_sectors) = (spec.block_size.trailing_zeros() as u8, (spec.object_size() >> 9) as u32);
     let (read_only, depth) = (spec.read_only, spec.depth);
     let tgt_init = move |dev: &mut UblkDev| {
@@ -153,11 +272,15 @@ pub fn run(spec: Spec, abort: Abort, started: impl FnOnce(Started) + Send + Sync
         move |ctrl| {
             let id = ctrl.dev_info().dev_id;
             if let Some(f) = started.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
-                f(Started { id, metrics: dm });
+                f(Started { id, metrics: dm, recoverable });
             }
         },
     );
-    let _ = ctrl.del_dev();
+    // A device that was stopped (`del`), or a new one that failed, is deleted. A failed
+    // re-attach leaves the device quiesced for another try or a `del`.
+    if r.is_ok() || !recover {
+        let _ = ctrl.del_dev();
+    }
     r.map(|_| ()).map_err(|e| format!("ublk device failed: {e}"))
 }
 
@@ -263,4 +386,24 @@ pub fn stop(id: u32, abort: Option<&Abort>) -> Result<(), String> {
     let ctrl = UblkCtrl::new_simple(id as i32).map_err(|e| format!("no ublk device {id}: {e}"))?;
     ctrl.kill_dev().map_err(|e| format!("cannot stop ublk device {id}: {e}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_alive_sees_this_process_and_not_a_missing_one() {
+        assert!(pid_alive(std::process::id() as i32));
+        // Above any pid_max the kernel allows (2^22).
+        assert!(!pid_alive(i32::MAX));
+        assert!(!pid_alive(-1));
+    }
+
+    #[test]
+    fn state_names() {
+        assert_eq!(state_name(sys::UBLK_S_DEV_QUIESCED as u16), "quiesced");
+        assert_eq!(state_name(sys::UBLK_S_DEV_DEAD as u16), "stopped");
+        assert_eq!(state_name(9), "in state 9");
+    }
 }

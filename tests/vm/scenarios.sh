@@ -25,6 +25,15 @@
 #   6 bad-input   add of a missing VDI / tag / snapshot id, a second exclusive
 #                 add, del of unknown devices: non-zero, one line on stderr,
 #                 nothing left behind
+#   7 recovery    add rec (user recovery) -> ext4 + files -> fio randwrite with
+#                 crc32c verify on a file in it -> kill -9 the daemon mid-fio ->
+#                 a read issued while no daemon runs waits -> serve again
+#                 re-attaches -> fio verifies clean; prints how long I/O
+#                 stalled. Then SIGTERM (the daemon exits, the device stays),
+#                 the store down too: the next serve leaves it orphaned,
+#                 `sheepdev recover` re-attaches it once the store is back;
+#                 e2fsck -fn clean, every file reads back the same; last, an
+#                 orphaned (quiesced) device is removed by del
 #
 # Each scenario prints "SCENARIO <n> <name>: PASS", or "FAIL: SCENARIO ..."
 # with what differed and the script exits non-zero (logs and diagnostics
@@ -33,7 +42,7 @@
 # Usage (host): bash tests/vm/kernel-tests.sh [SCENARIO...]
 #   or: bash tests/vm/run-vm.sh --quiet --timeout 900 --bin target/release/sheepdev \
 #         --out DIR tests/vm/scenarios.sh [SCENARIO...]
-# SCENARIO is a number (1-6) or a name (ext4, fio-verify, ...); default: all.
+# SCENARIO is a number (1-7) or a name (ext4, fio-verify, ...); default: all.
 #
 # Guest tools: busybox, fio, mkfs.ext4, e2fsck (run-vm.sh), sheepdev (--bin).
 # util-linux blkdiscard and fallocate (kernel-tests.sh adds them with --bin)
@@ -355,7 +364,7 @@ start_store() {
 start_serve() {
     local i=0
     say "starting sheepdev serve (control socket $SOCK)"
-    sheepdev serve >"$W/serve.log" 2>&1 &
+    sheepdev serve >>"$W/serve.log" 2>&1 &
     SERVE_PID=$!
     while ! timeout 10 sheepdev list --json >/dev/null 2>&1; do
         kill -0 "$SERVE_PID" 2>/dev/null || { wait "$SERVE_PID" || i=$?; SERVE_PID="";
@@ -754,8 +763,165 @@ s6_bad_input() {
     pass
 }
 
+# ------------------------------------------------------------ 7 recovery
+# uptime_cs: the uptime in centiseconds (busybox date has no sub-second format).
+uptime_cs() { awk '{ split($1, a, "."); print a[1] * 100 + a[2] }' /proc/uptime; }
+cs_to_s() { awk -v c="$1" 'BEGIN { printf "%.2f", c / 100 }'; }
+# s7_wait_state DEV STATE SECS: `sheepdev list` shows DEV in STATE within SECS.
+s7_wait_state() {
+    local i=0 st
+    while :; do
+        st=$(list_get "$1" state)
+        [ "$st" = "$2" ] && return 0
+        i=$((i + 1))
+        [ $i -le $(($3 * 5)) ] || fail "$1 is '$st' in sheepdev list after $3 s, expected $2; serve.log: $(tail -n 5 "$W/serve.log" | tr '\n' ';')"
+        sleep 0.2
+    done
+}
+# s7_writes DEV: writes completed on DEV so far (/sys/block/NAME/stat field 5).
+s7_writes() { awk '{ print $5 }' "/sys/block/${1#/dev/}/stat"; }
+s7_sums() { (cd /mnt/s7 && find . -type f ! -name fio.dat | sort | xargs sha256sum); }
+s7_recovery() {
+    local d eng rc i w0 fio_pid probe_pid t_kill t_live t_probe v size=64M
+    begin 7 recovery
+    ensure_vdi rec 1G
+    add_dev "$ADDR" rec --queues 2
+    d=$DEV
+    v=$(list_get "$d" recoverable)
+    [ "$v" = true ] || fail "$d was not created with user recovery (sheepdev list: recoverable=$v)"
+    run "mkfs.ext4 on $d" mkfs.ext4 -q -F "$d"
+    mkdir -p /mnt/s7
+    run "mount $d" mount -t ext4 "$d" /mnt/s7
+    head -c $((5 * MIB + 7)) /dev/urandom >/mnt/s7/rand-5m
+    pattern R 2 >/mnt/s7/pattern-2m
+    echo "sheepdev scenario 7" >/mnt/s7/small.txt
+    s7_sums >"$W/s7.sums"
+    sync
+
+    eng=$(fio_engine)
+    step "fio randwrite bs=4k iodepth=32 size=$size ioengine=$eng direct=1 verify=crc32c on /mnt/s7/fio.dat; kill -9 the daemon mid-fio"
+    w0=$(s7_writes "$d")
+    fio --name=recovery --filename=/mnt/s7/fio.dat --size="$size" --ioengine="$eng" --direct=1 \
+        --rw=randwrite --bs=4k --iodepth=32 --verify=crc32c --verify_fatal=1 --do_verify=1 \
+        --eta=never --output-format=json --output="$W/fio-s7.json" 2>"$W/fio-s7.err" &
+    fio_pid=$!
+    i=0
+    while [ $(($(s7_writes "$d") - w0)) -lt 2000 ]; do
+        kill -0 "$fio_pid" 2>/dev/null || fail "fio ended before the kill (wrote $(($(s7_writes "$d") - w0)) requests): raise its size"
+        i=$((i + 1))
+        [ $i -le 600 ] || fail "fio wrote only $(($(s7_writes "$d") - w0)) requests to $d in 120 s"
+        sleep 0.2
+    done
+    t_kill=$(uptime_cs)
+    kill -KILL "$SERVE_PID"
+    wait "$SERVE_PID" 2>/dev/null || true
+    SERVE_PID=""
+    kill -0 "$fio_pid" 2>/dev/null || fail "fio ended right at the kill: raise its size"
+    step "killed the daemon after $(($(s7_writes "$d") - w0)) writes; fio still running"
+    # A read issued while no daemon runs (at 700 MiB, past what ext4 wrote): it must wait.
+    (
+        rc=0
+        dd if="$d" of=/dev/null bs=4096 count=1 skip=$((700 * 256)) iflag=direct 2>"$W/probe.err" || rc=$?
+        echo "$rc $(uptime_cs)" >"$W/probe.t"
+    ) &
+    probe_pid=$!
+    [ -b "$d" ] || fail "$d vanished when its daemon was killed"
+    sleep 1
+    echo "=== scenario 7: serve again after kill -9" >>"$W/serve.log"
+    start_serve
+    s7_wait_state "$d" live 90
+    t_live=$(uptime_cs)
+    wait "$probe_pid" || true
+    read -r rc t_probe <"$W/probe.t" || fail "the probe read left no result"
+    [ "$rc" = 0 ] || fail "a read issued while no daemon ran failed (dd exited $rc): $(cat "$W/probe.err")"
+    grep -q "re-attached $d (rec)" "$W/serve.log" || fail "serve.log does not say it re-attached $d"
+    rc=0
+    wait "$fio_pid" || rc=$?
+    if [ "$rc" != 0 ] || grep -qiE 'verify.*fail|bad magic|bad header|crc32c' "$W/fio-s7.err"; then
+        cat "$W/fio-s7.err" >&2
+        sed '/^{/,$d' "$W/fio-s7.json" | head -40 >&2
+        fail "fio across the daemon's kill -9 exited $rc (verify errors above)"
+    fi
+    json_flat <"$W/fio-s7.json" >"$W/fio.flat"
+    v=$(awk -F'\t' '$1 == ".jobs[0].error" { print $2 }' "$W/fio.flat")
+    [ "$v" = 0 ] || fail "fio across the kill: error=$v"
+    v=$(awk -F'\t' '$1 == ".jobs[0].read.io_bytes" { print $2 }' "$W/fio.flat")
+    [ -n "$v" ] && [ "$v" -gt 0 ] || fail "fio did not verify anything (read io_bytes=$v)"
+    v=$(awk -F'\t' '$1 == ".jobs[0].write.clat_ns.max" { printf "%.2f", $2 / 1e9 }' "$W/fio.flat")
+    step "I/O stalled $(cs_to_s $((t_probe - t_kill))) s (kill -9 to the completion of a read issued while no daemon ran, 1 s of it before serve was started again; list showed the device live $(cs_to_s $((t_live - t_kill))) s after the kill); fio's slowest write ${v} s; verify errors: 0"
+    echo "SCENARIO 7 recovery: kill -9 stall $(cs_to_s $((t_probe - t_kill))) s, fio max write latency ${v} s, verify errors 0" >>"$OUT/recovery.txt"
+
+    step "SIGTERM: the daemon exits 0 and leaves $d"
+    kill -TERM "$SERVE_PID"
+    i=0
+    while kill -0 "$SERVE_PID" 2>/dev/null; do
+        i=$((i + 1))
+        [ $i -le 150 ] || fail "sheepdev serve still runs 30 s after SIGTERM"
+        sleep 0.2
+    done
+    rc=0
+    wait "$SERVE_PID" || rc=$?
+    SERVE_PID=""
+    [ "$rc" = 0 ] || fail "sheepdev serve exited $rc on SIGTERM"
+    grep -q "SIGTERM: exiting; 1 device(s) stay in the kernel" "$W/serve.log" || fail "serve.log does not say it left the device: $(tail -n 3 "$W/serve.log")"
+    [ -b "$d" ] || fail "$d vanished when its daemon exited on SIGTERM"
+    step "the store stops too; a file written now waits in sync"
+    stop_pid "sheepdev store" "$STORE_PID"
+    STORE_PID=""
+    pattern D 1 >"$W/D"
+    t_kill=$(uptime_cs)
+    (
+        rc=0
+        cp "$W/D" /mnt/s7/written-while-down && sync || rc=$?
+        echo "$rc $(uptime_cs)" >"$W/probe.t"
+    ) &
+    probe_pid=$!
+    echo "=== scenario 7: serve again after SIGTERM, store down" >>"$W/serve.log"
+    start_serve
+    s7_wait_state "$d" orphaned 60
+    step "re-attach failed with the store down: $(grep "cannot re-attach $d" "$W/serve.log" | tail -n 1)"
+    expect_fail "" "recover while the store is down" recover "$d"
+    [ "$(list_get "$d" state)" = orphaned ] || fail "$d is '$(list_get "$d" state)' after the failed recover, expected orphaned"
+    start_store
+    run "sheepdev recover $d" sd recover "$d"
+    [ "$(cat "$W/run.out")" = "$d" ] || fail "sheepdev recover $d printed '$(cat "$W/run.out")'"
+    [ "$(list_get "$d" state)" = live ] || fail "$d is '$(list_get "$d" state)' after sheepdev recover"
+    wait "$probe_pid" || true
+    read -r rc t_probe <"$W/probe.t" || fail "the held write left no result"
+    [ "$rc" = 0 ] || fail "the write + sync issued while no daemon ran failed ($rc)"
+    step "the held write + sync completed $(cs_to_s $((t_probe - t_kill))) s after it began (daemon and store were down)"
+    expect_fail "already served" "recover of a live device" recover "$d"
+
+    run "umount" umount /mnt/s7
+    step "e2fsck -fn $d"
+    e2fsck -fn "$d" >"$W/fsck.out" 2>&1 || { cat "$W/fsck.out" >&2; fail "e2fsck -fn $d after the restarts: filesystem not clean (above)"; }
+    run "mount $d again" mount -t ext4 "$d" /mnt/s7
+    s7_sums >"$W/s7.sums2"
+    grep -v written-while-down "$W/s7.sums2" >"$W/s7.sums3"
+    if ! cmp -s "$W/s7.sums" "$W/s7.sums3"; then
+        diff "$W/s7.sums" "$W/s7.sums3" >&2 || true
+        fail "files differ after the restarts (above: - before, + after)"
+    fi
+    check_same "the file written while no daemon ran" "$W/D" /mnt/s7/written-while-down
+    run "umount" umount /mnt/s7
+
+    step "an orphaned device (SIGTERM, store down, serve again) is removed by del"
+    stop_pid "sheepdev serve" "$SERVE_PID"
+    SERVE_PID=""
+    stop_pid "sheepdev store" "$STORE_PID"
+    STORE_PID=""
+    echo "=== scenario 7: serve again after SIGTERM, store down, then del" >>"$W/serve.log"
+    start_serve
+    s7_wait_state "$d" orphaned 60
+    del_dev "$d" -- "$d"
+    step "del of the orphaned device: $(tr '\n' ' ' <"$W/del.err")"
+    start_store
+    expect_count 0 "after the scenario"
+    pass
+}
+
 # ------------------------------------------------------------ main
-ALL="1:ext4 2:fio-verify 3:snapshots 4:clone-cow 5:discard 6:bad-input"
+ALL="1:ext4 2:fio-verify 3:snapshots 4:clone-cow 5:discard 6:bad-input 7:recovery"
 [ "${SCENARIOS_SOURCE_ONLY:-0}" = 1 ] && return 0 2>/dev/null
 
 pick=""
@@ -786,6 +952,7 @@ for n in $pick; do
         4) s4_clone ;;
         5) s5_discard ;;
         6) s6_bad_input ;;
+        7) s7_recovery ;;
     esac
 done
 SCEN="end"

@@ -3,6 +3,7 @@
 
 mod bench;
 mod dev;
+mod fault;
 mod report;
 mod store;
 mod vdi;
@@ -45,6 +46,9 @@ pub enum Command {
     /// Run the embedded store: a single-node store for tests, demos and benchmarks, not a
     /// Sheepdog cluster. It speaks sheep's client protocol and keeps objects as files in DIR.
     Store(store::StoreArgs),
+    /// A TCP fault proxy between sheepdev and a sheep endpoint (tests; one line per fault).
+    #[command(hide = true)]
+    FaultProxy(fault::FaultProxyArgs),
     /// Print a systemd unit for `sheepdev serve` (crash → restart → devices re-attached).
     SystemdUnit(dev::SystemdUnitArgs),
 }
@@ -63,6 +67,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::FioReport(a) => report::run(a),
         Command::Vdi(a) => vdi::run(a),
         Command::Store(a) => store::run(a),
+        Command::FaultProxy(a) => fault::run(a),
     }
 }
 

@@ -4,8 +4,10 @@
 # report.
 #
 # Usage: bash tests/vm/kernel-tests.sh [SCENARIO...]
-#        SCENARIO: 1-6 or ext4 fio-verify snapshots clone-cow discard bad-input
-#        (default: all, in that order)
+#        SCENARIO: a number or a name of tests/vm/scenarios.sh (default: all)
+#        bash tests/vm/kernel-tests.sh --faults [a b d e f]
+#        the reliability scenarios of tests/vm/faults.sh instead (default: all);
+#        their table (fault | longest write | bytes verified) is printed at the end
 # Env:   SHEEPDEV_BIN            use this sheepdev binary, skip `cargo build --release`
 #        SHEEPDEV_KT_OUT         where the guest's /out goes (default: a new
 #                                /tmp/sheepdev-kt.XXXXXX, kept)
@@ -34,6 +36,15 @@ else
 fi
 [ "${SHEEPDEV_VM_SKIP_SETUP:-0}" = 1 ] || bash tests/vm/setup-host.sh
 
+guest=(tests/vm/scenarios.sh)
+results=results.txt
+log=scenarios.log
+if [ "${1:-}" = --faults ]; then
+    shift
+    guest=(--file tests/vm/scenarios.sh:/root/scenarios.sh tests/vm/faults.sh)
+    results=faults.txt
+    log=faults.log
+fi
 out=${SHEEPDEV_KT_OUT:-$(mktemp -d /tmp/sheepdev-kt.XXXXXX)}
 mkdir -p "$out"
 extra=()
@@ -48,10 +59,10 @@ echo "== VM scenarios ${*:-all} (sheepdev: $bin; guest /out: $out)"
 start=$SECONDS
 rc=0
 bash tests/vm/run-vm.sh --quiet --timeout "${SHEEPDEV_KT_TIMEOUT:-900}" --bin "$bin" ${extra[@]+"${extra[@]}"} \
-    --out "$out" tests/vm/scenarios.sh "$@" || rc=$?
+    --out "$out" "${guest[@]}" "$@" || rc=$?
 
 if [ "$rc" = 0 ]; then
-    cat "$out/results.txt"
+    cat "$out/$results"
     echo "== kernel tests passed ($((SECONDS - start)) s; logs in $out)"
     exit 0
 fi
@@ -60,8 +71,8 @@ fi
 # store.log tails, dmesg) above; sum up.
 {
     echo "== kernel tests FAILED (status $rc after $((SECONDS - start)) s)"
-    if [ -s "$out/scenarios.log" ]; then
-        grep -E '^(FAIL:|scenarios: FAILED|MISMATCH:)' "$out/scenarios.log" || echo "(no FAIL line in the guest log)"
+    if [ -s "$out/$log" ]; then
+        grep -E '^(FAIL:|scenarios: FAILED|MISMATCH:)' "$out/$log" || echo "(no FAIL line in the guest log)"
     else
         echo "(no guest log came back: see the console above)"
     fi

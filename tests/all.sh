@@ -47,6 +47,9 @@ echo "== kernel harness: VM smoke (ublk_drv, io_uring, ext4); installs qemu and 
 bash tests/vm/setup-host.sh
 bash tests/vm/run-vm.sh --quiet --timeout 300 tests/vm/smoke.sh
 
-echo "== kernel scenarios in the VM (ext4, fio verify, snapshots, clone COW, discard, bad input)"
+echo "== kernel scenarios in the VM (ext4, fio verify, snapshots, clone COW, discard, bad input, daemon kill -9 and recovery)"
 SHEEPDEV_BIN=target/release/sheepdev SHEEPDEV_VM_SKIP_SETUP=1 bash tests/vm/kernel-tests.sh
+
+echo "== fault scenarios in the VM under fio verify + e2fsck (store restart, failover, live snapshots, resets, I/O timeout)"
+SHEEPDEV_BIN=target/release/sheepdev SHEEPDEV_VM_SKIP_SETUP=1 bash tests/vm/kernel-tests.sh --faults
 echo "== all tests passed"

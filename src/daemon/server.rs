@@ -31,12 +31,18 @@ pub struct ServeOptions {
 /// How long `add` waits for the kernel to bring a device up, and `del` for it to go.
 const DEVICE_WAIT: Duration = Duration::from_secs(60);
 
+/// How often the daemon looks for devices that followed a live snapshot.
+const VID_WATCH: Duration = Duration::from_millis(500);
+
 /// A device this daemon runs.
 pub(super) struct Live {
     pub(super) abort: Abort,
     pub(super) metrics: Option<crate::metrics::DeviceMetrics>,
     /// Receives once when the device thread ends.
     pub(super) ended: mpsc::Receiver<()>,
+    /// The VDI the shards serve (none: a null device); its vid moves when the shards follow
+    /// a live snapshot, and [`Daemon::follow_vids`] brings the table and the lock after it.
+    pub(super) vol: Option<Arc<crate::vdi::Volume>>,
 }
 
 /// What [`Daemon::launch`] hands back once the device serves I/O.
@@ -125,6 +131,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         d.persist();
         glommio::spawn_local(d.clone().exit_on_signal()).detach();
         glommio::spawn_local(d.clone().recover_all(to_recover, gone)).detach();
+        glommio::spawn_local(d.clone().follow_vids()).detach();
         loop {
             match listener.accept().await {
                 Ok(stream) => {
@@ -357,8 +364,50 @@ impl Daemon {
     }
 
     /// Run `spec`'s device on its own thread and wait until it serves I/O (or failed).
+    /// Every [`VID_WATCH`]: a device whose shards followed a live snapshot (another client
+    /// snapshotted its VDI; see `shard`) now serves a new working vid. Record it in the
+    /// table (so a re-attach after a restart opens the vid the device writes, and `del`
+    /// releases the right lock) and, when the device holds the VDI lock, take the lock of
+    /// the new vid and give back the old one. A lock request that cannot reach the cluster
+    /// is tried again at the next tick.
+    async fn follow_vids(self: Rc<Self>) {
+        loop {
+            glommio::timer::sleep(VID_WATCH).await;
+            let moved: Vec<(Mapping, u32)> = {
+                let live = self.live.borrow();
+                let maps = self.mappings.borrow();
+                live.iter()
+                    .filter_map(|(id, l)| Some((maps.get(id)?, l.vol.as_ref()?.vid().0)))
+                    .filter(|(m, vid)| m.vid != *vid)
+                    .map(|(m, vid)| (m.clone(), vid))
+                    .collect()
+            };
+            for (m, new) in moved {
+                if m.locked {
+                    match move_lock(&m, new).await {
+                        Ok(()) => {}
+                        Err(e) if e.starts_with("retry:") => {
+                            tracing::warn!("{}: {e}", m.device);
+                            continue;
+                        }
+                        Err(e) => eprintln!("sheepdev serve: {} ({}): {e}", m.device, m.name),
+                    }
+                }
+                eprintln!("sheepdev serve: {} ({}) follows a live snapshot: vid {:x} -> {new:x}", m.device, m.name, m.vid);
+                if let Some(e) = self.mappings.borrow_mut().get_mut(&m.id) {
+                    e.vid = new;
+                }
+                self.persist();
+            }
+        }
+    }
+
     pub(super) async fn launch(&self, spec: ublk::Spec) -> Result<Launched, String> {
         let abort: Abort = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let vol = match &spec.target {
+            ublk::Target::Sheep { vol, .. } => Some(vol.clone()),
+            _ => None,
+        };
         let (started_tx, started_rx) = mpsc::channel();
         let (ended_tx, ended_rx) = mpsc::channel();
         let s2 = abort.clone();
@@ -378,7 +427,7 @@ impl Daemon {
         // A re-attach may first wait up to 30 s for the kernel to quiesce the device.
         let started = glommio::executor().spawn_blocking(move || started_rx.recv_timeout(DEVICE_WAIT)).await;
         match started {
-            Ok(Ok(st)) => Ok(Launched { id: st.id, recoverable: st.recoverable, live: Live { abort, metrics: st.metrics, ended: ended_rx } }),
+            Ok(Ok(st)) => Ok(Launched { id: st.id, recoverable: st.recoverable, live: Live { abort, metrics: st.metrics, ended: ended_rx, vol } }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(format!("the ublk device did not come up within {} s", DEVICE_WAIT.as_secs())),
         }
@@ -478,6 +527,33 @@ pub(super) async fn release(lock: &Option<(Rc<Client>, crate::proto::Vid)>) {
             tracing::warn!("could not release the lock on vid {vid}: {e}");
         }
     }
+}
+
+/// The device's VDI moved from `m.vid` to the new working vid `new` (a live snapshot):
+/// LOCK_VDI the working VDI by name, then give back the lock of the old vid. An error that
+/// starts with "retry:" did not reach a decision (the cluster is unreachable).
+async fn move_lock(m: &Mapping, new: u32) -> Result<(), String> {
+    let gateways: Vec<SocketAddr> = m.gateways.iter().filter_map(|g| g.parse().ok()).collect();
+    let mut cfg = Config::new(gateways);
+    cfg.connect_timeout = Duration::from_secs(2);
+    cfg.request_timeout = Duration::from_secs(10);
+    let c = Client::connect(&cfg).await.map_err(|e| format!("retry: moving the VDI lock after a live snapshot: {e}"))?;
+    let name = crate::proto::VdiName::new(&m.name).map_err(|e| e.to_string())?;
+    let r = match c.lock_vdi(&name, &SnapSel::Working, false).await {
+        Ok(info) if info.vid.0 == new => Ok(()),
+        Ok(info) => {
+            let _ = c.release_vdi(info.vid, false).await;
+            Err(format!("the working VDI is vid {:x}, not the vid {new:x} the device follows: it is not locked by this device", info.vid.0))
+        }
+        Err(e) if e.code() == Some(SD_RES_VDI_LOCKED) => {
+            Err(format!("another client locked the new working vid {new:x}: writes go on, but the VDI is not exclusively ours"))
+        }
+        Err(e) => return Err(format!("retry: locking the new working vid {new:x}: {e}")),
+    };
+    if let Err(e) = c.release_vdi(crate::proto::Vid(m.vid), false).await {
+        tracing::warn!("{}: could not release the lock on the snapshot vid {:x}: {e}", m.name, m.vid);
+    }
+    r
 }
 
 pub(super) async fn release_by_name(m: &Mapping) -> Result<(), String> {

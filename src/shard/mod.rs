@@ -466,11 +466,11 @@ impl Shard {
         let r = self.follow_inner(stale, dl).await;
         self.vol.end_follow();
         match r {
-            // A warning: the new working vid is not locked by this device (see the README).
-            Ok(new) => tracing::warn!(
-                "vdi {}: live snapshot of vid {stale} by another client; writes now go to vid {new} (not locked by this device)",
-                self.vol.header().name_lossy()
-            ),
+            // A warning: another client changed the VDI under the device (the daemon moves
+            // its table entry and the VDI lock after it).
+            Ok(new) => {
+                tracing::warn!("vdi {}: live snapshot of vid {stale} by another client; writes now go to vid {new}", self.vol.header().name_lossy())
+            }
             Err(e) => {
                 tracing::warn!("vdi {}: vid {stale} became read-only and no new working vdi could be followed: {e}", self.vol.header().name_lossy())
             }

@@ -11,8 +11,10 @@
 #   b failover       two gateways (fault proxies to one store); the one the
 #                    device talks to is killed mid-fio
 #   d live-snapshot  two snapshots taken by another process (sheepdev vdi
-#                    snapshot) mid-fio; afterwards the device is del'd and
-#                    the new working VDI mapped again: same file checksum, fsck
+#                    snapshot) mid-fio; the table and the VDI lock follow the
+#                    new working vid; a kill -9 of the daemon, and the new one
+#                    re-attaches that vid; then the device is del'd and the
+#                    new working VDI mapped again: same file checksum, fsck
 #   e resets         a fault proxy resets every connection every 2 s
 #   f io-timeout     the only gateway is gone for longer than --io-timeout 3:
 #                    a write fails with EIO, del --force completes
@@ -145,7 +147,7 @@ fd_snap() {
     run "snapshot fd (live2)" vdi snapshot fd -t live2
 }
 fd() {
-    local d n
+    local d n wv
     begin d live-snapshot
     ensure_vdi fd 256M
     add_dev "$ADDR" fd --queues 2
@@ -154,6 +156,17 @@ fd() {
     snap_exists fd live1 && snap_exists fd live2 || fail "the snapshots are not listed: $(vdi_rows | tr '\n' ';')"
     n=$(grep -c 'live snapshot of vid' "$W/serve.log" || true)
     [ "$n" = 2 ] || fail "serve.log shows $n live snapshots followed, expected 2: $(tail -5 "$W/serve.log")"
+    wv=$(vdi_rows | awk '$1 == "fd" && $3 == "false" { print $5 }')
+    [ "$(list_get "$d" vid)" = "$wv" ] || fail "sheepdev list says vid $(list_get "$d" vid), the working fd is $wv"
+    step "the table follows the new working vid $wv; its lock moved with it"
+    expect_fail "in use" "a second exclusive add of the followed VDI" add "$ADDR" fd
+    step "kill -9 of the daemon after the snapshots; a new one re-attaches the new vid"
+    kill -KILL "$SERVE_PID"
+    wait "$SERVE_PID" 2>/dev/null || true
+    SERVE_PID=""
+    start_serve
+    s7_wait_state "$d" live 90
+    [ "$(list_get "$d" vid)" = "$wv" ] || fail "re-attached with vid $(list_get "$d" vid), not $wv"
     del_dev fd -- "$d"
     step "the new working VDI, mapped again, holds what the device wrote"
     add_dev "$ADDR" fd

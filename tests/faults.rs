@@ -212,6 +212,11 @@ fn start_load(vol: Arc<Volume>, gateway: SocketAddr) -> Load {
             for t in tasks {
                 rounds.push(t.await);
             }
+            // A connection cut at the end may still be reconnecting: count it once it is back.
+            let t0 = Instant::now();
+            while !sh.is_connected() && t0.elapsed() < PATIENCE {
+                ring::sleep(Duration::from_millis(5)).await;
+            }
             let reconnects = sh.reconnects();
             sh.shut_down().await;
             Run { rounds, errors: st.errors.take(), longest_gap: st.gap.get(), slowest: st.slowest.get(), reconnects }

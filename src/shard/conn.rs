@@ -375,10 +375,20 @@ impl RingConn {
             return;
         }
         let tick = (self.stall / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+        // A broken socket ends this task within `POLL`, so the supervisor (which waits for
+        // every task of the socket) reconnects without waiting out a whole tick.
+        const POLL: Duration = Duration::from_millis(20);
+        let mut waited = tick;
         loop {
             if self.closed.get() || self.st.borrow().broken.is_some() {
                 return;
             }
+            if waited < tick {
+                super::ring::sleep(POLL.min(tick - waited)).await;
+                waited += POLL;
+                continue;
+            }
+            waited = Duration::ZERO;
             let oldest = {
                 let st = self.st.borrow();
                 st.slots.iter().filter(|s| matches!(s.phase, Phase::Queued | Phase::Sent)).filter_map(|s| s.sent_at).min()
@@ -388,7 +398,6 @@ impl RingConn {
                 self.fail(Error::Io(libc::ETIMEDOUT));
                 return;
             }
-            super::ring::sleep(tick).await;
         }
     }
 

@@ -167,6 +167,11 @@ impl Shard {
         self.conns.iter().map(|c| c.reconnects()).sum()
     }
 
+    /// Whether every connection of this shard is up (none is waiting to reconnect).
+    pub fn is_connected(&self) -> bool {
+        self.conns.iter().all(|c| c.is_up())
+    }
+
     /// The gateway this shard's connections talk to.
     pub fn gateway(&self) -> SocketAddr {
         self.conns[0].addr()

@@ -508,3 +508,36 @@ fn an_error_on_a_merged_write_fails_every_block_request_it_carries() {
     assert_eq!(got.2, vec![Ok(4096); 8]);
     assert!(read_all(addr, vid, 0, 8 * 4096) == seq_model(8, 4096, 0));
 }
+
+#[test]
+fn inode_updates_of_concurrent_creates_of_neighbouring_objects_are_merged() {
+    let (s, _d, addr) = store();
+    let vid = create(addr, "inode", 64 * MIB, MIB);
+    // Creates finish in bursts (every object write waits 2 ms), so the inode updates of
+    // neighbouring objects wait for the sender together and go as one inode write.
+    let vol = volume(addr, vid, false);
+    s.faults().set_object_delay(std::time::Duration::from_millis(2));
+    let before = s.requests();
+    let merged = on_shard_with(addr, vol, 1, true, async move |sh| {
+        // 64 tags, each writes the first 4 KiB of its own new object.
+        let writes = (0..64u64).map(|k| {
+            let sh = sh.clone();
+            async move {
+                let mut b = pattern(k, 4096);
+                sh.handle(io(Op::Write, k * MIB, 4096, k as u16), &mut b).await.expect("write");
+            }
+        });
+        join_all(writes.collect()).await;
+        sh.merged()
+    })
+    .join()
+    .expect("shard");
+    let requests = s.requests() - before;
+    s.faults().set_object_delay(std::time::Duration::ZERO);
+    assert!(merged > 0 && requests == 128 - merged, "{requests} sheep requests for 64 creates and their inode updates, {merged} merged");
+    let entries = control(addr, async |c| c.read_inode(vid).await.expect("inode").1);
+    assert_eq!(&entries[..64], &[vid.0; 64][..], "every entry persisted");
+    for k in 0..64u64 {
+        assert!(read_all(addr, vid, k * MIB, 4096) == pattern(k, 4096), "object {k}");
+    }
+}

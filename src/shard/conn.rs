@@ -340,7 +340,7 @@ impl RingConn {
     /// ride on (module contract); false when there is none.
     fn ride(&self, st: &mut State, idx: usize) -> bool {
         let h = st.slots[idx].hdr;
-        if h.opcode != Opcode::WriteObj as u8 || !h.has_payload() || h.data_length == 0 {
+        if st.sendq.is_empty() || h.opcode != Opcode::WriteObj as u8 || !h.has_payload() || h.data_length == 0 {
             return false;
         }
         let a = h.obj_args();

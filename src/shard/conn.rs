@@ -336,15 +336,18 @@ impl RingConn {
         }
     }
 
-    /// Attach the request in slot `idx` (set up, not queued) to a queued WRITE_OBJ it can
-    /// ride on (module contract); false when there is none.
-    fn ride(&self, st: &mut State, idx: usize) -> bool {
-        let h = st.slots[idx].hdr;
+    /// Whether a request `h` queued now would ride on a queued write (module contract).
+    pub fn can_ride(&self, h: &ReqHeader) -> bool {
+        self.coalesce.get() && Self::find_lead(&self.st.borrow(), h).is_some()
+    }
+
+    /// The queued WRITE_OBJ that `h` can ride on, if any (module contract).
+    fn find_lead(st: &State, h: &ReqHeader) -> Option<usize> {
         if st.sendq.is_empty() || h.opcode != Opcode::WriteObj as u8 || !h.has_payload() || h.data_length == 0 {
-            return false;
+            return None;
         }
         let a = h.obj_args();
-        let Some(lead) = st.sendq.iter().rev().take(MERGE_SCAN).map(|&l| usize::from(l)).find(|&l| {
+        st.sendq.iter().rev().take(MERGE_SCAN).map(|&l| usize::from(l)).find(|&l| {
             let (s, lh) = (&st.slots[l], &st.slots[l].hdr);
             let la = lh.obj_args();
             s.phase == Phase::Queued
@@ -355,7 +358,14 @@ impl RingConn {
                 && ObjArgs { offset: a.offset, ..la } == a
                 && la.offset.checked_add(lh.data_length) == Some(a.offset)
                 && lh.data_length.checked_add(h.data_length).is_some_and(|n| n <= MAX_MERGED)
-        }) else {
+        })
+    }
+
+    /// Attach the request in slot `idx` (set up, not queued) to a queued WRITE_OBJ it can
+    /// ride on (module contract); false when there is none.
+    fn ride(&self, st: &mut State, idx: usize) -> bool {
+        let h = st.slots[idx].hdr;
+        let Some(lead) = Self::find_lead(st, &h) else {
             return false;
         };
         let tail = usize::from(st.slots[lead].tail);

@@ -29,6 +29,8 @@
 //!   of the inode). Creates (CREATE / COW CREATE) never merge, so a resent create carries
 //!   only its own piece; a failed connection fails each block request, which resends alone.
 //!   Within one request, the entries it created still go as one inode write (`persist`).
+//!   With several connections, a write that can ride on a queued neighbour is sent on that
+//!   neighbour's connection.
 //! - No allocation per request; no lock; the `Volume` shared with the other shards of the
 //!   device is lock-free.
 
@@ -268,7 +270,11 @@ impl Shard {
         let n = self.conns.len();
         let start = self.next.get();
         self.next.set((start + 1) % n);
-        let i = (0..n).map(|k| (start + k) % n).min_by_key(|&k| (!self.conns[k].is_up(), self.conns[k].inflight())).unwrap_or(0);
+        // A write that can ride on a queued neighbour goes to that connection (coalescing);
+        // anything else to the least busy connection that is up.
+        let ride = if n > 1 { (0..n).find(|&k| self.conns[k].is_up() && self.conns[k].can_ride(&hdr)) } else { None };
+        let i =
+            ride.unwrap_or_else(|| (0..n).map(|k| (start + k) % n).min_by_key(|&k| (!self.conns[k].is_up(), self.conns[k].inflight())).unwrap_or(0));
         let Some(m) = &self.metrics else {
             return self.conns[i].call(hdr, payload, dest).await.and_then(|rsp| check(&rsp).map(|()| rsp));
         };

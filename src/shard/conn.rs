@@ -18,17 +18,15 @@
 //!   their error at once while a SENDMSG may still be reading their payload: that only
 //!   sends stale bytes on a dead socket, because payloads live in shard-owned buffers that
 //!   outlive the connection.
-//! - Coalescing (on unless [`RingConn::set_coalesce`] turns it off): a WRITE_OBJ queued
-//!   while a WRITE_OBJ of the same object (same flags, copies, COW source) whose range ends
-//!   exactly where it starts is still waiting for the sender rides on that request: the
-//!   lead's header grows by the rider's length and the sender sends the rider's payload as
-//!   one more iovec after the lead's (no copy). Up to [`MAX_RIDERS`] riders and
-//!   [`MAX_MERGED`] bytes per request; only the last [`MERGE_SCAN`] queued requests are
-//!   looked at. Only plain WRITE_OBJ merges — never a CREATE_AND_WRITE (a create is never
-//!   widened, so a resent create carries exactly its own bytes), never a read, never across
-//!   objects, never overlapping ranges. The lead's response completes every rider with the
-//!   same result (an error fails them all); a broken connection fails each of them, and
-//!   each caller resends its own request (it may ride on another one then).
+//! - Coalescing (on unless [`RingConn::set_coalesce`] turns it off): a request queued while
+//!   one of the last [`MERGE_SCAN`] queued requests is one it may ride on (the rule is
+//!   `coalesce::rides_on`: adjacent plain WRITE_OBJs of one object, never a create, a read,
+//!   or an overlap) rides on that lead: the lead's header grows by the rider's length, the
+//!   rider's slot joins the lead's chain and is never queued itself, and the sender sends
+//!   the rider's payload as one more iovec after the lead's (no copy). The lead's response
+//!   completes every rider with the same result (an error fails them all); a broken
+//!   connection fails each of them, and each caller resends its own request (it may ride on
+//!   another one then).
 //! - Single-threaded (`Rc`, `RefCell`); no borrow is held across an `.await`.
 
 use std::cell::{Cell, RefCell, UnsafeCell};
@@ -43,21 +41,16 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types};
 
+use super::coalesce::{may_ride, rides_on, MERGE_SCAN};
 use super::ring::submit;
 use super::Error;
 use crate::proto::demux::{wire_id, Demux, Event, InFlight};
-use crate::proto::{ObjArgs, Opcode, ReqHeader, RspHeader, HEADER_LEN};
+use crate::proto::{Opcode, ReqHeader, RspHeader, HEADER_LEN};
 
 /// Requests gathered into one SENDMSG.
 const MAX_BATCH: usize = 64;
 /// The most iovecs in one SENDMSG (Linux's UIO_MAXIOV).
 const MAX_IOV: usize = 1024;
-/// The most requests that ride on one queued WRITE_OBJ.
-pub const MAX_RIDERS: usize = 63;
-/// The most bytes one merged WRITE_OBJ carries.
-pub const MAX_MERGED: u32 = 1 << 20;
-/// How many of the most recently queued requests a new write looks at for one to ride on.
-pub const MERGE_SCAN: usize = 8;
 /// No slot (end of a rider chain).
 const NONE: u16 = u16::MAX;
 /// Receive buffer per connection.
@@ -341,23 +334,14 @@ impl RingConn {
         self.coalesce.get() && Self::find_lead(&self.st.borrow(), h).is_some()
     }
 
-    /// The queued WRITE_OBJ that `h` can ride on, if any (module contract).
+    /// The queued request that `h` can ride on, if any (module contract).
     fn find_lead(st: &State, h: &ReqHeader) -> Option<usize> {
-        if st.sendq.is_empty() || h.opcode != Opcode::WriteObj as u8 || !h.has_payload() || h.data_length == 0 {
+        if st.sendq.is_empty() || !may_ride(h) {
             return None;
         }
-        let a = h.obj_args();
         st.sendq.iter().rev().take(MERGE_SCAN).map(|&l| usize::from(l)).find(|&l| {
-            let (s, lh) = (&st.slots[l], &st.slots[l].hdr);
-            let la = lh.obj_args();
-            s.phase == Phase::Queued
-                && usize::from(s.riders) < MAX_RIDERS
-                && lh.opcode == h.opcode
-                && lh.flags == h.flags
-                && lh.epoch == h.epoch
-                && ObjArgs { offset: a.offset, ..la } == a
-                && la.offset.checked_add(lh.data_length) == Some(a.offset)
-                && lh.data_length.checked_add(h.data_length).is_some_and(|n| n <= MAX_MERGED)
+            let s = &st.slots[l];
+            s.phase == Phase::Queued && rides_on(&s.hdr, usize::from(s.riders), h)
         })
     }
 
@@ -673,6 +657,7 @@ impl Drop for CallGuard<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::coalesce::{MAX_MERGED, MAX_RIDERS};
     use super::*;
     use crate::proto::{demux::split_id, ObjArgs, SD_RES_SUCCESS};
     use std::io::{Read, Write};

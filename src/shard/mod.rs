@@ -20,7 +20,8 @@
 //!   inode write); on the partial objects at their edges WRITE_ZEROES writes zeros and
 //!   DISCARD does nothing (discard is a hint; QEMU ignores partial discards the same way).
 //! - Coalescing (on unless [`Shard::with_coalesce`]`(false)`): sheep requests are not
-//!   merged here but where they wait — in a connection's send queue (`conn`). A WRITE_OBJ
+//!   merged here but where they wait — in a connection's send queue (`conn`, by the rule
+//!   of `coalesce`). A WRITE_OBJ
 //!   issued while an adjacent WRITE_OBJ of the same object is still queued rides on it: one
 //!   sheep request, several payload iovecs, one response that completes every block request
 //!   it carries with the same result. This covers writes of tags issued together by the
@@ -34,6 +35,7 @@
 //! - No allocation per request; no lock; the `Volume` shared with the other shards of the
 //!   device is lock-free.
 
+mod coalesce;
 mod conn;
 mod error;
 pub mod ring;

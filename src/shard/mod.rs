@@ -21,10 +21,9 @@
 //!   DISCARD does nothing (discard is a hint; QEMU ignores partial discards the same way).
 //! - Coalescing (on unless [`Shard::with_coalesce`]`(false)`): sheep requests are not
 //!   merged here but where they wait — in a connection's send queue (`conn`, by the rule
-//!   of `coalesce`). A WRITE_OBJ
-//!   issued while an adjacent WRITE_OBJ of the same object is still queued rides on it: one
-//!   sheep request, several payload iovecs, one response that completes every block request
-//!   it carries with the same result. This covers writes of tags issued together by the
+//!   of `coalesce`). A WRITE_OBJ issued while an adjacent WRITE_OBJ of the same object is
+//!   still queued rides on it: one sheep request, several payload iovecs, one response
+//!   that completes every block request it carries with the same result. This covers writes of tags issued together by the
 //!   kernel, writes released together when the create they waited for is persisted, and the
 //!   inode entry updates of concurrent requests on neighbouring objects (adjacent WRITE_OBJs
 //!   of the inode). Creates (CREATE / COW CREATE) never merge, so a resent create carries

@@ -3,7 +3,11 @@
 //! Contract:
 //! - Shards are driven through the same [`IoDesc`] entry point the ublk queue uses, one
 //!   pinned thread per shard with `depth` tasks each (like fio's numjobs × iodepth), with
-//!   fio-like workloads: 4k randread, 4k randwrite, 64k randrw 50/50, 1M sequential write.
+//!   fio-like workloads: 4k randread, 4k randwrite, 64k randrw 50/50, 4k / 64k / 1M
+//!   sequential write (each shard's tags share one cursor over the shard's slice, so the
+//!   requests in flight are adjacent, as the kernel issues a sequential stream).
+//! - Coalescing (adjacent writes merged into one sheep request, `shard::conn`) is a
+//!   parameter of each point, so on and off can be compared in one run.
 //! - In the same run a **raw pipelined generator** sends the same object requests
 //!   (READ_OBJ/WRITE_OBJ on the same objects, same depth and threads) straight over the
 //!   protocol with no block layer: the ceiling. Results are reported as sheepdev/raw ratios;
@@ -32,23 +36,28 @@ pub enum Workload {
     RandRead4k,
     RandWrite4k,
     RandRw64k,
+    SeqWrite4k,
+    SeqWrite64k,
     SeqWrite1m,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 4] = [Workload::RandRead4k, Workload::RandWrite4k, Workload::RandRw64k, Workload::SeqWrite1m];
+    pub const ALL: [Workload; 6] =
+        [Workload::RandRead4k, Workload::RandWrite4k, Workload::RandRw64k, Workload::SeqWrite4k, Workload::SeqWrite64k, Workload::SeqWrite1m];
     pub fn name(self) -> &'static str {
         match self {
             Workload::RandRead4k => "randread-4k",
             Workload::RandWrite4k => "randwrite-4k",
             Workload::RandRw64k => "randrw-64k",
+            Workload::SeqWrite4k => "seqwrite-4k",
+            Workload::SeqWrite64k => "seqwrite-64k",
             Workload::SeqWrite1m => "seqwrite-1m",
         }
     }
     pub fn block_size(self) -> u32 {
         match self {
-            Workload::RandRead4k | Workload::RandWrite4k => 4096,
-            Workload::RandRw64k => 64 << 10,
+            Workload::RandRead4k | Workload::RandWrite4k | Workload::SeqWrite4k => 4096,
+            Workload::RandRw64k | Workload::SeqWrite64k => 64 << 10,
             Workload::SeqWrite1m => 1 << 20,
         }
     }
@@ -83,6 +92,10 @@ pub struct Point {
     pub driver: Driver,
     pub shards: u16,
     pub depth: u16,
+    /// Coalescing on (sheepdev drivers; the raw generator never merges).
+    pub coalesce: bool,
+    /// Sheep requests that rode on another one (sheepdev drivers).
+    pub merged: u64,
     pub ios: u64,
     pub errors: u64,
     pub seconds: f64,
@@ -116,13 +129,14 @@ impl Rng {
 
 struct ThreadResult {
     hist: Histogram<u64>,
+    merged: u64,
     ios: u64,
     errors: u64,
     bytes: u64,
 }
 
-/// Run one point: `shards` threads × `depth` tasks for `duration`.
-pub fn run_point(t: &Target, w: Workload, driver: Driver, shards: u16, depth: u16, duration: Duration) -> Result<Point, String> {
+/// Run one point: `shards` threads × `depth` tasks for `duration`, with coalescing on or off.
+pub fn run_point(t: &Target, w: Workload, driver: Driver, shards: u16, depth: u16, coalesce: bool, duration: Duration) -> Result<Point, String> {
     if let (Driver::Sheepdev, Some(dm)) = (driver, &t.metrics) {
         // Queues this point does not run show depth 0, not the last point's depth.
         for q in shards..dm.queues() {
@@ -135,16 +149,16 @@ pub fn run_point(t: &Target, w: Workload, driver: Driver, shards: u16, depth: u1
             let (addr, vol, region, dm) = (t.addr, t.vol.clone(), t.region, t.metrics.clone());
             std::thread::Builder::new()
                 .name(format!("bench-shard-{s}"))
-                .spawn(move || shard_thread(addr, vol, region, dm, w, driver, s, shards, depth, duration))
+                .spawn(move || shard_thread(addr, vol, region, dm, w, driver, s, shards, depth, coalesce, duration))
                 .map_err(|e| format!("cannot start a shard thread: {e}"))
         })
         .collect::<Result<_, _>>()?;
     let mut hist = Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).map_err(|e| e.to_string())?;
-    let (mut ios, mut errors, mut bytes) = (0, 0, 0);
+    let (mut ios, mut errors, mut bytes, mut merged) = (0, 0, 0, 0);
     for th in threads {
         let r = th.join().map_err(|_| "a shard thread panicked".to_string())??;
         hist.add(&r.hist).map_err(|e| e.to_string())?;
-        (ios, errors, bytes) = (ios + r.ios, errors + r.errors, bytes + r.bytes);
+        (ios, errors, bytes, merged) = (ios + r.ios, errors + r.errors, bytes + r.bytes, merged + r.merged);
     }
     let seconds = start.elapsed().as_secs_f64();
     let q = |x: f64| hist.value_at_quantile(x) as f64 / 1000.0;
@@ -153,6 +167,8 @@ pub fn run_point(t: &Target, w: Workload, driver: Driver, shards: u16, depth: u1
         driver,
         shards,
         depth,
+        coalesce: coalesce && driver != Driver::Raw,
+        merged,
         ios,
         errors,
         seconds,
@@ -175,6 +191,7 @@ fn shard_thread(
     s: u16,
     shards: u16,
     depth: u16,
+    coalesce: bool,
     duration: Duration,
 ) -> Result<ThreadResult, String> {
     crate::shard::pin_thread(usize::from(s));
@@ -184,7 +201,7 @@ fn shard_thread(
     let slots = usize::from(depth) * 2 + 8;
     let (shard, raw) = match driver {
         Driver::Sheepdev | Driver::SheepdevNoMetrics => {
-            let mut sh = Shard::new(vol.clone(), &[addr], 1, slots, bs as usize, &exe).map_err(|e| e.to_string())?;
+            let mut sh = Shard::new(vol.clone(), &[addr], 1, slots, bs as usize, &exe).map_err(|e| e.to_string())?.with_coalesce(coalesce);
             if let (Driver::Sheepdev, Some(dm)) = (driver, &dm) {
                 sh = sh.with_metrics(dm.shard(s, depth, 1, &addr.to_string()));
             }
@@ -214,7 +231,7 @@ fn shard_thread(
                         Workload::RandRead4k => (false, rng.next() % blocks * u64::from(bs)),
                         Workload::RandWrite4k => (true, rng.next() % blocks * u64::from(bs)),
                         Workload::RandRw64k => (rng.next() & 1 == 0, rng.next() % blocks * u64::from(bs)),
-                        Workload::SeqWrite1m => {
+                        Workload::SeqWrite4k | Workload::SeqWrite64k | Workload::SeqWrite1m => {
                             let c = cursor.get();
                             cursor.set((c + u64::from(bs)) % slice.max(u64::from(bs)));
                             (true, u64::from(s) * slice + c)
@@ -262,8 +279,9 @@ fn shard_thread(
     });
     done.ok_or("the shard's io_uring failed")?;
     let n = ios.get();
+    let merged = shard.as_ref().map_or(0, |sh| sh.merged());
     let hist = Rc::try_unwrap(hist).map_err(|_| "histogram still shared")?.into_inner();
-    Ok(ThreadResult { hist, ios: n, errors: errors.get(), bytes: n * u64::from(bs) })
+    Ok(ThreadResult { hist, merged, ios: n, errors: errors.get(), bytes: n * u64::from(bs) })
 }
 
 /// Write the whole region once (1 MiB requests, one shard, depth 32) so every object exists.

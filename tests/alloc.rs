@@ -176,6 +176,9 @@ enum Kind {
     Read,
     /// Writes (4 KiB, 64 KiB, 8 KiB across a boundary) to existing own objects.
     Write,
+    /// 4 KiB writes to existing own objects, the tags' requests adjacent (a sequential
+    /// stream at depth TAGS): they ride on each other (coalescing).
+    SeqWrite,
     Flush,
     /// DISCARD of one whole existing object (some with partial, ignored, edges).
     Discard,
@@ -262,6 +265,7 @@ impl Phase {
                     _ => io(Op::Write, obj * MIB + page(i * 11), 4096, tag),
                 }
             }
+            Kind::SeqWrite => io(Op::Write, (s.own + (i / 256) % (s.half - 1)) * MIB + page(i), 4096, tag),
             Kind::Flush => io(Op::Flush, 0, 0, tag),
             Kind::Discard => {
                 let obj = s.discard_base() + i;
@@ -294,6 +298,7 @@ fn phases(stage: Stage, n: u64, measured: bool) -> Vec<Phase> {
         p("cow create", Kind::Cow, stage.cows),
         p("read", Kind::Read, n),
         p("write", Kind::Write, n),
+        p("write, sequential", Kind::SeqWrite, n),
         p("flush", Kind::Flush, n),
         p("discard", Kind::Discard, stage.discards),
         p("write zeroes, partial", Kind::ZeroPartial, n),
@@ -397,6 +402,8 @@ struct Outcome {
     others: usize,
     /// Task runs on the shard thread.
     runs: u64,
+    /// Block requests that rode on another one.
+    merged: u64,
     elapsed: Duration,
 }
 
@@ -430,15 +437,15 @@ fn run_shard(addr: SocketAddr, vol: Arc<Volume>, plan: Vec<Phase>) -> Vec<Outcom
         let mut out = Vec::with_capacity(plan.len());
         let coordinator = async move {
             for (k, phase) in plan.iter().enumerate() {
-                let (t0, runs) = (Instant::now(), ring::tasks_run());
+                let (t0, runs, merged) = (Instant::now(), ring::tasks_run(), shard.merged());
                 track(Some(k));
                 gate.run_phase().await;
                 track(None);
-                let (elapsed, runs) = (t0.elapsed(), ring::tasks_run() - runs);
+                let (elapsed, runs, merged) = (t0.elapsed(), ring::tasks_run() - runs, shard.merged() - merged);
                 if let Some((d, e)) = gate.failed.take() {
                     panic!("phase {}: {d:?} failed: {e}", phase.name);
                 }
-                out.push(Outcome { phase: *phase, blocks: BLOCKS[k].load(Relaxed), others: OTHERS[k].load(Relaxed), runs, elapsed });
+                out.push(Outcome { phase: *phase, blocks: BLOCKS[k].load(Relaxed), others: OTHERS[k].load(Relaxed), runs, merged, elapsed });
             }
             for t in tasks {
                 t.await;
@@ -507,7 +514,7 @@ fn the_shard_thread_allocates_nothing_after_warm_up_but_executor_run_queue_block
     for o in &outcomes {
         let p = o.phase;
         eprintln!(
-            "{:>8} {:<22} {:>5} I/Os in {:>8.1?}: {:>6} task runs, {:>4} run-queue blocks (bound {:>4}), {} other allocations",
+            "{:>8} {:<22} {:>5} I/Os in {:>8.1?}: {:>6} task runs, {:>4} run-queue blocks (bound {:>4}), {} other allocations, {} merged",
             if p.measured { "measured" } else { "warm-up" },
             p.name,
             p.count,
@@ -515,7 +522,8 @@ fn the_shard_thread_allocates_nothing_after_warm_up_but_executor_run_queue_block
             o.runs,
             o.blocks,
             o.block_bound(TASKS),
-            o.others
+            o.others,
+            o.merged
         );
     }
     let sizes: Vec<_> = OTHER_SIZES.iter().filter(|(s, _)| s.load(Relaxed) != 0).map(|(s, n)| (s.load(Relaxed) - 1, n.load(Relaxed))).collect();
@@ -541,6 +549,8 @@ fn the_shard_thread_allocates_nothing_after_warm_up_but_executor_run_queue_block
     let measured: Vec<_> = outcomes.iter().filter(|o| o.phase.measured).collect();
     let ios: u64 = measured.iter().filter(|o| o.phase.kind != Kind::Sleep).map(|o| o.phase.count).sum();
     let others: usize = measured.iter().map(|o| o.others).sum();
+    let seq = measured.iter().find(|o| o.phase.kind == Kind::SeqWrite).expect("a measured sequential phase");
+    assert!(seq.merged > 0, "the sequential writes rode on each other (so merging is among what allocates nothing)");
     assert_eq!(others, 0, "after warm-up, the shard thread allocated {others} times in {ios} I/Os besides the executor's run queue");
     for o in &measured {
         assert!(

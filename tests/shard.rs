@@ -45,10 +45,21 @@ fn on_shard<T: Send + 'static>(
     vol: Arc<Volume>,
     f: impl AsyncFnOnce(Rc<Shard>) -> T + Send + 'static,
 ) -> std::thread::JoinHandle<T> {
+    on_shard_with(addr, vol, 2, true, f)
+}
+
+/// [`on_shard`] with `conns` connections and coalescing on or off.
+fn on_shard_with<T: Send + 'static>(
+    addr: SocketAddr,
+    vol: Arc<Volume>,
+    conns: usize,
+    coalesce: bool,
+    f: impl AsyncFnOnce(Rc<Shard>) -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
     std::thread::spawn(move || {
         ring::init_thread_ring(256).expect("ring");
         let exe = smol::LocalExecutor::new();
-        let shard = Rc::new(Shard::new(vol, &[addr], 2, 64, 1 << 20, &exe).expect("shard connects"));
+        let shard = Rc::new(Shard::new(vol, &[addr], conns, 64, 1 << 20, &exe).expect("shard connects").with_coalesce(coalesce));
         let out = ring::run_local(&exe, async move {
             let out = f(shard.clone()).await;
             // Close and let the connection tasks end before the ring and buffers go away.
@@ -322,4 +333,211 @@ fn entries_persisted_into_the_snapshot_are_carried_to_the_new_working_vdi() {
     assert_eq!(&new_entries[1..4], &[vid.0, vid.0, new.0], "the new working inode has every entry");
     assert_eq!(read_all(addr, new, MIB, 2 * MIB as usize), pattern(7, 2 * MIB as usize));
     assert_eq!(read_all(addr, new, 3 * MIB, 4096), pattern(8, 4096));
+}
+
+/// Poll every future in turn until all are done (so they are in flight together, as the
+/// tags of one queue are), and return their outputs in order.
+async fn join_all<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {
+    let mut fs: Vec<_> = fs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = fs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        for (f, o) in fs.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                if let std::task::Poll::Ready(v) = f.as_mut().poll(cx) {
+                    *o = Some(v);
+                }
+            }
+        }
+        if out.iter().all(Option::is_some) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.into_iter().map(|o| o.expect("every future is done")).collect()
+}
+
+/// `tags` tasks writing `count` blocks of `len` bytes from `base` on, sharing one cursor (a
+/// sequential stream at depth `tags`); block `k` holds `pattern(seed + k)`.
+async fn seq_write(sh: &Rc<Shard>, tags: u16, base: u64, count: u64, len: u32, seed: u64) {
+    let next = Rc::new(std::cell::Cell::new(0u64));
+    let tasks = (0..tags).map(|tag| {
+        let (sh, next) = (sh.clone(), next.clone());
+        async move {
+            let mut buf = vec![0u8; len as usize];
+            loop {
+                let k = next.get();
+                if k >= count {
+                    break;
+                }
+                next.set(k + 1);
+                buf.copy_from_slice(&pattern(seed + k, len as usize));
+                sh.handle(io(Op::Write, base + k * u64::from(len), len, tag), &mut buf).await.expect("write");
+            }
+        }
+    });
+    join_all(tasks.collect()).await;
+}
+
+/// What [`seq_write`] wrote.
+fn seq_model(count: u64, len: u32, seed: u64) -> Vec<u8> {
+    (0..count).flat_map(|k| pattern(seed + k, len as usize)).collect()
+}
+
+#[test]
+fn sequential_writes_are_merged_into_fewer_requests_and_read_back_exact() {
+    let (s, _d, addr) = store();
+    for coalesce in [true, false] {
+        let name = if coalesce { "seq-on" } else { "seq-off" };
+        let vid = create(addr, name, 16 * MIB, MIB);
+        let vol = volume(addr, vid, false);
+        let before = s.requests();
+        // 1024 × 4 KiB into 4 new objects (creates, writes waiting behind them), then 1023 ×
+        // 4 KiB at a 2 KiB offset over the same objects (every object boundary is crossed).
+        let merged = on_shard_with(addr, vol, 1, coalesce, async move |sh| {
+            seq_write(&sh, 32, 0, 1024, 4096, 0).await;
+            seq_write(&sh, 32, 2048, 1023, 4096, 5000).await;
+            let mut back = vec![0u8; 4 * MIB as usize];
+            sh.handle(io(Op::Read, 0, 4 * MIB as u32, 0), &mut back).await.expect("read");
+            (sh.merged(), back)
+        })
+        .join()
+        .expect("shard");
+        let requests = s.requests() - before;
+        let mut model = seq_model(1024, 4096, 0);
+        model[2048..2048 + 1023 * 4096].copy_from_slice(&seq_model(1023, 4096, 5000));
+        assert!(merged.1 == model, "coalesce {coalesce}: the shard reads back what was written");
+        assert!(read_all(addr, vid, 0, 4 * MIB as usize) == model, "coalesce {coalesce}: a fresh client reads the same");
+        let entries = control(addr, async |c| c.read_inode(vid).await.expect("inode").1);
+        assert_eq!(&entries[..5], &[vid.0, vid.0, vid.0, vid.0, 0]);
+        // 2047 block writes (+ 4 creates' inode updates + the read's 4 requests).
+        if coalesce {
+            assert!(merged.0 > 1000, "most writes rode on another ({} merged)", merged.0);
+            assert!(requests < 1024, "{requests} sheep requests for 2047 block writes");
+        } else {
+            assert_eq!(merged.0, 0);
+            assert!(requests >= 2047, "{requests} sheep requests for 2047 block writes without coalescing");
+        }
+    }
+}
+
+#[test]
+fn merged_writes_cow_into_a_clone_with_discards_interleaved() {
+    let (_s, _d, addr) = store();
+    let base = create(addr, "cbase", 8 * MIB, MIB);
+    on_shard_with(addr, volume(addr, base, false), 1, true, async move |sh| {
+        let mut buf = vec![0x11u8; MIB as usize];
+        for i in 0..8 {
+            sh.handle(io(Op::Write, i * MIB, MIB as u32, 0), &mut buf).await.expect("fill");
+        }
+    })
+    .join()
+    .expect("shard");
+    let clone = control(addr, async |c| {
+        manage::snapshot(&c, &VdiName::new("cbase").expect("name"), Some(&VdiName::new("s").expect("tag"))).await.expect("snapshot");
+        manage::clone(&c, &"cbase:s".parse().expect("spec"), &VdiName::new("cchild").expect("name")).await.expect("clone").vid
+    });
+    // Objects 0..3 get 4 KiB writes from 32 tags (COW creates, then merged writes); object 6
+    // 64 KiB writes from 8 more; meanwhile objects 4 and 5 are discarded, several times.
+    let merged = on_shard_with(addr, volume(addr, clone, false), 1, true, async move |sh| {
+        let discards = {
+            let sh = sh.clone();
+            async move {
+                let mut buf = vec![0u8; 4096];
+                for _ in 0..8 {
+                    sh.handle(io(Op::Discard, 4 * MIB, 2 * MIB as u32, 999), &mut buf).await.expect("discard");
+                    ring::sleep(std::time::Duration::from_micros(200)).await;
+                }
+            }
+        };
+        let (a, b) = (seq_write(&sh, 32, 0, 1024, 4096, 100), seq_write(&sh, 8, 6 * MIB, 12, 64 << 10, 9000));
+        futures_lite::future::zip(discards, futures_lite::future::zip(a, b)).await;
+        sh.merged()
+    })
+    .join()
+    .expect("shard");
+    assert!(merged > 0, "writes were merged");
+    let mut model = vec![0x11u8; 8 * MIB as usize];
+    model[..4 * MIB as usize].copy_from_slice(&seq_model(1024, 4096, 100));
+    model[4 * MIB as usize..6 * MIB as usize].fill(0);
+    model[6 * MIB as usize..][..12 << 16].copy_from_slice(&seq_model(12, 64 << 10, 9000));
+    assert!(read_all(addr, clone, 0, 8 * MIB as usize) == model, "the clone reads back exact");
+    assert!(read_all(addr, base, 0, 8 * MIB as usize).iter().all(|&b| b == 0x11), "the snapshot is unchanged");
+    let entries = control(addr, async |c| c.read_inode(clone).await.expect("inode").1);
+    assert_eq!(&entries[..8], &[clone.0, clone.0, clone.0, clone.0, 0, 0, clone.0, base.0], "COW entries and discards persisted");
+}
+
+#[test]
+fn an_error_on_a_merged_write_fails_every_block_request_it_carries() {
+    use sheepdev::proto::{Opcode, SD_RES_EIO};
+    let (s, _d, addr) = store();
+    let vid = create(addr, "err", 8 * MIB, MIB);
+    let faults = s.faults();
+    let got = on_shard_with(addr, volume(addr, vid, false), 1, true, async move |sh| {
+        let mut buf = vec![0u8; MIB as usize];
+        sh.handle(io(Op::Write, 0, MIB as u32, 0), &mut buf).await.expect("create object 0");
+        let m0 = sh.merged();
+        faults.fail_next(1, Some(Opcode::WriteObj), SD_RES_EIO);
+        // Eight adjacent writes queued together: one WRITE_OBJ, which fails.
+        let writes = (0..8u64).map(|k| {
+            let sh = sh.clone();
+            async move {
+                let mut b = pattern(k, 4096);
+                sh.handle(io(Op::Write, k * 4096, 4096, k as u16 + 1), &mut b).await
+            }
+        });
+        let failed = join_all(writes.collect()).await;
+        let merged = sh.merged() - m0;
+        // The same again succeeds.
+        let writes = (0..8u64).map(|k| {
+            let sh = sh.clone();
+            async move {
+                let mut b = pattern(k, 4096);
+                sh.handle(io(Op::Write, k * 4096, 4096, k as u16 + 1), &mut b).await
+            }
+        });
+        let ok = join_all(writes.collect()).await;
+        (failed, merged, ok)
+    })
+    .join()
+    .expect("shard");
+    assert_eq!(got.1, 7, "the eight writes went as one request");
+    assert_eq!(got.0, vec![Err(Error::Server(SD_RES_EIO)); 8], "each block request of the failed request failed");
+    assert_eq!(s.faults().failed(), 1);
+    assert_eq!(got.2, vec![Ok(4096); 8]);
+    assert!(read_all(addr, vid, 0, 8 * 4096) == seq_model(8, 4096, 0));
+}
+
+#[test]
+fn inode_updates_of_concurrent_creates_of_neighbouring_objects_are_merged() {
+    let (s, _d, addr) = store();
+    let vid = create(addr, "inode", 64 * MIB, MIB);
+    // Creates finish in bursts (every object write waits 2 ms), so the inode updates of
+    // neighbouring objects wait for the sender together and go as one inode write.
+    let vol = volume(addr, vid, false);
+    s.faults().set_object_delay(std::time::Duration::from_millis(2));
+    let before = s.requests();
+    let merged = on_shard_with(addr, vol, 1, true, async move |sh| {
+        // 64 tags, each writes the first 4 KiB of its own new object.
+        let writes = (0..64u64).map(|k| {
+            let sh = sh.clone();
+            async move {
+                let mut b = pattern(k, 4096);
+                sh.handle(io(Op::Write, k * MIB, 4096, k as u16), &mut b).await.expect("write");
+            }
+        });
+        join_all(writes.collect()).await;
+        sh.merged()
+    })
+    .join()
+    .expect("shard");
+    let requests = s.requests() - before;
+    s.faults().set_object_delay(std::time::Duration::ZERO);
+    assert!(merged > 0 && requests == 128 - merged, "{requests} sheep requests for 64 creates and their inode updates, {merged} merged");
+    let entries = control(addr, async |c| c.read_inode(vid).await.expect("inode").1);
+    assert_eq!(&entries[..64], &[vid.0; 64][..], "every entry persisted");
+    for k in 0..64u64 {
+        assert!(read_all(addr, vid, k * MIB, 4096) == pattern(k, 4096), "object {k}");
+    }
 }

@@ -20,7 +20,8 @@ pub struct BenchArgs {
     /// A cluster to measure (host[:port]); default: an embedded store started for the run.
     #[arg(short = 'a', long = "address")]
     address: Option<String>,
-    /// Workloads, comma-separated: randread-4k, randwrite-4k, randrw-64k, seqwrite-1m.
+    /// Workloads, comma-separated: randread-4k, randwrite-4k, randrw-64k, seqwrite-4k,
+    /// seqwrite-64k, seqwrite-1m.
     #[arg(long, value_delimiter = ',', default_value = "randread-4k,randwrite-4k,randrw-64k,seqwrite-1m")]
     workloads: Vec<Workload>,
     /// Requests in flight per shard, comma-separated.
@@ -50,6 +51,13 @@ pub struct BenchArgs {
     /// Measure each point with metrics on and off, same run, and report the difference.
     #[arg(long, conflicts_with = "no_metrics")]
     metrics_overhead: bool,
+    /// Coalescing of adjacent writes, comma-separated: on, off, or both (each point is then
+    /// measured with each, same run, and an on/off table follows).
+    #[arg(long, value_delimiter = ',', default_value = "on", value_parser = on_off)]
+    coalesce: Vec<bool>,
+    /// Measure each point this many times (the coalesce settings alternate their order).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    repeat: u32,
     /// Keep serving /metrics this many seconds after the last point (for scrapers).
     #[arg(long, default_value_t = 0)]
     linger: u64,
@@ -60,6 +68,23 @@ pub struct BenchArgs {
     /// workload (needs a TrueType font: fonts-dejavu-core, or SHEEPDEV_FONT).
     #[arg(long, value_parser = super::path_arg)]
     plot: Option<PathBuf>,
+}
+
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("expected on or off, not {s:?}")),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
@@ -131,52 +156,68 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let dur = Duration::from_secs_f64(a.seconds);
     let mut points: Vec<Point> = Vec::new();
     let driver = if a.no_metrics { Driver::SheepdevNoMetrics } else { Driver::Sheepdev };
+    let both = a.coalesce.contains(&true) && a.coalesce.contains(&false);
     println!(
-        "| workload | shards | depth | sheepdev IOPS | MiB/s | p50 µs | p99 µs | p99.9 µs | raw IOPS | raw p99 µs | IOPS ratio | p99 ratio |{}",
+        "| workload | shards | depth | coalesce | merged % | sheepdev IOPS | MiB/s | p50 µs | p99 µs | p99.9 µs | raw IOPS | raw p99 µs | IOPS ratio | p99 ratio |{}",
         if a.metrics_overhead { " metrics off IOPS | on/off |" } else { "" }
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{}", if a.metrics_overhead { "---:|---:|" } else { "" });
+    println!("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{}", if a.metrics_overhead { "---:|---:|" } else { "" });
+    let mut pairs: Vec<String> = Vec::new();
     for &w in &a.workloads {
         for &shards in &a.shards {
             for &depth in &a.depths {
-                let p = bench::run_point(&target, w, driver, shards, depth, dur).map_err(anyhow::Error::msg)?;
-                let off = if a.metrics_overhead {
-                    Some(bench::run_point(&target, w, Driver::SheepdevNoMetrics, shards, depth, dur).map_err(anyhow::Error::msg)?)
-                } else {
+                let raw = if a.no_raw {
                     None
+                } else {
+                    Some(bench::run_point(&target, w, Driver::Raw, shards, depth, true, dur).map_err(anyhow::Error::msg)?)
                 };
-                let raw =
-                    if a.no_raw { None } else { Some(bench::run_point(&target, w, Driver::Raw, shards, depth, dur).map_err(anyhow::Error::msg)?) };
-                let (rio, rp99, ratio, pratio) = match &raw {
-                    Some(r) => (
-                        format!("{:.0}", r.iops),
-                        format!("{:.0}", r.p99_us),
-                        format!("{:.2}", p.iops / r.iops.max(1e-9)),
-                        format!("{:.2}", p.p99_us / r.p99_us.max(1e-9)),
-                    ),
-                    None => ("-".into(), "-".into(), "-".into(), "-".into()),
-                };
-                let overhead = off.as_ref().map_or(String::new(), |o| format!(" {:.0} | {:.3} |", o.iops, p.iops / o.iops.max(1e-9)));
-                println!(
-                    "| {} | {shards} | {depth} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {rio} | {rp99} | {ratio} | {pratio} |{overhead}",
-                    w.name(),
-                    p.iops,
-                    p.mib_s,
-                    p.p50_us,
-                    p.p99_us,
-                    p.p999_us
-                );
-                if p.errors > 0 || raw.as_ref().is_some_and(|r| r.errors > 0) {
-                    eprintln!("bench: {} errors in {} shards={shards} depth={depth}", p.errors + raw.as_ref().map_or(0, |r| r.errors), w.name());
+                let (mut on, mut off) = (Vec::new(), Vec::new());
+                for rep in 0..a.repeat {
+                    let mut order = a.coalesce.clone();
+                    if rep % 2 == 1 {
+                        order.reverse();
+                    }
+                    for &co in &order {
+                        let p = bench::run_point(&target, w, driver, shards, depth, co, dur).map_err(anyhow::Error::msg)?;
+                        let moff = if a.metrics_overhead {
+                            Some(bench::run_point(&target, w, Driver::SheepdevNoMetrics, shards, depth, co, dur).map_err(anyhow::Error::msg)?)
+                        } else {
+                            None
+                        };
+                        print_row(&p, raw.as_ref(), moff.as_ref());
+                        if p.errors > 0 {
+                            eprintln!("bench: {} errors in {} shards={shards} depth={depth}", p.errors, w.name());
+                        }
+                        if co { &mut on } else { &mut off }.push(p.clone());
+                        points.push(p);
+                        points.extend(moff);
+                    }
                 }
-                points.push(p);
+                if raw.as_ref().is_some_and(|r| r.errors > 0) {
+                    eprintln!("bench: raw errors in {} shards={shards} depth={depth}", w.name());
+                }
                 points.extend(raw);
-                points.extend(off);
+                if both {
+                    let iops = |v: &[Point]| median(v.iter().map(|p| p.iops).collect());
+                    let p99 = |v: &[Point]| median(v.iter().map(|p| p.p99_us).collect());
+                    let each: Vec<String> = on.iter().zip(&off).map(|(x, y)| format!("{:.2}", x.iops / y.iops.max(1e-9))).collect();
+                    let merged = on.iter().map(|p| p.merged).sum::<u64>() as f64 / on.iter().map(|p| p.ios).sum::<u64>().max(1) as f64;
+                    pairs.push(format!(
+                        "| {} | {shards} | {depth} | {:.0} | {:.0} | **{:.2}** | {:.2} | {:.0} | {} |",
+                        w.name(),
+                        iops(&on),
+                        iops(&off),
+                        iops(&on) / iops(&off).max(1e-9),
+                        p99(&on) / p99(&off).max(1e-9),
+                        100.0 * merged,
+                        each.join(" ")
+                    ));
+                }
             }
         }
         if w == Workload::SeqWrite1m && !a.no_raw {
             // What `dog vdi write` does: one request at a time.
-            let one = bench::run_point(&target, w, Driver::Raw, 1, 1, dur).map_err(anyhow::Error::msg)?;
+            let one = bench::run_point(&target, w, Driver::Raw, 1, 1, true, dur).map_err(anyhow::Error::msg)?;
             let best = points.iter().filter(|p| p.workload == w && p.driver == driver).map(|p| p.mib_s).fold(0.0, f64::max);
             println!(
                 "\nseqwrite-1m one request at a time (like `dog vdi write`): {:.1} MiB/s; best sheepdev: {best:.1} MiB/s ({:.2}x)\n",
@@ -185,6 +226,12 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             );
             points.push(one);
         }
+    }
+    if both {
+        println!("\ncoalesce on/off (medians of {} run(s) each, same run; per-pair ratios in run order):\n", a.repeat);
+        println!("| workload | shards | depth | on IOPS | off IOPS | IOPS on/off | p99 on/off | merged % (on) | pairs |");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
+        pairs.iter().for_each(|l| println!("{l}"));
     }
     if let Some(path) = &a.json {
         std::fs::write(path, serde_json::to_vec_pretty(&points)?).with_context(|| format!("writing {}", path.display()))?;
@@ -222,4 +269,31 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         s.shutdown();
     }
     Ok(())
+}
+
+/// One table row: a sheepdev point against the raw ceiling (and metrics off).
+fn print_row(p: &Point, raw: Option<&Point>, off: Option<&Point>) {
+    let (rio, rp99, ratio, pratio) = match raw {
+        Some(r) => (
+            format!("{:.0}", r.iops),
+            format!("{:.0}", r.p99_us),
+            format!("{:.2}", p.iops / r.iops.max(1e-9)),
+            format!("{:.2}", p.p99_us / r.p99_us.max(1e-9)),
+        ),
+        None => ("-".into(), "-".into(), "-".into(), "-".into()),
+    };
+    let overhead = off.map_or(String::new(), |o| format!(" {:.0} | {:.3} |", o.iops, p.iops / o.iops.max(1e-9)));
+    println!(
+        "| {} | {} | {} | {} | {:.0} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {rio} | {rp99} | {ratio} | {pratio} |{overhead}",
+        p.workload.name(),
+        p.shards,
+        p.depth,
+        if p.coalesce { "on" } else { "off" },
+        100.0 * p.merged as f64 / p.ios.max(1) as f64,
+        p.iops,
+        p.mib_s,
+        p.p50_us,
+        p.p99_us,
+        p.p999_us
+    );
 }

@@ -117,9 +117,14 @@ pub fn workloads(points: &[Point]) -> Vec<Workload> {
 
 /// The lines of every panel showing `metric` (see the module contract), ordered by
 /// workload (as measured), then sheepdev, sheepdev without metrics, raw, then shards.
+/// A run with coalescing both on and off draws the sheepdev points with it on.
 pub fn series(points: &[Point], metric: Metric) -> Vec<Series> {
     let mut out: Vec<Series> = Vec::new();
+    let any_on = points.iter().any(|p| p.coalesce);
     for p in points {
+        if any_on && !p.coalesce && p.driver != Driver::Raw {
+            continue;
+        }
         let v = metric.of(p);
         if !v.is_finite() || (metric != Metric::Iops && v <= 0.0) {
             continue;
@@ -304,7 +309,22 @@ mod tests {
     use super::*;
 
     fn pt(workload: Workload, driver: Driver, shards: u16, depth: u16, iops: f64, p50: f64, p99: f64) -> Point {
-        Point { workload, driver, shards, depth, ios: 1, errors: 0, seconds: 1.0, iops, mib_s: 0.0, p50_us: p50, p99_us: p99, p999_us: p99 }
+        Point {
+            workload,
+            driver,
+            shards,
+            depth,
+            coalesce: true,
+            merged: 0,
+            ios: 1,
+            errors: 0,
+            seconds: 1.0,
+            iops,
+            mib_s: 0.0,
+            p50_us: p50,
+            p99_us: p99,
+            p999_us: p99,
+        }
     }
 
     fn sample() -> Vec<Point> {

@@ -18,6 +18,15 @@
 //!   their error at once while a SENDMSG may still be reading their payload: that only
 //!   sends stale bytes on a dead socket, because payloads live in shard-owned buffers that
 //!   outlive the connection.
+//! - Coalescing (on unless [`RingConn::set_coalesce`] turns it off): a request queued while
+//!   one of the last [`MERGE_SCAN`] queued requests is one it may ride on (the rule is
+//!   `coalesce::rides_on`: adjacent plain WRITE_OBJs of one object, never a create, a read,
+//!   or an overlap) rides on that lead: the lead's header grows by the rider's length, the
+//!   rider's slot joins the lead's chain and is never queued itself, and the sender sends
+//!   the rider's payload as one more iovec after the lead's (no copy). The lead's response
+//!   completes every rider with the same result (an error fails them all); a broken
+//!   connection fails each of them, and each caller resends its own request (it may ride on
+//!   another one then).
 //! - Single-threaded (`Rc`, `RefCell`); no borrow is held across an `.await`.
 
 use std::cell::{Cell, RefCell, UnsafeCell};
@@ -32,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types};
 
+use super::coalesce::{may_ride, rides_on, MERGE_SCAN};
 use super::ring::submit;
 use super::Error;
 use crate::proto::demux::{wire_id, Demux, Event, InFlight};
@@ -39,6 +49,10 @@ use crate::proto::{Opcode, ReqHeader, RspHeader, HEADER_LEN};
 
 /// Requests gathered into one SENDMSG.
 const MAX_BATCH: usize = 64;
+/// The most iovecs in one SENDMSG (Linux's UIO_MAXIOV).
+const MAX_IOV: usize = 1024;
+/// No slot (end of a rider chain).
+const NONE: u16 = u16::MAX;
 /// Receive buffer per connection.
 const RECV_BUF: usize = 256 << 10;
 /// How long one reconnect attempt may take (blocking the shard thread: it has nothing to
@@ -66,6 +80,15 @@ struct Slot {
     waker: Option<Waker>,
     /// When the request was queued (only with a stall timeout).
     sent_at: Option<Instant>,
+    /// The request as queued (a lead's `data_length` grows with its riders).
+    hdr: ReqHeader,
+    /// Rider chain: the next slot whose payload follows this one's (`NONE`: the end).
+    next: u16,
+    /// Lead only: the last slot of its chain, and how many riders it carries.
+    tail: u16,
+    riders: u16,
+    /// Rides on another slot's request: no response of its own is expected.
+    carried: bool,
 }
 
 struct State {
@@ -96,6 +119,10 @@ pub struct RingConn {
     /// The owner is going away: stop reconnecting.
     closed: Cell<bool>,
     reconnects: Cell<u64>,
+    /// Writes may ride on a queued write (module contract).
+    coalesce: Cell<bool>,
+    /// Requests that rode on another one.
+    merged: Cell<u64>,
 }
 
 impl RingConn {
@@ -149,6 +176,8 @@ impl RingConn {
             stall,
             closed: Cell::new(false),
             reconnects: Cell::new(0),
+            coalesce: Cell::new(true),
+            merged: Cell::new(0),
             headers: (0..n).map(|_| UnsafeCell::new([0u8; HEADER_LEN])).collect(),
             st: RefCell::new(State {
                 slots: (0..n)
@@ -162,6 +191,11 @@ impl RingConn {
                         result: None,
                         waker: None,
                         sent_at: None,
+                        hdr: ReqHeader::obj(Opcode::ReadObj, 0, 0, Default::default()),
+                        next: NONE,
+                        tail: NONE,
+                        riders: 0,
+                        carried: false,
                     })
                     .collect(),
                 free: (0..n as u16).rev().collect(),
@@ -183,6 +217,16 @@ impl RingConn {
     /// Times this connection was re-established.
     pub fn reconnects(&self) -> u64 {
         self.reconnects.get()
+    }
+
+    /// Let writes ride on queued writes (module contract); on by default.
+    pub fn set_coalesce(&self, on: bool) {
+        self.coalesce.set(on);
+    }
+
+    /// Requests that rode on another one so far.
+    pub fn merged(&self) -> u64 {
+        self.merged.get()
     }
 
     /// Whether the connection is up (requests can be sent now).
@@ -221,7 +265,7 @@ impl RingConn {
     /// Send `hdr` (its id is assigned here) with `payload` when it has the WRITE flag, and
     /// wait for the response; a READ_OBJ response payload lands in `dest`. The server's
     /// result code is returned in the header, not interpreted.
-    pub async fn call(&self, mut hdr: ReqHeader, payload: &[u8], dest: &mut [u8]) -> Result<RspHeader, Error> {
+    pub async fn call(&self, hdr: ReqHeader, payload: &[u8], dest: &mut [u8]) -> Result<RspHeader, Error> {
         let idx = poll_fn(|cx| {
             let mut st = self.st.borrow_mut();
             if let Some(e) = st.broken {
@@ -237,26 +281,7 @@ impl RingConn {
         })
         .await?;
         let guard = CallGuard { conn: self, idx };
-        {
-            let mut st = self.st.borrow_mut();
-            let s = &mut st.slots[idx];
-            s.gen = s.gen.wrapping_add(1);
-            hdr.id = wire_id(idx as u16, s.gen);
-            // SAFETY: the header cell of a slot is only written here, while the slot is
-            // owned by this call and not queued, so neither the sender nor the kernel reads it.
-            unsafe { *self.headers[idx].get() = hdr.encode() };
-            s.phase = Phase::Queued;
-            (s.payload, s.payload_len) = if hdr.has_payload() { (payload.as_ptr(), payload.len()) } else { (std::ptr::null(), 0) };
-            let takes = if hdr.opcode == Opcode::ReadObj as u8 { dest.len() } else { 0 };
-            (s.dest, s.dest_len) = (dest.as_mut_ptr(), takes);
-            s.result = None;
-            s.sent_at = (!self.stall.is_zero()).then(Instant::now);
-            st.inflight += 1;
-            st.sendq.push_back(idx as u16);
-            if let Some(w) = st.sender.take() {
-                w.wake();
-            }
-        }
+        self.enqueue(idx, hdr, payload, dest);
         let r = poll_fn(|cx| {
             let mut st = self.st.borrow_mut();
             let s = &mut st.slots[idx];
@@ -271,6 +296,73 @@ impl RingConn {
         .await;
         drop(guard);
         r
+    }
+
+    /// Set slot `idx` (taken from `free`) up for `hdr` and queue it for the sender, or let
+    /// it ride on a queued write (module contract).
+    fn enqueue(&self, idx: usize, mut hdr: ReqHeader, payload: &[u8], dest: &mut [u8]) {
+        {
+            let mut st = self.st.borrow_mut();
+            let s = &mut st.slots[idx];
+            s.gen = s.gen.wrapping_add(1);
+            hdr.id = wire_id(idx as u16, s.gen);
+            // SAFETY: the header cell of a slot is only written here, while the slot is owned
+            // by this call and not queued, and by `ride` before the sender takes it, so
+            // neither the sender nor the kernel reads it now.
+            unsafe { *self.headers[idx].get() = hdr.encode() };
+            s.phase = Phase::Queued;
+            (s.payload, s.payload_len) = if hdr.has_payload() { (payload.as_ptr(), payload.len()) } else { (std::ptr::null(), 0) };
+            let takes = if hdr.opcode == Opcode::ReadObj as u8 { dest.len() } else { 0 };
+            (s.dest, s.dest_len) = (dest.as_mut_ptr(), takes);
+            s.result = None;
+            s.sent_at = (!self.stall.is_zero()).then(Instant::now);
+            (s.hdr, s.next, s.tail, s.riders, s.carried) = (hdr, NONE, idx as u16, 0, false);
+            st.inflight += 1;
+            if self.coalesce.get() && self.ride(&mut st, idx) {
+                self.merged.set(self.merged.get() + 1);
+            } else {
+                st.sendq.push_back(idx as u16);
+                if let Some(w) = st.sender.take() {
+                    w.wake();
+                }
+            }
+        }
+    }
+
+    /// Whether a request `h` queued now would ride on a queued write (module contract).
+    pub fn can_ride(&self, h: &ReqHeader) -> bool {
+        self.coalesce.get() && Self::find_lead(&self.st.borrow(), h).is_some()
+    }
+
+    /// The queued request that `h` can ride on, if any (module contract).
+    fn find_lead(st: &State, h: &ReqHeader) -> Option<usize> {
+        if st.sendq.is_empty() || !may_ride(h) {
+            return None;
+        }
+        st.sendq.iter().rev().take(MERGE_SCAN).map(|&l| usize::from(l)).find(|&l| {
+            let s = &st.slots[l];
+            s.phase == Phase::Queued && rides_on(&s.hdr, usize::from(s.riders), h)
+        })
+    }
+
+    /// Attach the request in slot `idx` (set up, not queued) to a queued WRITE_OBJ it can
+    /// ride on (module contract); false when there is none.
+    fn ride(&self, st: &mut State, idx: usize) -> bool {
+        let h = st.slots[idx].hdr;
+        let Some(lead) = Self::find_lead(st, &h) else {
+            return false;
+        };
+        let tail = usize::from(st.slots[lead].tail);
+        st.slots[tail].next = idx as u16;
+        st.slots[idx].carried = true;
+        let s = &mut st.slots[lead];
+        s.tail = idx as u16;
+        s.riders += 1;
+        s.hdr.data_length += h.data_length;
+        // SAFETY: the lead is queued and not yet taken by the sender (phase Queued), so
+        // neither the sender nor the kernel reads its header cell now; single-threaded.
+        unsafe { *self.headers[lead].get() = s.hdr.encode() };
+        true
     }
 
     fn fail(&self, e: Error) {
@@ -298,21 +390,31 @@ impl RingConn {
         wake.into_iter().for_each(Waker::wake);
     }
 
+    /// Complete the request in slot `idx` and every rider of its chain with `r`.
     fn complete(&self, idx: usize, r: Result<RspHeader, Error>) {
-        let w = {
-            let mut st = self.st.borrow_mut();
-            let s = &mut st.slots[idx];
-            if !matches!(s.phase, Phase::Queued | Phase::Sent) {
-                // Already failed: its caller has (or will get) that error, not this.
+        let mut i = idx;
+        loop {
+            let (w, next) = {
+                let mut st = self.st.borrow_mut();
+                let s = &mut st.slots[i];
+                if !matches!(s.phase, Phase::Queued | Phase::Sent) {
+                    // Already failed: its caller has (or will get) that error, not this;
+                    // its riders failed with it.
+                    return;
+                }
+                s.phase = Phase::Done;
+                s.result = Some(r);
+                (s.dest, s.dest_len) = (std::ptr::null_mut(), 0);
+                let next = std::mem::replace(&mut s.next, NONE);
+                (s.waker.take(), next)
+            };
+            if let Some(w) = w {
+                w.wake();
+            }
+            if next == NONE {
                 return;
             }
-            s.phase = Phase::Done;
-            s.result = Some(r);
-            (s.dest, s.dest_len) = (std::ptr::null_mut(), 0);
-            s.waker.take()
-        };
-        if let Some(w) = w {
-            w.wake();
+            i = usize::from(next);
         }
     }
 
@@ -401,8 +503,36 @@ impl RingConn {
         }
     }
 
+    /// Move up to [`MAX_BATCH`] queued requests (with their riders) into `iov`, header and
+    /// payloads in order, marking them sent; at most [`MAX_IOV`] iovecs.
+    fn take_batch(&self, iov: &mut Vec<libc::iovec>) {
+        iov.clear();
+        let mut st = self.st.borrow_mut();
+        let mut n = 0;
+        while n < MAX_BATCH {
+            // A header, the lead's payload and one iovec per rider must fit.
+            let Some(&i) = st.sendq.front() else { break };
+            let i = usize::from(i);
+            if iov.len() + 2 + usize::from(st.slots[i].riders) > MAX_IOV {
+                break;
+            }
+            st.sendq.pop_front();
+            iov.push(libc::iovec { iov_base: self.headers[i].get().cast(), iov_len: HEADER_LEN });
+            let mut j = i;
+            while j != usize::from(NONE) {
+                let s = &mut st.slots[j];
+                s.phase = Phase::Sent;
+                if s.payload_len > 0 {
+                    iov.push(libc::iovec { iov_base: s.payload as *mut libc::c_void, iov_len: s.payload_len });
+                }
+                j = usize::from(s.next);
+            }
+            n += 1;
+        }
+    }
+
     async fn send_inner(&self, fd: types::Fd) {
-        let mut iov: Vec<libc::iovec> = Vec::with_capacity(2 * MAX_BATCH);
+        let mut iov: Vec<libc::iovec> = Vec::with_capacity(MAX_IOV);
         loop {
             let go = poll_fn(|cx| {
                 let mut st = self.st.borrow_mut();
@@ -419,22 +549,7 @@ impl RingConn {
             if !go {
                 return;
             }
-            iov.clear();
-            {
-                let mut st = self.st.borrow_mut();
-                let mut n = 0;
-                while n < MAX_BATCH {
-                    let Some(i) = st.sendq.pop_front() else { break };
-                    let i = i as usize;
-                    let s = &mut st.slots[i];
-                    s.phase = Phase::Sent;
-                    iov.push(libc::iovec { iov_base: self.headers[i].get().cast(), iov_len: HEADER_LEN });
-                    if s.payload_len > 0 {
-                        iov.push(libc::iovec { iov_base: s.payload as *mut libc::c_void, iov_len: s.payload_len });
-                    }
-                    n += 1;
-                }
-            }
+            self.take_batch(&mut iov);
             let mut start = 0;
             while start < iov.len() {
                 // SAFETY: an all-zero msghdr is valid; the fields set below point into `iov`,
@@ -492,7 +607,7 @@ impl RingConn {
             loop {
                 let (used, ev) = demux.feed(&buf[head..tail], |i| {
                     let st = self.st.borrow();
-                    let s = st.slots.get(i).filter(|s| matches!(s.phase, Phase::Queued | Phase::Sent))?;
+                    let s = st.slots.get(i).filter(|s| matches!(s.phase, Phase::Queued | Phase::Sent) && !s.carried)?;
                     Some(InFlight { gen: s.gen, bound: u32::try_from(s.dest_len).unwrap_or(u32::MAX) })
                 });
                 head += used;
@@ -537,6 +652,7 @@ impl Drop for CallGuard<'_> {
             }
             s.phase = Phase::Free;
             (s.payload, s.payload_len, s.dest, s.dest_len) = (std::ptr::null(), 0, std::ptr::null_mut(), 0);
+            (s.next, s.tail, s.riders, s.carried) = (NONE, NONE, 0, false);
             s.waker = None;
             st.inflight -= 1;
             st.free.push(self.idx as u16);
@@ -550,6 +666,7 @@ impl Drop for CallGuard<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::coalesce::{MAX_MERGED, MAX_RIDERS};
     use super::*;
     use crate::proto::{demux::split_id, ObjArgs, SD_RES_SUCCESS};
     use std::io::{Read, Write};
@@ -601,6 +718,90 @@ mod tests {
         let mut st = conn.st.borrow_mut();
         assert_eq!(st.slots[0].result.take(), Some(Err(Error::Io(libc::ETIMEDOUT))));
         assert!(st.broken.is_some());
+    }
+
+    /// A connection without tasks (the test drives its queue by hand) and its listener.
+    fn idle_conn(slots: usize) -> (TcpListener, Rc<RingConn>) {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        (l, RingConn::build(TcpStream::connect(addr).expect("connect"), addr, Vec::new(), Duration::ZERO, slots))
+    }
+
+    /// Queue `op` of `payload.len()` bytes at `offset` of `oid` in a fresh slot.
+    fn queue(conn: &RingConn, op: Opcode, oid: u64, offset: u32, payload: &[u8]) -> usize {
+        let idx = usize::from(conn.st.borrow_mut().free.pop().expect("a free slot"));
+        let args = ObjArgs { oid: crate::proto::Oid(oid), offset, ..Default::default() };
+        conn.enqueue(idx, ReqHeader::obj(op, crate::proto::SD_FLAG_CMD_WRITE, payload.len() as u32, args), payload, &mut []);
+        idx
+    }
+
+    fn sent_header(conn: &RingConn, idx: usize) -> ReqHeader {
+        // SAFETY: no sender task runs; nothing writes the cell while the test reads it.
+        ReqHeader::decode(unsafe { &*conn.headers[idx].get() })
+    }
+
+    #[test]
+    fn adjacent_writes_of_one_object_ride_on_the_queued_one_and_share_its_result() {
+        let (_l, conn) = idle_conn(16);
+        let bufs: Vec<Vec<u8>> = (0..8u8).map(|k| vec![k; 4096]).collect();
+        let a = queue(&conn, Opcode::WriteObj, 1, 0, &bufs[0]);
+        let b = queue(&conn, Opcode::WriteObj, 1, 4096, &bufs[1]); // rides on a
+        let c = queue(&conn, Opcode::WriteObj, 2, 8192, &bufs[2]); // another object
+        let d = queue(&conn, Opcode::WriteObj, 1, 8192, &bufs[3]); // rides on a, behind c
+        let e = queue(&conn, Opcode::CreateAndWriteObj, 1, 12288, &bufs[4]); // a create never merges
+        let f = queue(&conn, Opcode::WriteObj, 1, 20480, &bufs[5]); // a gap
+        let g = queue(&conn, Opcode::WriteObj, 1, 0, &bufs[6]); // overlaps a
+        let h = queue(&conn, Opcode::CreateAndWriteObj, 1, 24576, &bufs[7]); // adjacent to f, but a create
+        assert_eq!(conn.merged(), 2);
+        assert_eq!(sent_header(&conn, a).data_length, 3 * 4096, "the lead's header carries its riders");
+        assert_eq!(sent_header(&conn, a).obj_args().offset, 0);
+        assert_eq!(sent_header(&conn, c).data_length, 4096);
+        let mut iov = Vec::with_capacity(MAX_IOV);
+        conn.take_batch(&mut iov);
+        let order: Vec<*mut libc::c_void> = iov.iter().map(|v| v.iov_base).collect();
+        let hdr = |i: usize| conn.headers[i].get().cast::<libc::c_void>();
+        let pay = |k: usize| bufs[k].as_ptr() as *mut libc::c_void;
+        assert_eq!(
+            order,
+            vec![hdr(a), pay(0), pay(1), pay(3), hdr(c), pay(2), hdr(e), pay(4), hdr(f), pay(5), hdr(g), pay(6), hdr(h), pay(7)],
+            "one header, then the lead's and each rider's payload in order"
+        );
+        let req = ReqHeader::obj(Opcode::WriteObj, 0, 0, ObjArgs::default());
+        conn.complete(a, Ok(RspHeader::reply_to(&req, crate::proto::SD_RES_EIO)));
+        let mut st = conn.st.borrow_mut();
+        for i in [a, b, d] {
+            assert_eq!(st.slots[i].result.take().map(|r| r.map(|r| r.result)), Some(Ok(crate::proto::SD_RES_EIO)), "slot {i}");
+        }
+        for i in [c, e, f, g, h] {
+            assert!(st.slots[i].result.is_none(), "slot {i} is not answered by a's response");
+        }
+        drop(st);
+        conn.fail(Error::Closed);
+        assert_eq!(conn.st.borrow_mut().slots[c].result.take(), Some(Err(Error::Closed)));
+    }
+
+    #[test]
+    fn merging_stops_at_its_caps_and_when_turned_off() {
+        let (_l, conn) = idle_conn(MAX_RIDERS + 8);
+        let big = vec![0u8; MAX_MERGED as usize];
+        let a = queue(&conn, Opcode::WriteObj, 1, 0, &big[..MAX_MERGED as usize - 4096]);
+        let _ = queue(&conn, Opcode::WriteObj, 1, MAX_MERGED - 4096, &big[..4096]);
+        let c = queue(&conn, Opcode::WriteObj, 1, MAX_MERGED, &big[..1]);
+        assert_eq!(sent_header(&conn, a).data_length, MAX_MERGED);
+        assert_eq!(conn.merged(), 1, "no request grows past MAX_MERGED");
+        for k in 1..=MAX_RIDERS as u32 + 1 {
+            queue(&conn, Opcode::WriteObj, 1, MAX_MERGED + k, &big[..1]);
+        }
+        assert_eq!(conn.merged(), 1 + MAX_RIDERS as u64);
+        assert_eq!(sent_header(&conn, c).data_length, 1 + MAX_RIDERS as u32, "no request carries more than MAX_RIDERS riders");
+        assert_eq!(conn.st.borrow().sendq.len(), 3);
+        conn.fail(Error::Closed);
+        let (_l, conn) = idle_conn(4);
+        conn.set_coalesce(false);
+        queue(&conn, Opcode::WriteObj, 1, 0, &big[..4096]);
+        queue(&conn, Opcode::WriteObj, 1, 4096, &big[..4096]);
+        assert_eq!((conn.merged(), conn.st.borrow().sendq.len()), (0, 2));
+        conn.fail(Error::Closed);
     }
 
     #[test]

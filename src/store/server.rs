@@ -19,7 +19,7 @@
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -98,6 +98,8 @@ struct Shared {
     /// Requests read and not yet answered, over all connections, and the most seen.
     inflight: AtomicUsize,
     peak_inflight: AtomicUsize,
+    /// Requests read, over all connections, since the start.
+    requests: AtomicU64,
 }
 
 /// A running store; see the module docs of `store` for what it serves.
@@ -147,6 +149,7 @@ impl Store {
             conns: Mutex::new(Vec::new()),
             inflight: AtomicUsize::new(0),
             peak_inflight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
         });
         let addrs: Vec<SocketAddr> = listeners.iter().map(|(a, _)| *a).collect();
         let cfg = Config { listen: addrs.clone(), ..cfg };
@@ -182,6 +185,12 @@ impl Store {
     /// connections, since the start (what a benchmark's queue depth really reached).
     pub fn peak_inflight(&self) -> usize {
         self.shared.peak_inflight.load(Ordering::Relaxed)
+    }
+
+    /// Requests read so far, over all connections (a test counts how many sheep requests
+    /// a workload took).
+    pub fn requests(&self) -> u64 {
+        self.shared.requests.load(Ordering::Relaxed)
     }
 
     /// The fault controls of this running store (see `fault.rs`).
@@ -330,6 +339,7 @@ fn read_requests(conn: &Arc<Conn>, tx: &SyncSender<Job>, sh: &Shared) {
                 break;
             }
         }
+        sh.requests.fetch_add(1, Ordering::Relaxed);
         let now = sh.inflight.fetch_add(1, Ordering::Relaxed) + 1;
         sh.peak_inflight.fetch_max(now, Ordering::Relaxed);
         if tx.send(Job { conn: Arc::clone(conn), req, payload }).is_err() {

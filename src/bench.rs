@@ -114,6 +114,8 @@ pub struct Target {
     pub metrics: Option<DeviceMetrics>,
     /// Bytes of the VDI the workloads touch (prefilled), from offset 0.
     pub region: u64,
+    /// Sheep connections per shard (`add --connections`); the raw generator uses one.
+    pub connections: usize,
 }
 
 /// xorshift64*: a fast, allocation-free generator for offsets.
@@ -146,10 +148,10 @@ pub fn run_point(t: &Target, w: Workload, driver: Driver, shards: u16, depth: u1
     let start = Instant::now();
     let threads: Vec<_> = (0..shards)
         .map(|s| {
-            let (addr, vol, region, dm) = (t.addr, t.vol.clone(), t.region, t.metrics.clone());
+            let (addr, vol, region, dm, conns) = (t.addr, t.vol.clone(), t.region, t.metrics.clone(), t.connections);
             std::thread::Builder::new()
                 .name(format!("bench-shard-{s}"))
-                .spawn(move || shard_thread(addr, vol, region, dm, w, driver, s, shards, depth, coalesce, duration))
+                .spawn(move || shard_thread(addr, conns, vol, region, dm, w, driver, s, shards, depth, coalesce, duration))
                 .map_err(|e| format!("cannot start a shard thread: {e}"))
         })
         .collect::<Result<_, _>>()?;
@@ -183,6 +185,7 @@ pub fn run_point(t: &Target, w: Workload, driver: Driver, shards: u16, depth: u1
 #[allow(clippy::too_many_arguments)]
 fn shard_thread(
     addr: SocketAddr,
+    conns: usize,
     vol: Arc<Volume>,
     region: u64,
     dm: Option<DeviceMetrics>,
@@ -201,9 +204,9 @@ fn shard_thread(
     let slots = usize::from(depth) * 2 + 8;
     let (shard, raw) = match driver {
         Driver::Sheepdev | Driver::SheepdevNoMetrics => {
-            let mut sh = Shard::new(vol.clone(), &[addr], 1, slots, bs as usize, &exe).map_err(|e| e.to_string())?.with_coalesce(coalesce);
+            let mut sh = Shard::new(vol.clone(), &[addr], conns, slots, bs as usize, &exe).map_err(|e| e.to_string())?.with_coalesce(coalesce);
             if let (Driver::Sheepdev, Some(dm)) = (driver, &dm) {
-                sh = sh.with_metrics(dm.shard(s, depth, 1, &addr.to_string()));
+                sh = sh.with_metrics(dm.shard(s, depth, conns, &addr.to_string()));
             }
             let sh = Rc::new(sh);
             exe.spawn(sh.clone().tick()).detach();

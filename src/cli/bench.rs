@@ -36,6 +36,12 @@ pub struct BenchArgs {
     /// Bytes of the VDI the workloads touch (prefilled first).
     #[arg(long, default_value = "1G", value_parser = super::size_arg)]
     size: u64,
+    /// Sheep connections per shard (as `add --connections`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    connections: u16,
+    /// Object size of the benchmark's VDI (default: the cluster's, 4M on the embedded store).
+    #[arg(long, value_parser = super::size_arg)]
+    object_size: Option<u64>,
     /// Skip the raw-protocol ceiling.
     #[arg(long)]
     no_raw: bool,
@@ -117,12 +123,12 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         }
     };
     let name = VdiName::new(&format!("sheepdev-bench-{}", std::process::id())).map_err(anyhow::Error::msg)?;
-    let size = a.size;
+    let (size, object_size) = (a.size, a.object_size.unwrap_or(0));
     let vol = super::block_on({
         let name = name.clone();
         async move {
             let c = Rc::new(Client::connect(&Config::new(vec![addr])).await?);
-            let vid = manage::create(&c, &name, size, Redundancy::Default, 0).await?.vid;
+            let vid = manage::create(&c, &name, size, Redundancy::Default, object_size).await?.vid;
             anyhow::Ok(load_volume(&c, vid, false).await?)
         }
     })??;
@@ -150,7 +156,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let max_shards = a.shards.iter().copied().max().unwrap_or(1);
     let max_depth = a.depths.iter().copied().max().unwrap_or(1);
     let metrics = (!a.no_metrics).then(|| crate::metrics::DeviceMetrics::new("bench", name.as_str(), "", false, max_shards, max_depth, size));
-    let target = bench::Target { addr, vol: Arc::new(vol), region: size, metrics };
+    let target = bench::Target { addr, vol: Arc::new(vol), region: size, metrics, connections: usize::from(a.connections) };
     eprintln!("bench: prefilling {} MiB of {name} on {addr}", size >> 20);
     bench::prefill(&target).map_err(anyhow::Error::msg)?;
     let dur = Duration::from_secs_f64(a.seconds);

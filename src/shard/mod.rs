@@ -506,6 +506,9 @@ impl Shard {
         }
         let r = self.follow_inner(stale, dl).await;
         self.vol.end_follow();
+        if let (Ok(_), Some(m)) = (&r, &self.metrics) {
+            m.borrow().inode_reloads.inc();
+        }
         match r {
             // A warning: another client changed the VDI under the device (the daemon moves
             // its table entry and the VDI lock after it).

@@ -156,6 +156,8 @@ fd() {
     snap_exists fd live1 && snap_exists fd live2 || fail "the snapshots are not listed: $(vdi_rows | tr '\n' ';')"
     n=$(grep -c 'live snapshot of vid' "$W/serve.log" || true)
     [ "$n" = 2 ] || fail "serve.log shows $n live snapshots followed, expected 2: $(tail -5 "$W/serve.log")"
+    n=$(wget -qO- http://127.0.0.1:9477/metrics | awk '/^sheepdev_inode_reloads_total/ { s += $NF } END { print s + 0 }')
+    [ "$n" = 2 ] || fail "sheepdev_inode_reloads_total sums to $n on /metrics, expected 2"
     wv=$(vdi_rows | awk '$1 == "fd" && $3 == "false" { print $5 }')
     [ "$(list_get "$d" vid)" = "$wv" ] || fail "sheepdev list says vid $(list_get "$d" vid), the working fd is $wv"
     step "the table follows the new working vid $wv; its lock moved with it"

@@ -23,11 +23,12 @@
 //!   merged here but where they wait — in a connection's send queue (`conn`, by the rule
 //!   of `coalesce`). A WRITE_OBJ issued while an adjacent WRITE_OBJ of the same object is
 //!   still queued rides on it: one sheep request, several payload iovecs, one response
-//!   that completes every block request it carries with the same result. This covers writes of tags issued together by the
-//!   kernel, writes released together when the create they waited for is persisted, and the
-//!   inode entry updates of concurrent requests on neighbouring objects (adjacent WRITE_OBJs
-//!   of the inode). Creates (CREATE / COW CREATE) never merge, so a resent create carries
-//!   only its own piece; a failed connection fails each block request, which resends alone.
+//!   that completes every block request it carries with the same result. This covers
+//!   writes of tags issued together by the kernel, writes released together when the create
+//!   they waited for is persisted, and the inode entry updates of concurrent requests on
+//!   neighbouring objects (adjacent WRITE_OBJs of the inode). Creates (CREATE / COW
+//!   CREATE) never merge, so a resent create carries only its own piece; a failed
+//!   connection fails each block request, which resends alone.
 //!   Within one request, the entries it created still go as one inode write (`persist`).
 //!   With several connections, a write that can ride on a queued neighbour is sent on that
 //!   neighbour's connection.

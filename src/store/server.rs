@@ -7,9 +7,13 @@
 //!   only when `SD_FLAG_CMD_WRITE` is set (bounded by [`MAX_PAYLOAD`] *before* anything
 //!   is allocated; a larger one closes the connection with a warning). EOF or a partial
 //!   header or payload closes the connection quietly.
-//! - Requests go through one bounded queue to `workers` threads, so the requests of one
-//!   connection run concurrently and their responses go out in completion order, like
-//!   sheep's. Each response (header + payload) is written in one piece under the
+//! - The reader takes the socket's bytes through a 256 KiB buffer (a pipelining client's
+//!   queued requests in one syscall) and answers READ_OBJ itself, at once, while no slow
+//!   disk is simulated: a read of a cached object costs less than the hand-off to a worker
+//!   (in the qemu VM, 4k random reads through a ublk device gained 24–48 %; on the host one
+//!   shard's reads 1.3–1.4×). Every other request goes through one bounded queue to
+//!   `workers` threads, so the requests of one connection run concurrently and their
+//!   responses go out in completion order, like sheep's. Each response (header + payload) is written in one piece under the
 //!   connection's write lock; a failed write closes the connection.
 //! - [`Store::shutdown`] stops accepting, shuts every connection down, lets the workers
 //!   finish what they hold and joins every thread. It does not wait for idle clients.
@@ -312,10 +316,15 @@ fn serve(sh: &Arc<Shared>, stream: TcpStream) {
     }
 }
 
+/// Bytes a connection's reader takes from the socket at once: a pipelining client's queued
+/// requests are read with one syscall, not one or two per request.
+const READ_BUF: usize = 256 << 10;
+
 fn read_requests(conn: &Arc<Conn>, tx: &SyncSender<Job>, sh: &Shared) {
     let mut head = [0u8; HEADER_LEN];
+    let mut rd = std::io::BufReader::with_capacity(READ_BUF, &conn.stream);
     loop {
-        if let Err(e) = (&conn.stream).read_exact(&mut head) {
+        if let Err(e) = rd.read_exact(&mut head) {
             tracing::debug!("connection from {} ends: {}", conn.peer, describe(&e));
             break;
         }
@@ -334,7 +343,7 @@ fn read_requests(conn: &Arc<Conn>, tx: &SyncSender<Job>, sh: &Shared) {
                 break;
             }
             payload = vec![0u8; req.data_length as usize];
-            if let Err(e) = (&conn.stream).read_exact(&mut payload) {
+            if let Err(e) = rd.read_exact(&mut payload) {
                 tracing::debug!("connection from {} ends inside a payload: {}", conn.peer, describe(&e));
                 break;
             }
@@ -342,6 +351,10 @@ fn read_requests(conn: &Arc<Conn>, tx: &SyncSender<Job>, sh: &Shared) {
         sh.requests.fetch_add(1, Ordering::Relaxed);
         let now = sh.inflight.fetch_add(1, Ordering::Relaxed) + 1;
         sh.peak_inflight.fetch_max(now, Ordering::Relaxed);
+        if req.opcode == Opcode::ReadObj as u8 && sh.handler.faults().object_delay().is_zero() {
+            answer(sh, Job { conn: Arc::clone(conn), req, payload });
+            continue;
+        }
         if tx.send(Job { conn: Arc::clone(conn), req, payload }).is_err() {
             sh.inflight.fetch_sub(1, Ordering::Relaxed);
             break;
@@ -354,14 +367,19 @@ fn work(sh: &Shared, rx: &Mutex<Receiver<Job>>) {
     loop {
         let job = lock(rx).recv();
         let Ok(job) = job else { break };
-        let reply = catch_unwind(AssertUnwindSafe(|| sh.handler.handle(&job.req, &job.payload))).unwrap_or_else(|_| {
-            let op = Opcode::try_from(job.req.opcode).map_or("unknown", Opcode::name);
-            tracing::error!("request {} ({op}) from {} panicked; answering system error", job.req.id, job.conn.peer);
-            Reply { rsp: RspHeader::reply_to(&job.req, SD_RES_SYSTEM_ERROR), frame: None }
-        });
-        let Job { conn, payload, .. } = job;
-        drop(payload);
-        conn.send(reply);
-        sh.inflight.fetch_sub(1, Ordering::Relaxed);
+        answer(sh, job);
     }
+}
+
+/// Handle one request and send its reply.
+fn answer(sh: &Shared, job: Job) {
+    let reply = catch_unwind(AssertUnwindSafe(|| sh.handler.handle(&job.req, &job.payload))).unwrap_or_else(|_| {
+        let op = Opcode::try_from(job.req.opcode).map_or("unknown", Opcode::name);
+        tracing::error!("request {} ({op}) from {} panicked; answering system error", job.req.id, job.conn.peer);
+        Reply { rsp: RspHeader::reply_to(&job.req, SD_RES_SYSTEM_ERROR), frame: None }
+    });
+    let Job { conn, payload, .. } = job;
+    drop(payload);
+    conn.send(reply);
+    sh.inflight.fetch_sub(1, Ordering::Relaxed);
 }

@@ -20,12 +20,13 @@ use std::time::{Duration, Instant};
 
 use sheepdev::fault::{Cut, Event, Fault, Proxy, Which};
 use sheepdev::proto::libc_errno::{EIO, ENOSPC};
-use sheepdev::proto::{Opcode, VdiName, Vid, SD_RES_EIO, SD_RES_NO_SPACE};
+use sheepdev::proto::{Opcode, Vid, SD_RES_EIO, SD_RES_NO_SPACE};
 use sheepdev::shard::{ring, Error, IoDesc, Op, Shard};
-use sheepdev::sheep::manage::{self, Redundancy};
 use sheepdev::sheep::{load_volume, Client, Config, VolumeIo};
-use sheepdev::store::{Config as StoreConfig, Store};
+use sheepdev::store::Store;
 use sheepdev::vdi::Volume;
+
+mod common;
 
 const MIB: u64 = 1 << 20;
 const BLOCK: usize = 64 << 10;
@@ -50,15 +51,7 @@ struct Rig {
 }
 
 fn rig() -> Rig {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = StoreConfig { dir: dir.path().to_path_buf(), listen: vec!["127.0.0.1:0".parse().expect("addr")], sync: false, ..Default::default() };
-    let store = Store::start(cfg).expect("store");
-    let addr = store.local_addrs()[0];
-    let vid = sheepdev::cli::block_on(async move {
-        let c = Client::connect(&Config::new(vec![addr])).await.expect("connect");
-        manage::create(&c, &VdiName::new("f").expect("name"), 16 * MIB, Redundancy::Default, MIB).await.expect("create").vid
-    })
-    .expect("executor");
+    let (store, dir, addr, vid) = common::store_with_vdi("f", 16 * MIB, MIB);
     let proxy = Proxy::start("127.0.0.1:0".parse().expect("addr"), addr).expect("proxy");
     Rig { store: Some(store), _dir: dir, store_addr: addr, vid, proxy }
 }

@@ -12,25 +12,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sheepdev::fault::Proxy;
-use sheepdev::proto::VdiName;
 use sheepdev::shard::{ring, IoDesc, Op, Shard};
-use sheepdev::sheep::manage::{self, Redundancy};
 use sheepdev::sheep::{load_volume, Client, Config, VolumeIo};
-use sheepdev::store::{Config as StoreConfig, Store};
+use sheepdev::store::Store;
+
+mod common;
 
 const MIB: u64 = 1 << 20;
 
 fn setup(size: u64) -> (Store, tempfile::TempDir, SocketAddr, sheepdev::proto::Vid) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = StoreConfig { dir: dir.path().to_path_buf(), listen: vec!["127.0.0.1:0".parse().expect("addr")], sync: false, ..Default::default() };
-    let store = Store::start(cfg).expect("store");
-    let addr = store.local_addrs()[0];
-    let vid = sheepdev::cli::block_on(async move {
-        let c = Client::connect(&Config::new(vec![addr])).await.expect("connect");
-        manage::create(&c, &VdiName::new("r").expect("name"), size, Redundancy::Default, MIB).await.expect("create").vid
-    })
-    .expect("executor");
-    (store, dir, addr, vid)
+    common::store_with_vdi("r", size, MIB)
 }
 
 fn block(i: u64) -> Vec<u8> {

@@ -479,25 +479,25 @@ fn an_error_on_a_merged_write_fails_every_block_request_it_carries() {
         sh.handle(io(Op::Write, 0, MIB as u32, 0), &mut buf).await.expect("create object 0");
         let m0 = sh.merged();
         faults.fail_next(1, Some(Opcode::WriteObj), SD_RES_EIO);
-        // Eight adjacent writes queued together: one WRITE_OBJ, which fails.
-        let writes = (0..8u64).map(|k| {
-            let sh = sh.clone();
-            async move {
-                let mut b = pattern(k, 4096);
-                sh.handle(io(Op::Write, k * 4096, 4096, k as u16 + 1), &mut b).await
-            }
-        });
-        let failed = join_all(writes.collect()).await;
+        // Eight adjacent writes queued together, tags 1..=8 of blocks 0..8.
+        let eight = || {
+            join_all(
+                (0..8u64)
+                    .map(|k| {
+                        let sh = sh.clone();
+                        async move {
+                            let mut b = pattern(k, 4096);
+                            sh.handle(io(Op::Write, k * 4096, 4096, k as u16 + 1), &mut b).await
+                        }
+                    })
+                    .collect(),
+            )
+        };
+        // As one WRITE_OBJ, which fails.
+        let failed = eight().await;
         let merged = sh.merged() - m0;
         // The same again succeeds.
-        let writes = (0..8u64).map(|k| {
-            let sh = sh.clone();
-            async move {
-                let mut b = pattern(k, 4096);
-                sh.handle(io(Op::Write, k * 4096, 4096, k as u16 + 1), &mut b).await
-            }
-        });
-        let ok = join_all(writes.collect()).await;
+        let ok = eight().await;
         (failed, merged, ok)
     })
     .join()

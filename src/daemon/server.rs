@@ -363,7 +363,6 @@ impl Daemon {
         Ok(m)
     }
 
-    /// Run `spec`'s device on its own thread and wait until it serves I/O (or failed).
     /// Every [`VID_WATCH`]: a device whose shards followed a live snapshot (another client
     /// snapshotted its VDI; see `shard`) now serves a new working vid. Record it in the
     /// table (so a re-attach after a restart opens the vid the device writes, and `del`
@@ -386,11 +385,11 @@ impl Daemon {
                 if m.locked {
                     match move_lock(&m, new).await {
                         Ok(()) => {}
-                        Err(e) if e.starts_with("retry:") => {
+                        Err(LockMove::Retry(e)) => {
                             tracing::warn!("{}: {e}", m.device);
                             continue;
                         }
-                        Err(e) => eprintln!("sheepdev serve: {} ({}): {e}", m.device, m.name),
+                        Err(LockMove::NotOurs(e)) => eprintln!("sheepdev serve: {} ({}): {e}", m.device, m.name),
                     }
                 }
                 eprintln!("sheepdev serve: {} ({}) follows a live snapshot: vid {:x} -> {new:x}", m.device, m.name, m.vid);
@@ -402,6 +401,7 @@ impl Daemon {
         }
     }
 
+    /// Run `spec`'s device on its own thread and wait until it serves I/O (or failed).
     pub(super) async fn launch(&self, spec: ublk::Spec) -> Result<Launched, String> {
         let abort: Abort = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let vol = match &spec.target {
@@ -529,26 +529,42 @@ pub(super) async fn release(lock: &Option<(Rc<Client>, crate::proto::Vid)>) {
     }
 }
 
-/// The device's VDI moved from `m.vid` to the new working vid `new` (a live snapshot):
-/// LOCK_VDI the working VDI by name, then give back the lock of the old vid. An error that
-/// starts with "retry:" did not reach a decision (the cluster is unreachable).
-async fn move_lock(m: &Mapping, new: u32) -> Result<(), String> {
+/// Why the VDI lock did not follow a live snapshot.
+enum LockMove {
+    /// No decision: the cluster could not be reached. Try again later.
+    Retry(String),
+    /// Decided: the new working vid is not locked by this device.
+    NotOurs(String),
+}
+
+/// A client for the control-plane requests of a mapping (lock moves and releases), with
+/// short timeouts: the cluster may be gone.
+async fn mapping_client(m: &Mapping) -> Result<Client, String> {
     let gateways: Vec<SocketAddr> = m.gateways.iter().filter_map(|g| g.parse().ok()).collect();
     let mut cfg = Config::new(gateways);
     cfg.connect_timeout = Duration::from_secs(2);
     cfg.request_timeout = Duration::from_secs(10);
-    let c = Client::connect(&cfg).await.map_err(|e| format!("retry: moving the VDI lock after a live snapshot: {e}"))?;
-    let name = crate::proto::VdiName::new(&m.name).map_err(|e| e.to_string())?;
+    Client::connect(&cfg).await.map_err(|e| e.to_string())
+}
+
+/// The device's VDI moved from `m.vid` to the new working vid `new` (a live snapshot):
+/// LOCK_VDI the working VDI by name, then give back the lock of the old vid.
+async fn move_lock(m: &Mapping, new: u32) -> Result<(), LockMove> {
+    let c = mapping_client(m).await.map_err(|e| LockMove::Retry(format!("moving the VDI lock after a live snapshot: {e}")))?;
+    let name = crate::proto::VdiName::new(&m.name).map_err(|e| LockMove::NotOurs(e.to_string()))?;
     let r = match c.lock_vdi(&name, &SnapSel::Working, false).await {
         Ok(info) if info.vid.0 == new => Ok(()),
         Ok(info) => {
             let _ = c.release_vdi(info.vid, false).await;
-            Err(format!("the working VDI is vid {:x}, not the vid {new:x} the device follows: it is not locked by this device", info.vid.0))
+            Err(LockMove::NotOurs(format!(
+                "the working VDI is vid {:x}, not the vid {new:x} the device follows: it is not locked by this device",
+                info.vid.0
+            )))
         }
         Err(e) if e.code() == Some(SD_RES_VDI_LOCKED) => {
-            Err(format!("another client locked the new working vid {new:x}: writes go on, but the VDI is not exclusively ours"))
+            Err(LockMove::NotOurs(format!("another client locked the new working vid {new:x}: writes go on, but the VDI is not exclusively ours")))
         }
-        Err(e) => return Err(format!("retry: locking the new working vid {new:x}: {e}")),
+        Err(e) => return Err(LockMove::Retry(format!("locking the new working vid {new:x}: {e}"))),
     };
     if let Err(e) = c.release_vdi(crate::proto::Vid(m.vid), false).await {
         tracing::warn!("{}: could not release the lock on the snapshot vid {:x}: {e}", m.name, m.vid);
@@ -557,10 +573,6 @@ async fn move_lock(m: &Mapping, new: u32) -> Result<(), String> {
 }
 
 pub(super) async fn release_by_name(m: &Mapping) -> Result<(), String> {
-    let gateways: Vec<SocketAddr> = m.gateways.iter().filter_map(|g| g.parse().ok()).collect();
-    let mut cfg = Config::new(gateways);
-    cfg.connect_timeout = Duration::from_secs(2);
-    cfg.request_timeout = Duration::from_secs(10);
-    let c = Client::connect(&cfg).await.map_err(|e| e.to_string())?;
+    let c = mapping_client(m).await?;
     c.release_vdi(crate::proto::Vid(m.vid), false).await.map_err(|e| e.to_string())
 }

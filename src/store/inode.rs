@@ -217,7 +217,7 @@ mod tests {
     #[test]
     fn hyper_walk_finds_own_objects_of_a_depth_1_root() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let objs = Objects::open(dir.path(), false).map_err(|(_, e)| e.to_string()).expect("open");
+        let objs = Objects::open(dir.path(), false, 64).map_err(|(_, e)| e.to_string()).expect("open");
         let words = [HYPER_EMPTY_ROOT, 3, 1, 7, 2, 8, 9, 7];
         assert_eq!(hyper_own_objects(&objs, &words, 7), vec![Oid::data(Vid(7), 1), Oid::data(Vid(7), 9)]);
         assert!(hyper_own_objects(&objs, &[0, 3, 1, 7], 7).is_empty());

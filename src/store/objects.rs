@@ -13,12 +13,20 @@
 //! - Request-facing methods answer sheep result codes: a missing object is NO_OBJ, a full
 //!   disk NO_SPACE, any other I/O error EIO (logged as a warning). No lock is taken here;
 //!   callers order inode I/O under the metadata lock.
+//! - Open files are kept (at most [`Objects::open`]'s `max_open`, then all are closed at
+//!   once): a read or write of a known object costs no open or close. A create or a
+//!   removal forgets the oid's file after renaming or unlinking it, and an open that raced
+//!   one is not kept (a generation count), so no stale file is served afterwards; a read or
+//!   write running concurrently with a create of the same object may see either file, as
+//!   two unordered requests may in sheep.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::proto::{Oid, ResultCode, SD_RES_EIO, SD_RES_NO_OBJ, SD_RES_NO_SPACE};
 
@@ -32,12 +40,23 @@ pub(super) struct Objects {
     tmp: PathBuf,
     sync: bool,
     seq: AtomicU64,
+    files: Mutex<OpenFiles>,
+    max_open: usize,
+}
+
+/// The kept open files (module contract).
+#[derive(Default)]
+struct OpenFiles {
+    map: HashMap<Oid, Arc<File>>,
+    /// Bumped by every forget: an open that began before it is not kept.
+    gen: u64,
 }
 
 impl Objects {
     /// Create `dir/obj` and `dir/tmp` when missing and empty `dir/tmp` of creates a crash
     /// interrupted. The error names the path that failed.
-    pub(super) fn open(dir: &Path, sync: bool) -> Result<Objects, (PathBuf, io::Error)> {
+    /// At most `max_open` object files are kept open (at least one).
+    pub(super) fn open(dir: &Path, sync: bool, max_open: usize) -> Result<Objects, (PathBuf, io::Error)> {
         let obj = dir.join("obj");
         let tmp = dir.join("tmp");
         for d in [&obj, &tmp] {
@@ -51,7 +70,44 @@ impl Objects {
                 tracing::warn!("cannot remove leftover temporary file {}: {}", path.display(), super::describe(&e));
             }
         }
-        Ok(Objects { obj, tmp, sync, seq: AtomicU64::new(0) })
+        Ok(Objects { obj, tmp, sync, seq: AtomicU64::new(0), files: Mutex::default(), max_open: max_open.max(1) })
+    }
+
+    fn files(&self) -> MutexGuard<'_, OpenFiles> {
+        self.files.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The open file of `oid` (read-write), kept for the next request (module contract).
+    fn file(&self, oid: Oid) -> io::Result<Arc<File>> {
+        let gen = {
+            let files = self.files();
+            if let Some(f) = files.map.get(&oid) {
+                return Ok(Arc::clone(f));
+            }
+            files.gen
+        };
+        let f = Arc::new(OpenOptions::new().read(true).write(true).open(self.path(oid))?);
+        let mut files = self.files();
+        if files.gen == gen {
+            if files.map.len() >= self.max_open {
+                files.map.clear();
+            }
+            files.map.insert(oid, Arc::clone(&f));
+        }
+        Ok(f)
+    }
+
+    /// Drop the kept file of `oid` after its path changed (module contract).
+    fn forget(&self, oid: Oid) {
+        let mut files = self.files();
+        files.gen += 1;
+        files.map.remove(&oid);
+    }
+
+    /// Object files kept open now.
+    #[cfg(test)]
+    fn kept(&self) -> usize {
+        self.files().map.len()
     }
 
     /// The file of `oid`.
@@ -80,7 +136,7 @@ impl Objects {
 
     /// Fill `buf` from `off`; zeros past the end of the file.
     pub(super) fn read_raw(&self, oid: Oid, off: u64, buf: &mut [u8]) -> io::Result<()> {
-        let f = File::open(self.path(oid))?;
+        let f = self.file(oid)?;
         let mut done = 0usize;
         while done < buf.len() {
             match f.read_at(&mut buf[done..], off + done as u64) {
@@ -102,7 +158,7 @@ impl Objects {
     /// WRITE_OBJ: overwrite part of an existing object (NO_OBJ when missing). A write past
     /// the end grows the file, as in sheep.
     pub(super) fn write(&self, oid: Oid, off: u64, data: &[u8]) -> Result<(), ResultCode> {
-        let f = OpenOptions::new().write(true).open(self.path(oid)).map_err(|e| failure("write", oid, &e))?;
+        let f = self.file(oid).map_err(|e| failure("write", oid, &e))?;
         f.write_all_at(data, off).map_err(|e| failure("write", oid, &e))?;
         if self.sync {
             f.sync_data().map_err(|e| failure("sync", oid, &e))?;
@@ -142,6 +198,7 @@ impl Objects {
         }
         drop(f);
         fs::rename(tmp, self.path(oid)).map_err(fail)?;
+        self.forget(oid);
         if self.sync {
             File::open(&self.obj).and_then(|d| d.sync_all()).map_err(fail)?;
         }
@@ -150,12 +207,16 @@ impl Objects {
 
     /// REMOVE_OBJ: NO_OBJ when the object does not exist.
     pub(super) fn remove(&self, oid: Oid) -> Result<(), ResultCode> {
-        fs::remove_file(self.path(oid)).map_err(|e| failure("remove", oid, &e))
+        let r = fs::remove_file(self.path(oid)).map_err(|e| failure("remove", oid, &e));
+        self.forget(oid);
+        r
     }
 
     /// Remove an object nobody references any more; a missing file is fine.
     pub(super) fn reclaim(&self, oid: Oid) {
-        match fs::remove_file(self.path(oid)) {
+        let r = fs::remove_file(self.path(oid));
+        self.forget(oid);
+        match r {
             Ok(()) => tracing::debug!("reclaimed unreferenced object {oid}"),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => tracing::warn!("cannot remove unreferenced object {oid}: {}", super::describe(&e)),
@@ -183,7 +244,7 @@ mod tests {
     #[test]
     fn create_replace_cow_and_sparse_reads() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let objs = Objects::open(dir.path(), true).map_err(|(p, e)| format!("{}: {e}", p.display())).expect("open");
+        let objs = Objects::open(dir.path(), true, 2).map_err(|(p, e)| format!("{}: {e}", p.display())).expect("open");
         let a = Oid(0x00a5_d05d_0000_0001);
         let b = Oid(0x00a5_d05e_0000_0001);
         let mut buf = [1u8; 8];
@@ -210,7 +271,9 @@ mod tests {
         // A write past the end grows the file.
         assert_eq!(objs.write(a, 4095, b"ab"), Ok(()));
         assert_eq!(fs::metadata(objs.path(a)).map(|m| m.len()).ok(), Some(4097));
+        assert!(objs.kept() <= 2, "at most max_open files kept");
         assert_eq!(objs.remove(a), Ok(()));
+        assert_eq!(objs.read(a, 0, &mut buf), Err(SD_RES_NO_OBJ), "no kept file outlives its removal");
         assert_eq!(objs.remove(a), Err(SD_RES_NO_OBJ));
         let listed = objs.list().map_err(|(_, e)| e.to_string()).expect("list");
         assert_eq!(listed, vec![b]);

@@ -4,7 +4,7 @@
 //! Contract:
 //! - [`Handler::handle`] never fails and never panics on peer input: every problem is a
 //!   result code in the response. The response echoes opcode, id and proto_ver; its
-//!   `data_length` is the length of the returned frame's payload.
+//!   `data_length` is the length of the payload appended after it.
 //! - Version check first: opcodes ≥ 0x80 need proto_ver 0x0a (then INVALID_PARMS: admin
 //!   opcodes are out of scope), others accept 0..=2 (VER_MISMATCH above). Unknown opcodes
 //!   get INVALID_PARMS.
@@ -38,18 +38,6 @@ const EPOCH: u32 = 1;
 /// Largest `block_size_shift` NEW_VDI accepts (sheep's objects are addressed with u32).
 const MAX_BLOCK_SIZE_SHIFT: u8 = 31;
 
-/// A response: the header and, when it carries data, a frame of `HEADER_LEN` bytes left
-/// for the header followed by the payload (so header and data go out in one write).
-pub(super) struct Reply {
-    pub rsp: RspHeader,
-    pub frame: Option<Vec<u8>>,
-}
-
-/// A frame with room for the header and `len` payload bytes, zeroed.
-fn frame(len: u32) -> Vec<u8> {
-    vec![0u8; HEADER_LEN + len as usize]
-}
-
 /// sheep's time stamp: `(sec << 32) | nsec` (microsecond precision, as sheep); never 0,
 /// because a zero `snap_ctime` would not freeze anything.
 fn now() -> u64 {
@@ -82,21 +70,24 @@ impl Handler {
         self.meta.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Execute one request. `payload` is what followed the header on the wire (empty
-    /// without `SD_FLAG_CMD_WRITE`).
-    pub(super) fn handle(&self, req: &ReqHeader, payload: &[u8]) -> Reply {
+    /// Execute one request and append its whole response (header, then payload) to `out`,
+    /// which a connection sends as it is, alone or with other responses. `payload` is what
+    /// followed the header on the wire (empty without `SD_FLAG_CMD_WRITE`).
+    pub(super) fn handle(&self, req: &ReqHeader, payload: &[u8], out: &mut Vec<u8>) {
+        let start = out.len();
+        out.resize(start + HEADER_LEN, 0);
         let mut rsp = RspHeader::reply_to(req, SD_RES_SUCCESS);
         rsp.epoch = EPOCH;
-        match self.dispatch(req, payload, &mut rsp) {
-            Ok(frame) => Reply { rsp, frame },
-            Err(code) => {
-                rsp.result = code;
-                Reply { rsp, frame: None }
-            }
+        if let Err(code) = self.dispatch(req, payload, &mut rsp, out) {
+            out.truncate(start + HEADER_LEN);
+            rsp.result = code;
         }
+        rsp.data_length = u32::try_from(out.len() - start - HEADER_LEN).unwrap_or(0);
+        out[start..start + HEADER_LEN].copy_from_slice(&rsp.encode());
     }
 
-    fn dispatch(&self, req: &ReqHeader, payload: &[u8], rsp: &mut RspHeader) -> Result<Option<Vec<u8>>, ResultCode> {
+    /// Execute one request; its response payload, if any, is appended to `out`.
+    fn dispatch(&self, req: &ReqHeader, payload: &[u8], rsp: &mut RspHeader, out: &mut Vec<u8>) -> Result<(), ResultCode> {
         if req.opcode >= FIRST_ADMIN_OPCODE {
             return Err(if req.proto_ver == SD_SHEEP_PROTO_VER { SD_RES_INVALID_PARMS } else { SD_RES_VER_MISMATCH });
         }
@@ -112,23 +103,23 @@ impl Handler {
             std::thread::sleep(delay);
         }
         match op {
-            Opcode::CreateAndWriteObj => self.create(req, payload).map(|()| None),
-            Opcode::ReadObj => self.read(req).map(Some),
-            Opcode::WriteObj => self.write(req, payload).map(|()| None),
+            Opcode::CreateAndWriteObj => self.create(req, payload),
+            Opcode::ReadObj => self.read(req, out),
+            Opcode::WriteObj => self.write(req, payload),
             Opcode::RemoveObj => {
                 let oid = req.obj_args().oid;
                 match inode_vid(oid) {
                     Some(vid) => self.meta().remove_inode(&self.objs, vid)?,
                     None => self.objs.remove(oid)?,
                 }
-                Ok(None)
+                Ok(())
             }
-            Opcode::DiscardObj => self.meta().discard(&self.objs, req.obj_args().oid).map(|()| None),
-            Opcode::NewVdi => self.new_vdi(req, payload, rsp).map(|()| None),
+            Opcode::DiscardObj => self.meta().discard(&self.objs, req.obj_args().oid),
+            Opcode::NewVdi => self.new_vdi(req, payload, rsp),
             Opcode::GetVdiInfo => {
                 let f = self.meta().lookup(&query(req, payload)?)?;
                 rsp.set_vdi(f.vid, f.copies, f.block_size_shift);
-                Ok(None)
+                Ok(())
             }
             Opcode::LockVdi => {
                 let q = query(req, payload)?;
@@ -138,33 +129,32 @@ impl Handler {
                 if self.locking {
                     meta.take_lock(f.vid, req.vdi_args().lock_type)?;
                 }
-                Ok(None)
+                Ok(())
             }
             Opcode::ReleaseVdi => {
                 if self.locking {
                     let a = req.vdi_args();
                     self.meta().release(a.base_vdi_id, a.lock_type)?;
                 }
-                Ok(None)
+                Ok(())
             }
             Opcode::DelVdi => {
                 let vid = self.meta().del_vdi(&self.objs, &query(req, payload)?)?;
                 rsp.set_vdi(vid, 0, 0);
-                Ok(None)
+                Ok(())
             }
             Opcode::ReadVdis => {
                 if req.data_length != SD_VDI_BITMAP_LEN {
                     return Err(SD_RES_INVALID_PARMS);
                 }
-                let mut f = frame(SD_VDI_BITMAP_LEN);
-                f[HEADER_LEN..].copy_from_slice(self.meta().bitmap());
-                Ok(Some(f))
+                out.extend_from_slice(self.meta().bitmap());
+                Ok(())
             }
             // Obsolete in sheep 1.0: clients take INVALID_PARMS as "writes are durable".
             Opcode::FlushVdi => Err(SD_RES_INVALID_PARMS),
             Opcode::GetClusterDefault => {
                 rsp.set_cluster_default(self.copies, 0, SD_DEFAULT_BLOCK_SIZE_SHIFT);
-                Ok(None)
+                Ok(())
             }
         }
     }
@@ -183,18 +173,19 @@ impl Handler {
         self.objs.create(a.oid, size, cow, off, payload)
     }
 
-    fn read(&self, req: &ReqHeader) -> Result<Vec<u8>, ResultCode> {
+    /// READ_OBJ: `data_length` bytes appended to `out`.
+    fn read(&self, req: &ReqHeader, out: &mut Vec<u8>) -> Result<(), ResultCode> {
         if req.data_length > MAX_PAYLOAD {
             return Err(SD_RES_INVALID_PARMS);
         }
         let a = req.obj_args();
-        let mut f = frame(req.data_length);
-        let buf = &mut f[HEADER_LEN..];
+        let at = out.len();
+        out.resize(at + req.data_length as usize, 0);
+        let buf = &mut out[at..];
         match inode_vid(a.oid) {
-            Some(vid) => self.meta().read_inode(&self.objs, vid, u64::from(a.offset), buf)?,
-            None => self.objs.read(a.oid, u64::from(a.offset), buf)?,
+            Some(vid) => self.meta().read_inode(&self.objs, vid, u64::from(a.offset), buf),
+            None => self.objs.read(a.oid, u64::from(a.offset), buf),
         }
-        Ok(f)
     }
 
     fn write(&self, req: &ReqHeader, payload: &[u8]) -> Result<(), ResultCode> {

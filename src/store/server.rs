@@ -11,10 +11,13 @@
 //!   queued requests in one syscall) and answers READ_OBJ itself, at once, while no slow
 //!   disk is simulated: a read of a cached object costs less than the hand-off to a worker
 //!   (in the qemu VM, 4k random reads through a ublk device gained 24–48 %; on the host one
-//!   shard's reads 1.3–1.4×). Every other request goes through one bounded queue to
-//!   `workers` threads, so the requests of one connection run concurrently and their
-//!   responses go out in completion order, like sheep's. Each response (header + payload) is written in one piece under the
-//!   connection's write lock; a failed write closes the connection.
+//!   shard's reads 1.3–1.4×). The responses of reads answered so wait in one buffer while
+//!   more requests are already buffered, and go out in one write before the reader could
+//!   block (an empty socket buffer, the worker queue) or once 256 KiB gathered. Every other
+//!   request goes through one bounded queue to `workers` threads, so the requests of one
+//!   connection run concurrently and their responses go out in completion order, like
+//!   sheep's. Responses are written whole (header + payload) under the connection's write
+//!   lock; a failed write closes the connection.
 //! - [`Store::shutdown`] stops accepting, shuts every connection down, lets the workers
 //!   finish what they hold and joins every thread. It does not wait for idle clients.
 //!   Dropping a `Store` does the same. [`Store::restart`] is a shutdown and a start on the
@@ -32,7 +35,7 @@ use std::time::Duration;
 use super::fault::Faults;
 use super::meta::Meta;
 use super::objects::Objects;
-use super::ops::{Handler, Reply};
+use super::ops::Handler;
 use super::{describe, Config, Error, MAX_PAYLOAD};
 use crate::proto::{Opcode, ReqHeader, RspHeader, HEADER_LEN, SD_RES_SYSTEM_ERROR};
 
@@ -57,28 +60,22 @@ struct Conn {
 }
 
 impl Conn {
-    fn send(&self, reply: Reply) {
-        let Reply { mut rsp, frame } = reply;
-        let res = match frame {
-            None => {
-                rsp.data_length = 0;
-                let head = rsp.encode();
-                let _g = lock(&self.write_lock);
-                (&self.stream).write_all(&head)
-            }
-            Some(mut f) => {
-                rsp.data_length = u32::try_from(f.len().saturating_sub(HEADER_LEN)).unwrap_or(0);
-                if let Some(h) = f.get_mut(..HEADER_LEN) {
-                    h.copy_from_slice(&rsp.encode());
-                }
-                let _g = lock(&self.write_lock);
-                (&self.stream).write_all(&f)
-            }
+    /// Write `bytes` (whole responses, one or many) under the write lock; a failed write
+    /// closes the connection and answers false.
+    fn send(&self, bytes: &[u8]) -> bool {
+        if bytes.is_empty() {
+            return true;
+        }
+        let res = {
+            let _g = lock(&self.write_lock);
+            (&self.stream).write_all(bytes)
         };
         if let Err(e) = res {
             tracing::debug!("cannot answer {}: {}; closing the connection", self.peer, describe(&e));
             self.close();
+            return false;
         }
+        true
     }
 
     fn close(&self) {
@@ -142,7 +139,7 @@ impl Store {
             listeners.push((local, l));
         }
         // Bound first: a store that cannot listen leaves the directory alone.
-        let objs = Objects::open(&cfg.dir, cfg.sync).map_err(|(path, e)| Error::dir(path, e))?;
+        let objs = Objects::open(&cfg.dir, cfg.sync, open_files_budget()).map_err(|(path, e)| Error::dir(path, e))?;
         let meta = Meta::load(&objs)?;
         let nr_inodes = meta.nr_inodes();
         let (tx, rx) = mpsc::sync_channel(cfg.workers.saturating_mul(QUEUE_PER_WORKER));
@@ -267,6 +264,26 @@ impl Drop for Store {
     }
 }
 
+/// How many object files the store keeps open: half of the file descriptors it may have,
+/// after raising its soft limit to the hard one (as sheep does), the other half being for
+/// connections and creates.
+fn open_files_budget() -> usize {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one `rlimit` we own; setrlimit only reads one.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 256;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit { rlim_cur: lim.rlim_max.min(1 << 20), rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                lim.rlim_cur = want.rlim_cur;
+            }
+        }
+    }
+    usize::try_from(lim.rlim_cur / 2).unwrap_or(usize::MAX).clamp(16, 16 << 10)
+}
+
 /// Where to connect to reach a listener bound to `a` (a wildcard means loopback).
 fn wake_addr(mut a: SocketAddr) -> SocketAddr {
     if a.ip().is_unspecified() {
@@ -319,11 +336,40 @@ fn serve(sh: &Arc<Shared>, stream: TcpStream) {
 /// Bytes a connection's reader takes from the socket at once: a pipelining client's queued
 /// requests are read with one syscall, not one or two per request.
 const READ_BUF: usize = 256 << 10;
+/// Bytes of gathered READ_OBJ responses that are sent without waiting for more.
+const OUT_FLUSH: usize = 256 << 10;
+/// A response buffer that grew past this (a huge read) is given back after its send.
+const OUT_KEEP: usize = 4 << 20;
 
+/// Send what `out` gathered and empty it; false when the connection failed (and is closed).
+fn flush(conn: &Conn, out: &mut Vec<u8>) -> bool {
+    let ok = conn.send(out);
+    out.clear();
+    if out.capacity() > OUT_KEEP {
+        out.shrink_to(OUT_FLUSH);
+    }
+    ok
+}
+
+/// The connection's reader (module contract). READ_OBJs answered here gather their
+/// responses in one buffer while more requests are already buffered, so a pipelining
+/// client's burst of reads is answered with one write; the buffer is sent before anything
+/// that may block (a socket read, the worker queue) and whenever it holds [`OUT_FLUSH`].
 fn read_requests(conn: &Arc<Conn>, tx: &SyncSender<Job>, sh: &Shared) {
     let mut head = [0u8; HEADER_LEN];
     let mut rd = std::io::BufReader::with_capacity(READ_BUF, &conn.stream);
+    let mut out: Vec<u8> = Vec::with_capacity(OUT_FLUSH + (64 << 10));
+    // Requests whose responses wait in `out`.
+    let mut gathered = 0usize;
+    let flush_gathered = |out: &mut Vec<u8>, gathered: &mut usize| {
+        let ok = flush(conn, out);
+        sh.inflight.fetch_sub(std::mem::take(gathered), Ordering::Relaxed);
+        ok
+    };
     loop {
+        if rd.buffer().len() < HEADER_LEN && !flush_gathered(&mut out, &mut gathered) {
+            break;
+        }
         if let Err(e) = rd.read_exact(&mut head) {
             tracing::debug!("connection from {} ends: {}", conn.peer, describe(&e));
             break;
@@ -342,6 +388,9 @@ fn read_requests(conn: &Arc<Conn>, tx: &SyncSender<Job>, sh: &Shared) {
                 );
                 break;
             }
+            if rd.buffer().len() < req.data_length as usize && !flush_gathered(&mut out, &mut gathered) {
+                break;
+            }
             payload = vec![0u8; req.data_length as usize];
             if let Err(e) = rd.read_exact(&mut payload) {
                 tracing::debug!("connection from {} ends inside a payload: {}", conn.peer, describe(&e));
@@ -352,34 +401,46 @@ fn read_requests(conn: &Arc<Conn>, tx: &SyncSender<Job>, sh: &Shared) {
         let now = sh.inflight.fetch_add(1, Ordering::Relaxed) + 1;
         sh.peak_inflight.fetch_max(now, Ordering::Relaxed);
         if req.opcode == Opcode::ReadObj as u8 && sh.handler.faults().object_delay().is_zero() {
-            answer(sh, Job { conn: Arc::clone(conn), req, payload });
+            respond(sh, &req, &[], &mut out, conn.peer);
+            gathered += 1;
+            if out.len() >= OUT_FLUSH && !flush_gathered(&mut out, &mut gathered) {
+                break;
+            }
             continue;
+        }
+        if !flush_gathered(&mut out, &mut gathered) {
+            break;
         }
         if tx.send(Job { conn: Arc::clone(conn), req, payload }).is_err() {
             sh.inflight.fetch_sub(1, Ordering::Relaxed);
             break;
         }
     }
+    flush_gathered(&mut out, &mut gathered);
     conn.close();
 }
 
 fn work(sh: &Shared, rx: &Mutex<Receiver<Job>>) {
+    let mut out = Vec::new();
     loop {
         let job = lock(rx).recv();
-        let Ok(job) = job else { break };
-        answer(sh, job);
+        let Ok(Job { conn, req, payload }) = job else { break };
+        respond(sh, &req, &payload, &mut out, conn.peer);
+        drop(payload);
+        flush(&conn, &mut out);
+        sh.inflight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// Handle one request and send its reply.
-fn answer(sh: &Shared, job: Job) {
-    let reply = catch_unwind(AssertUnwindSafe(|| sh.handler.handle(&job.req, &job.payload))).unwrap_or_else(|_| {
-        let op = Opcode::try_from(job.req.opcode).map_or("unknown", Opcode::name);
-        tracing::error!("request {} ({op}) from {} panicked; answering system error", job.req.id, job.conn.peer);
-        Reply { rsp: RspHeader::reply_to(&job.req, SD_RES_SYSTEM_ERROR), frame: None }
-    });
-    let Job { conn, payload, .. } = job;
-    drop(payload);
-    conn.send(reply);
-    sh.inflight.fetch_sub(1, Ordering::Relaxed);
+/// Handle one request and append its response to `out` (a system error if it panicked).
+fn respond(sh: &Shared, req: &ReqHeader, payload: &[u8], out: &mut Vec<u8>, peer: SocketAddr) {
+    let start = out.len();
+    if catch_unwind(AssertUnwindSafe(|| sh.handler.handle(req, payload, out))).is_err() {
+        let op = Opcode::try_from(req.opcode).map_or("unknown", Opcode::name);
+        tracing::error!("request {} ({op}) from {peer} panicked; answering system error", req.id);
+        out.truncate(start);
+        let mut rsp = RspHeader::reply_to(req, SD_RES_SYSTEM_ERROR);
+        rsp.data_length = 0;
+        out.extend_from_slice(&rsp.encode());
+    }
 }

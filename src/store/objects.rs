@@ -23,6 +23,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -155,6 +156,40 @@ impl Objects {
         self.read_raw(oid, off, buf).map_err(|e| failure("read", oid, &e))
     }
 
+    /// READ_OBJ of a data object: `len` bytes from `off` appended to `out` (zeros past the
+    /// end of the file), read straight into `out`'s spare room — no zero-fill first.
+    pub(super) fn read_append(&self, oid: Oid, off: u64, len: usize, out: &mut Vec<u8>) -> Result<(), ResultCode> {
+        let fail = |e: &io::Error| failure("read", oid, e);
+        let f = self.file(oid).map_err(|e| fail(&e))?;
+        out.reserve(len);
+        let spare = &mut out.spare_capacity_mut()[..len];
+        let mut done = 0usize;
+        while done < len {
+            let at = off.checked_add(done as u64).and_then(|a| libc::off_t::try_from(a).ok());
+            let Some(at) = at else { break };
+            // SAFETY: pread writes at most `len - done` bytes at `spare[done..]`, which is
+            // reserved capacity of `out` (`spare` is exactly `len` long); it reads none.
+            let n = unsafe { libc::pread(f.as_raw_fd(), spare[done..].as_mut_ptr().cast(), len - done, at) };
+            match n {
+                0 => break,
+                n if n > 0 => done += n as usize,
+                _ => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(fail(&e));
+                    }
+                }
+            }
+        }
+        for b in &mut spare[done..] {
+            b.write(0);
+        }
+        // SAFETY: the first `len` bytes of the spare capacity are initialized: pread wrote
+        // `done` of them, the loop above zeroed the rest.
+        unsafe { out.set_len(out.len() + len) };
+        Ok(())
+    }
+
     /// WRITE_OBJ: overwrite part of an existing object (NO_OBJ when missing). A write past
     /// the end grows the file, as in sheep.
     pub(super) fn write(&self, oid: Oid, off: u64, data: &[u8]) -> Result<(), ResultCode> {
@@ -257,6 +292,16 @@ mod tests {
         // Past the end: zeros, no error.
         objs.read(a, 1 << 20, &mut buf).expect("read past end");
         assert_eq!(buf, [0; 8]);
+        // Appending reads: after what `out` holds, zeros past the end, NO_OBJ when missing.
+        // Spare room full of 0xaa: what is not read must be zeroed, not left as it was.
+        let mut out = vec![0xaau8; 64];
+        out.truncate(4);
+        out.copy_from_slice(b"head");
+        objs.read_append(a, 8, 8, &mut out).expect("read_append");
+        objs.read_append(a, 4092, 8, &mut out).expect("read_append across the end");
+        assert_eq!(&out[..], b"head\0\0hello\0\0\0\0\0\0\0\0\0");
+        assert_eq!(objs.read_append(Oid(7), 0, 8, &mut out), Err(SD_RES_NO_OBJ));
+        assert_eq!(out.len(), 20, "a failed read appends nothing");
         // COW copies the source, then overlays.
         assert_eq!(objs.create(b, 4096, Some(a), 0, b"HE"), Ok(()));
         objs.read(b, 10, &mut buf).expect("read");

@@ -179,13 +179,12 @@ impl Handler {
             return Err(SD_RES_INVALID_PARMS);
         }
         let a = req.obj_args();
+        let Some(vid) = inode_vid(a.oid) else {
+            return self.objs.read_append(a.oid, u64::from(a.offset), req.data_length as usize, out);
+        };
         let at = out.len();
         out.resize(at + req.data_length as usize, 0);
-        let buf = &mut out[at..];
-        match inode_vid(a.oid) {
-            Some(vid) => self.meta().read_inode(&self.objs, vid, u64::from(a.offset), buf),
-            None => self.objs.read(a.oid, u64::from(a.offset), buf),
-        }
+        self.meta().read_inode(&self.objs, vid, u64::from(a.offset), &mut out[at..])
     }
 
     fn write(&self, req: &ReqHeader, payload: &[u8]) -> Result<(), ResultCode> {

@@ -199,7 +199,7 @@ fn shard_thread(
 ) -> Result<ThreadResult, String> {
     crate::shard::pin_thread(usize::from(s));
     ring::init_thread_ring(u32::from(depth) * 4 + 64).map_err(|e| format!("io_uring: {e}"))?;
-    let exe = smol::LocalExecutor::new();
+    let exe = crate::shard::exec::LocalExecutor::new();
     let bs = w.block_size();
     let slots = usize::from(depth) * 2 + 8;
     let (shard, raw) = match driver {
@@ -293,7 +293,7 @@ pub fn prefill(t: &Target) -> Result<(), String> {
     let (addr, vol) = (t.addr, t.vol.clone());
     std::thread::spawn(move || -> Result<(), String> {
         ring::init_thread_ring(256).map_err(|e| e.to_string())?;
-        let exe = smol::LocalExecutor::new();
+        let exe = crate::shard::exec::LocalExecutor::new();
         let shard = Rc::new(Shard::new(vol, &[addr], 1, 80, 1 << 20, &exe).map_err(|e| e.to_string())?);
         let next = Rc::new(Cell::new(0u64));
         let failed = Rc::new(Cell::new(false));

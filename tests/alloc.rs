@@ -4,8 +4,8 @@
 //! - The allocator wraps `System` and counts `alloc`, `alloc_zeroed` and `realloc` made by a
 //!   thread whose thread-local tracking slot is set. Only the shard thread sets it, so the
 //!   in-process store's threads and the control-plane client never count.
-//! - The shard thread is set up as a ublk queue thread is: its own ring, a smol
-//!   `LocalExecutor`, [`Shard::new`] with its metrics handles and ticker task, one
+//! - The shard thread is set up as a ublk queue thread is: its own ring, the shard's
+//!   `exec::LocalExecutor`, [`Shard::new`] with its metrics handles and ticker task, one
 //!   long-lived task per tag, [`ring::run_local`].
 //! - It runs a plan of phases, each one op kind spread over [`TAGS`] tasks: first a warm-up
 //!   of every kind at full concurrency (one-time growth — per-tag buffers, slab and queue
@@ -14,19 +14,13 @@
 //! - Phases are separated by an allocation-free gate (wakers in preallocated slots): no
 //!   sleep synchronises anything.
 //!
-//! What still allocates, and the bound asserted for it: smol's executor (async-executor
-//! 1.14) queues every woken task on an unbounded `concurrent_queue`, which allocates one
-//! [`RUN_QUEUE_BLOCK`]-byte block per 31 pushes and frees it once drained; it keeps no
-//! spare. So the shard thread allocates one block per 31 task wake-ups, for as long as it
-//! runs, outside sheepdev's code. The test asserts that measured phases make no allocation
-//! of any other size, and at most the blocks that the task runs of that phase can account
-//! for (counted by [`ring::tasks_run`]; the bound leaves no room for anyone else's
-//! allocations of that size per I/O); [`smol_run_queue_allocates_one_block_per_31_wake_ups`]
-//! pins that behaviour of the dependency, so it fails (and the bound can become 0) the day
-//! it changes.
+//! Every measured phase must make no allocation at all, executor included: the shard's
+//! executor (`shard::exec`) queues woken tasks in a queue that stops growing once it holds
+//! every task ([`the_executor_allocates_nothing_per_wake_up`] checks it alone). smol's
+//! executor, used before, allocated a 504-byte run-queue block per 31 wake-ups.
 //!
-//! `SHEEPDEV_ALLOC_BACKTRACES=N` prints where the first N counted allocations other than
-//! run-queue blocks came from (warm-up included, where one-time growth shows).
+//! `SHEEPDEV_ALLOC_BACKTRACES=N` prints where the first N counted allocations came from
+//! (warm-up included, where one-time growth shows).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::backtrace::Backtrace;
@@ -41,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use sheepdev::metrics::DeviceMetrics;
 use sheepdev::proto::{VdiName, Vid};
+use sheepdev::shard::exec::LocalExecutor;
 use sheepdev::shard::{ring, Error, IoDesc, Op, Shard};
 use sheepdev::sheep::manage::{self, Redundancy};
 use sheepdev::sheep::{load_volume, Client, Config};
@@ -55,12 +50,6 @@ static ALLOC: Counting = Counting;
 
 struct Counting;
 
-/// The size of one block of `concurrent_queue`'s unbounded queue of `async_task::Runnable`
-/// (a pointer): a next pointer and 31 slots of (value, state word).
-const RUN_QUEUE_BLOCK: usize = size_of::<usize>() + 31 * 2 * size_of::<usize>();
-/// Executor run-queue entries per block.
-const RUN_QUEUE_BLOCK_CAP: u64 = 31;
-
 /// Counting slots: phases of the shard test, and the last one for the executor test.
 const SLOTS: usize = 32;
 const EXECUTOR_SLOT: usize = SLOTS - 1;
@@ -70,38 +59,32 @@ thread_local! {
     static TRACKED: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
-/// Allocations of [`RUN_QUEUE_BLOCK`] bytes, per slot.
-static BLOCKS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
-/// Every other allocation, per slot.
+/// Allocations, per slot.
 static OTHERS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
-/// Sizes of the other allocations: (size + 1, count); 0 marks a free entry.
+/// Sizes of the allocations: (size + 1, count); 0 marks a free entry.
 static OTHER_SIZES: [(AtomicUsize, AtomicUsize); 16] = [const { (AtomicUsize::new(0), AtomicUsize::new(0)) }; 16];
 static TRACES_LEFT: AtomicUsize = AtomicUsize::new(0);
 static TRACES: Mutex<Vec<(usize, usize, Backtrace)>> = Mutex::new(Vec::new());
 
 fn note(size: usize) {
     let Ok(Some(slot)) = TRACKED.try_with(Cell::get) else { return };
-    if size == RUN_QUEUE_BLOCK {
-        BLOCKS[slot].fetch_add(1, Relaxed);
-    } else {
-        OTHERS[slot].fetch_add(1, Relaxed);
-        for (s, n) in &OTHER_SIZES {
-            match s.compare_exchange(0, size + 1, Relaxed, Relaxed) {
-                Ok(_) => {}
-                Err(v) if v == size + 1 => {}
-                Err(_) => continue,
-            }
-            n.fetch_add(1, Relaxed);
-            break;
+    OTHERS[slot].fetch_add(1, Relaxed);
+    for (s, n) in &OTHER_SIZES {
+        match s.compare_exchange(0, size + 1, Relaxed, Relaxed) {
+            Ok(_) => {}
+            Err(v) if v == size + 1 => {}
+            Err(_) => continue,
         }
-        if TRACES_LEFT.load(Relaxed) > 0 {
-            TRACES_LEFT.fetch_sub(1, Relaxed);
-            // Capturing allocates: untracked meanwhile.
-            TRACKED.set(None);
-            let bt = Backtrace::force_capture();
-            TRACES.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((slot, size, bt));
-            TRACKED.set(Some(slot));
-        }
+        n.fetch_add(1, Relaxed);
+        break;
+    }
+    if TRACES_LEFT.load(Relaxed) > 0 {
+        TRACES_LEFT.fetch_sub(1, Relaxed);
+        // Capturing allocates: untracked meanwhile.
+        TRACKED.set(None);
+        let bt = Backtrace::force_capture();
+        TRACES.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((slot, size, bt));
+        TRACKED.set(Some(slot));
     }
 }
 
@@ -133,7 +116,6 @@ unsafe impl GlobalAlloc for Counting {
 /// Count this thread's allocations in `slot` from now on (`None`: stop).
 fn track(slot: Option<usize>) {
     if let Some(k) = slot {
-        BLOCKS[k].store(0, Relaxed);
         OTHERS[k].store(0, Relaxed);
     }
     TRACKED.set(slot);
@@ -396,9 +378,7 @@ async fn tag_task(tag: usize, shard: Rc<Shard>, gate: Rc<Gate>, plan: Rc<[Phase]
 #[derive(Debug)]
 struct Outcome {
     phase: Phase,
-    /// Executor run-queue blocks allocated.
-    blocks: usize,
-    /// Every other allocation.
+    /// Allocations of the shard thread.
     others: usize,
     /// Task runs on the shard thread.
     runs: u64,
@@ -407,25 +387,13 @@ struct Outcome {
     elapsed: Duration,
 }
 
-impl Outcome {
-    /// The run-queue blocks the phase's task runs can account for: every run pops one entry
-    /// pushed by a wake-up; at the end at most every task (one entry each) is still queued;
-    /// the pushes fill 31 entries per block, the first into a block begun before.
-    fn block_bound(&self, tasks: u64) -> usize {
-        ((self.runs + tasks).div_ceil(RUN_QUEUE_BLOCK_CAP) + 1) as usize
-    }
-}
-
-/// Tasks on a shard thread's executor: the tags, the coordinator, the metrics ticker, two
-/// per connection.
-const TASKS: u64 = TAGS as u64 + 2 + 2 * CONNECTIONS as u64;
 const CONNECTIONS: usize = 2;
 
 /// Run `plan` on a fresh shard thread for `vol`, counting the allocations of every phase.
 fn run_shard(addr: SocketAddr, vol: Arc<Volume>, plan: Vec<Phase>) -> Vec<Outcome> {
     std::thread::spawn(move || {
         ring::init_thread_ring(256).expect("ring");
-        let exe = smol::LocalExecutor::new();
+        let exe = LocalExecutor::new();
         let metrics = DeviceMetrics::new(&format!("alloc-{}", vol.vid()), "alloc", "", false, 1, TAGS as u16, vol.size());
         let shard = Shard::new(vol, &[addr], CONNECTIONS, 64, 1 << 20, &exe).expect("shard connects");
         let shard = Rc::new(shard.with_metrics(metrics.shard(0, TAGS as u16, CONNECTIONS, &addr.to_string())));
@@ -445,7 +413,7 @@ fn run_shard(addr: SocketAddr, vol: Arc<Volume>, plan: Vec<Phase>) -> Vec<Outcom
                 if let Some((d, e)) = gate.failed.take() {
                     panic!("phase {}: {d:?} failed: {e}", phase.name);
                 }
-                out.push(Outcome { phase: *phase, blocks: BLOCKS[k].load(Relaxed), others: OTHERS[k].load(Relaxed), runs, merged, elapsed });
+                out.push(Outcome { phase: *phase, others: OTHERS[k].load(Relaxed), runs, merged, elapsed });
             }
             for t in tasks {
                 t.await;
@@ -478,7 +446,7 @@ fn volume(addr: SocketAddr, vid: Vid) -> Arc<Volume> {
 }
 
 #[test]
-fn the_shard_thread_allocates_nothing_after_warm_up_but_executor_run_queue_blocks() {
+fn the_shard_thread_allocates_nothing_after_warm_up() {
     if let Some(n) = std::env::var("SHEEPDEV_ALLOC_BACKTRACES").ok().and_then(|v| v.parse().ok()) {
         TRACES_LEFT.store(n, Relaxed);
     }
@@ -514,21 +482,19 @@ fn the_shard_thread_allocates_nothing_after_warm_up_but_executor_run_queue_block
     for o in &outcomes {
         let p = o.phase;
         eprintln!(
-            "{:>8} {:<22} {:>5} I/Os in {:>8.1?}: {:>6} task runs, {:>4} run-queue blocks (bound {:>4}), {} other allocations, {} merged",
+            "{:>8} {:<22} {:>5} I/Os in {:>8.1?}: {:>6} task runs, {} allocations, {} merged",
             if p.measured { "measured" } else { "warm-up" },
             p.name,
             p.count,
             o.elapsed,
             o.runs,
-            o.blocks,
-            o.block_bound(TASKS),
             o.others,
             o.merged
         );
     }
     let sizes: Vec<_> = OTHER_SIZES.iter().filter(|(s, _)| s.load(Relaxed) != 0).map(|(s, n)| (s.load(Relaxed) - 1, n.load(Relaxed))).collect();
     if !sizes.is_empty() {
-        eprintln!("other allocations by size (bytes, count), warm-up included: {sizes:?}");
+        eprintln!("allocations by size (bytes, count), warm-up included: {sizes:?}");
     }
 
     // The I/Os did what they should: check the clone's inode.
@@ -551,38 +517,56 @@ fn the_shard_thread_allocates_nothing_after_warm_up_but_executor_run_queue_block
     let others: usize = measured.iter().map(|o| o.others).sum();
     let seq = measured.iter().find(|o| o.phase.kind == Kind::SeqWrite).expect("a measured sequential phase");
     assert!(seq.merged > 0, "the sequential writes rode on each other (so merging is among what allocates nothing)");
-    assert_eq!(others, 0, "after warm-up, the shard thread allocated {others} times in {ios} I/Os besides the executor's run queue");
     for o in &measured {
-        assert!(
-            o.blocks <= o.block_bound(TASKS),
-            "{}: {} allocations of {RUN_QUEUE_BLOCK} bytes, more than {} task runs can account for as executor run-queue blocks",
-            o.phase.name,
-            o.blocks,
-            o.runs
-        );
+        assert_eq!(o.others, 0, "{}: the shard thread allocated {} times in {} I/Os ({} task runs)", o.phase.name, o.others, o.phase.count, o.runs);
     }
+    assert_eq!(others, 0, "after warm-up, the shard thread allocated {others} times in {ios} I/Os");
 }
 
-/// The dependency behaviour the test above bounds: smol's `LocalExecutor` allocates one run
-/// queue block per 31 wake-ups of a task, and nothing else. When this fails because smol no
-/// longer allocates, the shard test's bound can become zero.
+/// The executor alone: once its queue has held every task, wake-ups allocate nothing —
+/// tasks that wake each other (the shard's pattern: a receiver waking callers) and tasks
+/// that wake themselves.
 #[test]
-fn smol_run_queue_allocates_one_block_per_31_wake_ups() {
-    const WAKE_UPS: u64 = 31 * 100;
-    let exe = smol::LocalExecutor::new();
-    let task = exe.spawn(async {
-        for _ in 0..WAKE_UPS {
-            smol::future::yield_now().await;
-        }
-    });
+fn the_executor_allocates_nothing_per_wake_up() {
+    const TASKS: usize = 64;
+    const ROUNDS: usize = 200;
+    let exe = LocalExecutor::new();
+    let wakers: Rc<RefCell<Vec<Option<Waker>>>> = Rc::new(RefCell::new(vec![None; TASKS]));
+    let turn = Rc::new(Cell::new(0usize));
+    for i in 0..TASKS {
+        let (wakers, turn) = (wakers.clone(), turn.clone());
+        exe.spawn(async move {
+            for _ in 0..ROUNDS {
+                // Wait for this task's turn, then hand the turn to the next task.
+                poll_fn(|cx| {
+                    if turn.get() % TASKS == i {
+                        Poll::Ready(())
+                    } else {
+                        wakers.borrow_mut()[i] = Some(cx.waker().clone());
+                        Poll::Pending
+                    }
+                })
+                .await;
+                turn.set(turn.get() + 1);
+                if let Some(w) = wakers.borrow_mut()[(i + 1) % TASKS].take() {
+                    w.wake();
+                }
+                futures_lite::future::yield_now().await;
+            }
+        })
+        .detach();
+    }
+    // Warm-up: every task parked once (their wakers and the queue at full size).
+    for _ in 0..4 * TASKS {
+        exe.try_tick();
+    }
     track(Some(EXECUTOR_SLOT));
-    while exe.try_tick() {}
+    let mut runs = 0u64;
+    while exe.try_tick() {
+        runs += 1;
+    }
     track(None);
-    assert!(task.is_finished());
-    let (blocks, others) = (BLOCKS[EXECUTOR_SLOT].load(Relaxed) as u64, OTHERS[EXECUTOR_SLOT].load(Relaxed));
-    assert_eq!(others, 0, "the executor allocates only run-queue blocks");
-    assert!(
-        (WAKE_UPS / RUN_QUEUE_BLOCK_CAP..=WAKE_UPS / RUN_QUEUE_BLOCK_CAP + 1).contains(&blocks),
-        "{WAKE_UPS} wake-ups allocated {blocks} run-queue blocks"
-    );
+    assert_eq!(turn.get(), TASKS * ROUNDS, "every task ran every round");
+    assert!(runs > (TASKS * ROUNDS / 2) as u64, "{runs} task runs measured");
+    assert_eq!(OTHERS[EXECUTOR_SLOT].load(Relaxed), 0, "{runs} task runs allocated");
 }

@@ -196,7 +196,7 @@ fn start_load(vol: Arc<Volume>, gateway: SocketAddr) -> Load {
     let (stop2, done2) = (stop.clone(), done.clone());
     let thread = std::thread::spawn(move || {
         ring::init_thread_ring(256).expect("ring");
-        let exe = smol::LocalExecutor::new();
+        let exe = sheepdev::shard::exec::LocalExecutor::new();
         let sh = Rc::new(Shard::new(vol, &[gateway], 2, 64, MIB as usize, &exe).expect("shard").with_io_timeout(PATIENCE));
         let st = Rc::new(Stats::default());
         let tasks: Vec<_> = (0..TAGS).map(|t| exe.spawn(tag(sh.clone(), st.clone(), t, stop2.clone(), done2.clone()))).collect();

@@ -43,7 +43,7 @@ fn writes_survive_connections_cut_again_and_again() {
     let (stop2, paddr) = (stop.clone(), proxy.addr());
     let shard = std::thread::spawn(move || {
         ring::init_thread_ring(256).expect("ring");
-        let exe = smol::LocalExecutor::new();
+        let exe = sheepdev::shard::exec::LocalExecutor::new();
         let sh = Rc::new(Shard::new(vol, &[paddr], 2, 64, MIB as usize, &exe).expect("shard").with_io_timeout(Duration::from_secs(20)));
         // 16 tags running at once (spawned, not awaited one after the other), each
         // rewriting its own 16 blocks of 64 KiB (creates first, then writes) until told to
@@ -120,7 +120,7 @@ fn a_cluster_gone_past_the_io_timeout_fails_requests_then_recovers() {
     let (p2, paddr) = (proxy.handle(), proxy.addr());
     std::thread::spawn(move || {
         ring::init_thread_ring(64).expect("ring");
-        let exe = smol::LocalExecutor::new();
+        let exe = sheepdev::shard::exec::LocalExecutor::new();
         let sh = Rc::new(Shard::new(vol, &[paddr], 1, 16, MIB as usize, &exe).expect("shard").with_io_timeout(Duration::from_millis(400)));
         let s2 = sh.clone();
         ring::run_local(&exe, async move {

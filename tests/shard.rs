@@ -58,7 +58,7 @@ fn on_shard_with<T: Send + 'static>(
 ) -> std::thread::JoinHandle<T> {
     std::thread::spawn(move || {
         ring::init_thread_ring(256).expect("ring");
-        let exe = smol::LocalExecutor::new();
+        let exe = sheepdev::shard::exec::LocalExecutor::new();
         let shard = Rc::new(Shard::new(vol, &[addr], conns, 64, 1 << 20, &exe).expect("shard connects").with_coalesce(coalesce));
         let out = ring::run_local(&exe, async move {
             let out = f(shard.clone()).await;

@@ -128,7 +128,7 @@ pub struct RingConn {
 impl RingConn {
     /// Connect (blocking, at shard start-up) with `slots` request slots, and spawn the
     /// sender and receiver tasks on `exe`. The connection never reconnects.
-    pub fn connect(addr: SocketAddr, timeout: Duration, slots: usize, exe: &smol::LocalExecutor<'_>) -> io::Result<Rc<RingConn>> {
+    pub fn connect(addr: SocketAddr, timeout: Duration, slots: usize, exe: &super::exec::LocalExecutor<'_>) -> io::Result<Rc<RingConn>> {
         let stream = TcpStream::connect_timeout(&addr, timeout)?;
         stream.set_nodelay(true)?;
         let conn = Self::build(stream, addr, Vec::new(), Duration::ZERO, slots);
@@ -148,7 +148,7 @@ impl RingConn {
         timeout: Duration,
         slots: usize,
         stall: Duration,
-        exe: &smol::LocalExecutor<'_>,
+        exe: &super::exec::LocalExecutor<'_>,
     ) -> io::Result<Rc<RingConn>> {
         let mut last = io::Error::other("no gateway given");
         for (i, &g) in gateways.iter().enumerate() {
@@ -829,7 +829,7 @@ mod tests {
         let (addr, server) = fake_sheep(answers);
         let client = std::thread::spawn(move || {
             super::super::ring::init_thread_ring(64).expect("ring");
-            let exe = smol::LocalExecutor::new();
+            let exe = crate::shard::exec::LocalExecutor::new();
             let conn = RingConn::connect_supervised(&[addr], Duration::from_secs(1), 4, Duration::ZERO, &exe).expect("connect");
             let c2 = conn.clone();
             super::super::ring::run_local(&exe, async move {

@@ -38,6 +38,7 @@
 mod coalesce;
 mod conn;
 mod error;
+pub mod exec;
 pub mod ring;
 
 use std::cell::{Cell, RefCell};
@@ -132,7 +133,7 @@ impl Shard {
         connections: usize,
         slots: usize,
         max_io: usize,
-        exe: &smol::LocalExecutor<'_>,
+        exe: &exec::LocalExecutor<'_>,
     ) -> std::io::Result<Shard> {
         let mut conns: Vec<Rc<RingConn>> = Vec::with_capacity(connections.max(1));
         for _ in 0..connections.max(1) {

@@ -32,7 +32,7 @@ pub fn tasks_run() -> u64 {
 }
 
 /// Run every task that is ready, counting the runs.
-fn run_ready(exe: &smol::LocalExecutor<'_>) {
+fn run_ready(exe: &super::exec::LocalExecutor<'_>) {
     while exe.try_tick() {
         TASKS_RUN.set(TASKS_RUN.get() + 1);
     }
@@ -71,7 +71,7 @@ pub fn init_thread_ring(entries: u32) -> std::io::Result<()> {
 
 /// Run `fut` (and whatever it spawns on `exe`) on this thread's ring until it completes;
 /// `None` if the ring itself failed first.
-pub fn run_local<'a, T: 'a>(exe: &smol::LocalExecutor<'a>, fut: impl Future<Output = T> + 'a) -> Option<T> {
+pub fn run_local<'a, T: 'a>(exe: &super::exec::LocalExecutor<'a>, fut: impl Future<Output = T> + 'a) -> Option<T> {
     let task = exe.spawn(fut);
     loop {
         run_ready(exe);
@@ -90,5 +90,5 @@ pub fn run_local<'a, T: 'a>(exe: &smol::LocalExecutor<'a>, fut: impl Future<Outp
         }
     }
     run_ready(exe);
-    task.is_finished().then(|| smol::block_on(task))
+    task.is_finished().then(|| futures_lite::future::block_on(task))
 }

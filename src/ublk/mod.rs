@@ -299,7 +299,7 @@ fn serve_queue(qid: u16, dev: &UblkDev, target: &QueueTarget, abort: &Abort, max
             return;
         }
     };
-    let exe = Rc::new(smol::LocalExecutor::new());
+    let exe = Rc::new(crate::shard::exec::LocalExecutor::new());
     let depth = dev.dev_info.queue_depth as usize;
     let shard = match target {
         QueueTarget::Null => None,
@@ -340,7 +340,7 @@ fn serve_queue(qid: u16, dev: &UblkDev, target: &QueueTarget, abort: &Abort, max
         })
         .collect();
     let exe2 = exe.clone();
-    smol::block_on(exe.run(async {
+    futures_lite::future::block_on(async {
         let run_ops = || while exe2.try_tick() {};
         let done = || {
             if q.is_stopping() {
@@ -353,7 +353,7 @@ fn serve_queue(qid: u16, dev: &UblkDev, target: &QueueTarget, abort: &Abort, max
         if let Err(e) = libublk::wait_and_handle_io_events(&q, Some(20), run_ops, done).await {
             tracing::error!("queue {qid}: ring failed: {e}");
         }
-    }));
+    });
 }
 
 async fn serve_tag(q: &UblkQueue<'_>, tag: u16, shard: Option<&Shard>, null: bool, max_io: u32) -> Result<(), UblkError> {

@@ -48,6 +48,11 @@ pub struct BenchArgs {
     /// Make the embedded store fdatasync every write (default: like sheep -n).
     #[arg(long)]
     store_sync: bool,
+    /// Make the embedded store take this many milliseconds more for every object read and
+    /// write (what a replicated cluster's network and disks add; a client that sends one
+    /// request at a time pays it in full, a pipelining one overlaps it).
+    #[arg(long, default_value_t = 0, conflicts_with = "address", value_parser = clap::value_parser!(u64).range(0..=1000))]
+    store_latency_ms: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics while the benchmark runs.
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
@@ -115,6 +120,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 dir: dir.path().to_path_buf(),
                 listen: vec!["127.0.0.1:0".parse()?],
                 sync: a.store_sync,
+                object_delay: Duration::from_millis(a.store_latency_ms),
                 ..Default::default()
             };
             let s = crate::store::Store::start(cfg).context("starting the embedded store")?;
@@ -249,13 +255,13 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             a.seconds,
             size >> 20,
             if a.address.is_none() {
-                if a.store_sync {
-                    ", store fdatasync on"
-                } else {
-                    ", store sync off"
-                }
+                format!(
+                    ", store {}{}",
+                    if a.store_sync { "fdatasync on" } else { "sync off" },
+                    if a.store_latency_ms > 0 { format!(", +{} ms per object I/O", a.store_latency_ms) } else { String::new() }
+                )
             } else {
-                ""
+                String::new()
             }
         );
         crate::report::plot::draw(&points, &title, path)?;

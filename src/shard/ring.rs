@@ -24,9 +24,8 @@ thread_local! {
     static TASKS_RUN: Cell<u64> = const { Cell::new(0) };
 }
 
-/// Task runs (polls) [`run_local`] has made on this thread. Each run takes one entry off the
-/// executor's run queue, so this also counts that queue's traffic (tests/alloc.rs bounds the
-/// queue's allocations with it).
+/// Task runs (polls) [`run_local`] has made on this thread (tests/alloc.rs reports them with
+/// each phase's allocations).
 pub fn tasks_run() -> u64 {
     TASKS_RUN.get()
 }

@@ -16,7 +16,7 @@
 //! - Latencies are recorded per thread in hdrhistogram (ns) and merged.
 
 use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
+use crate::sheep::Gateway;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -108,7 +108,7 @@ pub struct Point {
 
 /// What to measure against.
 pub struct Target {
-    pub addr: SocketAddr,
+    pub addr: Gateway,
     pub vol: Arc<Volume>,
     /// Metrics of the benchmark's device (`device="bench"`), used by `Driver::Sheepdev`.
     pub metrics: Option<DeviceMetrics>,
@@ -148,7 +148,7 @@ pub fn run_point(t: &Target, w: Workload, driver: Driver, shards: u16, depth: u1
     let start = Instant::now();
     let threads: Vec<_> = (0..shards)
         .map(|s| {
-            let (addr, vol, region, dm, conns) = (t.addr, t.vol.clone(), t.region, t.metrics.clone(), t.connections);
+            let (addr, vol, region, dm, conns) = (t.addr.clone(), t.vol.clone(), t.region, t.metrics.clone(), t.connections);
             std::thread::Builder::new()
                 .name(format!("bench-shard-{s}"))
                 .spawn(move || shard_thread(addr, conns, vol, region, dm, w, driver, s, shards, depth, coalesce, duration))
@@ -184,7 +184,7 @@ pub fn run_point(t: &Target, w: Workload, driver: Driver, shards: u16, depth: u1
 
 #[allow(clippy::too_many_arguments)]
 fn shard_thread(
-    addr: SocketAddr,
+    addr: Gateway,
     conns: usize,
     vol: Arc<Volume>,
     region: u64,
@@ -204,7 +204,7 @@ fn shard_thread(
     let slots = usize::from(depth) * 2 + 8;
     let (shard, raw) = match driver {
         Driver::Sheepdev | Driver::SheepdevNoMetrics => {
-            let mut sh = Shard::new(vol.clone(), &[addr], conns, slots, bs as usize, &exe).map_err(|e| e.to_string())?.with_coalesce(coalesce);
+            let mut sh = Shard::new(vol.clone(), std::slice::from_ref(&addr), conns, slots, bs as usize, &exe).map_err(|e| e.to_string())?.with_coalesce(coalesce);
             if let (Driver::Sheepdev, Some(dm)) = (driver, &dm) {
                 sh = sh.with_metrics(dm.shard(s, depth, conns, &addr.to_string()));
             }
@@ -212,7 +212,7 @@ fn shard_thread(
             exe.spawn(sh.clone().tick()).detach();
             (Some(sh), None)
         }
-        Driver::Raw => (None, Some(RingConn::connect(addr, Duration::from_secs(3), slots, &exe).map_err(|e| format!("{addr}: {e}"))?)),
+        Driver::Raw => (None, Some(RingConn::connect(addr.clone(), Duration::from_secs(3), slots, &exe).map_err(|e| format!("{addr}: {e}"))?)),
     };
     let hist = Rc::new(RefCell::new(Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).map_err(|e| e.to_string())?));
     let (ios, errors) = (Rc::new(Cell::new(0u64)), Rc::new(Cell::new(0u64)));
@@ -290,11 +290,11 @@ fn shard_thread(
 /// Write the whole region once (1 MiB requests, one shard, depth 32) so every object exists.
 pub fn prefill(t: &Target) -> Result<(), String> {
     let size = t.region;
-    let (addr, vol) = (t.addr, t.vol.clone());
+    let (addr, vol) = (t.addr.clone(), t.vol.clone());
     std::thread::spawn(move || -> Result<(), String> {
         ring::init_thread_ring(256).map_err(|e| e.to_string())?;
         let exe = crate::shard::exec::LocalExecutor::new();
-        let shard = Rc::new(Shard::new(vol, &[addr], 1, 80, 1 << 20, &exe).map_err(|e| e.to_string())?);
+        let shard = Rc::new(Shard::new(vol, std::slice::from_ref(&addr), 1, 80, 1 << 20, &exe).map_err(|e| e.to_string())?);
         let next = Rc::new(Cell::new(0u64));
         let failed = Rc::new(Cell::new(false));
         let tasks: Vec<_> = (0..32u16)

@@ -87,6 +87,11 @@ fn bad_input_gets_one_clear_line() {
     fails_with(&sheepdev(&env, &["write", "linux:1"]), "no such snapshot tag or id");
     fails_with(&sheepdev_at("127.0.0.1:99999", &["list"], None), "bad address");
     fails_with(&sheepdev_at("127.0.0.1:", &["list"], None), "bad address");
+    fails_with(&sheepdev_at("unix:relative/sock", &["list"], None), "absolute path");
+    fails_with(&sheepdev_at("unix:/nonexistent/sock", &["list"], None), "cannot connect to unix:/nonexistent/sock");
+    // The store's own unix socket, as a sheep's `<dir>/sock`.
+    let sock = env.store.unix_socket().expect("DIR/sock").display().to_string();
+    assert!(ok(&sheepdev_at(&format!("unix:{sock}"), &["list"], None)).contains("linux"), "list through unix:{sock}");
 
     // Unreachable: a port nobody listens on.
     let closed = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");

@@ -103,7 +103,10 @@ where
     let Ok(a) = std::env::var("SHEEP_ADDR") else {
         panic!("SHEEP_ADDR is not set: set it to host:port of a real sheep to run the external conformance suite");
     };
-    let addr = sheepdev::sheep::parse_gateways(&a).expect("SHEEP_ADDR parses")[0];
+    let addr = match sheepdev::sheep::parse_gateways(&a).expect("SHEEP_ADDR parses").swap_remove(0) {
+        sheepdev::sheep::Gateway::Tcp(a) => a,
+        g => panic!("SHEEP_ADDR is {g}: the suite speaks raw TCP too, give host:port"),
+    };
     let locking = std::env::var("SHEEP_LOCKING").is_ok_and(|v| v == "1");
     run_at(addr, locking, case, f);
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use sheepdev::proto::{VdiName, Vid};
 use sheepdev::shard::{ring, Error, IoDesc, Op, Shard};
 use sheepdev::sheep::manage::{self, Redundancy};
-use sheepdev::sheep::{load_volume, Client, Config, VolumeIo};
+use sheepdev::sheep::{load_volume, Client, Config, Gateway, VolumeIo};
 use sheepdev::store::{Config as StoreConfig, Store};
 use sheepdev::vdi::{SnapSel, Volume};
 
@@ -23,25 +23,26 @@ fn store() -> (Store, tempfile::TempDir, SocketAddr) {
     (s, dir, a)
 }
 
-fn control<T>(addr: SocketAddr, f: impl AsyncFnOnce(Rc<Client>) -> T) -> T {
+fn control<T>(addr: impl Into<Gateway>, f: impl AsyncFnOnce(Rc<Client>) -> T) -> T {
+    let addr = addr.into();
     sheepdev::cli::block_on(async move {
-        let c = Rc::new(Client::connect(&Config::new(vec![addr])).await.expect("connect"));
+        let c = Rc::new(Client::connect(&Config::new([addr])).await.expect("connect"));
         f(c).await
     })
     .expect("executor")
 }
 
-fn create(addr: SocketAddr, name: &str, size: u64, object_size: u64) -> Vid {
+fn create(addr: impl Into<Gateway>, name: &str, size: u64, object_size: u64) -> Vid {
     control(addr, async |c| manage::create(&c, &VdiName::new(name).expect("name"), size, Redundancy::Default, object_size).await.expect("create").vid)
 }
 
-fn volume(addr: SocketAddr, vid: Vid, read_only: bool) -> Arc<Volume> {
+fn volume(addr: impl Into<Gateway>, vid: Vid, read_only: bool) -> Arc<Volume> {
     Arc::new(control(addr, async |c| load_volume(&c, vid, read_only).await.expect("load")))
 }
 
 /// Run `f` on a fresh shard thread (own ring, own executor) and return its result.
 fn on_shard<T: Send + 'static>(
-    addr: SocketAddr,
+    addr: impl Into<Gateway>,
     vol: Arc<Volume>,
     f: impl AsyncFnOnce(Rc<Shard>) -> T + Send + 'static,
 ) -> std::thread::JoinHandle<T> {
@@ -50,16 +51,17 @@ fn on_shard<T: Send + 'static>(
 
 /// [`on_shard`] with `conns` connections and coalescing on or off.
 fn on_shard_with<T: Send + 'static>(
-    addr: SocketAddr,
+    addr: impl Into<Gateway>,
     vol: Arc<Volume>,
     conns: usize,
     coalesce: bool,
     f: impl AsyncFnOnce(Rc<Shard>) -> T + Send + 'static,
 ) -> std::thread::JoinHandle<T> {
+    let addr: Gateway = addr.into();
     std::thread::spawn(move || {
         ring::init_thread_ring(256).expect("ring");
         let exe = sheepdev::shard::exec::LocalExecutor::new();
-        let shard = Rc::new(Shard::new(vol, &[addr], conns, 64, 1 << 20, &exe).expect("shard connects").with_coalesce(coalesce));
+        let shard = Rc::new(Shard::new(vol, std::slice::from_ref(&addr), conns, 64, 1 << 20, &exe).expect("shard connects").with_coalesce(coalesce));
         let out = ring::run_local(&exe, async move {
             let out = f(shard.clone()).await;
             // Close and let the connection tasks end before the ring and buffers go away.
@@ -78,7 +80,7 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
     (0..len).map(|i| (seed.wrapping_mul(31).wrapping_add(i as u64 / 7) % 251) as u8).collect()
 }
 
-fn read_all(addr: SocketAddr, vid: Vid, offset: u64, len: usize) -> Vec<u8> {
+fn read_all(addr: impl Into<Gateway>, vid: Vid, offset: u64, len: usize) -> Vec<u8> {
     control(addr, async |c| {
         let v = VolumeIo::open(c.clone(), vid, true).await.expect("open");
         let mut out = vec![0u8; len];
@@ -112,6 +114,33 @@ fn writes_read_back_across_object_boundaries() {
     .expect("shard");
     assert_eq!(got, data);
     assert_eq!(read_all(addr, vid, 4 * MIB - 4096, 8192), data, "the inode entries were persisted");
+}
+
+/// The same through the store's unix socket (`DIR/sock`, as sheep's): the control plane
+/// (glommio) and the shard's ring connections both speak the protocol over it.
+#[test]
+fn a_shard_and_the_control_plane_work_over_the_unix_socket() {
+    let (s, _d, tcp) = store();
+    let sock = s.unix_socket().expect("the store serves DIR/sock").to_path_buf();
+    let unix = Gateway::Unix(sock.clone());
+    let vid = create(unix.clone(), "u", 16 * MIB, 4 * MIB);
+    let vol = volume(unix.clone(), vid, false);
+    let data = pattern(9, 3 * 4096);
+    let d2 = data.clone();
+    let (back, gateway) = on_shard(unix.clone(), vol, async move |sh| {
+        let mut buf = d2.clone();
+        sh.handle(io(Op::Write, 4 * MIB - 4096, 3 * 4096, 0), &mut buf).await.expect("write");
+        let mut back = vec![0u8; 3 * 4096];
+        sh.handle(io(Op::Read, 4 * MIB - 4096, 3 * 4096, 0), &mut back).await.expect("read");
+        (back, sh.gateway().to_string())
+    })
+    .join()
+    .expect("shard");
+    assert_eq!(back, data);
+    assert_eq!(gateway, format!("unix:{}", sock.display()));
+    assert_eq!(read_all(tcp, vid, 4 * MIB - 4096, 3 * 4096), data, "the same data over TCP");
+    drop(s);
+    assert!(!sock.exists(), "the store removes its socket when it stops");
 }
 
 #[test]

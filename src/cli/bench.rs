@@ -12,12 +12,13 @@ use clap::Args;
 use crate::bench::{self, Driver, Point, Workload};
 use crate::proto::VdiName;
 use crate::sheep::manage::{self, Redundancy};
-use crate::sheep::{load_volume, parse_gateways, Client, Config};
+use crate::sheep::{load_volume, parse_gateways, Client, Config, Gateway};
 use crate::vdi::VdiSpec;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// A cluster to measure (host[:port]); default: an embedded store started for the run.
+    /// A cluster to measure (host[:port] or unix:/path); default: an embedded store started for
+    /// the run.
     #[arg(short = 'a', long = "address")]
     address: Option<String>,
     /// Workloads, comma-separated: randread-4k, randwrite-4k, randrw-64k, seqwrite-4k,
@@ -114,7 +115,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     }
     let dir = tempfile::tempdir().context("creating a directory for the embedded store")?;
     let (store, addr) = match &a.address {
-        Some(s) => (None, parse_gateways(s).map_err(anyhow::Error::msg)?[0]),
+        Some(s) => (None, parse_gateways(s).map_err(anyhow::Error::msg)?.swap_remove(0)),
         None => {
             let cfg = crate::store::Config {
                 dir: dir.path().to_path_buf(),
@@ -124,16 +125,16 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 ..Default::default()
             };
             let s = crate::store::Store::start(cfg).context("starting the embedded store")?;
-            let addr = s.local_addrs()[0];
+            let addr = Gateway::from(s.local_addrs()[0]);
             (Some(s), addr)
         }
     };
     let name = VdiName::new(&format!("sheepdev-bench-{}", std::process::id())).map_err(anyhow::Error::msg)?;
     let (size, object_size) = (a.size, a.object_size.unwrap_or(0));
     let vol = super::block_on({
-        let name = name.clone();
+        let (name, addr) = (name.clone(), addr.clone());
         async move {
-            let c = Rc::new(Client::connect(&Config::new(vec![addr])).await?);
+            let c = Rc::new(Client::connect(&Config::new([addr])).await?);
             let vid = manage::create(&c, &name, size, Redundancy::Default, object_size).await?.vid;
             anyhow::Ok(load_volume(&c, vid, false).await?)
         }
@@ -162,7 +163,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let max_shards = a.shards.iter().copied().max().unwrap_or(1);
     let max_depth = a.depths.iter().copied().max().unwrap_or(1);
     let metrics = (!a.no_metrics).then(|| crate::metrics::DeviceMetrics::new("bench", name.as_str(), "", false, max_shards, max_depth, size));
-    let target = bench::Target { addr, vol: Arc::new(vol), region: size, metrics, connections: usize::from(a.connections) };
+    let target = bench::Target { addr: addr.clone(), vol: Arc::new(vol), region: size, metrics, connections: usize::from(a.connections) };
     eprintln!("bench: prefilling {} MiB of {name} on {addr}", size >> 20);
     bench::prefill(&target).map_err(anyhow::Error::msg)?;
     let dur = Duration::from_secs_f64(a.seconds);
@@ -269,7 +270,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     }
     if a.address.is_some() {
         super::block_on(async move {
-            let c = Client::connect(&Config::new(vec![addr])).await?;
+            let c = Client::connect(&Config::new([addr])).await?;
             manage::delete(&c, &VdiSpec::working(name)).await?;
             anyhow::Ok(())
         })??;

@@ -30,12 +30,13 @@ pub struct MetricsAddr(pub Option<std::net::SocketAddr>);
 
 #[derive(Debug, Args)]
 pub struct AddArgs {
-    /// `[HOST[:PORT]] VDI[:SNAPID|:TAG]`: the gateway (port 7000 by default) and the VDI.
+    /// `[HOST[:PORT]] VDI[:SNAPID|:TAG]`: the gateway (port 7000 by default, or `unix:PATH`,
+    /// a sheep's own socket `<sheep dir>/sock` on this host) and the VDI.
     /// `linux:snap` maps a new writable VDI made from the snapshot (by rebase; the current
     /// working VDI is kept as a snapshot); with --read-only it maps the snapshot itself.
     #[arg(num_args = 0..=2, value_name = "[HOST[:PORT]] VDI")]
     args: Vec<String>,
-    /// Gateways host[:port][,host[:port]…] (instead of HOST[:PORT]).
+    /// Gateways host[:port] or unix:/path, comma-separated (instead of HOST[:PORT]).
     #[arg(short = 'a', long = "address")]
     address: Option<String>,
     /// Hardware queues (one pinned shard thread each); default: the number of cores.

@@ -6,7 +6,6 @@
 
 use std::collections::VecDeque;
 use std::io::{IsTerminal, Read, Write};
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -15,12 +14,13 @@ use clap::{Args, Subcommand};
 
 use crate::proto::VdiName;
 use crate::sheep::manage::{self, Redundancy};
-use crate::sheep::{parse_gateways, Client, Config, VolumeIo};
+use crate::sheep::{parse_gateways, Client, Config, Gateway, VolumeIo};
 use crate::vdi::VdiSpec;
 
 #[derive(Debug, Args)]
 pub struct VdiArgs {
-    /// Gateways: host[:port][,host[:port]…] (port 7000 by default).
+    /// Gateways: host[:port] (port 7000 by default) or unix:/path (a sheep's `<dir>/sock` on
+    /// this host), comma-separated.
     #[arg(short = 'a', long = "address", global = true, default_value = "127.0.0.1:7000", value_parser = gateways)]
     address: Gateways,
     /// Seconds to wait for a gateway to accept the connection.
@@ -87,7 +87,7 @@ enum VdiCmd {
 
 /// The parsed `-a` list (a newtype, so clap treats it as one value).
 #[derive(Debug, Clone)]
-struct Gateways(Vec<SocketAddr>);
+struct Gateways(Vec<Gateway>);
 
 fn gateways(s: &str) -> Result<Gateways, String> {
     parse_gateways(s).map(Gateways)

@@ -14,7 +14,6 @@
 //!   waits (bounded) for those under way, persists the table and exits 0 without stopping
 //!   any device: the kernel quiesces them when the process's files close.
 
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
@@ -23,7 +22,7 @@ use std::time::{Duration, Instant};
 use super::server::{kernel_has, release, release_by_name, Busy, Daemon};
 use super::Mapping;
 use crate::proto::{VdiName, Vid, SD_RES_VDI_LOCKED};
-use crate::sheep::{load_volume, Client, Config};
+use crate::sheep::{load_volume, Client, Config, Gateway};
 use crate::ublk;
 use crate::vdi::SnapSel;
 
@@ -203,9 +202,9 @@ impl Daemon {
 /// released it. A working VDI that is no longer the vid the device served (a snapshot was
 /// taken meanwhile) is refused rather than written.
 async fn sheep_target(m: &Mapping) -> Result<(ublk::Target, Option<(Rc<Client>, Vid)>), String> {
-    let gateways: Vec<SocketAddr> =
+    let gateways: Vec<Gateway> =
         m.gateways.iter().map(|g| g.parse().map_err(|_| format!("bad gateway address {g:?} in the device table"))).collect::<Result<_, _>>()?;
-    let mut cfg = Config::new(gateways.clone());
+    let mut cfg = Config::new(gateways.iter().cloned());
     cfg.connect_timeout = Duration::from_secs(3);
     let c = Rc::new(Client::connect(&cfg).await.map_err(|e| format!("connecting to {}: {e}", m.gateways.join(",")))?);
     let mut lock = None;
@@ -243,7 +242,7 @@ async fn sheep_target(m: &Mapping) -> Result<(ublk::Target, Option<(Rc<Client>, 
         }
     };
     // The reachable gateway first, then the others: shards reconnect through all.
-    let mut gws = vec![c.gateway()];
-    gws.extend(gateways.iter().copied().filter(|g| *g != c.gateway()));
+    let mut gws = vec![c.gateway().clone()];
+    gws.extend(gateways.iter().filter(|g| *g != c.gateway()).cloned());
     Ok((ublk::Target::Sheep { vol: Arc::new(vol), gateways: gws, connections: usize::from(m.connections) }, lock))
 }

@@ -15,7 +15,7 @@ use glommio::net::UnixListener;
 
 use super::{AddRequest, Mapping, Request, Response, Target};
 use crate::proto::SD_RES_VDI_LOCKED;
-use crate::sheep::{load_volume, manage, Client, Config};
+use crate::sheep::{load_volume, manage, Client, Config, Gateway};
 use crate::ublk::{self, Abort};
 use crate::vdi::{SnapSel, VdiSpec};
 
@@ -248,7 +248,7 @@ impl Daemon {
             }
         }
         ublk::available()?;
-        let gateways: Vec<SocketAddr> =
+        let gateways: Vec<Gateway> =
             a.gateways.iter().map(|g| g.parse().map_err(|_| format!("bad gateway address {g:?}"))).collect::<Result<_, _>>()?;
         let mut m = Mapping {
             device: String::new(),
@@ -283,7 +283,7 @@ impl Daemon {
         } else {
             let spec: VdiSpec = a.vdi.parse()?;
             m.name = spec.name.to_string();
-            let mut cfg = Config::new(gateways.clone());
+            let mut cfg = Config::new(gateways.iter().cloned());
             cfg.connect_timeout = Duration::from_secs(3);
             let c = Rc::new(Client::connect(&cfg).await.map_err(|e| e.to_string())?);
             let in_use = |e: crate::sheep::Error, what: &str| {
@@ -330,8 +330,8 @@ impl Daemon {
                 m.read_only = true;
             }
             // The reachable gateway first, then the others: shards reconnect through all.
-            let mut gws = vec![c.gateway()];
-            gws.extend(gateways.iter().copied().filter(|g| *g != c.gateway()));
+            let mut gws = vec![c.gateway().clone()];
+            gws.extend(gateways.iter().filter(|g| *g != c.gateway()).cloned());
             target = ublk::Target::Sheep { vol: Arc::new(vol), gateways: gws, connections: usize::from(a.connections) };
         }
         let labels = (m.vdi.clone(), m.snapshot.clone().unwrap_or_default());
@@ -540,7 +540,7 @@ enum LockMove {
 /// A client for the control-plane requests of a mapping (lock moves and releases), with
 /// short timeouts: the cluster may be gone.
 async fn mapping_client(m: &Mapping) -> Result<Client, String> {
-    let gateways: Vec<SocketAddr> = m.gateways.iter().filter_map(|g| g.parse().ok()).collect();
+    let gateways: Vec<Gateway> = m.gateways.iter().filter_map(|g| g.parse().ok()).collect();
     let mut cfg = Config::new(gateways);
     cfg.connect_timeout = Duration::from_secs(2);
     cfg.request_timeout = Duration::from_secs(10);

@@ -33,7 +33,6 @@ use std::cell::{Cell, RefCell, UnsafeCell};
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
-use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
@@ -46,6 +45,7 @@ use super::ring::submit;
 use super::Error;
 use crate::proto::demux::{wire_id, Demux, Event, InFlight};
 use crate::proto::{Opcode, ReqHeader, RspHeader, HEADER_LEN};
+use crate::sheep::gateway::{Gateway, Stream};
 
 /// Requests gathered into one SENDMSG.
 const MAX_BATCH: usize = 64;
@@ -104,11 +104,11 @@ struct State {
 /// A connection; see the module contract.
 pub struct RingConn {
     /// The current socket (none while reconnecting).
-    stream: RefCell<Option<TcpStream>>,
+    stream: RefCell<Option<Stream>>,
     /// The gateway of the current socket.
-    addr: Cell<SocketAddr>,
+    addr: RefCell<Gateway>,
     /// Where to reconnect, in rotation (empty: never reconnect).
-    gateways: Vec<SocketAddr>,
+    gateways: Vec<Gateway>,
     /// A request older than this breaks the connection (zero: never).
     stall: Duration,
     /// Encoded headers, one per slot, at stable addresses for SENDMSG.
@@ -128,9 +128,9 @@ pub struct RingConn {
 impl RingConn {
     /// Connect (blocking, at shard start-up) with `slots` request slots, and spawn the
     /// sender and receiver tasks on `exe`. The connection never reconnects.
-    pub fn connect(addr: SocketAddr, timeout: Duration, slots: usize, exe: &super::exec::LocalExecutor<'_>) -> io::Result<Rc<RingConn>> {
-        let stream = TcpStream::connect_timeout(&addr, timeout)?;
-        stream.set_nodelay(true)?;
+    pub fn connect(addr: impl Into<Gateway>, timeout: Duration, slots: usize, exe: &super::exec::LocalExecutor<'_>) -> io::Result<Rc<RingConn>> {
+        let addr = addr.into();
+        let stream = addr.connect(timeout)?;
         let conn = Self::build(stream, addr, Vec::new(), Duration::ZERO, slots);
         conn.alive.set(1);
         exe.spawn(conn.clone().run_once()).detach();
@@ -144,19 +144,19 @@ impl RingConn {
     /// reconnects, rotating through `gateways` with a backoff from 100 ms to 1 s, until
     /// [`RingConn::close`].
     pub fn connect_supervised(
-        gateways: &[SocketAddr],
+        gateways: &[Gateway],
         timeout: Duration,
         slots: usize,
         stall: Duration,
         exe: &super::exec::LocalExecutor<'_>,
     ) -> io::Result<Rc<RingConn>> {
         let mut last = io::Error::other("no gateway given");
-        for (i, &g) in gateways.iter().enumerate() {
-            match TcpStream::connect_timeout(&g, timeout).and_then(|s| s.set_nodelay(true).map(|()| s)) {
+        for (i, g) in gateways.iter().enumerate() {
+            match g.connect(timeout) {
                 Ok(stream) => {
                     let mut rotation = gateways[i..].to_vec();
                     rotation.extend_from_slice(&gateways[..i]);
-                    let conn = Self::build(stream, g, rotation, stall, slots);
+                    let conn = Self::build(stream, g.clone(), rotation, stall, slots);
                     conn.alive.set(1);
                     exe.spawn(conn.clone().supervise()).detach();
                     return Ok(conn);
@@ -167,11 +167,11 @@ impl RingConn {
         Err(last)
     }
 
-    fn build(stream: TcpStream, addr: SocketAddr, gateways: Vec<SocketAddr>, stall: Duration, slots: usize) -> Rc<RingConn> {
+    fn build(stream: Stream, addr: Gateway, gateways: Vec<Gateway>, stall: Duration, slots: usize) -> Rc<RingConn> {
         let n = slots.clamp(1, u16::MAX as usize);
         Rc::new(RingConn {
             stream: RefCell::new(Some(stream)),
-            addr: Cell::new(addr),
+            addr: RefCell::new(addr),
             gateways,
             stall,
             closed: Cell::new(false),
@@ -210,8 +210,8 @@ impl RingConn {
     }
 
     /// The gateway of the current (or last) socket.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr.get()
+    pub fn addr(&self) -> Gateway {
+        self.addr.borrow().clone()
     }
 
     /// Times this connection was re-established.
@@ -367,7 +367,7 @@ impl RingConn {
 
     fn fail(&self, e: Error) {
         if let Some(s) = self.stream.borrow().as_ref() {
-            let _ = s.shutdown(std::net::Shutdown::Both);
+            let _ = s.shutdown();
         }
         let mut wake = Vec::new();
         {
@@ -447,13 +447,13 @@ impl RingConn {
             if self.closed.get() {
                 break;
             }
-            let g = self.gateways[next % self.gateways.len().max(1)];
+            let g = self.gateways[next % self.gateways.len().max(1)].clone();
             next += 1;
-            match TcpStream::connect_timeout(&g, RECONNECT_TIMEOUT).and_then(|s| s.set_nodelay(true).map(|()| s)) {
+            match g.connect(RECONNECT_TIMEOUT) {
                 Ok(s) => {
                     tracing::info!("sheep connection to {g} re-established");
                     *self.stream.borrow_mut() = Some(s);
-                    self.addr.set(g);
+                    *self.addr.borrow_mut() = g;
                     self.reconnects.set(self.reconnects.get() + 1);
                     let waiters: Vec<Waker> = {
                         let mut st = self.st.borrow_mut();
@@ -496,7 +496,7 @@ impl RingConn {
                 st.slots.iter().filter(|s| matches!(s.phase, Phase::Queued | Phase::Sent)).filter_map(|s| s.sent_at).min()
             };
             if oldest.is_some_and(|t| t.elapsed() > self.stall) {
-                tracing::warn!("sheep {}: a request got no answer within {:?}; reconnecting", self.addr.get(), self.stall);
+                tracing::warn!("sheep {}: a request got no answer within {:?}; reconnecting", self.addr.borrow(), self.stall);
                 self.fail(Error::Io(libc::ETIMEDOUT));
                 return;
             }
@@ -624,7 +624,7 @@ impl RingConn {
                     }
                     Event::Complete { slot, rsp } => self.complete(slot, Ok(rsp)),
                     Event::Break(why) => {
-                        tracing::warn!("sheep {}: {why}; closing", self.addr.get());
+                        tracing::warn!("sheep {}: {why}; closing", self.addr.borrow());
                         self.fail(Error::Protocol);
                         return;
                     }
@@ -676,7 +676,7 @@ mod tests {
 
     /// A fake sheep: each answer in turn goes to one new connection, as the reply to the one
     /// READ_OBJ it receives; then it reads until the client closes that connection.
-    fn fake_sheep(answers: Vec<fn(RspHeader) -> Vec<u8>>) -> (SocketAddr, std::thread::JoinHandle<()>) {
+    fn fake_sheep(answers: Vec<fn(RspHeader) -> Vec<u8>>) -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = l.local_addr().expect("addr");
         let t = std::thread::spawn(move || {
@@ -706,7 +706,7 @@ mod tests {
     fn a_late_answer_does_not_replace_the_error_of_a_failed_request() {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = l.local_addr().expect("addr");
-        let conn = RingConn::build(TcpStream::connect(addr).expect("connect"), addr, Vec::new(), Duration::ZERO, 1);
+        let conn = RingConn::build(Gateway::from(addr).connect(Duration::from_secs(3)).expect("connect"), addr.into(), Vec::new(), Duration::ZERO, 1);
         {
             let mut st = conn.st.borrow_mut();
             st.slots[0].phase = Phase::Sent;
@@ -724,7 +724,7 @@ mod tests {
     fn idle_conn(slots: usize) -> (TcpListener, Rc<RingConn>) {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = l.local_addr().expect("addr");
-        (l, RingConn::build(TcpStream::connect(addr).expect("connect"), addr, Vec::new(), Duration::ZERO, slots))
+        (l, RingConn::build(Gateway::from(addr).connect(Duration::from_secs(3)).expect("connect"), addr.into(), Vec::new(), Duration::ZERO, slots))
     }
 
     /// Queue `op` of `payload.len()` bytes at `offset` of `oid` in a fresh slot.
@@ -830,7 +830,7 @@ mod tests {
         let client = std::thread::spawn(move || {
             super::super::ring::init_thread_ring(64).expect("ring");
             let exe = crate::shard::exec::LocalExecutor::new();
-            let conn = RingConn::connect_supervised(&[addr], Duration::from_secs(1), 4, Duration::ZERO, &exe).expect("connect");
+            let conn = RingConn::connect_supervised(&[addr.into()], Duration::from_secs(1), 4, Duration::ZERO, &exe).expect("connect");
             let c2 = conn.clone();
             super::super::ring::run_local(&exe, async move {
                 let conn = c2;

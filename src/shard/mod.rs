@@ -42,7 +42,6 @@ pub mod exec;
 pub mod ring;
 
 use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -54,6 +53,7 @@ pub use error::Error;
 use crate::metrics::{Backend, ShardMetrics};
 use crate::proto::inode::entry_offset;
 use crate::proto::*;
+use crate::sheep::Gateway;
 use crate::vdi::{split, ReadPlan, Volume, WritePlan};
 
 /// Pin the calling (shard) thread to core `n` modulo the cores this process may use.
@@ -127,17 +127,18 @@ impl Shard {
     /// `exe`. The connections reconnect by themselves (rotating through `gateways`); a block
     /// request waits for them at most `io_timeout` (zero: forever) before it fails with EIO.
     /// `max_io` sizes the zero buffer used by WRITE_ZEROES.
-    pub fn new(
+    pub fn new<G: Clone + Into<Gateway>>(
         vol: Arc<Volume>,
-        gateways: &[SocketAddr],
+        gateways: &[G],
         connections: usize,
         slots: usize,
         max_io: usize,
         exe: &exec::LocalExecutor<'_>,
     ) -> std::io::Result<Shard> {
+        let gateways: Vec<Gateway> = gateways.iter().cloned().map(Into::into).collect();
         let mut conns: Vec<Rc<RingConn>> = Vec::with_capacity(connections.max(1));
         for _ in 0..connections.max(1) {
-            match RingConn::connect_supervised(gateways, Duration::from_secs(3), slots, STALL, exe) {
+            match RingConn::connect_supervised(&gateways, Duration::from_secs(3), slots, STALL, exe) {
                 Ok(c) => conns.push(c),
                 Err(e) => {
                     conns.iter().for_each(|c| c.close());
@@ -203,7 +204,7 @@ impl Shard {
     }
 
     /// The gateway this shard's connections talk to.
-    pub fn gateway(&self) -> SocketAddr {
+    pub fn gateway(&self) -> Gateway {
         self.conns[0].addr()
     }
 

@@ -9,11 +9,10 @@
 //!   match on codes such as `SD_RES_NO_VDI` or `SD_RES_READONLY`.
 //! - Requests are spread over the connections by least in-flight.
 
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use super::conn::{Connection, Response};
-use super::Error;
+use super::{Error, Gateway};
 use crate::proto::inode::{entry_offset, parse_entries, InodeHeader, OFF_TAG};
 use crate::proto::*;
 use crate::vdi::SnapSel;
@@ -21,7 +20,7 @@ use crate::vdi::SnapSel;
 /// How to reach the cluster.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub gateways: Vec<SocketAddr>,
+    pub gateways: Vec<Gateway>,
     pub connect_timeout: Duration,
     /// How long one request may wait for its answer (zero: forever).
     pub request_timeout: Duration,
@@ -31,45 +30,10 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn new(gateways: Vec<SocketAddr>) -> Config {
-        Config { gateways, connect_timeout: Duration::from_secs(3), request_timeout: Duration::from_secs(60), connections: 1, depth: 64 }
+    pub fn new<G: Into<Gateway>>(gateways: impl IntoIterator<Item = G>) -> Config {
+        Config {
+            gateways: gateways.into_iter().map(Into::into).collect(), connect_timeout: Duration::from_secs(3), request_timeout: Duration::from_secs(60), connections: 1, depth: 64 }
     }
-}
-
-/// Parse `host[:port][,host[:port]…]` (port 7000 by default; IPv6 as `[::1]:7000`).
-pub fn parse_gateways(s: &str) -> Result<Vec<SocketAddr>, String> {
-    let mut out = Vec::new();
-    for part in s.split(',') {
-        let part = part.trim();
-        if part.is_empty() {
-            return Err(format!("bad address {s:?}: empty gateway in the list"));
-        }
-        let with_port = if let Ok(a) = part.parse::<SocketAddr>() {
-            if a.port() == 0 {
-                return Err(format!("bad address {part:?}: port 0"));
-            }
-            out.push(a);
-            continue;
-        } else if part.starts_with('[') && part.ends_with(']') {
-            format!("{part}:{SD_LISTEN_PORT}")
-        } else if part.parse::<std::net::Ipv6Addr>().is_ok() {
-            format!("[{part}]:{SD_LISTEN_PORT}")
-        } else if let Some((host, port)) = part.rsplit_once(':') {
-            if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
-                return Err(format!("bad address {part:?}: expected host[:port] with a port in 1..65535"));
-            }
-            part.to_string()
-        } else {
-            format!("{part}:{SD_LISTEN_PORT}")
-        };
-        let addr = with_port
-            .to_socket_addrs()
-            .map_err(|e| format!("bad address {part:?}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("bad address {part:?}: no address found"))?;
-        out.push(addr);
-    }
-    Ok(out)
 }
 
 /// What a VDI lookup answers.
@@ -104,7 +68,7 @@ impl Client {
             return Err(Error::NoGateway("no gateway address given".into()));
         }
         let mut failures = Vec::new();
-        for &addr in &cfg.gateways {
+        for addr in &cfg.gateways {
             match Connection::connect(addr, cfg.connect_timeout, cfg.request_timeout, cfg.depth).await {
                 Ok(first) => {
                     let mut conns = vec![first];
@@ -121,7 +85,7 @@ impl Client {
     }
 
     /// The gateway this client talks to.
-    pub fn gateway(&self) -> SocketAddr {
+    pub fn gateway(&self) -> &Gateway {
         self.conns[0].addr()
     }
 
@@ -287,23 +251,4 @@ impl Client {
 
 fn len32(data: &[u8]) -> Result<u32, Error> {
     u32::try_from(data.len()).map_err(|_| Error::Invalid(format!("payload of {} bytes is too large", data.len())))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gateway_lists() {
-        let v = parse_gateways("127.0.0.1:7070,127.0.0.1").unwrap_or_default();
-        assert_eq!(v, vec!["127.0.0.1:7070".parse().unwrap_or_else(|_| unreachable!()), "127.0.0.1:7000".parse().unwrap_or_else(|_| unreachable!())]);
-        assert_eq!(parse_gateways("[::1]").unwrap_or_default().len(), 1);
-        assert_eq!(parse_gateways("::1").unwrap_or_default()[0].port(), 7000);
-        assert_eq!(parse_gateways("localhost:7001").unwrap_or_default()[0].port(), 7001);
-        assert!(parse_gateways("127.0.0.1:").is_err());
-        assert!(parse_gateways("127.0.0.1:99999").is_err());
-        assert!(parse_gateways("127.0.0.1:0").is_err());
-        assert!(parse_gateways("a,,b").is_err());
-        assert!(parse_gateways("").is_err());
-    }
 }

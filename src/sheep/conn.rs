@@ -16,17 +16,55 @@
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::io;
-use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use futures_lite::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use glommio::net::TcpStream;
+use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use glommio::net::{TcpStream, UnixStream};
 use glommio::sync::Semaphore;
 
-use super::Error;
+use super::{Error, Gateway};
 use crate::proto::{response_bound, ReqHeader, RspHeader, HEADER_LEN};
+
+/// The socket of a connection: TCP, or a sheep's unix socket.
+enum Socket {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Socket::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_close(cx),
+            Socket::Unix(s) => Pin::new(s).poll_close(cx),
+        }
+    }
+}
 
 /// A response: its header and its payload.
 pub type Response = (RspHeader, Vec<u8>);
@@ -58,8 +96,8 @@ enum Broken {
 }
 
 struct Inner {
-    addr: SocketAddr,
-    writer: RefCell<Option<WriteHalf<TcpStream>>>,
+    addr: Gateway,
+    writer: RefCell<Option<WriteHalf<Socket>>>,
     write_lock: Semaphore,
     depth: Semaphore,
     slots: RefCell<Vec<Slot>>,
@@ -79,9 +117,14 @@ pub struct Connection {
 impl Connection {
     /// Connect to `addr` within `connect_timeout`; allow `depth` requests in flight, each
     /// answered within `timeout` (zero: wait forever).
-    pub async fn connect(addr: SocketAddr, connect_timeout: Duration, timeout: Duration, depth: usize) -> Result<Connection, Error> {
+    pub async fn connect(addr: &Gateway, connect_timeout: Duration, timeout: Duration, depth: usize) -> Result<Connection, Error> {
+        let addr = addr.clone();
         let ms = connect_timeout.as_millis() as u64;
-        let stream = match TcpStream::connect_timeout(addr, connect_timeout.max(Duration::from_millis(1))).await {
+        let connected = match &addr {
+            Gateway::Tcp(a) => TcpStream::connect_timeout(*a, connect_timeout.max(Duration::from_millis(1))).await.map(Socket::Tcp),
+            Gateway::Unix(p) => UnixStream::connect(p).await.map(Socket::Unix),
+        };
+        let stream = match connected {
             Ok(s) => s,
             Err(glommio::GlommioError::TimedOut(_)) => return Err(Error::ConnectTimeout { addr, ms }),
             Err(e) => {
@@ -92,7 +135,9 @@ impl Connection {
                 return Err(Error::Connect { addr, source });
             }
         };
-        stream.set_nodelay(true).map_err(|source| Error::Io { addr, source: source.into() })?;
+        if let Socket::Tcp(t) = &stream {
+            t.set_nodelay(true).map_err(|source| Error::Io { addr: addr.clone(), source: source.into() })?;
+        }
         let depth = depth.clamp(1, u16::MAX as usize);
         let (rd, wr) = futures_lite::io::split(stream);
         let inner = Rc::new(Inner {
@@ -111,8 +156,8 @@ impl Connection {
         Ok(Connection { inner, _reader: reader })
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.inner.addr
+    pub fn addr(&self) -> &Gateway {
+        &self.inner.addr
     }
 
     /// Requests in flight right now.
@@ -154,7 +199,7 @@ impl Connection {
                 Ok(()) => *inner.writer.borrow_mut() = Some(wr),
                 Err(e) => {
                     inner.fail_all(Broken::Io(e.kind(), e.to_string()));
-                    return Err(Error::Io { addr: inner.addr, source: e });
+                    return Err(Error::Io { addr: inner.addr.clone(), source: e });
                 }
             }
         }
@@ -169,7 +214,7 @@ impl Connection {
                 let op = crate::proto::Opcode::try_from(hdr.opcode).map(|o| o.name()).unwrap_or("request");
                 let ms = inner.timeout.as_millis() as u64;
                 inner.fail_all(Broken::Io(io::ErrorKind::TimedOut, format!("{op} timed out")));
-                Err(Error::Timeout { addr: inner.addr, op, ms })
+                Err(Error::Timeout { addr: inner.addr.clone(), op, ms })
             }
         }
     }
@@ -242,9 +287,9 @@ impl Inner {
 
     fn broken_error(&self) -> Error {
         match self.broken.borrow().clone() {
-            None | Some(Broken::Eof) => Error::Closed(self.addr),
-            Some(Broken::Io(kind, msg)) => Error::Io { addr: self.addr, source: io::Error::new(kind, msg) },
-            Some(Broken::Protocol(msg)) => Error::Io { addr: self.addr, source: io::Error::new(io::ErrorKind::InvalidData, msg) },
+            None | Some(Broken::Eof) => Error::Closed(self.addr.clone()),
+            Some(Broken::Io(kind, msg)) => Error::Io { addr: self.addr.clone(), source: io::Error::new(kind, msg) },
+            Some(Broken::Protocol(msg)) => Error::Io { addr: self.addr.clone(), source: io::Error::new(io::ErrorKind::InvalidData, msg) },
         }
     }
 
@@ -277,7 +322,7 @@ impl Inner {
     }
 }
 
-async fn read_loop(inner: Rc<Inner>, mut rd: ReadHalf<TcpStream>) {
+async fn read_loop(inner: Rc<Inner>, mut rd: ReadHalf<Socket>) {
     let mut hb = [0u8; HEADER_LEN];
     loop {
         if let Err(e) = rd.read_exact(&mut hb).await {
@@ -296,13 +341,13 @@ async fn read_loop(inner: Rc<Inner>, mut rd: ReadHalf<TcpStream>) {
             }
         };
         let Some(bound) = bound else {
-            let e = Error::UnexpectedId { addr: inner.addr, id: rsp.id };
+            let e = Error::UnexpectedId { addr: inner.addr.clone(), id: rsp.id };
             tracing::warn!("{e}; closing the connection");
             inner.fail_all(Broken::Protocol(e.to_string()));
             return;
         };
         if let Err(source) = rsp.check_len(bound) {
-            let e = Error::Protocol { addr: inner.addr, source };
+            let e = Error::Protocol { addr: inner.addr.clone(), source };
             tracing::warn!("{e}; closing the connection");
             inner.fail_all(Broken::Protocol(e.to_string()));
             return;

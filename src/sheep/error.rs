@@ -4,28 +4,27 @@
 //! whether the connection must be reconnected (the stream is broken or untrusted) versus
 //! the request simply failing with the server's answer.
 
-use std::net::SocketAddr;
-
+use super::Gateway;
 use crate::proto::{self, libc_errno as e, Opcode, ResultCode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot connect to {addr}: {source}")]
-    Connect { addr: SocketAddr, source: std::io::Error },
+    Connect { addr: Gateway, source: std::io::Error },
     #[error("cannot connect to {addr}: no answer within {ms} ms")]
-    ConnectTimeout { addr: SocketAddr, ms: u64 },
+    ConnectTimeout { addr: Gateway, ms: u64 },
     #[error("no gateway reachable: {0}")]
     NoGateway(String),
     #[error("connection to {addr} failed: {source}")]
-    Io { addr: SocketAddr, source: std::io::Error },
+    Io { addr: Gateway, source: std::io::Error },
     #[error("connection to {0} was closed")]
-    Closed(SocketAddr),
+    Closed(Gateway),
     #[error("{op} request to {addr} got no answer within {ms} ms")]
-    Timeout { addr: SocketAddr, op: &'static str, ms: u64 },
+    Timeout { addr: Gateway, op: &'static str, ms: u64 },
     #[error("protocol error from {addr}: {source}")]
-    Protocol { addr: SocketAddr, source: proto::Error },
+    Protocol { addr: Gateway, source: proto::Error },
     #[error("protocol error from {addr}: response with unknown id {id:#x}")]
-    UnexpectedId { addr: SocketAddr, id: u32 },
+    UnexpectedId { addr: Gateway, id: u32 },
     #[error("{op}: {code}")]
     Server { op: &'static str, code: ResultCode },
     #[error("{0}")]

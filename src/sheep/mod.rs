@@ -9,10 +9,12 @@
 mod client;
 pub mod conn;
 mod error;
+pub mod gateway;
 pub mod manage;
 mod volume;
 
-pub use client::{parse_gateways, Client, Config, NewVdi, VdiInfo};
+pub use client::{Client, Config, NewVdi, VdiInfo};
+pub use gateway::{parse_gateways, Gateway};
 pub use conn::Connection;
 pub use error::Error;
 pub use volume::{load_volume, VolumeIo};

@@ -18,7 +18,10 @@
 //! Contract:
 //! - Layout on disk: `DIR/obj/<oid as 16 lower-case hex digits>` per object (inodes are
 //!   sparse files of `SD_INODE_SIZE` bytes, data objects sparse files of the owning VDI's
-//!   object size), `DIR/tmp/` for creates in progress (emptied at start). Everything else
+//!   object size), `DIR/tmp/` for creates in progress (emptied at start), and `DIR/sock`,
+//!   a unix socket serving the same protocol as the TCP listeners, as sheep's own
+//!   `<dir>/sock` (replaced at start, removed at shutdown; a warning, not an error, when
+//!   it cannot be bound, e.g. a path too long for a socket). Everything else
 //!   (VDI bitmap, inode cache, which vids are snapshots) is rebuilt from the inode files at
 //!   [`Store::start`], so a store survives a restart.
 //! - Durability: with [`Config::sync`] on, a write is on stable storage when it is

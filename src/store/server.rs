@@ -24,7 +24,9 @@
 //!   same directory and bound addresses.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
@@ -38,6 +40,7 @@ use super::objects::Objects;
 use super::ops::Handler;
 use super::{describe, Config, Error, MAX_PAYLOAD};
 use crate::proto::{Opcode, ReqHeader, RspHeader, HEADER_LEN, SD_RES_SYSTEM_ERROR};
+use crate::sheep::gateway::Stream;
 
 /// A client that does not read its responses for this long is disconnected.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -54,8 +57,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// One client connection, shared by its reader and the workers answering it.
 struct Conn {
-    stream: TcpStream,
-    peer: SocketAddr,
+    stream: Stream,
+    /// Who it is, for the log.
+    peer: String,
     write_lock: Mutex<()>,
 }
 
@@ -79,7 +83,7 @@ impl Conn {
     }
 
     fn close(&self) {
-        let _ = self.stream.shutdown(Shutdown::Both);
+        let _ = self.stream.shutdown();
     }
 }
 
@@ -108,6 +112,8 @@ pub struct Store {
     addrs: Vec<SocketAddr>,
     shared: Arc<Shared>,
     acceptors: Vec<(SocketAddr, JoinHandle<()>)>,
+    /// The unix socket `DIR/sock` and its acceptor, when it could be bound.
+    unix: Option<(PathBuf, JoinHandle<()>)>,
     workers: Vec<JoinHandle<()>>,
     stopped: bool,
     /// What it was started with, the listen addresses replaced by the bound ones.
@@ -154,7 +160,7 @@ impl Store {
         });
         let addrs: Vec<SocketAddr> = listeners.iter().map(|(a, _)| *a).collect();
         let cfg = Config { listen: addrs.clone(), ..cfg };
-        let mut store = Store { addrs, shared, acceptors: Vec::new(), workers: Vec::new(), stopped: false, cfg };
+        let mut store = Store { addrs, shared, acceptors: Vec::new(), unix: None, workers: Vec::new(), stopped: false, cfg };
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..store.cfg.workers {
             let (sh, rx) = (Arc::clone(&store.shared), Arc::clone(&rx));
@@ -165,6 +171,17 @@ impl Store {
             let sh = Arc::clone(&store.shared);
             let h = thread::Builder::new().name(format!("store-accept-{addr}")).spawn(move || accept(&sh, &l, addr));
             store.acceptors.push((addr, h.map_err(thread_error)?));
+        }
+        // Like sheep: clients on this host may also come through `DIR/sock`.
+        let sock = store.cfg.dir.join("sock");
+        let _ = std::fs::remove_file(&sock);
+        match UnixListener::bind(&sock) {
+            Ok(l) => {
+                let (sh, path) = (Arc::clone(&store.shared), sock.clone());
+                let h = thread::Builder::new().name("store-accept-unix".into()).spawn(move || accept_unix(&sh, &l, &path));
+                store.unix = Some((sock, h.map_err(thread_error)?));
+            }
+            Err(e) => tracing::warn!("cannot listen on {}: {}; clients come over TCP only", sock.display(), describe(&e)),
         }
         tracing::info!(
             "store serving {} ({} inodes, locking {}, sync {}) on {:?}",
@@ -180,6 +197,11 @@ impl Store {
     /// The bound addresses, in the order of `Config::listen` (real ports when 0 was given).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The unix socket it also serves clients on (`DIR/sock`), when that could be bound.
+    pub fn unix_socket(&self) -> Option<&Path> {
+        self.unix.as_ref().map(|(p, _)| p.as_path())
     }
 
     /// The most requests that were read and not yet answered at one moment, over all
@@ -226,6 +248,9 @@ impl Store {
         for (_, h) in self.acceptors.drain(..) {
             let _ = h.join();
         }
+        if let Some((_, h)) = self.unix.take() {
+            let _ = h.join();
+        }
         self.stop();
     }
 
@@ -243,6 +268,14 @@ impl Store {
             } else {
                 tracing::warn!("cannot wake the acceptor on {addr}; leaving it behind");
             }
+        }
+        if let Some((path, h)) = self.unix.take() {
+            if h.is_finished() || UnixStream::connect(&path).is_ok() {
+                let _ = h.join();
+            } else {
+                tracing::warn!("cannot wake the acceptor on {}; leaving it behind", path.display());
+            }
+            let _ = std::fs::remove_file(&path);
         }
         let conns = std::mem::take(&mut *lock(&self.shared.conns));
         for (c, _) in &conns {
@@ -301,7 +334,14 @@ fn accept(sh: &Arc<Shared>, l: &TcpListener, addr: SocketAddr) {
             break;
         }
         match conn {
-            Ok(s) => serve(sh, s),
+            Ok(s) => {
+                let Ok(peer) = s.peer_addr() else { continue };
+                if let Err(e) = s.set_nodelay(true) {
+                    tracing::warn!("cannot set up the connection from {peer}: {}", describe(&e));
+                    continue;
+                }
+                serve(sh, Stream::Tcp(s), peer.to_string());
+            }
             Err(e) => {
                 tracing::warn!("accept on {addr} failed: {}", describe(&e));
                 thread::sleep(ACCEPT_BACKOFF);
@@ -310,10 +350,24 @@ fn accept(sh: &Arc<Shared>, l: &TcpListener, addr: SocketAddr) {
     }
 }
 
-fn serve(sh: &Arc<Shared>, stream: TcpStream) {
-    let Ok(peer) = stream.peer_addr() else { return };
+fn accept_unix(sh: &Arc<Shared>, l: &UnixListener, path: &Path) {
+    for conn in l.incoming() {
+        if sh.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        match conn {
+            Ok(s) => serve(sh, Stream::Unix(s), format!("unix:{}", path.display())),
+            Err(e) => {
+                tracing::warn!("accept on {} failed: {}", path.display(), describe(&e));
+                thread::sleep(ACCEPT_BACKOFF);
+            }
+        }
+    }
+}
+
+fn serve(sh: &Arc<Shared>, stream: Stream, peer: String) {
     let Some(tx) = lock(&sh.jobs).clone() else { return };
-    if let Err(e) = stream.set_nodelay(true).and_then(|()| stream.set_write_timeout(Some(WRITE_TIMEOUT))) {
+    if let Err(e) = stream.set_write_timeout(Some(WRITE_TIMEOUT)) {
         tracing::warn!("cannot set up the connection from {peer}: {}", describe(&e));
         return;
     }
@@ -323,11 +377,11 @@ fn serve(sh: &Arc<Shared>, stream: TcpStream) {
         Ok(h) => {
             let mut conns = lock(&sh.conns);
             conns.retain(|(_, other)| !other.is_finished());
+            tracing::debug!("connection from {}", conn.peer);
             conns.push((conn, h));
-            tracing::debug!("connection from {peer}");
         }
         Err(e) => {
-            tracing::warn!("cannot serve {peer}: no thread: {}", describe(&e));
+            tracing::warn!("cannot serve {}: no thread: {}", conn.peer, describe(&e));
             conn.close();
         }
     }
@@ -401,7 +455,7 @@ fn read_requests(conn: &Arc<Conn>, tx: &SyncSender<Job>, sh: &Shared) {
         let now = sh.inflight.fetch_add(1, Ordering::Relaxed) + 1;
         sh.peak_inflight.fetch_max(now, Ordering::Relaxed);
         if req.opcode == Opcode::ReadObj as u8 && sh.handler.faults().object_delay().is_zero() {
-            respond(sh, &req, &[], &mut out, conn.peer);
+            respond(sh, &req, &[], &mut out, &conn.peer);
             gathered += 1;
             if out.len() >= OUT_FLUSH && !flush_gathered(&mut out, &mut gathered) {
                 break;
@@ -425,7 +479,7 @@ fn work(sh: &Shared, rx: &Mutex<Receiver<Job>>) {
     loop {
         let job = lock(rx).recv();
         let Ok(Job { conn, req, payload }) = job else { break };
-        respond(sh, &req, &payload, &mut out, conn.peer);
+        respond(sh, &req, &payload, &mut out, &conn.peer);
         drop(payload);
         flush(&conn, &mut out);
         sh.inflight.fetch_sub(1, Ordering::Relaxed);
@@ -433,7 +487,7 @@ fn work(sh: &Shared, rx: &Mutex<Receiver<Job>>) {
 }
 
 /// Handle one request and append its response to `out` (a system error if it panicked).
-fn respond(sh: &Shared, req: &ReqHeader, payload: &[u8], out: &mut Vec<u8>, peer: SocketAddr) {
+fn respond(sh: &Shared, req: &ReqHeader, payload: &[u8], out: &mut Vec<u8>, peer: &str) {
     let start = out.len();
     if catch_unwind(AssertUnwindSafe(|| sh.handler.handle(req, payload, out))).is_err() {
         let op = Opcode::try_from(req.opcode).map_or("unknown", Opcode::name);

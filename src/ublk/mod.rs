@@ -18,7 +18,6 @@
 //!   END_USER_RECOVERY by `start_dev`) and the held requests are served. A failed
 //!   re-attach leaves the device as it was (quiesced), never deletes it.
 
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,11 +30,12 @@ use libublk::{sys, BufDesc, UblkError, UblkFlags};
 
 use crate::metrics::DeviceMetrics;
 use crate::shard::{IoDesc, Op, Shard};
+use crate::sheep::Gateway;
 use crate::vdi::Volume;
 
 /// What serves the device's I/O.
 pub enum Target {
-    Sheep { vol: Arc<Volume>, gateways: Vec<SocketAddr>, connections: usize },
+    Sheep { vol: Arc<Volume>, gateways: Vec<Gateway>, connections: usize },
     Null { size: u64 },
 }
 
@@ -285,7 +285,7 @@ pub fn run(spec: Spec, abort: Abort, started: impl FnOnce(Started) + Send + Sync
 }
 
 enum QueueTarget {
-    Sheep { vol: Arc<Volume>, gateways: Vec<SocketAddr>, connections: usize, io_timeout: Duration },
+    Sheep { vol: Arc<Volume>, gateways: Vec<Gateway>, connections: usize, io_timeout: Duration },
     Null,
 }
 

@@ -6,7 +6,10 @@
 # embedded store (--no-sync, objects on tmpfs), with the job files of
 # bench/fio (run-vm.sh --file bench/fio:/bench/fio).
 #
-# Usage (guest): bench-guest.sh [RUNTIME_S [JOB...]]
+# Usage (guest): bench-guest.sh [--tcp] [RUNTIME_S [JOB...]]
+#   --tcp      the sheepdev device reaches the store over TCP (127.0.0.1:7000)
+#              instead of the store's unix socket DIR/sock (the default: the store
+#              is on this host, as a local sheep gateway would be)
 #   RUNTIME_S  seconds per job (default 10; plus a 2 s ramp)
 #   JOB        bench/fio job names (default: randread-4k-qd1 randread-4k-qd32
 #              randwrite-4k-qd1 randwrite-4k-qd32)
@@ -30,6 +33,8 @@ if [ -z "${BENCH_TEED:-}" ] && [ -d /out ]; then
     exit $?
 fi
 
+GATEWAY=unix
+if [ "${1:-}" = --tcp ]; then GATEWAY=tcp; shift; fi
 RUNTIME=${1:-10}
 [ $# -gt 0 ] && shift
 JOBS=${*:-randread-4k-qd1 randread-4k-qd32 randwrite-4k-qd1 randwrite-4k-qd32}
@@ -108,7 +113,7 @@ done
 mkdir -p "$W" "$OUT/bench/null" "$OUT/bench/sheepdev"
 : >"$OUT/bench.txt"
 trap cleanup EXIT
-say "kernel $(uname -r), $(nproc) cpus, $(fio --version), $(sheepdev --version); runtime ${RUNTIME}s + ramp ${RAMP}s; jobs: $JOBS"
+say "kernel $(uname -r), $(nproc) cpus, $(fio --version), $(sheepdev --version); runtime ${RUNTIME}s + ramp ${RAMP}s; jobs: $JOBS; store over $GATEWAY"
 
 sheepdev store --dir "$W/store" --listen "$ADDR" --no-sync >"$W/store.log" 2>&1 &
 STORE_PID=$!
@@ -120,7 +125,12 @@ wait_for "sheepdev serve" "$SERVE_PID" "$W/serve.log" timeout 10 sheepdev list -
 sd vdi -a "$ADDR" create bench 1G >/dev/null || fail "sheepdev vdi create bench 1G failed"
 add_dev --null 1G --queues "$QUEUES"
 DEV_NULL=$DEV
-add_dev "$ADDR" bench --queues "$QUEUES"
+if [ "$GATEWAY" = unix ]; then
+    [ -S "$W/store/sock" ] || fail "the store has no unix socket $W/store/sock: $(cat "$W/store.log")"
+    add_dev "unix:$W/store/sock" bench --queues "$QUEUES"
+else
+    add_dev "$ADDR" bench --queues "$QUEUES"
+fi
 DEV_SD=$DEV
 
 say "prefill of $DEV_SD ($QUEUES x $SIZE)"
@@ -129,7 +139,7 @@ DEV=$DEV_SD NUMJOBS=$QUEUES SIZE=$SIZE fio --eta=never --output-format=json --ou
     "$FIO_DIR/prefill.fio" 2>"$W/fio.err" || { cat "$W/fio.err" >&2; fail "prefill of $DEV_SD failed"; }
 say "prefill took $(( $(date +%s) - t0 )) s"
 
-echo "# kernel $(uname -r), $(nproc) vCPUs, $(fio --version), numjobs=$QUEUES, queues=$QUEUES, runtime ${RUNTIME}s" >>"$OUT/bench.txt"
+echo "# kernel $(uname -r), $(nproc) vCPUs, $(fio --version), numjobs=$QUEUES, queues=$QUEUES, runtime ${RUNTIME}s, store reached over $GATEWAY" >>"$OUT/bench.txt"
 for job in $JOBS; do
     run_job null "$DEV_NULL" "$job"
     run_job sheepdev "$DEV_SD" "$job"

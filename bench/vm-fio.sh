@@ -4,15 +4,18 @@
 # prints the markdown table of `sheepdev fio-report --ceiling`: IOPS, MiB/s,
 # p50/p99/p99.9 per job, each with its ratio to the null device.
 #
-# Usage: bash bench/vm-fio.sh [--runtime SECS] [--out DIR] [--tcp] [JOB...]
+# Usage: bash bench/vm-fio.sh [--runtime SECS] [--repeat N] [--out DIR] [--tcp] [JOB...]
 #   --runtime SECS  seconds per job (default 10, plus a 2 s ramp)
+#   --repeat N      run every job N times on each device, alternating which
+#                   goes first (default 1); prints a table per round, then
+#                   each job's IOPS/ceiling per round and their median
 #   --tcp           the sheepdev device reaches the store in the guest over TCP
 #                   (default: the store's unix socket, as a sheep on the same
 #                   host; TCP costs ~15 % of the 4k read IOPS in the VM)
 #   --out DIR       where the guest's results go (default
 #                   target/bench-vm/YYYYmmdd-HHMMSS): bench.txt (the
 #                   setup line), bench.log (the guest's output),
-#                   bench/<null|sheepdev>/<job>.json (fio),
+#                   bench/<null|sheepdev>/r<round>/<job>.json (fio),
 #                   bench/prefill.json, serve.log, store.log
 #   JOB             bench/fio job names (default: randread-4k-qd1
 #                   randread-4k-qd32 randwrite-4k-qd1 randwrite-4k-qd32)
@@ -26,11 +29,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-runtime=10 out="" jobs=() tcp=()
+runtime=10 repeat=1 out="" jobs=() tcp=()
 while [ $# -gt 0 ]; do
     case $1 in
         --runtime) runtime=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
+        --repeat) repeat=$2; shift 2 ;;
         --tcp) tcp=(--tcp); shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         -*) echo "vm-fio: unknown option $1" >&2; exit 2 ;;
@@ -38,6 +42,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 [[ $runtime =~ ^[0-9]+$ ]] || { echo "vm-fio: --runtime wants whole seconds" >&2; exit 2; }
+[[ $repeat =~ ^[1-9][0-9]?$ ]] || { echo "vm-fio: --repeat wants a count from 1 to 99" >&2; exit 2; }
 for j in ${jobs[@]+"${jobs[@]}"}; do
     [ -f "bench/fio/$j.fio" ] || { echo "vm-fio: no job bench/fio/$j.fio" >&2; exit 2; }
 done
@@ -54,18 +59,40 @@ out=${out:-target/bench-vm/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$out"
 
 n=${#jobs[@]}; [ "$n" -gt 0 ] || n=4
-timeout=$(( 300 + 2 * n * (runtime + 20) ))
+timeout=$(( 300 + 2 * n * repeat * (runtime + 20) ))
 echo "== fio in the VM: null vs sheepdev, ${runtime}s per job (guest /out: $out)"
 bash tests/vm/run-vm.sh --quiet --timeout "$timeout" --bin "$bin" --file bench/fio:/bench/fio \
-    --out "$out" tests/vm/bench-guest.sh ${tcp[@]+"${tcp[@]}"} "$runtime" ${jobs[@]+"${jobs[@]}"}
+    --out "$out" tests/vm/bench-guest.sh ${tcp[@]+"${tcp[@]}"} --repeat "$repeat" "$runtime" ${jobs[@]+"${jobs[@]}"}
 
 [ -s "$out/bench.txt" ] || { echo "vm-fio: no $out/bench.txt from the guest" >&2; exit 1; }
 echo
 sed -n 's/^# /Setup: qemu TCG, /p' "$out/bench.txt"
 echo
-for k in null sheepdev; do
-    [ -d "$out/bench/$k" ] || { echo "vm-fio: no $out/bench/$k from the guest" >&2; exit 1; }
+ratios=$out/ratios.txt
+: >"$ratios"
+for ((r = 1; r <= repeat; r++)); do
+    for k in null sheepdev; do
+        [ -d "$out/bench/$k/r$r" ] || { echo "vm-fio: no $out/bench/$k/r$r from the guest" >&2; exit 1; }
+    done
+    [ "$repeat" = 1 ] || echo "Round $r ($([ $((r % 2)) = 1 ] && echo null || echo sheepdev) first):"
+    "$bin" fio-report --ceiling "$out/bench/null/r$r" "$out/bench/sheepdev/r$r" >"$out/report-r$r.md"
+    cat "$out/report-r$r.md"
+    # job, round, IOPS/ceil (the 6th column of the table).
+    awk -F'|' -v r="$r" 'NR > 2 { gsub(/ /, "", $2); gsub(/ /, "", $7); print $2, r, $7 }' "$out/report-r$r.md" >>"$ratios"
+    echo
 done
-"$bin" fio-report --ceiling "$out/bench/null" "$out/bench/sheepdev"
-echo
+if [ "$repeat" -gt 1 ]; then
+    echo "IOPS / ceiling per round, and the median:"
+    echo
+    echo "| job | rounds | median |"
+    echo "|---|---|---:|"
+    for job in $(awk '{print $1}' "$ratios" | sort -u); do
+        mapfile -t v < <(awk -v j="$job" '$1 == j {print $3}' "$ratios" | sort -g)
+        rounds=$(awk -v j="$job" '$1 == j {print $3}' "$ratios" | paste -sd ' ')
+        k=${#v[@]}
+        if ((k % 2)); then med=${v[k / 2]}; else med=$(awk -v a="${v[k / 2 - 1]}" -v b="${v[k / 2]}" 'BEGIN {printf "%.2f", (a + b) / 2}'); fi
+        echo "| $job | $rounds | **$med** |"
+    done
+    echo
+fi
 echo "fio JSON and logs: $out"

@@ -6,10 +6,12 @@
 # embedded store (--no-sync, objects on tmpfs), with the job files of
 # bench/fio (run-vm.sh --file bench/fio:/bench/fio).
 #
-# Usage (guest): bench-guest.sh [--tcp] [RUNTIME_S [JOB...]]
+# Usage (guest): bench-guest.sh [--tcp] [--repeat N] [RUNTIME_S [JOB...]]
 #   --tcp      the sheepdev device reaches the store over TCP (127.0.0.1:7000)
 #              instead of the store's unix socket DIR/sock (the default: the store
 #              is on this host, as a local sheep gateway would be)
+#   --repeat N run every job N times on each device (default 1), null first in
+#              odd rounds and sheepdev first in even ones
 #   RUNTIME_S  seconds per job (default 10; plus a 2 s ramp)
 #   JOB        bench/fio job names (default: randread-4k-qd1 randread-4k-qd32
 #              randwrite-4k-qd1 randwrite-4k-qd32)
@@ -17,10 +19,10 @@
 #
 # Both devices: --queues 2, NUMJOBS=2, SIZE=128M per job. The sheepdev
 # device is prefilled (bench/fio/prefill.fio, NUMJOBS*SIZE) before any job.
-# fio's JSON goes to /out/bench/<null|sheepdev>/<job>.json (the prefill's to
+# fio's JSON goes to /out/bench/<null|sheepdev>/r<round>/<job>.json (the prefill's to
 # /out/bench/prefill.json); after each job `sheepdev fio-report` prints that
 # job's row (and fails the run if fio reported errors). The host makes the
-# table with `sheepdev fio-report --ceiling /out/bench/null /out/bench/sheepdev`.
+# tables with `sheepdev fio-report --ceiling /out/bench/null/rN /out/bench/sheepdev/rN`.
 # /out/bench.txt holds one "# ..." line describing the setup; this script's
 # output goes to /out/bench.log, the daemon's and store's logs to /out.
 set -eu
@@ -34,7 +36,14 @@ if [ -z "${BENCH_TEED:-}" ] && [ -d /out ]; then
 fi
 
 GATEWAY=unix
-if [ "${1:-}" = --tcp ]; then GATEWAY=tcp; shift; fi
+REPEAT=1
+while [ $# -gt 0 ]; do
+    case $1 in
+        --tcp) GATEWAY=tcp; shift ;;
+        --repeat) REPEAT=$2; shift 2 ;;
+        *) break ;;
+    esac
+done
 RUNTIME=${1:-10}
 [ $# -gt 0 ] && shift
 JOBS=${*:-randread-4k-qd1 randread-4k-qd32 randwrite-4k-qd1 randwrite-4k-qd32}
@@ -77,11 +86,12 @@ add_dev() { # ARGS...: sets DEV
     say "sheepdev add $* -> $DEV"
 }
 
-# run_job KIND DEV JOB: run bench/fio/JOB.fio on DEV into
+# run_job KIND DEV JOB ROUND: run bench/fio/JOB.fio on DEV into
 # /out/bench/KIND/JOB.json and print its row of `sheepdev fio-report`.
 run_job() {
-    local kind="$1" dev="$2" job="$3" json rc=0
-    json=$OUT/bench/$kind/$job.json
+    local kind="$1" dev="$2" job="$3" round="$4" json rc=0
+    mkdir -p "$OUT/bench/$kind/r$round"
+    json=$OUT/bench/$kind/r$round/$job.json
     DEV=$dev NUMJOBS=$QUEUES SIZE=$SIZE RUNTIME=$RUNTIME RAMP=$RAMP \
         fio --eta=never --output-format=json --output="$json" "$FIO_DIR/$job.fio" 2>"$W/fio.err" || rc=$?
     if [ "$rc" != 0 ]; then
@@ -90,7 +100,7 @@ run_job() {
         fail "fio $job on $kind ($dev) exited $rc"
     fi
     sd fio-report "$json" >"$W/report.md" 2>"$W/report.err" || { cat "$W/report.md" >&2; fail "$kind $job: $(cat "$W/report.err")"; }
-    say "$kind: $(tail -n 1 "$W/report.md")"
+    say "round $round $kind: $(tail -n 1 "$W/report.md")"
 }
 
 cleanup() {
@@ -139,10 +149,19 @@ DEV=$DEV_SD NUMJOBS=$QUEUES SIZE=$SIZE fio --eta=never --output-format=json --ou
     "$FIO_DIR/prefill.fio" 2>"$W/fio.err" || { cat "$W/fio.err" >&2; fail "prefill of $DEV_SD failed"; }
 say "prefill took $(( $(date +%s) - t0 )) s"
 
-echo "# kernel $(uname -r), $(nproc) vCPUs, $(fio --version), numjobs=$QUEUES, queues=$QUEUES, runtime ${RUNTIME}s, store reached over $GATEWAY" >>"$OUT/bench.txt"
+echo "# kernel $(uname -r), $(nproc) vCPUs, $(fio --version), numjobs=$QUEUES, queues=$QUEUES, runtime ${RUNTIME}s, store reached over $GATEWAY, $REPEAT round(s)" >>"$OUT/bench.txt"
 for job in $JOBS; do
-    run_job null "$DEV_NULL" "$job"
-    run_job sheepdev "$DEV_SD" "$job"
+    r=1
+    while [ $r -le "$REPEAT" ]; do
+        if [ $((r % 2)) = 1 ]; then
+            run_job null "$DEV_NULL" "$job" $r
+            run_job sheepdev "$DEV_SD" "$job" $r
+        else
+            run_job sheepdev "$DEV_SD" "$job" $r
+            run_job null "$DEV_NULL" "$job" $r
+        fi
+        r=$((r + 1))
+    done
 done
 
 for d in "$DEV_NULL" "$DEV_SD"; do

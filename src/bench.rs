@@ -16,7 +16,6 @@
 //! - Latencies are recorded per thread in hdrhistogram (ns) and merged.
 
 use std::cell::{Cell, RefCell};
-use crate::sheep::Gateway;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +26,7 @@ use serde::Serialize;
 use crate::metrics::DeviceMetrics;
 use crate::proto::*;
 use crate::shard::{ring, IoDesc, Op, RingConn, Shard};
+use crate::sheep::Gateway;
 use crate::vdi::Volume;
 
 /// A fio-like workload.
@@ -204,7 +204,9 @@ fn shard_thread(
     let slots = usize::from(depth) * 2 + 8;
     let (shard, raw) = match driver {
         Driver::Sheepdev | Driver::SheepdevNoMetrics => {
-            let mut sh = Shard::new(vol.clone(), std::slice::from_ref(&addr), conns, slots, bs as usize, &exe).map_err(|e| e.to_string())?.with_coalesce(coalesce);
+            let mut sh = Shard::new(vol.clone(), std::slice::from_ref(&addr), conns, slots, bs as usize, &exe)
+                .map_err(|e| e.to_string())?
+                .with_coalesce(coalesce);
             if let (Driver::Sheepdev, Some(dm)) = (driver, &dm) {
                 sh = sh.with_metrics(dm.shard(s, depth, conns, &addr.to_string()));
             }

@@ -130,9 +130,7 @@ impl<'a> LocalExecutor<'a> {
         //   `RunQueue::schedule` on the owner thread; a foreign thread never drops one;
         // - the future borrows only what lives for 'a, and `Drop for LocalExecutor` (which
         //   runs within 'a) cancels every task still alive, dropping its future.
-        let (runnable, task) = unsafe {
-            Builder::new().propagate_panic(true).spawn_unchecked(move |()| fut, move |r| queue.schedule(r))
-        };
+        let (runnable, task) = unsafe { Builder::new().propagate_panic(true).spawn_unchecked(move |()| fut, move |r| queue.schedule(r)) };
         {
             let mut active = self.active.borrow_mut();
             active.retain(|a| !a.done.get());

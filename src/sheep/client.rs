@@ -32,7 +32,12 @@ pub struct Config {
 impl Config {
     pub fn new<G: Into<Gateway>>(gateways: impl IntoIterator<Item = G>) -> Config {
         Config {
-            gateways: gateways.into_iter().map(Into::into).collect(), connect_timeout: Duration::from_secs(3), request_timeout: Duration::from_secs(60), connections: 1, depth: 64 }
+            gateways: gateways.into_iter().map(Into::into).collect(),
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(60),
+            connections: 1,
+            depth: 64,
+        }
     }
 }
 

@@ -14,7 +14,7 @@ pub mod manage;
 mod volume;
 
 pub use client::{Client, Config, NewVdi, VdiInfo};
-pub use gateway::{parse_gateways, Gateway};
 pub use conn::Connection;
 pub use error::Error;
+pub use gateway::{parse_gateways, Gateway};
 pub use volume::{load_volume, VolumeIo};

@@ -10,7 +10,8 @@
 #   1 ext4        add linux -> mkfs.ext4 -> files + sha256sums -> e2fsck -fn
 #                 -> del -> add again -> checksums match
 #   2 fio-verify  fio randrw 4k then 64k, iodepth 32, numjobs = queues = 2,
-#                 direct, io_uring (else libaio), verify=crc32c, verify_fatal
+#                 direct, io_uring (else libaio), verify=crc32c, verify_fatal;
+#                 the device reaches the store through its unix socket DIR/sock
 #   3 snapshots   A -> snapshot s -> B; linux:s --read-only reads A and
 #                 refuses writes; linux:s writable (rebase) reads A, takes C;
 #                 the previous working VDI is kept as a snapshot reading B;
@@ -483,8 +484,10 @@ s2_fio() {
     local d eng bs size q rc i err
     begin 2 fio-verify
     ensure_vdi linux 1G
-    add_dev "$ADDR" linux --queues 2
+    [ -S "$STORE_DIR/sock" ] || fail "the store has no unix socket $STORE_DIR/sock"
+    add_dev "unix:$STORE_DIR/sock" linux --queues 2
     d=$DEV
+    sd list | grep -q "unix:$STORE_DIR/sock" || fail "sheepdev list does not show the gateway unix:$STORE_DIR/sock: $(sd list)"
     check_size "$d" "$GIB"
     q=$(ls "$SYS/mq" | wc -l)
     [ "$q" = 2 ] || fail "$d has $q hardware queues in $SYS/mq, expected 2 (--queues 2)"

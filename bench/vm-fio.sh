@@ -16,6 +16,7 @@
 #                   target/bench-vm/YYYYmmdd-HHMMSS): bench.txt (the
 #                   setup line), bench.log (the guest's output),
 #                   bench/<null|sheepdev>/r<round>/<job>.json (fio),
+#                   cpu.txt (CPU per I/O of each run),
 #                   bench/prefill.json, serve.log, store.log
 #   JOB             bench/fio job names (default: randread-4k-qd1
 #                   randread-4k-qd32 randwrite-4k-qd1 randwrite-4k-qd32)
@@ -93,6 +94,15 @@ if [ "$repeat" -gt 1 ]; then
         if ((k % 2)); then med=${v[k / 2]}; else med=$(awk -v a="${v[k / 2 - 1]}" -v b="${v[k / 2]}" 'BEGIN {printf "%.2f", (a + b) / 2}'); fi
         echo "| $job | $rounds | **$med** |"
     done
+    echo
+fi
+if [ -s "$out/cpu.txt" ]; then
+    echo "CPU per I/O (µs; the whole guest's busy time, the daemon's, the store's, over fio's"
+    echo "run and ramp, divided by fio's I/Os; the null device has no store):"
+    echo
+    echo "| round | device | job | IOPS | busy % | all µs | daemon µs | store µs |"
+    echo "|---:|---|---|---:|---:|---:|---:|---:|"
+    awk '{ if ($2 == "null") $8 = "-"; printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8 }' "$out/cpu.txt"
     echo
 fi
 echo "fio JSON and logs: $out"

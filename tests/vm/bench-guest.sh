@@ -86,14 +86,26 @@ add_dev() { # ARGS...: sets DEV
     say "sheepdev add $* -> $DEV"
 }
 
+# ticks: "ALL IDLE SERVE STORE" in clock ticks so far: every CPU's time and idle
+# time (/proc/stat), the daemon's and the store's user + system time.
+ticks() {
+    echo "$(awk '/^cpu / { print $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $5 }' /proc/stat)" \
+        "$(awk '{ print $14 + $15 }' "/proc/$SERVE_PID/stat")" "$(awk '{ print $14 + $15 }' "/proc/$STORE_PID/stat")"
+}
+
 # run_job KIND DEV JOB ROUND: run bench/fio/JOB.fio on DEV into
-# /out/bench/KIND/JOB.json and print its row of `sheepdev fio-report`.
+# /out/bench/KIND/rROUND/JOB.json, print its row of `sheepdev fio-report`,
+# and add a line to /out/cpu.txt: round, kind, job, IOPS, busy %, and the
+# CPU time per I/O of the whole guest, the daemon and the store in µs
+# (from the tick counts around fio, ramp included; IOPS from fio).
 run_job() {
-    local kind="$1" dev="$2" job="$3" round="$4" json rc=0
+    local kind="$1" dev="$2" job="$3" round="$4" json rc=0 t0 t1
     mkdir -p "$OUT/bench/$kind/r$round"
     json=$OUT/bench/$kind/r$round/$job.json
+    t0=$(ticks)
     DEV=$dev NUMJOBS=$QUEUES SIZE=$SIZE RUNTIME=$RUNTIME RAMP=$RAMP \
         fio --eta=never --output-format=json --output="$json" "$FIO_DIR/$job.fio" 2>"$W/fio.err" || rc=$?
+    t1=$(ticks)
     if [ "$rc" != 0 ]; then
         cat "$W/fio.err" >&2
         sed '/^{/,$d' "$json" >&2 2>/dev/null || true
@@ -101,6 +113,16 @@ run_job() {
     fi
     sd fio-report "$json" >"$W/report.md" 2>"$W/report.err" || { cat "$W/report.md" >&2; fail "$kind $job: $(cat "$W/report.err")"; }
     say "round $round $kind: $(tail -n 1 "$W/report.md")"
+    awk -v r="$round" -v k="$kind" -v j="$job" -v t0="$t0" -v t1="$t1" -v cpus="$(nproc)" '
+        /"iops" :/ { gsub(/[",]/, "", $3); iops += $3 }
+        END {
+            split(t0, a, " "); split(t1, b, " ")
+            all = b[1] - a[1]; busy = all - (b[2] - a[2])
+            if (iops <= 0 || all <= 0) { printf "%s %s %s 0 - - - -\n", r, k, j; exit }
+            # µs of CPU per I/O = share of all CPU time x CPUs / IOPS.
+            per = cpus * 1e6 / iops / all
+            printf "%s %s %s %.0f %.0f %.0f %.0f %.0f\n", r, k, j, iops, 100 * busy / all, busy * per, (b[3] - a[3]) * per, (b[4] - a[4]) * per
+        }' "$json" >>"$OUT/cpu.txt"
 }
 
 cleanup() {
@@ -122,6 +144,7 @@ for j in prefill $JOBS; do
 done
 mkdir -p "$W" "$OUT/bench/null" "$OUT/bench/sheepdev"
 : >"$OUT/bench.txt"
+: >"$OUT/cpu.txt"
 trap cleanup EXIT
 say "kernel $(uname -r), $(nproc) cpus, $(fio --version), $(sheepdev --version); runtime ${RUNTIME}s + ramp ${RAMP}s; jobs: $JOBS; store over $GATEWAY"
 

@@ -299,7 +299,7 @@ fn serve_queue(qid: u16, dev: &UblkDev, target: &QueueTarget, abort: &Abort, max
             return;
         }
     };
-    let exe = Rc::new(crate::shard::exec::LocalExecutor::new());
+    let exe = crate::shard::exec::LocalExecutor::new();
     let depth = dev.dev_info.queue_depth as usize;
     let shard = match target {
         QueueTarget::Null => None,
@@ -339,9 +339,8 @@ fn serve_queue(qid: u16, dev: &UblkDev, target: &QueueTarget, abort: &Abort, max
             })
         })
         .collect();
-    let exe2 = exe.clone();
     futures_lite::future::block_on(async {
-        let run_ops = || while exe2.try_tick() {};
+        let run_ops = || while exe.try_tick() {};
         let done = || {
             if q.is_stopping() {
                 if let Some(s) = &shard {

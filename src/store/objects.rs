@@ -23,6 +23,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -138,17 +139,9 @@ impl Objects {
     /// Fill `buf` from `off`; zeros past the end of the file.
     pub(super) fn read_raw(&self, oid: Oid, off: u64, buf: &mut [u8]) -> io::Result<()> {
         let f = self.file(oid)?;
-        let mut done = 0usize;
-        while done < buf.len() {
-            match f.read_at(&mut buf[done..], off + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        buf[done..].fill(0);
-        Ok(())
+        // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, and `fill_at` writes only
+        // initialized bytes, so `buf` stays initialized.
+        fill_at(&f, off, unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) })
     }
 
     /// READ_OBJ: NO_OBJ when the object does not exist.
@@ -162,30 +155,8 @@ impl Objects {
         let fail = |e: &io::Error| failure("read", oid, e);
         let f = self.file(oid).map_err(|e| fail(&e))?;
         out.reserve(len);
-        let spare = &mut out.spare_capacity_mut()[..len];
-        let mut done = 0usize;
-        while done < len {
-            let at = off.checked_add(done as u64).and_then(|a| libc::off_t::try_from(a).ok());
-            let Some(at) = at else { break };
-            // SAFETY: pread writes at most `len - done` bytes at `spare[done..]`, which is
-            // reserved capacity of `out` (`spare` is exactly `len` long); it reads none.
-            let n = unsafe { libc::pread(f.as_raw_fd(), spare[done..].as_mut_ptr().cast(), len - done, at) };
-            match n {
-                0 => break,
-                n if n > 0 => done += n as usize,
-                _ => {
-                    let e = io::Error::last_os_error();
-                    if e.kind() != io::ErrorKind::Interrupted {
-                        return Err(fail(&e));
-                    }
-                }
-            }
-        }
-        for b in &mut spare[done..] {
-            b.write(0);
-        }
-        // SAFETY: the first `len` bytes of the spare capacity are initialized: pread wrote
-        // `done` of them, the loop above zeroed the rest.
+        fill_at(&f, off, &mut out.spare_capacity_mut()[..len]).map_err(|e| fail(&e))?;
+        // SAFETY: `fill_at` initialized the first `len` bytes of the spare capacity.
         unsafe { out.set_len(out.len() + len) };
         Ok(())
     }
@@ -257,6 +228,32 @@ impl Objects {
             Err(e) => tracing::warn!("cannot remove unreferenced object {oid}: {}", super::describe(&e)),
         }
     }
+}
+
+/// Read `buf.len()` bytes of `f` from `off` into `buf`, zeros past the end of the file;
+/// every byte of `buf` is initialized when it returns `Ok`.
+fn fill_at(f: &File, off: u64, buf: &mut [MaybeUninit<u8>]) -> io::Result<()> {
+    let mut done = 0usize;
+    while done < buf.len() {
+        let Some(at) = off.checked_add(done as u64).and_then(|a| libc::off_t::try_from(a).ok()) else { break };
+        // SAFETY: pread writes at most `buf.len() - done` bytes at `buf[done..]`, memory we
+        // hold exclusively; it reads none of it.
+        let n = unsafe { libc::pread(f.as_raw_fd(), buf[done..].as_mut_ptr().cast(), buf.len() - done, at) };
+        match n {
+            0 => break,
+            n if n > 0 => done += n as usize,
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    for b in &mut buf[done..] {
+        b.write(0);
+    }
+    Ok(())
 }
 
 /// The result code for an I/O error on `oid`: NO_OBJ, NO_SPACE or EIO (logged).

@@ -704,9 +704,7 @@ mod tests {
     /// was arriving) must not turn the request's error into a success with half a payload.
     #[test]
     fn a_late_answer_does_not_replace_the_error_of_a_failed_request() {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = l.local_addr().expect("addr");
-        let conn = RingConn::build(Gateway::from(addr).connect(Duration::from_secs(3)).expect("connect"), addr.into(), Vec::new(), Duration::ZERO, 1);
+        let (_l, conn) = idle_conn(1);
         {
             let mut st = conn.st.borrow_mut();
             st.slots[0].phase = Phase::Sent;

@@ -60,16 +60,16 @@ thread_local! {
 }
 
 /// Allocations, per slot.
-static OTHERS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
+static ALLOCS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
 /// Sizes of the allocations: (size + 1, count); 0 marks a free entry.
-static OTHER_SIZES: [(AtomicUsize, AtomicUsize); 16] = [const { (AtomicUsize::new(0), AtomicUsize::new(0)) }; 16];
+static SIZES: [(AtomicUsize, AtomicUsize); 16] = [const { (AtomicUsize::new(0), AtomicUsize::new(0)) }; 16];
 static TRACES_LEFT: AtomicUsize = AtomicUsize::new(0);
 static TRACES: Mutex<Vec<(usize, usize, Backtrace)>> = Mutex::new(Vec::new());
 
 fn note(size: usize) {
     let Ok(Some(slot)) = TRACKED.try_with(Cell::get) else { return };
-    OTHERS[slot].fetch_add(1, Relaxed);
-    for (s, n) in &OTHER_SIZES {
+    ALLOCS[slot].fetch_add(1, Relaxed);
+    for (s, n) in &SIZES {
         match s.compare_exchange(0, size + 1, Relaxed, Relaxed) {
             Ok(_) => {}
             Err(v) if v == size + 1 => {}
@@ -116,7 +116,7 @@ unsafe impl GlobalAlloc for Counting {
 /// Count this thread's allocations in `slot` from now on (`None`: stop).
 fn track(slot: Option<usize>) {
     if let Some(k) = slot {
-        OTHERS[k].store(0, Relaxed);
+        ALLOCS[k].store(0, Relaxed);
     }
     TRACKED.set(slot);
 }
@@ -379,7 +379,7 @@ async fn tag_task(tag: usize, shard: Rc<Shard>, gate: Rc<Gate>, plan: Rc<[Phase]
 struct Outcome {
     phase: Phase,
     /// Allocations of the shard thread.
-    others: usize,
+    allocs: usize,
     /// Task runs on the shard thread.
     runs: u64,
     /// Block requests that rode on another one.
@@ -413,7 +413,7 @@ fn run_shard(addr: SocketAddr, vol: Arc<Volume>, plan: Vec<Phase>) -> Vec<Outcom
                 if let Some((d, e)) = gate.failed.take() {
                     panic!("phase {}: {d:?} failed: {e}", phase.name);
                 }
-                out.push(Outcome { phase: *phase, others: OTHERS[k].load(Relaxed), runs, merged, elapsed });
+                out.push(Outcome { phase: *phase, allocs: ALLOCS[k].load(Relaxed), runs, merged, elapsed });
             }
             for t in tasks {
                 t.await;
@@ -488,11 +488,11 @@ fn the_shard_thread_allocates_nothing_after_warm_up() {
             p.count,
             o.elapsed,
             o.runs,
-            o.others,
+            o.allocs,
             o.merged
         );
     }
-    let sizes: Vec<_> = OTHER_SIZES.iter().filter(|(s, _)| s.load(Relaxed) != 0).map(|(s, n)| (s.load(Relaxed) - 1, n.load(Relaxed))).collect();
+    let sizes: Vec<_> = SIZES.iter().filter(|(s, _)| s.load(Relaxed) != 0).map(|(s, n)| (s.load(Relaxed) - 1, n.load(Relaxed))).collect();
     if !sizes.is_empty() {
         eprintln!("allocations by size (bytes, count), warm-up included: {sizes:?}");
     }
@@ -514,13 +514,13 @@ fn the_shard_thread_allocates_nothing_after_warm_up() {
 
     let measured: Vec<_> = outcomes.iter().filter(|o| o.phase.measured).collect();
     let ios: u64 = measured.iter().filter(|o| o.phase.kind != Kind::Sleep).map(|o| o.phase.count).sum();
-    let others: usize = measured.iter().map(|o| o.others).sum();
+    let allocs: usize = measured.iter().map(|o| o.allocs).sum();
     let seq = measured.iter().find(|o| o.phase.kind == Kind::SeqWrite).expect("a measured sequential phase");
     assert!(seq.merged > 0, "the sequential writes rode on each other (so merging is among what allocates nothing)");
     for o in &measured {
-        assert_eq!(o.others, 0, "{}: the shard thread allocated {} times in {} I/Os ({} task runs)", o.phase.name, o.others, o.phase.count, o.runs);
+        assert_eq!(o.allocs, 0, "{}: the shard thread allocated {} times in {} I/Os ({} task runs)", o.phase.name, o.allocs, o.phase.count, o.runs);
     }
-    assert_eq!(others, 0, "after warm-up, the shard thread allocated {others} times in {ios} I/Os");
+    assert_eq!(allocs, 0, "after warm-up, the shard thread allocated {allocs} times in {ios} I/Os");
 }
 
 /// The executor alone: once its queue has held every task, wake-ups allocate nothing —
@@ -568,5 +568,5 @@ fn the_executor_allocates_nothing_per_wake_up() {
     track(None);
     assert_eq!(turn.get(), TASKS * ROUNDS, "every task ran every round");
     assert!(runs > (TASKS * ROUNDS / 2) as u64, "{runs} task runs measured");
-    assert_eq!(OTHERS[EXECUTOR_SLOT].load(Relaxed), 0, "{runs} task runs allocated");
+    assert_eq!(ALLOCS[EXECUTOR_SLOT].load(Relaxed), 0, "{runs} task runs allocated");
 }

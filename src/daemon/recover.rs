@@ -241,8 +241,6 @@ async fn sheep_target(m: &Mapping) -> Result<(ublk::Target, Option<(Rc<Client>, 
             return Err(e);
         }
     };
-    // The reachable gateway first, then the others: shards reconnect through all.
-    let mut gws = vec![c.gateway().clone()];
-    gws.extend(gateways.iter().filter(|g| *g != c.gateway()).cloned());
+    let gws = c.reachable_first(&gateways);
     Ok((ublk::Target::Sheep { vol: Arc::new(vol), gateways: gws, connections: usize::from(m.connections) }, lock))
 }

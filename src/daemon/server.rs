@@ -329,9 +329,7 @@ impl Daemon {
             if vol.is_read_only() {
                 m.read_only = true;
             }
-            // The reachable gateway first, then the others: shards reconnect through all.
-            let mut gws = vec![c.gateway().clone()];
-            gws.extend(gateways.iter().filter(|g| *g != c.gateway()).cloned());
+            let gws = c.reachable_first(&gateways);
             target = ublk::Target::Sheep { vol: Arc::new(vol), gateways: gws, connections: usize::from(a.connections) };
         }
         let labels = (m.vdi.clone(), m.snapshot.clone().unwrap_or_default());

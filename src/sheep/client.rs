@@ -94,6 +94,14 @@ impl Client {
         self.conns[0].addr()
     }
 
+    /// `all` reordered with the gateway this client reached first (where a shard should
+    /// connect; its connections reconnect through the rest).
+    pub fn reachable_first(&self, all: &[Gateway]) -> Vec<Gateway> {
+        let mut v = vec![self.gateway().clone()];
+        v.extend(all.iter().filter(|g| *g != self.gateway()).cloned());
+        v
+    }
+
     /// The most requests this client had in flight at once, over all its connections.
     pub fn peak_inflight(&self) -> usize {
         self.conns.iter().map(Connection::peak_inflight).sum()

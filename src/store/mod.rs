@@ -54,6 +54,7 @@
 //! response), `meta.rs` (VDI metadata: lookup, bitmap, locks, reference drop),
 //! `inode.rs` (one cached inode), `objects.rs` (object files), `fault.rs` (faults).
 
+mod answers;
 mod fault;
 mod inode;
 mod meta;

@@ -19,6 +19,13 @@
 //!   one is not kept (a generation count), so no stale file is served afterwards; a read or
 //!   write running concurrently with a create of the same object may see either file, as
 //!   two unordered requests may in sheep.
+//! - Data reads are answered from a read-only shared mapping of the object file, kept
+//!   with the open file and forgotten with it ([`Objects::read_answer`]; the bytes go from
+//!   the page cache to the socket with one copy). The mapping covers the file as long as
+//!   it was when mapped; a read beyond that (a file grown by a write past its end, or a
+//!   read crossing the end) is read with `pread` instead. Writes go through the file, so
+//!   reads through the mapping see them (one page cache). On tmpfs, reading a hole through
+//!   a mapping allocates its page (on disk file systems it is a page-cache page only).
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -30,6 +37,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use super::answers::Answers;
 use crate::proto::{Oid, ResultCode, SD_RES_EIO, SD_RES_NO_OBJ, SD_RES_NO_SPACE};
 
 /// Linux ENOSPC and EDQUOT: both mean "no space" to a client.
@@ -46,10 +54,11 @@ pub(super) struct Objects {
     max_open: usize,
 }
 
-/// The kept open files (module contract).
+/// The kept open files and their mappings (module contract).
 #[derive(Default)]
 struct OpenFiles {
     map: HashMap<Oid, Arc<File>>,
+    maps: HashMap<Oid, Arc<Mapping>>,
     /// Bumped by every forget: an open that began before it is not kept.
     gen: u64,
 }
@@ -93,10 +102,31 @@ impl Objects {
         if files.gen == gen {
             if files.map.len() >= self.max_open {
                 files.map.clear();
+                files.maps.clear();
             }
             files.map.insert(oid, Arc::clone(&f));
         }
         Ok(f)
+    }
+
+    /// A mapping of `oid`'s file as long as it is now (`None` when empty), kept with the
+    /// open file (module contract).
+    fn mapping(&self, oid: Oid) -> io::Result<Option<Arc<Mapping>>> {
+        let gen = {
+            let files = self.files();
+            if let Some(m) = files.maps.get(&oid) {
+                return Ok(Some(Arc::clone(m)));
+            }
+            files.gen
+        };
+        let f = self.file(oid)?;
+        let Some(m) = Mapping::new(&f)? else { return Ok(None) };
+        let m = Arc::new(m);
+        let mut files = self.files();
+        if files.gen == gen && files.map.contains_key(&oid) {
+            files.maps.insert(oid, Arc::clone(&m));
+        }
+        Ok(Some(m))
     }
 
     /// Drop the kept file of `oid` after its path changed (module contract).
@@ -104,6 +134,7 @@ impl Objects {
         let mut files = self.files();
         files.gen += 1;
         files.map.remove(&oid);
+        files.maps.remove(&oid);
     }
 
     /// Object files kept open now.
@@ -159,6 +190,20 @@ impl Objects {
         // SAFETY: `fill_at` initialized the first `len` bytes of the spare capacity.
         unsafe { out.set_len(out.len() + len) };
         Ok(())
+    }
+
+    /// READ_OBJ of a data object: `len` bytes from `off` gathered in `out` — straight from
+    /// the object file's mapping when the range lies inside it, else read into `out.buf`
+    /// (a range past what the mapping covers: the file grew since, or the read crosses its
+    /// end).
+    pub(super) fn read_answer(&self, oid: Oid, off: u64, len: usize, out: &mut Answers) -> Result<(), ResultCode> {
+        if let (Some(m), Ok(o)) = (self.mapping(oid).map_err(|e| failure("read", oid, &e))?, usize::try_from(off)) {
+            if m.covers(o, len) {
+                out.push_mapped(m, o, len);
+                return Ok(());
+            }
+        }
+        self.read_append(oid, off, len, &mut out.buf)
     }
 
     /// WRITE_OBJ: overwrite part of an existing object (NO_OBJ when missing). A write past
@@ -227,6 +272,58 @@ impl Objects {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => tracing::warn!("cannot remove unreferenced object {oid}: {}", super::describe(&e)),
         }
+    }
+}
+
+/// A read-only shared mapping of an object file's first `len` bytes (its length when
+/// mapped), unmapped when the last reference goes. Only the kernel reads it (`writev` in
+/// `answers.rs`): no Rust reference to its bytes is ever made, since other requests write
+/// the file concurrently.
+pub(super) struct Mapping {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value until `drop` unmaps it; it is
+// only handed to the kernel as a pointer, from any thread.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; `&Mapping` gives out pointers only.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Map `f` as long as it is now; `None` when it is empty.
+    pub(super) fn new(f: &File) -> io::Result<Option<Mapping>> {
+        let len = usize::try_from(f.metadata()?.len()).map_err(|_| io::Error::from(io::ErrorKind::FileTooLarge))?;
+        if len == 0 {
+            return Ok(None);
+        }
+        // SAFETY: a fresh read-only shared mapping of a file we hold open; the kernel picks
+        // the address, so no existing memory is affected.
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd(), 0) };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Some(Mapping { ptr, len }))
+    }
+
+    /// Whether `off..off + len` lies inside the mapping.
+    pub(super) fn covers(&self, off: usize, len: usize) -> bool {
+        off.checked_add(len).is_some_and(|end| end <= self.len)
+    }
+
+    /// The address of byte `off` (`off` ≤ the mapping's length).
+    pub(super) fn ptr_at(&self, off: usize) -> *const u8 {
+        assert!(off <= self.len, "offset {off} past a mapping of {} bytes", self.len);
+        // SAFETY: within the mapping (or one past its end), as just checked.
+        unsafe { self.ptr.cast::<u8>().add(off) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly what mmap returned; no pointer into the mapping
+        // outlives the `Arc`s that keep this value alive.
+        unsafe { libc::munmap(self.ptr, self.len) };
     }
 }
 
@@ -320,5 +417,39 @@ mod tests {
         let listed = objs.list().map_err(|(_, e)| e.to_string()).expect("list");
         assert_eq!(listed, vec![b]);
         assert_eq!(fs::read_dir(dir.path().join("tmp")).map(|d| d.count()).ok(), Some(0));
+    }
+
+    #[test]
+    fn mapped_reads_see_writes_recreates_growth_and_removal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let objs = Objects::open(dir.path(), false, 8).map_err(|(p, e)| format!("{}: {e}", p.display())).expect("open");
+        let a = Oid(0x00a5_d05d_0000_0001);
+        let mut out = Answers::default();
+        assert_eq!(objs.read_answer(a, 0, 4, &mut out), Err(SD_RES_NO_OBJ));
+        assert!(out.is_empty(), "a failed read gathers nothing");
+        assert_eq!(objs.create(a, 16, None, 0, b"abcd"), Ok(()));
+        out.buf.extend_from_slice(b"h:");
+        objs.read_answer(a, 0, 6, &mut out).expect("read");
+        assert_eq!(out.len(), 8);
+        assert_eq!(out.take_bytes(), b"h:abcd\0\0");
+        assert_eq!(objs.files().maps.len(), 1, "the mapping is kept");
+        // A write through the file is seen through the kept mapping.
+        assert_eq!(objs.write(a, 2, b"XY"), Ok(()));
+        objs.read_answer(a, 0, 4, &mut out).expect("read");
+        assert_eq!(out.take_bytes(), b"abXY");
+        // Grown past the mapping (a write past the end): read, not mapped; zeros past the end.
+        assert_eq!(objs.write(a, 16, b"tail"), Ok(()));
+        objs.read_answer(a, 14, 8, &mut out).expect("read across the old end");
+        assert_eq!(out.take_bytes(), b"\0\0tail\0\0");
+        // A re-create replaces the mapping: no stale bytes.
+        assert_eq!(objs.create(a, 16, None, 8, b"new"), Ok(()));
+        objs.read_answer(a, 0, 12, &mut out).expect("read");
+        assert_eq!(out.take_bytes(), b"\0\0\0\0\0\0\0\0new\0");
+        // A mapping still referenced survives the removal of its file.
+        objs.read_answer(a, 8, 3, &mut out).expect("read");
+        assert_eq!(objs.remove(a), Ok(()));
+        assert!(objs.files().maps.is_empty(), "removal forgets the mapping");
+        assert_eq!(out.take_bytes(), b"new");
+        assert_eq!(objs.read_answer(a, 0, 4, &mut out), Err(SD_RES_NO_OBJ));
     }
 }

@@ -23,8 +23,9 @@
 //!   Dropping a `Store` does the same. [`Store::restart`] is a shutdown and a start on the
 //!   same directory and bound addresses.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -34,6 +35,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use super::answers::Answers;
 use super::fault::Faults;
 use super::meta::Meta;
 use super::objects::Objects;
@@ -64,15 +66,15 @@ struct Conn {
 }
 
 impl Conn {
-    /// Write `bytes` (whole responses, one or many) under the write lock; a failed write
-    /// closes the connection and answers false.
-    fn send(&self, bytes: &[u8]) -> bool {
-        if bytes.is_empty() {
+    /// Write what `out` gathered (whole responses, one or many) under the write lock and
+    /// empty it; a failed write closes the connection and answers false.
+    fn send(&self, out: &mut Answers) -> bool {
+        if out.is_empty() {
             return true;
         }
         let res = {
             let _g = lock(&self.write_lock);
-            (&self.stream).write_all(bytes)
+            out.send(self.stream.as_raw_fd())
         };
         if let Err(e) = res {
             tracing::debug!("cannot answer {}: {}; closing the connection", self.peer, describe(&e));
@@ -396,11 +398,10 @@ const OUT_FLUSH: usize = 256 << 10;
 const OUT_KEEP: usize = 4 << 20;
 
 /// Send what `out` gathered and empty it; false when the connection failed (and is closed).
-fn flush(conn: &Conn, out: &mut Vec<u8>) -> bool {
+fn flush(conn: &Conn, out: &mut Answers) -> bool {
     let ok = conn.send(out);
-    out.clear();
     if out.capacity() > OUT_KEEP {
-        out.shrink_to(OUT_FLUSH);
+        out.clear(OUT_FLUSH);
     }
     ok
 }
@@ -412,10 +413,10 @@ fn flush(conn: &Conn, out: &mut Vec<u8>) -> bool {
 fn read_requests(conn: &Arc<Conn>, tx: &SyncSender<Job>, sh: &Shared) {
     let mut head = [0u8; HEADER_LEN];
     let mut rd = std::io::BufReader::with_capacity(READ_BUF, &conn.stream);
-    let mut out: Vec<u8> = Vec::with_capacity(OUT_FLUSH + (64 << 10));
+    let mut out = Answers::with_capacity(OUT_FLUSH + (64 << 10));
     // Requests whose responses wait in `out`.
     let mut gathered = 0usize;
-    let flush_gathered = |out: &mut Vec<u8>, gathered: &mut usize| {
+    let flush_gathered = |out: &mut Answers, gathered: &mut usize| {
         let ok = flush(conn, out);
         sh.inflight.fetch_sub(std::mem::take(gathered), Ordering::Relaxed);
         ok
@@ -475,7 +476,7 @@ fn read_requests(conn: &Arc<Conn>, tx: &SyncSender<Job>, sh: &Shared) {
 }
 
 fn work(sh: &Shared, rx: &Mutex<Receiver<Job>>) {
-    let mut out = Vec::new();
+    let mut out = Answers::default();
     loop {
         let job = lock(rx).recv();
         let Ok(Job { conn, req, payload }) = job else { break };
@@ -487,14 +488,14 @@ fn work(sh: &Shared, rx: &Mutex<Receiver<Job>>) {
 }
 
 /// Handle one request and append its response to `out` (a system error if it panicked).
-fn respond(sh: &Shared, req: &ReqHeader, payload: &[u8], out: &mut Vec<u8>, peer: &str) {
-    let start = out.len();
+fn respond(sh: &Shared, req: &ReqHeader, payload: &[u8], out: &mut Answers, peer: &str) {
+    let start = out.mark();
     if catch_unwind(AssertUnwindSafe(|| sh.handler.handle(req, payload, out))).is_err() {
         let op = Opcode::try_from(req.opcode).map_or("unknown", Opcode::name);
         tracing::error!("request {} ({op}) from {peer} panicked; answering system error", req.id);
         out.truncate(start);
         let mut rsp = RspHeader::reply_to(req, SD_RES_SYSTEM_ERROR);
         rsp.data_length = 0;
-        out.extend_from_slice(&rsp.encode());
+        out.buf.extend_from_slice(&rsp.encode());
     }
 }

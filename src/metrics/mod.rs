@@ -6,10 +6,14 @@
 //!   `sheepdev_`, base units (`_seconds`, `_bytes`), `_total` on counters, and only
 //!   low-cardinality labels: device, queue, op, opcode, result, conn, gateway — never an
 //!   oid, offset or vid.
-//! - The hot path touches only pre-resolved handles ([`ShardMetrics`], built once per
-//!   shard): each is an atomic counter or a lock-free histogram owned by that (device,
-//!   queue), so no label lookup, no lock shared between shards and no allocation per I/O.
-//!   Error series are resolved on the (rare) error path.
+//! - The hot path touches only the shard's own [`ShardMetrics`] (built once per shard, with
+//!   pre-resolved handles): a request adds to plain local counters and local histograms
+//!   (prometheus' `LocalIntCounter` / `LocalHistogram`) — no atomic, no label lookup, no
+//!   lock, no allocation per I/O. The shard publishes them into the shared series from its
+//!   timer ([`ShardMetrics::flush`], every 250 ms, and when it stops), so `/metrics` lags
+//!   the I/O by at most that. Measured: the shared atomic series cost 7–12 % of the IOPS of
+//!   4k reads at QD32 on the host (`sheepdev bench --metrics-overhead`). Error series are
+//!   resolved on the (rare) error path.
 //! - Latency buckets are exponential from 10 µs to ~10 s.
 //! - [`DeviceMetrics::remove`] drops every series of a device when it is unmapped.
 
@@ -20,7 +24,8 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram as Hdr;
 use prometheus::core::Collector;
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::local::{LocalHistogram, LocalIntCounter};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use serde::Serialize;
 
 pub use http::serve_http;
@@ -258,12 +263,13 @@ impl DeviceMetrics {
         g(&f.queue_depth, Fam::QueueDepth, &[d, &qs]).set(i64::from(depth));
         let conn_labels: Vec<String> = (0..conns).map(|c| c.to_string()).collect();
         ShardMetrics {
-            ok: OPS.map(|(_, n)| c(&f.io_requests, Fam::IoRequests, &[d, &qs, n, "ok"])),
-            err: OPS.map(|(_, n)| c(&f.io_requests, Fam::IoRequests, &[d, &qs, n, "error"])),
-            bytes: OPS.map(|(_, n)| c(&f.io_bytes, Fam::IoBytes, &[d, &qs, n])),
-            latency: OPS.map(|(_, n)| h(&f.io_latency, Fam::IoLatency, &[d, &qs, n])),
-            inflight: g(&f.queue_inflight, Fam::QueueInflight, &[d, &qs]),
-            backend: BACKEND_LABELS.map(|n| h(&f.backend_latency, Fam::BackendLatency, &[d, &qs, n])),
+            ok: OPS.map(|(_, n)| c(&f.io_requests, Fam::IoRequests, &[d, &qs, n, "ok"]).local()),
+            err: OPS.map(|(_, n)| c(&f.io_requests, Fam::IoRequests, &[d, &qs, n, "error"]).local()),
+            bytes: OPS.map(|(_, n)| c(&f.io_bytes, Fam::IoBytes, &[d, &qs, n]).local()),
+            latency: OPS.map(|(_, n)| h(&f.io_latency, Fam::IoLatency, &[d, &qs, n]).local()),
+            inflight: 0,
+            inflight_gauge: g(&f.queue_inflight, Fam::QueueInflight, &[d, &qs]),
+            backend: BACKEND_LABELS.map(|n| h(&f.backend_latency, Fam::BackendLatency, &[d, &qs, n]).local()),
             conn_inflight: conn_labels.iter().map(|cl| g(&f.backend_inflight, Fam::BackendInflight, &[d, &qs, cl])).collect(),
             conn_up: conn_labels.iter().map(|cl| g(&f.connection_up, Fam::ConnectionUp, &[d, &qs, cl, gateway])).collect(),
             reconnects: c(&f.reconnects, Fam::Reconnects, &[d, gateway]),
@@ -328,14 +334,16 @@ impl DeviceMetrics {
 
 /// Handles one shard writes on the hot path. See the module contract.
 pub struct ShardMetrics {
-    ok: [IntCounter; 5],
-    err: [IntCounter; 5],
-    bytes: [IntCounter; 5],
-    latency: [Histogram; 5],
-    pub inflight: IntGauge,
-    backend: [Histogram; 6],
-    pub conn_inflight: Vec<IntGauge>,
-    pub conn_up: Vec<IntGauge>,
+    ok: [LocalIntCounter; 5],
+    err: [LocalIntCounter; 5],
+    bytes: [LocalIntCounter; 5],
+    latency: [LocalHistogram; 5],
+    /// Block requests being served (published into `inflight_gauge`).
+    inflight: i64,
+    inflight_gauge: IntGauge,
+    backend: [LocalHistogram; 6],
+    conn_inflight: Vec<IntGauge>,
+    conn_up: Vec<IntGauge>,
     pub reconnects: IntCounter,
     pub coalesced: IntCounter,
     pub cow: IntCounter,
@@ -359,9 +367,15 @@ fn op_index(op: Op) -> usize {
 }
 
 impl ShardMetrics {
-    /// A block request finished after `elapsed`.
+    /// A block request begins.
+    pub fn begin_io(&mut self) {
+        self.inflight += 1;
+    }
+
+    /// A block request (counted by [`ShardMetrics::begin_io`]) finished after `elapsed`.
     pub fn io(&mut self, op: Op, len: u32, ok: bool, elapsed: Duration) {
         let i = op_index(op);
+        self.inflight -= 1;
         if ok {
             self.ok[i].inc();
             self.bytes[i].inc_by(u64::from(len));
@@ -372,9 +386,28 @@ impl ShardMetrics {
         self.hdr[i].saturating_record(elapsed.as_nanos() as u64);
     }
 
-    /// Publish what was recorded since the last flush for `sheepdev stats` (from a timer,
-    /// not per I/O; merging allocates nothing).
+    /// Connection `i`'s requests in flight and whether it is up, as of now (from the
+    /// shard's timer); an unknown `i` is ignored.
+    pub fn set_conn(&self, i: usize, inflight: usize, up: bool) {
+        if let Some(g) = self.conn_inflight.get(i) {
+            g.set(i64::try_from(inflight).unwrap_or(i64::MAX));
+        }
+        if let Some(g) = self.conn_up.get(i) {
+            g.set(i64::from(up));
+        }
+    }
+
+    /// Publish what was recorded since the last flush: the local counters and histograms
+    /// into the Prometheus series, the percentiles for `sheepdev stats` (from a timer, not
+    /// per I/O; allocates nothing).
     pub fn flush(&mut self) {
+        for c in self.ok.iter_mut().chain(self.err.iter_mut()).chain(self.bytes.iter_mut()) {
+            c.flush();
+        }
+        for h in self.latency.iter().chain(self.backend.iter()) {
+            h.flush();
+        }
+        self.inflight_gauge.set(self.inflight);
         for (local, shared) in self.hdr.iter_mut().zip(self.published.iter()) {
             if local.is_empty() {
                 continue;
@@ -424,12 +457,14 @@ mod tests {
     fn an_io_of_known_latency_lands_in_its_bucket() {
         let dm = DeviceMetrics::new("test-bucket", "v", "", false, 1, 4, 1 << 30);
         let mut m = dm.shard(0, 4, 1, "127.0.0.1:7000");
+        m.begin_io();
         m.io(Op::Read, 4096, true, Duration::from_micros(150));
+        assert_eq!(bucket_count("sheepdev_io_latency_seconds", "test-bucket", "0.00016"), Some(0), "published only by flush");
+        m.flush();
         // Buckets are 10 µs × 2^k: 150 µs is above 80 µs and below 160 µs.
         assert_eq!(bucket_count("sheepdev_io_latency_seconds", "test-bucket", "0.00008"), Some(0));
         assert_eq!(bucket_count("sheepdev_io_latency_seconds", "test-bucket", "0.00016"), Some(1));
         assert!(render().contains("sheepdev_io_bytes_total{device=\"test-bucket\",op=\"read\",queue=\"0\"} 4096"));
-        m.flush();
         let s = dm.percentiles.snapshot();
         let read = s.iter().find(|o| o.op == "read").expect("read stats");
         assert_eq!(read.count, 1);

@@ -111,6 +111,8 @@ pub struct Shard {
     abort: Option<Arc<AtomicBool>>,
     /// Merges already counted into the metrics.
     merged_seen: Cell<u64>,
+    /// Reconnects already published.
+    reconnects_seen: Cell<u64>,
 }
 
 /// A sheep request without an answer for this long breaks its connection (which then
@@ -157,6 +159,7 @@ impl Shard {
             io_timeout: Cell::new(Duration::from_secs(30)),
             abort: None,
             merged_seen: Cell::new(0),
+            reconnects_seen: Cell::new(0),
         })
     }
 
@@ -186,8 +189,8 @@ impl Shard {
 
     /// Record metrics through these handles (built for this shard's device and queue).
     pub fn with_metrics(mut self, m: ShardMetrics) -> Shard {
-        for up in &m.conn_up {
-            up.set(1);
+        for (i, c) in self.conns.iter().enumerate() {
+            m.set_conn(i, c.inflight(), c.is_up());
         }
         self.metrics = Some(RefCell::new(m));
         self
@@ -229,8 +232,10 @@ impl Shard {
         !self.ticking.get() && self.conns.iter().all(|c| c.is_quiet())
     }
 
-    /// The shard's timer task: publishes latency histograms every [`TICK`] until `close`.
-    /// Spawn it on the shard's executor when metrics are on.
+    /// The shard's timer task: every [`TICK`] until `close` (and once more at the end), it
+    /// publishes what the shard recorded locally — counters, histograms, in-flight counts,
+    /// connection state — so a request touches no shared counter. Spawn it on the shard's
+    /// executor when metrics are on.
     pub async fn tick(self: Rc<Self>) {
         if self.metrics.is_none() {
             return;
@@ -238,11 +243,24 @@ impl Shard {
         self.ticking.set(true);
         while !self.closed.get() {
             ring::sleep(TICK).await;
-            if let Some(m) = &self.metrics {
-                m.borrow_mut().flush();
-            }
+            self.publish();
         }
+        self.publish();
         self.ticking.set(false);
+    }
+
+    /// Publish the shard's metrics (see [`Shard::tick`]).
+    fn publish(&self) {
+        let Some(m) = &self.metrics else { return };
+        let mut m = m.borrow_mut();
+        for (i, c) in self.conns.iter().enumerate() {
+            m.set_conn(i, c.inflight(), c.is_up());
+        }
+        let reconnects: u64 = self.conns.iter().map(|c| c.reconnects()).sum();
+        m.reconnects.inc_by(reconnects.saturating_sub(self.reconnects_seen.replace(reconnects)));
+        let merged = self.merged();
+        m.coalesced.inc_by(merged.saturating_sub(self.merged_seen.replace(merged)));
+        m.flush();
     }
 
     fn aborted(&self) -> bool {
@@ -288,25 +306,8 @@ impl Shard {
             return self.conns[i].call(hdr, payload, dest).await.and_then(|rsp| check(&rsp).map(|()| rsp));
         };
         let t0 = Instant::now();
-        if let Some(g) = m.borrow().conn_inflight.get(i) {
-            g.inc();
-        }
-        let before = self.conns[i].reconnects();
         let r = self.conns[i].call(hdr, payload, dest).await.and_then(|rsp| check(&rsp).map(|()| rsp));
         let m = m.borrow();
-        if let Some(g) = m.conn_inflight.get(i) {
-            g.dec();
-        }
-        if let Some(up) = m.conn_up.get(i) {
-            up.set(i64::from(self.conns[i].is_up()));
-        }
-        if self.conns[i].reconnects() != before {
-            m.reconnects.inc_by(self.conns[i].reconnects() - before);
-        }
-        let merged = self.merged();
-        if merged != self.merged_seen.get() {
-            m.coalesced.inc_by(merged - self.merged_seen.replace(merged));
-        }
         m.backend(kind, t0.elapsed());
         if let Err(e) = r {
             m.backend_error(kind, error_label(e));
@@ -316,19 +317,20 @@ impl Shard {
 
     /// Serve one block request with the tag's buffer; returns the bytes done.
     pub async fn handle(&self, d: IoDesc, buf: &mut [u8]) -> Result<u32, Error> {
-        let Some(m) = &self.metrics else { return self.serve(d, buf).await };
+        let t = self.io_timeout.get();
+        let Some(m) = &self.metrics else {
+            let dl = (!t.is_zero()).then(|| Instant::now() + t);
+            return self.serve(d, buf, dl).await;
+        };
         let t0 = Instant::now();
-        m.borrow().inflight.inc();
-        let r = self.serve(d, buf).await;
-        let mut m = m.borrow_mut();
-        m.inflight.dec();
-        m.io(d.op, d.len, r.is_ok(), t0.elapsed());
+        m.borrow_mut().begin_io();
+        let r = self.serve(d, buf, (!t.is_zero()).then(|| t0 + t)).await;
+        m.borrow_mut().io(d.op, d.len, r.is_ok(), t0.elapsed());
         r
     }
 
-    async fn serve(&self, d: IoDesc, buf: &mut [u8]) -> Result<u32, Error> {
-        let t = self.io_timeout.get();
-        let dl = (!t.is_zero()).then(|| Instant::now() + t);
+    /// Serve one block request; `dl`: when to stop resending it over a broken connection.
+    async fn serve(&self, d: IoDesc, buf: &mut [u8], dl: Option<Instant>) -> Result<u32, Error> {
         let len = d.len as usize;
         if d.offset.checked_add(u64::from(d.len)).is_none_or(|end| end > self.vol.size()) {
             return Err(Error::OutOfRange);

@@ -315,7 +315,7 @@ impl RingConn {
             let takes = if hdr.opcode == Opcode::ReadObj as u8 { dest.len() } else { 0 };
             (s.dest, s.dest_len) = (dest.as_mut_ptr(), takes);
             s.result = None;
-            s.sent_at = (!self.stall.is_zero()).then(Instant::now);
+            s.sent_at = (!self.stall.is_zero()).then(super::ring::now);
             (s.hdr, s.next, s.tail, s.riders, s.carried) = (hdr, NONE, idx as u16, 0, false);
             st.inflight += 1;
             if self.coalesce.get() && self.ride(&mut st, idx) {

@@ -305,10 +305,10 @@ impl Shard {
         let Some(m) = &self.metrics else {
             return self.conns[i].call(hdr, payload, dest).await.and_then(|rsp| check(&rsp).map(|()| rsp));
         };
-        let t0 = Instant::now();
+        let t0 = ring::now();
         let r = self.conns[i].call(hdr, payload, dest).await.and_then(|rsp| check(&rsp).map(|()| rsp));
         let m = m.borrow();
-        m.backend(kind, t0.elapsed());
+        m.backend(kind, ring::now().saturating_duration_since(t0));
         if let Err(e) = r {
             m.backend_error(kind, error_label(e));
         }
@@ -319,13 +319,13 @@ impl Shard {
     pub async fn handle(&self, d: IoDesc, buf: &mut [u8]) -> Result<u32, Error> {
         let t = self.io_timeout.get();
         let Some(m) = &self.metrics else {
-            let dl = (!t.is_zero()).then(|| Instant::now() + t);
+            let dl = (!t.is_zero()).then(|| ring::now() + t);
             return self.serve(d, buf, dl).await;
         };
-        let t0 = Instant::now();
+        let t0 = ring::now();
         m.borrow_mut().begin_io();
         let r = self.serve(d, buf, (!t.is_zero()).then(|| t0 + t)).await;
-        m.borrow_mut().io(d.op, d.len, r.is_ok(), t0.elapsed());
+        m.borrow_mut().io(d.op, d.len, r.is_ok(), ring::now().saturating_duration_since(t0));
         r
     }
 

@@ -11,10 +11,15 @@
 //!   the no-kernel benchmark); [`run_local`] drives such a thread's tasks to completion with
 //!   the same reaping code the ublk queue loop uses, counting the task runs it makes
 //!   ([`tasks_run`]).
+//! - [`now`] is the thread's loop clock: the time the loop last woke from the ring
+//!   ([`refresh_now`], called by both loops before they run tasks), so every event reaped
+//!   in one wake-up has one time stamp and a request reads no clock. It lags the real
+//!   clock by the time the loop has spent on its tasks since (microseconds under load);
+//!   request latencies and deadlines use it, the failure paths the real clock.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use io_uring::{opcode, squeue, types, IoUring};
 use libublk::uring_async::{ublk_reap_events_with_handler, ublk_submit_sqe_async, ublk_wake_task};
@@ -22,6 +27,19 @@ use libublk::{UblkError, UblkUringData};
 
 thread_local! {
     static TASKS_RUN: Cell<u64> = const { Cell::new(0) };
+    static NOW: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// The loop clock (module contract); the real clock before the loop first set it.
+pub fn now() -> Instant {
+    NOW.get().unwrap_or_else(refresh_now)
+}
+
+/// Set the loop clock to the real clock and answer it.
+pub fn refresh_now() -> Instant {
+    let t = Instant::now();
+    NOW.set(Some(t));
+    t
 }
 
 /// Task runs (polls) [`run_local`] has made on this thread (tests/alloc.rs reports them with
@@ -32,6 +50,7 @@ pub fn tasks_run() -> u64 {
 
 /// Run every task that is ready, counting the runs.
 fn run_ready(exe: &super::exec::LocalExecutor<'_>) {
+    refresh_now();
     while exe.try_tick() {
         TASKS_RUN.set(TASKS_RUN.get() + 1);
     }
@@ -90,4 +109,26 @@ pub fn run_local<'a, T: 'a>(exe: &super::exec::LocalExecutor<'a>, fut: impl Futu
     }
     run_ready(exe);
     task.is_finished().then(|| futures_lite::future::block_on(task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_loop_clock_is_one_stamp_per_wake_up_and_moves_with_the_ring() {
+        init_thread_ring(64).expect("ring");
+        let exe = super::super::exec::LocalExecutor::new();
+        let (a, b, c) = run_local(&exe, async {
+            let a = now();
+            std::thread::sleep(Duration::from_millis(5));
+            let b = now();
+            sleep(Duration::from_millis(20)).await;
+            (a, b, now())
+        })
+        .expect("ran");
+        assert_eq!(a, b, "no wake-up between: one stamp");
+        assert!(c >= a + Duration::from_millis(20), "refreshed after the ring woke the task");
+        assert!(c <= Instant::now());
+    }
 }

@@ -11,8 +11,9 @@
 //!   queued requests in one syscall) and answers READ_OBJ itself, at once, while no slow
 //!   disk is simulated: a read of a cached object costs less than the hand-off to a worker
 //!   (in the qemu VM, 4k random reads through a ublk device gained 24–48 %; on the host one
-//!   shard's reads 1.3–1.4×). The responses of reads answered so wait in one buffer while
-//!   more requests are already buffered, and go out in one write before the reader could
+//!   shard's reads 1.3–1.4×). The responses of reads answered so wait in one gather list
+//!   (`answers.rs`: headers in a buffer, data as ranges of the object files' mappings) while
+//!   more requests are already buffered, and go out in one `writev` before the reader could
 //!   block (an empty socket buffer, the worker queue) or once 256 KiB gathered. Every other
 //!   request goes through one bounded queue to `workers` threads, so the requests of one
 //!   connection run concurrently and their responses go out in completion order, like

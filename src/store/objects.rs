@@ -109,8 +109,9 @@ impl Objects {
         Ok(f)
     }
 
-    /// A mapping of `oid`'s file as long as it is now (`None` when empty), kept with the
-    /// open file (module contract).
+    /// A mapping of `oid`'s file as long as it is now, kept with the open file (module
+    /// contract); `None` when the file is empty or cannot be mapped (the caller reads it).
+    /// Errors are those of opening the file.
     fn mapping(&self, oid: Oid) -> io::Result<Option<Arc<Mapping>>> {
         let gen = {
             let files = self.files();
@@ -120,8 +121,15 @@ impl Objects {
             files.gen
         };
         let f = self.file(oid)?;
-        let Some(m) = Mapping::new(&f)? else { return Ok(None) };
-        let m = Arc::new(m);
+        let m = match Mapping::new(&f) {
+            Ok(Some(m)) => Arc::new(m),
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                // Out of address space or map count: serve this read with pread.
+                tracing::debug!("cannot map object {oid}: {}; reading it instead", super::describe(&e));
+                return Ok(None);
+            }
+        };
         let mut files = self.files();
         if files.gen == gen && files.map.contains_key(&oid) {
             files.maps.insert(oid, Arc::clone(&m));

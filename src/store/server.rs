@@ -6,7 +6,9 @@
 //!   timeout, and a reader thread that reads a header, then `data_length` payload bytes
 //!   only when `SD_FLAG_CMD_WRITE` is set (bounded by [`MAX_PAYLOAD`] *before* anything
 //!   is allocated; a larger one closes the connection with a warning). EOF or a partial
-//!   header or payload closes the connection quietly.
+//!   header or payload closes the connection quietly. Payloads are read into buffers the
+//!   workers hand back when done (at most 64, of at most 4 MiB each), so a stream of
+//!   writes allocates and zeroes no payload buffer.
 //! - The reader takes the socket's bytes through a 256 KiB buffer (a pipelining client's
 //!   queued requests in one syscall) and answers READ_OBJ itself, at once, while no slow
 //!   disk is simulated: a read of a cached object costs less than the hand-off to a worker
@@ -108,6 +110,45 @@ struct Shared {
     peak_inflight: AtomicUsize,
     /// Requests read, over all connections, since the start.
     requests: AtomicU64,
+    /// Write payload buffers the workers gave back, for the readers to fill again.
+    payloads: PayloadPool,
+}
+
+/// Payload buffers kept for reuse, at most (each as large as the largest payload it held).
+const PAYLOADS_KEPT: usize = 64;
+/// A payload buffer larger than this is not kept.
+const PAYLOAD_KEEP_MAX: usize = 4 << 20;
+
+/// Write payload buffers handed from the workers back to the readers, so a write of a
+/// size seen before allocates and zeroes nothing (a bounded number of bounded buffers).
+#[derive(Default)]
+struct PayloadPool(Mutex<Vec<Vec<u8>>>);
+
+impl PayloadPool {
+    /// A buffer of `len` bytes whose content the caller overwrites: a kept one when there is
+    /// one (only growth beyond what it held is zeroed), else a new one.
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut b = lock(&self.0).pop().unwrap_or_default();
+        if b.len() >= len {
+            b.truncate(len);
+        } else {
+            b.resize(len, 0);
+        }
+        b
+    }
+
+    /// Keep `b` for another payload when there is room and it is not too large.
+    fn give(&self, mut b: Vec<u8>) {
+        if b.capacity() == 0 || b.capacity() > PAYLOAD_KEEP_MAX {
+            return;
+        }
+        let mut kept = lock(&self.0);
+        if kept.len() < PAYLOADS_KEPT {
+            let cap = b.capacity();
+            b.resize(cap, 0);
+            kept.push(b);
+        }
+    }
 }
 
 /// A running store; see the module docs of `store` for what it serves.
@@ -160,6 +201,7 @@ impl Store {
             inflight: AtomicUsize::new(0),
             peak_inflight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
+            payloads: PayloadPool::default(),
         });
         let addrs: Vec<SocketAddr> = listeners.iter().map(|(a, _)| *a).collect();
         let cfg = Config { listen: addrs.clone(), ..cfg };
@@ -447,7 +489,7 @@ fn read_requests(conn: &Arc<Conn>, tx: &SyncSender<Job>, sh: &Shared) {
             if rd.buffer().len() < req.data_length as usize && !flush_gathered(&mut out, &mut gathered) {
                 break;
             }
-            payload = vec![0u8; req.data_length as usize];
+            payload = sh.payloads.take(req.data_length as usize);
             if let Err(e) = rd.read_exact(&mut payload) {
                 tracing::debug!("connection from {} ends inside a payload: {}", conn.peer, describe(&e));
                 break;
@@ -482,7 +524,7 @@ fn work(sh: &Shared, rx: &Mutex<Receiver<Job>>) {
         let job = lock(rx).recv();
         let Ok(Job { conn, req, payload }) = job else { break };
         respond(sh, &req, &payload, &mut out, &conn.peer);
-        drop(payload);
+        sh.payloads.give(payload);
         flush(&conn, &mut out);
         sh.inflight.fetch_sub(1, Ordering::Relaxed);
     }
@@ -498,5 +540,32 @@ fn respond(sh: &Shared, req: &ReqHeader, payload: &[u8], out: &mut Answers, peer
         let mut rsp = RspHeader::reply_to(req, SD_RES_SYSTEM_ERROR);
         rsp.data_length = 0;
         out.buf.extend_from_slice(&rsp.encode());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_buffers_are_reused_at_the_asked_length() {
+        let pool = PayloadPool::default();
+        let mut a = pool.take(8);
+        assert_eq!(a, [0; 8]);
+        a.copy_from_slice(b"abcdefgh");
+        let p = a.as_ptr();
+        pool.give(a);
+        let b = pool.take(4);
+        assert_eq!((b.len(), b.as_ptr()), (4, p), "the kept buffer, cut to length");
+        pool.give(b);
+        let c = pool.take(12);
+        assert_eq!(&c[8..], [0; 4], "growth is zeroed");
+        pool.give(c);
+        pool.give(vec![0; PAYLOAD_KEEP_MAX + 1]);
+        for _ in 0..PAYLOADS_KEPT + 1 {
+            pool.give(vec![0; 1]);
+        }
+        assert_eq!(lock(&pool.0).len(), PAYLOADS_KEPT, "bounded, and no oversized buffer kept");
+        assert!(lock(&pool.0).iter().all(|b| b.capacity() <= PAYLOAD_KEEP_MAX));
     }
 }

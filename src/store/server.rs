@@ -95,7 +95,9 @@ impl Conn {
 struct Job {
     conn: Arc<Conn>,
     req: ReqHeader,
+    /// The payload is `payload[..len]` (the buffer may be longer: see [`PayloadPool`]).
     payload: Vec<u8>,
+    len: usize,
 }
 
 /// State shared by every thread of one store.
@@ -114,38 +116,36 @@ struct Shared {
     payloads: PayloadPool,
 }
 
-/// Payload buffers kept for reuse, at most (each as large as the largest payload it held).
+/// Payload buffers kept for reuse, at most.
 const PAYLOADS_KEPT: usize = 64;
 /// A payload buffer larger than this is not kept.
 const PAYLOAD_KEEP_MAX: usize = 4 << 20;
 
 /// Write payload buffers handed from the workers back to the readers, so a write of a
 /// size seen before allocates and zeroes nothing (a bounded number of bounded buffers).
+/// A buffer keeps the length of the largest payload it held; a payload uses its first
+/// bytes, so a small write after a large one zeroes nothing either.
 #[derive(Default)]
 struct PayloadPool(Mutex<Vec<Vec<u8>>>);
 
 impl PayloadPool {
-    /// A buffer of `len` bytes whose content the caller overwrites: a kept one when there is
-    /// one (only growth beyond what it held is zeroed), else a new one.
+    /// A buffer of at least `len` bytes whose first `len` the caller overwrites: a kept
+    /// one when there is one (only growth beyond what it held is zeroed), else a new one.
     fn take(&self, len: usize) -> Vec<u8> {
         let mut b = lock(&self.0).pop().unwrap_or_default();
-        if b.len() >= len {
-            b.truncate(len);
-        } else {
+        if b.len() < len {
             b.resize(len, 0);
         }
         b
     }
 
     /// Keep `b` for another payload when there is room and it is not too large.
-    fn give(&self, mut b: Vec<u8>) {
-        if b.capacity() == 0 || b.capacity() > PAYLOAD_KEEP_MAX {
+    fn give(&self, b: Vec<u8>) {
+        if b.is_empty() || b.len() > PAYLOAD_KEEP_MAX {
             return;
         }
         let mut kept = lock(&self.0);
         if kept.len() < PAYLOADS_KEPT {
-            let cap = b.capacity();
-            b.resize(cap, 0);
             kept.push(b);
         }
     }
@@ -474,6 +474,7 @@ fn read_requests(conn: &Arc<Conn>, tx: &SyncSender<Job>, sh: &Shared) {
         }
         let req = ReqHeader::decode(&head);
         let mut payload = Vec::new();
+        let mut len = 0;
         if req.has_payload() {
             if req.data_length > MAX_PAYLOAD {
                 tracing::warn!(
@@ -489,8 +490,9 @@ fn read_requests(conn: &Arc<Conn>, tx: &SyncSender<Job>, sh: &Shared) {
             if rd.buffer().len() < req.data_length as usize && !flush_gathered(&mut out, &mut gathered) {
                 break;
             }
-            payload = sh.payloads.take(req.data_length as usize);
-            if let Err(e) = rd.read_exact(&mut payload) {
+            len = req.data_length as usize;
+            payload = sh.payloads.take(len);
+            if let Err(e) = rd.read_exact(&mut payload[..len]) {
                 tracing::debug!("connection from {} ends inside a payload: {}", conn.peer, describe(&e));
                 break;
             }
@@ -509,7 +511,7 @@ fn read_requests(conn: &Arc<Conn>, tx: &SyncSender<Job>, sh: &Shared) {
         if !flush_gathered(&mut out, &mut gathered) {
             break;
         }
-        if tx.send(Job { conn: Arc::clone(conn), req, payload }).is_err() {
+        if tx.send(Job { conn: Arc::clone(conn), req, payload, len }).is_err() {
             sh.inflight.fetch_sub(1, Ordering::Relaxed);
             break;
         }
@@ -522,8 +524,8 @@ fn work(sh: &Shared, rx: &Mutex<Receiver<Job>>) {
     let mut out = Answers::default();
     loop {
         let job = lock(rx).recv();
-        let Ok(Job { conn, req, payload }) = job else { break };
-        respond(sh, &req, &payload, &mut out, &conn.peer);
+        let Ok(Job { conn, req, payload, len }) = job else { break };
+        respond(sh, &req, &payload[..len], &mut out, &conn.peer);
         sh.payloads.give(payload);
         flush(&conn, &mut out);
         sh.inflight.fetch_sub(1, Ordering::Relaxed);
@@ -548,7 +550,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn payload_buffers_are_reused_at_the_asked_length() {
+    fn payload_buffers_are_reused_and_only_grown() {
         let pool = PayloadPool::default();
         let mut a = pool.take(8);
         assert_eq!(a, [0; 8]);
@@ -556,7 +558,7 @@ mod tests {
         let p = a.as_ptr();
         pool.give(a);
         let b = pool.take(4);
-        assert_eq!((b.len(), b.as_ptr()), (4, p), "the kept buffer, cut to length");
+        assert_eq!((b.len(), b.as_ptr()), (8, p), "the kept buffer, as long as it was");
         pool.give(b);
         let c = pool.take(12);
         assert_eq!(&c[8..], [0; 4], "growth is zeroed");
@@ -566,6 +568,6 @@ mod tests {
             pool.give(vec![0; 1]);
         }
         assert_eq!(lock(&pool.0).len(), PAYLOADS_KEPT, "bounded, and no oversized buffer kept");
-        assert!(lock(&pool.0).iter().all(|b| b.capacity() <= PAYLOAD_KEEP_MAX));
+        assert!(lock(&pool.0).iter().all(|b| b.len() <= PAYLOAD_KEEP_MAX));
     }
 }

@@ -7,7 +7,7 @@
 //!   only when `SD_FLAG_CMD_WRITE` is set (bounded by [`MAX_PAYLOAD`] *before* anything
 //!   is allocated; a larger one closes the connection with a warning). EOF or a partial
 //!   header or payload closes the connection quietly. Payloads are read into buffers the
-//!   workers hand back when done (at most 64, of at most 4 MiB each), so a stream of
+//!   workers hand back when done (at most 32, of at most 1 MiB each), so a stream of
 //!   writes allocates and zeroes no payload buffer.
 //! - The reader takes the socket's bytes through a 256 KiB buffer (a pipelining client's
 //!   queued requests in one syscall) and answers READ_OBJ itself, at once, while no slow
@@ -117,9 +117,9 @@ struct Shared {
 }
 
 /// Payload buffers kept for reuse, at most.
-const PAYLOADS_KEPT: usize = 64;
+const PAYLOADS_KEPT: usize = 32;
 /// A payload buffer larger than this is not kept.
-const PAYLOAD_KEEP_MAX: usize = 4 << 20;
+const PAYLOAD_KEEP_MAX: usize = 1 << 20;
 
 /// Write payload buffers handed from the workers back to the readers, so a write of a
 /// size seen before allocates and zeroes nothing (a bounded number of bounded buffers).

@@ -49,10 +49,6 @@ pub(super) struct Mark {
     mapped_len: usize,
 }
 
-// SAFETY: the iovecs are scratch space, rebuilt from `buf` and `mapped` by each `send` and
-// never read across calls; everything else is `Send` (`Mapping` is `Send + Sync`).
-unsafe impl Send for Answers {}
-
 impl Answers {
     pub(super) fn with_capacity(bytes: usize) -> Answers {
         Answers { buf: Vec::with_capacity(bytes), ..Answers::default() }

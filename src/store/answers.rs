@@ -221,6 +221,23 @@ mod tests {
     }
 
     #[test]
+    fn a_file_truncated_under_its_mapping_fails_the_write_without_a_signal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("obj");
+        std::fs::write(&path, vec![7u8; 64 << 10]).expect("write");
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).expect("open");
+        let map = Arc::new(Mapping::new(&f).expect("map").expect("non-empty"));
+        f.set_len(0).expect("truncate");
+        let mut a = Answers::default();
+        a.buf.extend_from_slice(b"hdr");
+        a.push_mapped(map, 32 << 10, 4096);
+        let (_r, w) = std::os::unix::net::UnixStream::pair().expect("pair");
+        let e = a.send(w.as_raw_fd()).expect_err("the mapped pages are gone");
+        assert_eq!(e.raw_os_error(), Some(libc::EFAULT), "{e}");
+        assert!(a.is_empty());
+    }
+
+    #[test]
     fn more_iovecs_than_one_writev_takes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("obj");

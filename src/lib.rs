@@ -2,6 +2,7 @@ pub mod bench;
 pub mod cli;
 pub mod daemon;
 pub mod fault;
+mod iov;
 pub mod metrics;
 pub mod proto;
 pub mod report;

@@ -562,19 +562,7 @@ impl RingConn {
                     self.fail(if n == 0 { Error::Closed } else { Error::Io(-n) });
                     return;
                 }
-                let mut left = n as usize;
-                while left > 0 && start < iov.len() {
-                    let v = &mut iov[start];
-                    if left >= v.iov_len {
-                        left -= v.iov_len;
-                        start += 1;
-                    } else {
-                        // SAFETY: advancing within the same iovec's buffer, by less than its length.
-                        v.iov_base = unsafe { v.iov_base.cast::<u8>().add(left) }.cast();
-                        v.iov_len -= left;
-                        left = 0;
-                    }
-                }
+                start = crate::iov::advance(&mut iov, start, n as usize);
             }
         }
     }

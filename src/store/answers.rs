@@ -164,19 +164,7 @@ fn write_all(fd: RawFd, iov: &mut [libc::iovec]) -> io::Result<()> {
         if w == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
-        let mut w = w as usize;
-        while w > 0 {
-            let v = &mut iov[i];
-            if w >= v.iov_len {
-                w -= v.iov_len;
-                i += 1;
-            } else {
-                // SAFETY: advancing within the same iovec's memory (w < iov_len).
-                v.iov_base = unsafe { v.iov_base.cast::<u8>().add(w) }.cast();
-                v.iov_len -= w;
-                w = 0;
-            }
-        }
+        i = crate::iov::advance(iov, i, w as usize);
     }
     Ok(())
 }

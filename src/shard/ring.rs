@@ -12,7 +12,7 @@
 //!   the same reaping code the ublk queue loop uses, counting the task runs it makes
 //!   ([`tasks_run`]).
 //! - [`now`] is the thread's loop clock: the time the loop last woke from the ring
-//!   ([`refresh_now`], called by both loops before they run tasks), so every event reaped
+//!   ([`run_ready`], which both loops call after each wake-up), so every event reaped
 //!   in one wake-up has one time stamp and a request reads no clock. It lags the real
 //!   clock by the time the loop has spent on its tasks since (microseconds under load);
 //!   request latencies and deadlines use it, the failure paths the real clock.
@@ -36,20 +36,21 @@ pub fn now() -> Instant {
 }
 
 /// Set the loop clock to the real clock and answer it.
-pub fn refresh_now() -> Instant {
+fn refresh_now() -> Instant {
     let t = Instant::now();
     NOW.set(Some(t));
     t
 }
 
-/// Task runs (polls) [`run_local`] has made on this thread (tests/alloc.rs reports them with
+/// Task runs (polls) [`run_ready`] has made on this thread (tests/alloc.rs reports them with
 /// each phase's allocations).
 pub fn tasks_run() -> u64 {
     TASKS_RUN.get()
 }
 
-/// Run every task that is ready, counting the runs.
-fn run_ready(exe: &super::exec::LocalExecutor<'_>) {
+/// Refresh the loop clock, then run every task that is ready, counting the runs: what both
+/// loops (the ublk queue's and [`run_local`]) do after each wake-up.
+pub fn run_ready(exe: &super::exec::LocalExecutor<'_>) {
     refresh_now();
     while exe.try_tick() {
         TASKS_RUN.set(TASKS_RUN.get() + 1);

@@ -340,10 +340,7 @@ fn serve_queue(qid: u16, dev: &UblkDev, target: &QueueTarget, abort: &Abort, max
         })
         .collect();
     futures_lite::future::block_on(async {
-        let run_ops = || {
-            crate::shard::ring::refresh_now();
-            while exe.try_tick() {}
-        };
+        let run_ops = || crate::shard::ring::run_ready(&exe);
         let done = || {
             if q.is_stopping() {
                 if let Some(s) = &shard {

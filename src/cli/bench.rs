@@ -176,40 +176,68 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     );
     println!("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{}", if a.metrics_overhead { "---:|---:|" } else { "" });
     let mut pairs: Vec<String> = Vec::new();
+    // Per point: the sheepdev/raw ratios of each repetition (against the raw run next to
+    // it), and for seqwrite-1m the MiB/s ÷ one request at a time.
+    let mut goals: Vec<Goal> = Vec::new();
+    let run = |w, d, shards, depth, co| bench::run_point(&target, w, d, shards, depth, co, dur).map_err(anyhow::Error::msg);
     for &w in &a.workloads {
+        // What `dog vdi write` does: one request at a time (seqwrite-1m only).
+        let vs_one = w == Workload::SeqWrite1m && !a.no_raw;
         for &shards in &a.shards {
             for &depth in &a.depths {
-                let raw = if a.no_raw {
-                    None
-                } else {
-                    Some(bench::run_point(&target, w, Driver::Raw, shards, depth, true, dur).map_err(anyhow::Error::msg)?)
-                };
                 let (mut on, mut off) = (Vec::new(), Vec::new());
+                let mut goal = Goal { workload: w, shards, depth, iops: Vec::new(), p99: Vec::new(), vs_one: Vec::new(), one_mib_s: Vec::new() };
                 for rep in 0..a.repeat {
+                    // The baselines run before sheepdev in even repetitions, after it in
+                    // odd ones, so drift of the machine does not favour either side.
+                    let baselines = |points: &mut Vec<Point>| -> anyhow::Result<(Option<Point>, Option<Point>)> {
+                        let raw = if a.no_raw { None } else { Some(run(w, Driver::Raw, shards, depth, true)?) };
+                        let one = if vs_one { Some(run(w, Driver::Raw, 1, 1, true)?) } else { None };
+                        for p in raw.iter().chain(&one) {
+                            if p.errors > 0 {
+                                eprintln!("bench: {} raw errors in {} shards={} depth={}", p.errors, w.name(), p.shards, p.depth);
+                            }
+                        }
+                        points.extend(raw.iter().chain(&one).cloned());
+                        Ok((raw, one))
+                    };
+                    let mut base = if rep % 2 == 0 { Some(baselines(&mut points)?) } else { None };
                     let mut order = a.coalesce.clone();
                     if rep % 2 == 1 {
                         order.reverse();
                     }
+                    let mut measured = Vec::new();
                     for &co in &order {
-                        let p = bench::run_point(&target, w, driver, shards, depth, co, dur).map_err(anyhow::Error::msg)?;
-                        let moff = if a.metrics_overhead {
-                            Some(bench::run_point(&target, w, Driver::SheepdevNoMetrics, shards, depth, co, dur).map_err(anyhow::Error::msg)?)
-                        } else {
-                            None
-                        };
+                        let p = run(w, driver, shards, depth, co)?;
+                        let moff = if a.metrics_overhead { Some(run(w, Driver::SheepdevNoMetrics, shards, depth, co)?) } else { None };
+                        measured.push((p, moff));
+                    }
+                    if base.is_none() {
+                        base = Some(baselines(&mut points)?);
+                    }
+                    let (raw, one) = base.unwrap_or_default();
+                    for (p, moff) in measured {
                         print_row(&p, raw.as_ref(), moff.as_ref());
                         if p.errors > 0 {
                             eprintln!("bench: {} errors in {} shards={shards} depth={depth}", p.errors, w.name());
                         }
-                        if co { &mut on } else { &mut off }.push(p.clone());
+                        // The goals count the first coalesce setting given (the default, on).
+                        if a.coalesce.first() == Some(&p.coalesce) {
+                            if let Some(r) = &raw {
+                                goal.iops.push(p.iops / r.iops.max(1e-9));
+                                goal.p99.push(p.p99_us / r.p99_us.max(1e-9));
+                            }
+                            if let Some(o) = &one {
+                                goal.vs_one.push(p.mib_s / o.mib_s.max(1e-9));
+                                goal.one_mib_s.push(o.mib_s);
+                            }
+                        }
+                        if p.coalesce { &mut on } else { &mut off }.push(p.clone());
                         points.push(p);
                         points.extend(moff);
                     }
                 }
-                if raw.as_ref().is_some_and(|r| r.errors > 0) {
-                    eprintln!("bench: raw errors in {} shards={shards} depth={depth}", w.name());
-                }
-                points.extend(raw);
+                goals.push(goal);
                 if both {
                     let iops = |v: &[Point]| median(v.iter().map(|p| p.iops).collect());
                     let p99 = |v: &[Point]| median(v.iter().map(|p| p.p99_us).collect());
@@ -228,18 +256,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 }
             }
         }
-        if w == Workload::SeqWrite1m && !a.no_raw {
-            // What `dog vdi write` does: one request at a time.
-            let one = bench::run_point(&target, w, Driver::Raw, 1, 1, true, dur).map_err(anyhow::Error::msg)?;
-            let best = points.iter().filter(|p| p.workload == w && p.driver == driver).map(|p| p.mib_s).fold(0.0, f64::max);
-            println!(
-                "\nseqwrite-1m one request at a time (like `dog vdi write`): {:.1} MiB/s; best sheepdev: {best:.1} MiB/s ({:.2}x)\n",
-                one.mib_s,
-                best / one.mib_s.max(1e-9)
-            );
-            points.push(one);
-        }
     }
+    print_goals(&goals, a.repeat);
     if both {
         println!("\ncoalesce on/off (medians of {} run(s) each, same run; per-pair ratios in run order):\n", a.repeat);
         println!("| workload | shards | depth | on IOPS | off IOPS | IOPS on/off | p99 on/off | merged % (on) | pairs |");
@@ -282,6 +300,53 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         s.shutdown();
     }
     Ok(())
+}
+
+/// One point's ratios against the baselines measured next to it, one per repetition.
+struct Goal {
+    workload: Workload,
+    shards: u16,
+    depth: u16,
+    iops: Vec<f64>,
+    p99: Vec<f64>,
+    vs_one: Vec<f64>,
+    one_mib_s: Vec<f64>,
+}
+
+/// `median (min–max)` of `v`, or `-` when empty.
+fn spread(v: &[f64]) -> String {
+    let (lo, hi) = v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &x| (l.min(x), h.max(x)));
+    match v.len() {
+        0 => "-".into(),
+        1 => format!("{:.2}", v[0]),
+        _ => format!("**{:.2}** ({lo:.2}–{hi:.2})", median(v.to_vec())),
+    }
+}
+
+/// The goals table: each point's ratios against the baselines of its own repetitions, as
+/// medians; and for seqwrite-1m, the point with the best median against one request at a
+/// time.
+fn print_goals(goals: &[Goal], repeat: u32) {
+    if goals.iter().all(|g| g.iops.is_empty()) {
+        return;
+    }
+    println!("\nratios against the baselines measured next to each run ({repeat} run(s) per point; median (min–max)):\n");
+    println!("| workload | shards | depth | IOPS ÷ raw | p99 ÷ raw p99 | MiB/s ÷ one request at a time |");
+    println!("|---|---:|---:|---|---|---|");
+    for g in goals {
+        println!("| {} | {} | {} | {} | {} | {} |", g.workload.name(), g.shards, g.depth, spread(&g.iops), spread(&g.p99), spread(&g.vs_one));
+    }
+    let best = goals.iter().filter(|g| !g.vs_one.is_empty()).max_by(|x, y| median(x.vs_one.clone()).total_cmp(&median(y.vs_one.clone())));
+    if let Some(g) = best {
+        println!(
+            "\nseqwrite-1m one request at a time (like `dog vdi write`): {:.1} MiB/s (median); best sheepdev point, {} shard(s) at depth {}: {:.2}x it (median of {} run(s))\n",
+            median(g.one_mib_s.clone()),
+            g.shards,
+            g.depth,
+            median(g.vs_one.clone()),
+            g.vs_one.len()
+        );
+    }
 }
 
 /// One table row: a sheepdev point against the raw ceiling (and metrics off).

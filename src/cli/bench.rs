@@ -336,8 +336,7 @@ fn print_goals(goals: &[Goal], repeat: u32) {
     for g in goals {
         println!("| {} | {} | {} | {} | {} | {} |", g.workload.name(), g.shards, g.depth, spread(&g.iops), spread(&g.p99), spread(&g.vs_one));
     }
-    let best = goals.iter().filter(|g| !g.vs_one.is_empty()).max_by(|x, y| median(x.vs_one.clone()).total_cmp(&median(y.vs_one.clone())));
-    if let Some(g) = best {
+    if let Some(g) = best_vs_one(goals) {
         println!(
             "\nseqwrite-1m one request at a time (like `dog vdi write`): {:.1} MiB/s (median); best sheepdev point, {} shard(s) at depth {}: {:.2}x it (median of {} run(s))\n",
             median(g.one_mib_s.clone()),
@@ -347,6 +346,11 @@ fn print_goals(goals: &[Goal], repeat: u32) {
             g.vs_one.len()
         );
     }
+}
+
+/// The seqwrite-1m point with the best median ratio against one request at a time.
+fn best_vs_one(goals: &[Goal]) -> Option<&Goal> {
+    goals.iter().filter(|g| !g.vs_one.is_empty()).max_by(|x, y| median(x.vs_one.clone()).total_cmp(&median(y.vs_one.clone())))
 }
 
 /// One table row: a sheepdev point against the raw ceiling (and metrics off).
@@ -374,4 +378,29 @@ fn print_row(p: &Point, raw: Option<&Point>, off: Option<&Point>) {
         p.p99_us,
         p.p999_us
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn goal(depth: u16, vs_one: &[f64]) -> Goal {
+        Goal { workload: Workload::SeqWrite1m, shards: 2, depth, iops: vec![1.0], p99: vec![1.0], vs_one: vs_one.to_vec(), one_mib_s: vec![700.0] }
+    }
+
+    #[test]
+    fn spread_is_median_and_range() {
+        assert_eq!(spread(&[]), "-");
+        assert_eq!(spread(&[0.5]), "0.50");
+        assert_eq!(spread(&[3.0, 1.0, 2.0]), "**2.00** (1.00–3.00)");
+        assert_eq!(spread(&[1.0, 4.0]), "**2.50** (1.00–4.00)");
+    }
+
+    /// The best point is chosen by its median, so one lucky run does not make it.
+    #[test]
+    fn best_point_is_the_best_median_not_the_best_run() {
+        let goals = [goal(8, &[2.9, 3.0, 3.1]), goal(32, &[2.5, 2.6, 4.0]), goal(1, &[])];
+        assert_eq!(best_vs_one(&goals).map(|g| g.depth), Some(8));
+        assert!(best_vs_one(&goals[2..]).is_none(), "no point measured against one at a time");
+    }
 }

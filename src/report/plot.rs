@@ -8,7 +8,8 @@
 //!   in each row's p50 panel.
 //! - [`series`] is the whole of the data handling and is pure: points grouped by workload,
 //!   driver and shard count, sorted by depth, one value per depth (the first point measured
-//!   wins: `sheepdev bench` adds a second raw point at shards 1, depth 1 for seqwrite-1m),
+//!   wins: with `--repeat` that is the first run's, and `sheepdev bench`'s one-at-a-time
+//!   seqwrite-1m runs are raw points at shards 1, depth 1 too),
 //!   latencies that are not positive left out (a log axis cannot show them).
 //! - Text is drawn with a TrueType font read at run time through plotters' `ab_glyph`
 //!   (no fontconfig, no system font library): `SHEEPDEV_FONT` if set, else Debian's

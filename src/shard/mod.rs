@@ -317,14 +317,11 @@ impl Shard {
 
     /// Serve one block request with the tag's buffer; returns the bytes done.
     pub async fn handle(&self, d: IoDesc, buf: &mut [u8]) -> Result<u32, Error> {
-        let t = self.io_timeout.get();
-        let Some(m) = &self.metrics else {
-            let dl = (!t.is_zero()).then(|| ring::now() + t);
-            return self.serve(d, buf, dl).await;
-        };
-        let t0 = ring::now();
+        let (t, t0) = (self.io_timeout.get(), ring::now());
+        let dl = (!t.is_zero()).then(|| t0 + t);
+        let Some(m) = &self.metrics else { return self.serve(d, buf, dl).await };
         m.borrow_mut().begin_io();
-        let r = self.serve(d, buf, (!t.is_zero()).then(|| t0 + t)).await;
+        let r = self.serve(d, buf, dl).await;
         m.borrow_mut().io(d.op, d.len, r.is_ok(), ring::now().saturating_duration_since(t0));
         r
     }

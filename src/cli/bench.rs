@@ -201,7 +201,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                         points.extend(raw.iter().chain(&one).cloned());
                         Ok((raw, one))
                     };
-                    let mut base = if rep % 2 == 0 { Some(baselines(&mut points)?) } else { None };
+                    let before = if rep % 2 == 0 { Some(baselines(&mut points)?) } else { None };
                     let mut order = a.coalesce.clone();
                     if rep % 2 == 1 {
                         order.reverse();
@@ -212,10 +212,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                         let moff = if a.metrics_overhead { Some(run(w, Driver::SheepdevNoMetrics, shards, depth, co)?) } else { None };
                         measured.push((p, moff));
                     }
-                    if base.is_none() {
-                        base = Some(baselines(&mut points)?);
-                    }
-                    let (raw, one) = base.unwrap_or_default();
+                    let (raw, one) = match before {
+                        Some(b) => b,
+                        None => baselines(&mut points)?,
+                    };
                     for (p, moff) in measured {
                         print_row(&p, raw.as_ref(), moff.as_ref());
                         if p.errors > 0 {

@@ -25,6 +25,11 @@ pub const SD_FLAG_CMD_DIRECT: u16 = 0x0008;
 pub const SD_MAX_VDI_LEN: usize = 256;
 /// Length of a VDI tag field.
 pub const SD_MAX_VDI_TAG_LEN: usize = 256;
+/// Length of the payload of every name lookup (GET_VDI_INFO, LOCK_VDI, DEL_VDI): name and
+/// tag, as dog and QEMU send it. sheep also takes a name alone (256 bytes), but then
+/// compares candidate tags against a NULL tag when `snapid` is set and crashes
+/// (sheep/vdi.c `vdi_tag_match`): never send the short form.
+pub const SD_LOOKUP_LEN: usize = SD_MAX_VDI_LEN + SD_MAX_VDI_TAG_LEN;
 /// Number of VDI ids (24 bits).
 pub const SD_NR_VDIS: u32 = 1 << 24;
 /// Size of the READ_VDIS bitmap.

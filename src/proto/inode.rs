@@ -64,6 +64,18 @@ impl VdiName {
     }
 }
 
+/// The payload of a name lookup: the 256-byte name field, then the 256-byte tag field
+/// (zeros when the lookup is by snapshot id or for the working VDI). Always
+/// [`SD_LOOKUP_LEN`] bytes, the only shape every sheep 1.0 survives.
+pub fn lookup_field(name: &[u8; SD_MAX_VDI_LEN], tag: Option<&VdiName>) -> [u8; SD_LOOKUP_LEN] {
+    let mut f = [0u8; SD_LOOKUP_LEN];
+    f[..SD_MAX_VDI_LEN].copy_from_slice(name);
+    if let Some(t) = tag {
+        f[SD_MAX_VDI_LEN..].copy_from_slice(&t.to_field());
+    }
+    f
+}
+
 impl std::fmt::Display for VdiName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)

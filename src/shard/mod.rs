@@ -529,9 +529,10 @@ impl Shard {
     /// the snapshot was taken, and before the switch, would otherwise be missing from it).
     /// Not on the I/O path: it allocates.
     async fn follow_inner(&self, stale: Vid, dl: Option<Instant>) -> Result<Vid, Error> {
-        let name = self.vol.header().name;
-        let hdr = ReqHeader::vdi(Opcode::GetVdiInfo, SD_FLAG_CMD_WRITE, name.len() as u32, VdiArgs::default());
-        let rsp = self.call(Backend::VdiLookup, hdr, &name, &mut [], dl).await?;
+        // Name + zeroed tag, as every lookup (SD_LOOKUP_LEN): the working VDI.
+        let payload = crate::proto::lookup_field(&self.vol.header().name, None);
+        let hdr = ReqHeader::vdi(Opcode::GetVdiInfo, SD_FLAG_CMD_WRITE, payload.len() as u32, VdiArgs::default());
+        let rsp = self.call(Backend::VdiLookup, hdr, &payload, &mut [], dl).await?;
         let new = match Vid::new(rsp.vdi_id()) {
             Some(v) if v != stale => v,
             // The vid stays a snapshot and no other working VDI took its name (a clone made

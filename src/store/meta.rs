@@ -28,7 +28,7 @@ use crate::proto::inode::{field_str, nr_objects, INODE_HEADER_PARSE_LEN, OFF_DAT
 use crate::proto::{
     hash_vid, InodeHeader, Oid, ResultCode, Vid, LOCK_TYPE_NORMAL, LOCK_TYPE_SHARED, SD_INODE_DATA_INDEX, SD_INODE_SIZE, SD_MAX_VDI_LEN, SD_NR_VDIS,
     SD_RES_BASE_VDI_READ, SD_RES_BASE_VDI_WRITE, SD_RES_FULL_VDI, SD_RES_INVALID_PARMS, SD_RES_NO_OBJ, SD_RES_NO_TAG, SD_RES_NO_VDI,
-    SD_RES_VDI_EXIST, SD_RES_VDI_LOCKED, SD_RES_VDI_NOT_LOCKED, SD_RES_VDI_WRITE, SD_VDI_BITMAP_LEN, VDI_ATTR_BIT, VMSTATE_BIT,
+    SD_RES_VDI_EXIST, SD_RES_VDI_LOCKED, SD_RES_VDI_WRITE, SD_VDI_BITMAP_LEN, VDI_ATTR_BIT, VMSTATE_BIT,
 };
 
 /// Size of a VDI attribute object (`struct sheepdog_vdi_attr`).
@@ -419,21 +419,24 @@ impl Meta {
     }
 
     /// RELEASE_VDI when locking is on: exclusive unlocks, shared drops one holder (any
-    /// type but 0 is treated as shared, as in sheep).
-    pub(super) fn release(&mut self, vid: u32, lock_type: u32) -> Result<(), ResultCode> {
+    /// type but 0 is treated as shared, as in sheep). Returns whether a lock was dropped:
+    /// like sheep 1.0 (`cluster_release_vdi_main` answers SUCCESS whatever `vdi_unlock`
+    /// found, and only logs "unlocking unlocked VDI"), releasing what is not locked, or
+    /// with the other lock type, changes nothing and is not an error.
+    pub(super) fn release(&mut self, vid: u32, lock_type: u32) -> bool {
         let remove = match (lock_type == LOCK_TYPE_NORMAL, self.locks.get_mut(&vid)) {
             (true, Some(Lock::Exclusive)) => true,
             (false, Some(Lock::Shared(n))) if *n > 1 => {
                 *n -= 1;
-                false
+                return true;
             }
             (false, Some(Lock::Shared(_))) => true,
-            _ => return Err(SD_RES_VDI_NOT_LOCKED),
+            _ => false,
         };
         if remove {
             self.locks.remove(&vid);
         }
-        Ok(())
+        remove
     }
 }
 
@@ -494,15 +497,16 @@ mod tests {
         assert_eq!(m.take_lock(5, LOCK_TYPE_NORMAL), Ok(()));
         assert_eq!(m.take_lock(5, LOCK_TYPE_NORMAL), Err(SD_RES_VDI_LOCKED));
         assert_eq!(m.take_lock(5, LOCK_TYPE_SHARED), Err(SD_RES_VDI_LOCKED));
-        assert_eq!(m.release(5, LOCK_TYPE_SHARED), Err(SD_RES_VDI_NOT_LOCKED));
-        assert_eq!(m.release(5, LOCK_TYPE_NORMAL), Ok(()));
-        assert_eq!(m.release(5, LOCK_TYPE_NORMAL), Err(SD_RES_VDI_NOT_LOCKED));
+        assert!(!m.release(5, LOCK_TYPE_SHARED), "a shared release leaves an exclusive lock");
+        assert_eq!(m.take_lock(5, LOCK_TYPE_NORMAL), Err(SD_RES_VDI_LOCKED));
+        assert!(m.release(5, LOCK_TYPE_NORMAL));
+        assert!(!m.release(5, LOCK_TYPE_NORMAL));
         assert_eq!(m.take_lock(5, LOCK_TYPE_SHARED), Ok(()));
         assert_eq!(m.take_lock(5, LOCK_TYPE_SHARED), Ok(()));
         assert_eq!(m.take_lock(5, LOCK_TYPE_NORMAL), Err(SD_RES_VDI_LOCKED));
-        assert_eq!(m.release(5, LOCK_TYPE_SHARED), Ok(()));
-        assert_eq!(m.release(5, LOCK_TYPE_SHARED), Ok(()));
-        assert_eq!(m.release(5, LOCK_TYPE_SHARED), Err(SD_RES_VDI_NOT_LOCKED));
+        assert!(m.release(5, LOCK_TYPE_SHARED));
+        assert!(m.release(5, LOCK_TYPE_SHARED));
+        assert!(!m.release(5, LOCK_TYPE_SHARED));
         assert_eq!(m.take_lock(5, 9), Err(SD_RES_VDI_LOCKED));
     }
 }

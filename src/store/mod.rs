@@ -37,8 +37,9 @@
 //!   writes never reclaim objects.
 //! - One store per directory: nothing stops two processes from sharing one, and they
 //!   would each miss the other's metadata.
-//! - Deliberate differences from sheep 1.0's code: RELEASE_VDI of a vid that is not locked
-//!   answers VDI_NOT_LOCKED (sheep answers SUCCESS); a shared lock may be taken many times
+//! - Deliberate differences from sheep 1.0's code: a name-only (256-byte) lookup with a
+//!   non-zero snapid gets INVALID_PARMS (sheep takes it and segfaults once a candidate
+//!   snapshot has a tag, `vdi_tag_match`); a shared lock may be taken many times
 //!   (sheep allows one per node); NEW_VDI with an empty name, `store_policy > 1` or
 //!   `block_size_shift > 31` and DISCARD_OBJ of anything but a data oid below index 2^20
 //!   get INVALID_PARMS; objects are reclaimed by scanning the live inodes, not through

@@ -26,8 +26,8 @@ use super::objects::Objects;
 use super::MAX_PAYLOAD;
 use crate::proto::inode::{ec_split, field_str};
 use crate::proto::{
-    Opcode, ReqHeader, ResultCode, RspHeader, HEADER_LEN, SD_DEFAULT_BLOCK_SIZE_SHIFT, SD_FLAG_CMD_COW, SD_MAX_VDI_LEN, SD_MAX_VDI_TAG_LEN,
-    SD_PROTO_VER, SD_RES_INVALID_PARMS, SD_RES_READONLY, SD_RES_SUCCESS, SD_RES_VER_MISMATCH, SD_VDI_BITMAP_LEN,
+    Opcode, ReqHeader, ResultCode, RspHeader, HEADER_LEN, SD_DEFAULT_BLOCK_SIZE_SHIFT, SD_FLAG_CMD_COW, SD_LOOKUP_LEN, SD_MAX_VDI_LEN, SD_PROTO_VER,
+    SD_RES_INVALID_PARMS, SD_RES_READONLY, SD_RES_SUCCESS, SD_RES_VER_MISMATCH, SD_VDI_BITMAP_LEN,
 };
 
 /// proto_ver that admin and internal opcodes (≥ 0x80) must carry.
@@ -136,7 +136,9 @@ impl Handler {
             Opcode::ReleaseVdi => {
                 if self.locking {
                     let a = req.vdi_args();
-                    self.meta().release(a.base_vdi_id, a.lock_type)?;
+                    if !self.meta().release(a.base_vdi_id, a.lock_type) {
+                        tracing::debug!("release of vid {:#x}, which holds no such lock (SUCCESS, as sheep)", a.base_vdi_id);
+                    }
                 }
                 Ok(())
             }
@@ -238,11 +240,26 @@ impl Handler {
 
 /// The lookup a GET_VDI_INFO, LOCK_VDI or DEL_VDI asks for: a 256-byte name, optionally
 /// followed by a 256-byte tag, and snapid @32. Any other payload length is INVALID_PARMS.
+///
+/// A name alone (256 bytes) with a non-zero snapid is refused with INVALID_PARMS, although
+/// sheep 1.0 takes that length: sheep then has no tag (a NULL pointer) and `vdi_tag_match`
+/// (sheep/vdi.c) `strncmp`s it against the tag of every candidate inode, so the gateway
+/// dies of a segmentation fault as soon as one snapshot of that name is tagged. This store
+/// exists to catch what a real sheep cannot survive; clients send name + tag (512 bytes,
+/// the tag zeroed for a lookup by id), as dog and QEMU do.
 fn query<'a>(req: &ReqHeader, payload: &'a [u8]) -> Result<Query<'a>, ResultCode> {
+    let snapid = req.vdi_args().snapid;
     let (name, tag) = match payload.len() {
+        SD_MAX_VDI_LEN if snapid != 0 => {
+            tracing::warn!(
+                "refused {}: a name-only lookup with snapid {snapid} (no tag field) crashes a real sheep 1.0 gateway; send name + tag",
+                Opcode::try_from(req.opcode).map_or("lookup", |o| o.name())
+            );
+            return Err(SD_RES_INVALID_PARMS);
+        }
         SD_MAX_VDI_LEN => (payload, &[][..]),
-        n if n == SD_MAX_VDI_LEN + SD_MAX_VDI_TAG_LEN => payload.split_at(SD_MAX_VDI_LEN),
+        SD_LOOKUP_LEN => payload.split_at(SD_MAX_VDI_LEN),
         _ => return Err(SD_RES_INVALID_PARMS),
     };
-    Ok(Query { name: field_str(name), tag: field_str(tag), snapid: req.vdi_args().snapid })
+    Ok(Query { name: field_str(name), tag: field_str(tag), snapid })
 }

@@ -4,7 +4,7 @@
 //! a snapshot id (0 is invalid), anything else is a tag. Names and tags are validated
 //! (`VdiName`: 1..=255 bytes, no NUL). Errors are one lower-case line naming the problem.
 
-use crate::proto::VdiName;
+use crate::proto::{lookup_field, VdiName, SD_LOOKUP_LEN};
 
 /// Which inode of a name a lookup wants.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,16 +21,16 @@ impl SnapSel {
     pub fn is_snapshot(&self) -> bool {
         !matches!(self, SnapSel::Working)
     }
-    /// The lookup payload (name, plus tag when there is one) and the `snapid` field.
-    pub fn lookup_payload(&self, name: &VdiName) -> (Vec<u8>, u32) {
-        let mut p = name.to_field().to_vec();
+    /// The lookup payload and the `snapid` field. The payload is always name + tag
+    /// ([`SD_LOOKUP_LEN`] bytes, the tag zeroed unless there is one), exactly as dog sends
+    /// it: a name-only lookup with a snapid crashes a real sheep whose candidates carry a
+    /// tag (reference §8).
+    pub fn lookup_payload(&self, name: &VdiName) -> ([u8; SD_LOOKUP_LEN], u32) {
+        let field = name.to_field();
         match self {
-            SnapSel::Working => (p, 0),
-            SnapSel::Id(id) => (p, *id),
-            SnapSel::Tag(t) => {
-                p.extend_from_slice(&t.to_field());
-                (p, 0)
-            }
+            SnapSel::Working => (lookup_field(&field, None), 0),
+            SnapSel::Id(id) => (lookup_field(&field, None), *id),
+            SnapSel::Tag(t) => (lookup_field(&field, Some(t)), 0),
         }
     }
 }
@@ -141,7 +141,12 @@ mod tests {
         assert_eq!((p.len(), id), (512, 0));
         assert_eq!(&p[256..260], b"snap");
         let s: VdiSpec = "linux:3".parse().unwrap_or_else(|e: String| panic!("{e}"));
-        assert_eq!(s.snap.lookup_payload(&s.name).1, 3);
+        let (p, id) = s.snap.lookup_payload(&s.name);
+        assert_eq!((p.len(), id), (512, 3), "a lookup by id carries a zeroed tag, as dog's does");
+        assert!(p[256..].iter().all(|&b| b == 0));
+        let (p, id) = SnapSel::Working.lookup_payload(&s.name);
+        assert_eq!((p.len(), id), (512, 0));
+        assert_eq!(&p[..6], b"linux\0");
     }
 
     #[test]

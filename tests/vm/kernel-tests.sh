@@ -13,6 +13,10 @@
 #                                /tmp/sheepdev-kt.XXXXXX, kept)
 #        SHEEPDEV_KT_TIMEOUT     VM timeout in seconds (default 900)
 #        SHEEPDEV_VM_SKIP_SETUP  1: do not run tests/vm/setup-host.sh first
+#        SHEEPDEV_KT_SHEEP       a prefix holding a sheep 1.0 you built (sbin/sheep,
+#                                bin/dog): the scenarios run against that real sheep
+#                                in the guest instead of the embedded store
+#                                (scenarios.sh --sheep; tests/README.md)
 #        and run-vm.sh's SHEEPDEV_VM_* variables.
 #
 # The guest's busybox has sha256sum, blockdev, blkdiscard and fallocate, but
@@ -55,11 +59,21 @@ for t in /usr/sbin/blkdiscard /sbin/blkdiscard /usr/bin/fallocate /bin/fallocate
     fi
 done
 
-echo "== VM scenarios ${*:-all} (sheepdev: $bin; guest /out: $out)"
+backend=()
+if [ -n "${SHEEPDEV_KT_SHEEP:-}" ]; then
+    [ "${guest[0]}" = tests/vm/scenarios.sh ] || { echo "kernel-tests: SHEEPDEV_KT_SHEEP: the fault scenarios run on the embedded store only" >&2; exit 2; }
+    for b in sbin/sheep bin/dog; do
+        [ -x "$SHEEPDEV_KT_SHEEP/$b" ] || { echo "kernel-tests: SHEEPDEV_KT_SHEEP=$SHEEPDEV_KT_SHEEP has no executable $b" >&2; exit 2; }
+        extra+=(--bin "$SHEEPDEV_KT_SHEEP/$b")
+    done
+    backend=(--sheep)
+fi
+
+echo "== VM scenarios ${*:-all} (sheepdev: $bin; backend: ${SHEEPDEV_KT_SHEEP:-embedded store}; guest /out: $out)"
 start=$SECONDS
 rc=0
 bash tests/vm/run-vm.sh --quiet --timeout "${SHEEPDEV_KT_TIMEOUT:-900}" --bin "$bin" ${extra[@]+"${extra[@]}"} \
-    --out "$out" "${guest[@]}" "$@" || rc=$?
+    --out "$out" "${guest[@]}" ${backend[@]+"${backend[@]}"} "$@" || rc=$?
 
 if [ "$rc" = 0 ]; then
     cat "$out/$results"

@@ -15,7 +15,8 @@
 #   3 snapshots   A -> snapshot s -> B; linux:s --read-only reads A and
 #                 refuses writes; linux:s writable (rebase) reads A, takes C;
 #                 the previous working VDI is kept as a snapshot reading B;
-#                 s still reads A
+#                 s still reads A; then s by its id (linux:N): vdi read, add
+#                 --read-only and writable add (rebase by id) read A
 #   4 clone-cow   clone linux:s child; child and linux:s --read-only mapped at
 #                 once; writes to child (partial and whole objects) leave the
 #                 parent untouched
@@ -78,6 +79,7 @@ S2_SIZE_4K=32M             # fio scenario: bytes per job, 4k run (~8 s here)
 S2_SIZE_64K=128M           # fio scenario: bytes per job, 64k run (~12 s here)
 
 SCEN="setup"
+BACKEND=${BACKEND:-store}    # store, or sheep with --sheep (a real sheep in the guest)
 STEP=""
 STORE_PID=""
 SERVE_PID=""
@@ -90,6 +92,7 @@ fail() {
 }
 begin() { SCEN="$1 $2"; STEP=""; say "--- SCENARIO $1 $2"; T0=$(date +%s); }
 pass() {
+    check_sheep_alive
     echo "SCENARIO $SCEN: PASS ($(( $(date +%s) - T0 )) s)"
     echo "SCENARIO $SCEN: PASS" >>"$OUT/results.txt"
     SCEN="between scenarios"
@@ -350,6 +353,10 @@ util_linux() {
 # ------------------------------------------------------------ store and daemon
 start_store() {
     local i=0
+    if [ "$BACKEND" = sheep ]; then
+        start_sheep
+        return
+    fi
     say "starting sheepdev store --dir $STORE_DIR --listen $ADDR --locking --no-sync"
     sheepdev store --dir "$STORE_DIR" --listen "$ADDR" --locking --no-sync >"$W/store.log" 2>&1 &
     STORE_PID=$!
@@ -361,6 +368,55 @@ start_store() {
         sleep 0.2
     done
     say "store ready (pid $STORE_PID)"
+}
+# --sheep: a real sheep (one node, local cluster driver, no sync, objects on
+# tmpfs, its unix socket at STORE_DIR/sock like the store's), formatted with
+# locking on the first start; the guest needs sheep and dog (--bin). A
+# developer's run: tests/README.md. CI runs the embedded store.
+start_sheep() {
+    local i=0
+    say "starting sheep -f -n -c local -p ${ADDR##*:} $STORE_DIR ($(sheep -v 2>&1 | head -n 1))"
+    mkdir -p "$STORE_DIR"
+    sheep -f -n -c local -p "${ADDR##*:}" "$STORE_DIR" >"$W/store.log" 2>&1 &
+    STORE_PID=$!
+    while ! timeout 10 dog node list -p "${ADDR##*:}" >/dev/null 2>&1; do
+        kill -0 "$STORE_PID" 2>/dev/null || fail "sheep exited before it was ready: $(cat "$W/store.log"; tail -n 20 "$STORE_DIR/sheep.log")"
+        i=$((i + 1))
+        [ $i -le $((T_READY * 5)) ] || fail "sheep not ready after $T_READY s: $(tail -n 20 "$STORE_DIR/sheep.log")"
+        sleep 0.2
+    done
+    if [ ! -e "$W/sheep.formatted" ]; then
+        timeout 60 dog cluster format -p "${ADDR##*:}" -c 1 -l >>"$W/store.log" 2>&1 || fail "dog cluster format failed: $(cat "$W/store.log")"
+        : >"$W/sheep.formatted"
+    fi
+    i=0
+    while ! timeout 10 sheepdev vdi -a "$ADDR" --connect-timeout 1 list >/dev/null 2>&1; do
+        i=$((i + 1))
+        [ $i -le $((T_READY * 5)) ] || fail "sheep does not serve after $T_READY s: $(tail -n 20 "$STORE_DIR/sheep.log")"
+        sleep 0.2
+    done
+    say "sheep ready (pid $STORE_PID)"
+}
+# Stops the store; a real sheep is killed (-9, every process of it), as a
+# crashed node would be.
+stop_store() {
+    local i=0
+    if [ "$BACKEND" = sheep ]; then
+        [ -n "$STORE_PID" ] || return 0
+        kill -KILL $(pidof sheep) 2>/dev/null || true
+        wait "$STORE_PID" 2>/dev/null || true
+        i=0
+        while pidof sheep >/dev/null; do i=$((i + 1)); [ $i -le 100 ] || break; sleep 0.1; done
+        STORE_PID=""
+        return 0
+    fi
+    stop_store
+}
+# Every sheep must still be running (a client of ours must never crash one).
+check_sheep_alive() {
+    [ "$BACKEND" = sheep ] || return 0
+    kill -0 "$STORE_PID" 2>/dev/null && timeout 10 dog node list -p "${ADDR##*:}" >/dev/null 2>&1 ||
+        fail "sheep died: $(tail -n 30 "$STORE_DIR/sheep.log" 2>&1)"
 }
 start_serve() {
     local i=0
@@ -396,6 +452,7 @@ stop_pid() { # NAME PID: SIGTERM, bounded wait, then SIGKILL
 
 save_logs() {
     cp "$W/store.log" "$W/serve.log" "$OUT/" 2>/dev/null || true
+    [ "$BACKEND" != sheep ] || cp "$STORE_DIR/sheep.log" "$OUT/" 2>/dev/null || true
     cp "$W"/fio-*.json "$OUT/" 2>/dev/null || true
 }
 on_exit() {
@@ -409,6 +466,7 @@ on_exit() {
             echo "--- mounts"; grep -E 'ublk|/mnt/' /proc/mounts
             echo "--- serve.log (tail)"; tail -n 60 "$W/serve.log" 2>&1
             echo "--- store.log (tail)"; tail -n 30 "$W/store.log" 2>&1
+            [ "$BACKEND" != sheep ] || { echo "--- sheep.log (tail)"; tail -n 30 "$STORE_DIR/sheep.log" 2>&1; }
             echo "--- dmesg (tail)"; dmesg | tail -n 40
         } >"$W/diag.txt" 2>&1
         cat "$W/diag.txt" >&2
@@ -422,7 +480,7 @@ on_exit() {
         fi
     fi
     stop_pid "sheepdev serve" "$SERVE_PID"
-    stop_pid "sheepdev store" "$STORE_PID"
+    stop_store
     save_logs
     exit "$rc"
 }
@@ -529,7 +587,7 @@ s2_fio() {
 
 # ------------------------------------------------------------ 3 snapshots
 s3_snapshots() {
-    local d before after old rc
+    local d before after old rc sid
     begin 3 snapshots
     ensure_vdi linux 1G
     ! snap_exists linux s || fail "linux:s exists already; this scenario makes it (run it on a fresh store)"
@@ -591,6 +649,28 @@ s3_snapshots() {
     del_dev "linux:$old" -- "$d"
     check_vdi "the tagged snapshot linux:s still reads A" linux:s 0 "$W/A"
     check_vdi "the working linux reads C" linux 0 "$W/C"
+
+    # The tagged snapshot by its id, linux:N: lookups by id with a tagged
+    # snapshot among the candidates (a name-only lookup by id crashes a real
+    # sheep 1.0 there; the store refuses it).
+    sid=$(vdi_rows | awk '$1 == "linux" && $4 == "s" { print $2 }')
+    [ -n "$sid" ] || fail "no snapshot id for linux:s: $(vdi_rows | tr '\n' ';')"
+    step "linux:s is linux:$sid"
+    check_vdi "sheepdev vdi read linux:$sid (linux:s by id) reads A" "linux:$sid" 0 "$W/A"
+    add_dev "$ADDR" "linux:$sid" --read-only
+    d=$DEV
+    check_dev "linux:$sid --read-only reads A" "$d" 0 "$W/A"
+    del_dev "linux:$sid" -- "$d"
+    before=$(vdi_rows)
+    add_dev "$ADDR" "linux:$sid"
+    d=$DEV
+    check_dev "writable linux:$sid (rebase by id: a new working linux) reads A" "$d" 0 "$W/A"
+    del_dev linux -- "$d"
+    after=$(vdi_rows)
+    [ "$(echo "$after" | grep -c '^linux [0-9]* true ')" = $(($(echo "$before" | grep -c '^linux [0-9]* true ') + 1)) ] ||
+        fail "the rebase by id should keep the working VDI (C) as one more snapshot: before: $(echo "$before" | tr '\n' ';') after: $(echo "$after" | tr '\n' ';')"
+    check_vdi "the working linux reads A after the rebase by id" linux 0 "$W/A"
+    check_vdi "the tagged snapshot linux:s still reads A" linux:s 0 "$W/A"
     expect_count 0 "after the scenario"
     pass
 }
@@ -869,8 +949,7 @@ s7_recovery() {
     grep -q "SIGTERM: exiting; 1 device(s) stay in the kernel" "$W/serve.log" || fail "serve.log does not say it left the device: $(tail -n 3 "$W/serve.log")"
     [ -b "$d" ] || fail "$d vanished when its daemon exited on SIGTERM"
     step "the store stops too; a file written now waits in sync"
-    stop_pid "sheepdev store" "$STORE_PID"
-    STORE_PID=""
+    stop_store
     pattern D 1 >"$W/D"
     t_kill=$(uptime_cs)
     (
@@ -911,8 +990,7 @@ s7_recovery() {
     step "an orphaned device (SIGTERM, store down, serve again) is removed by del"
     stop_pid "sheepdev serve" "$SERVE_PID"
     SERVE_PID=""
-    stop_pid "sheepdev store" "$STORE_PID"
-    STORE_PID=""
+    stop_store
     echo "=== scenario 7: serve again after SIGTERM, store down, then del" >>"$W/serve.log"
     start_serve
     s7_wait_state "$d" orphaned 60
@@ -927,6 +1005,12 @@ s7_recovery() {
 ALL="1:ext4 2:fio-verify 3:snapshots 4:clone-cow 5:discard 6:bad-input 7:recovery"
 [ "${SCENARIOS_SOURCE_ONLY:-0}" = 1 ] && return 0 2>/dev/null
 
+BACKEND=store
+if [ "${1:-}" = --sheep ]; then
+    BACKEND=sheep
+    shift
+    command -v sheep >/dev/null && command -v dog >/dev/null || { echo "--sheep: sheep and dog are not in the guest (run-vm.sh --bin)" >&2; exit 2; }
+fi
 pick=""
 [ $# -gt 0 ] || set -- all
 for a in "$@"; do
@@ -936,13 +1020,13 @@ for a in "$@"; do
             all|"${s%%:*}"|"${s#*:}") pick="$pick ${s%%:*}"; found=1 ;;
         esac
     done
-    [ -n "$found" ] || { echo "usage: scenarios.sh [all|SCENARIO...], SCENARIO one of: $ALL" >&2; exit 2; }
+    [ -n "$found" ] || { echo "usage: scenarios.sh [--sheep] [all|SCENARIO...], SCENARIO one of: $ALL" >&2; exit 2; }
 done
 
 mkdir -p "$W" "$OUT"
 : >"$OUT/results.txt"
 trap on_exit EXIT
-say "kernel $(uname -r), $(nproc) cpus; $(sheepdev --version); scenarios:$pick"
+say "kernel $(uname -r), $(nproc) cpus; $(sheepdev --version); backend: $BACKEND; scenarios:$pick"
 command -v sheepdev >/dev/null || fail "sheepdev is not in the guest (run-vm.sh --bin target/release/sheepdev)"
 start_store
 start_serve

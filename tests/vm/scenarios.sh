@@ -410,7 +410,8 @@ stop_store() {
         STORE_PID=""
         return 0
     fi
-    stop_store
+    stop_pid "sheepdev store" "$STORE_PID"
+    STORE_PID=""
 }
 # Every sheep must still be running (a client of ours must never crash one).
 check_sheep_alive() {

@@ -4,7 +4,7 @@
 # prints the markdown table of `sheepdev fio-report --ceiling`: IOPS, MiB/s,
 # p50/p99/p99.9 per job, each with its ratio to the null device.
 #
-# Usage: bash bench/vm-fio.sh [--runtime SECS] [--repeat N] [--out DIR] [--tcp] [JOB...]
+# Usage: bash bench/vm-fio.sh [--runtime SECS] [--repeat N] [--out DIR] [--tcp] [--sheep PREFIX] [JOB...]
 #   --runtime SECS  seconds per job (default 10, plus a 2 s ramp)
 #   --repeat N      run every job N times on each device, alternating which
 #                   goes first (default 1); prints a table per round, then
@@ -12,6 +12,11 @@
 #   --tcp           the sheepdev device reaches the store in the guest over TCP
 #                   (default: the store's unix socket, as a sheep on the same
 #                   host; TCP costs ~15 % of the 4k read IOPS in the VM)
+#   --sheep PREFIX  the sheepdev device on a real sheep in the guest (PREFIX/sbin/sheep,
+#                   PREFIX/bin/dog: a sheep 1.0 you built, tests/README.md) instead of
+#                   the embedded store; then `sheepdev bench` in the guest gives the
+#                   raw generator and the no-kernel shards against that sheep
+#                   (bench/nokernel.txt)
 #   --out DIR       where the guest's results go (default
 #                   target/bench-vm/YYYYmmdd-HHMMSS): bench.txt (the
 #                   setup line), bench.log (the guest's output),
@@ -30,13 +35,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-runtime=10 repeat=1 out="" jobs=() tcp=()
+runtime=10 repeat=1 out="" jobs=() tcp=() sheep=() sheepbins=()
 while [ $# -gt 0 ]; do
     case $1 in
         --runtime) runtime=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
         --repeat) repeat=$2; shift 2 ;;
         --tcp) tcp=(--tcp); shift ;;
+        --sheep)
+            for b in sbin/sheep bin/dog; do [ -x "$2/$b" ] || { echo "vm-fio: --sheep $2: no executable $b" >&2; exit 2; }; sheepbins+=(--bin "$2/$b"); done
+            sheep=(--sheep); shift 2 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         -*) echo "vm-fio: unknown option $1" >&2; exit 2 ;;
         *) jobs+=("$1"); shift ;;
@@ -61,9 +69,10 @@ mkdir -p "$out"
 
 n=${#jobs[@]}; [ "$n" -gt 0 ] || n=4
 timeout=$(( 300 + 2 * n * repeat * (runtime + 20) ))
+[ ${#sheep[@]} = 0 ] || timeout=$(( timeout + 2 * n * repeat * (runtime + 20) ))
 echo "== fio in the VM: null vs sheepdev, ${runtime}s per job (guest /out: $out)"
-bash tests/vm/run-vm.sh --quiet --timeout "$timeout" --bin "$bin" --file bench/fio:/bench/fio \
-    --out "$out" tests/vm/bench-guest.sh ${tcp[@]+"${tcp[@]}"} --repeat "$repeat" "$runtime" ${jobs[@]+"${jobs[@]}"}
+bash tests/vm/run-vm.sh --quiet --timeout "$timeout" --bin "$bin" ${sheepbins[@]+"${sheepbins[@]}"} --file bench/fio:/bench/fio \
+    --out "$out" tests/vm/bench-guest.sh ${tcp[@]+"${tcp[@]}"} ${sheep[@]+"${sheep[@]}"} --repeat "$repeat" "$runtime" ${jobs[@]+"${jobs[@]}"}
 
 [ -s "$out/bench.txt" ] || { echo "vm-fio: no $out/bench.txt from the guest" >&2; exit 1; }
 echo
@@ -103,6 +112,12 @@ if [ -s "$out/cpu.txt" ]; then
     echo "| round | device | job | IOPS | busy % | all µs | daemon µs | store µs |"
     echo "|---:|---|---|---:|---:|---:|---:|---:|"
     awk '{ if ($2 == "null") $8 = "-"; printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8 }' "$out/cpu.txt"
+    echo
+fi
+if [ -s "$out/bench/nokernel.txt" ]; then
+    echo "No kernel, same guest, same sheep (sheepdev bench: shards vs the raw pipelined generator):"
+    echo
+    cat "$out/bench/nokernel.txt"
     echo
 fi
 echo "fio JSON and logs: $out"

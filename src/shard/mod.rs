@@ -462,7 +462,14 @@ impl Shard {
             for (k, idx) in (lo..=hi).enumerate() {
                 bytes[4 * k..4 * k + 4].copy_from_slice(&self.vol.entry(idx).unwrap_or(0).to_le_bytes());
             }
-            self.write_entries(entry_offset(lo), &bytes[..4 * count], dl).await
+            let vid = self.vol.vid();
+            match self.write_inode(vid, entry_offset(lo), &bytes[..4 * count], dl).await {
+                // The update landed in the inode of a vid that a live snapshot froze
+                // meanwhile: that snapshot now references the new objects. The new working
+                // inode gets copies of them, not the pointers (see `carry`).
+                Ok(()) if self.vol.vid() != vid => self.carry_created(created, dl).await,
+                r => r,
+            }
         } else {
             Err(Error::OutOfRange)
         };
@@ -472,13 +479,48 @@ impl Shard {
         r
     }
 
-    /// Write inode entries into the inode of the own vid. sheep accepts inode writes to a
-    /// snapshot, so an update that raced a live snapshot may have landed in the snapshot's
-    /// inode: when the own vid moved meanwhile, the same bytes go to the new one too.
-    async fn write_entries(&self, offset: u32, bytes: &[u8], dl: Option<Instant>) -> Result<(), Error> {
+    /// After a live snapshot froze the vid these creates were persisted into: carry each
+    /// (its claim is still held) into the working vid by a copy.
+    async fn carry_created(&self, created: &[(u32, u32)], dl: Option<Instant>) -> Result<(), Error> {
+        for &(idx, _) in created {
+            let (now, e) = (self.vol.vid(), self.vol.entry(idx).unwrap_or(0));
+            if e != 0 && e != now.0 {
+                self.carry(idx, Vid(e), now, dl).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Make object `idx` of the working vid `to` a copy of `from`'s (a COW create with no
+    /// payload), point the entry at it, in memory and in `to`'s inode. The caller holds the
+    /// claim on `idx`.
+    ///
+    /// Never point `to`'s inode at `from`'s object instead: sheep keeps generational
+    /// reference counts (`gref`) next to the entries and zeroes them for every entry an
+    /// inode write covers, so a second inode referencing an object through a client's
+    /// write is not counted, and when either drops it later sheep removes the object from
+    /// under the other (seen on sheep 1.0: a snapshot lost its object after the working
+    /// VDI rewrote an unchanged shared entry and then copied-on-write it).
+    async fn carry(&self, idx: u32, from: Vid, to: Vid, dl: Option<Instant>) -> Result<(), Error> {
+        let h = self.vol.header();
+        let args =
+            ObjArgs { oid: Oid::data(to, idx), cow_oid: Oid::data(from, idx), copies: h.nr_copies, copy_policy: h.copy_policy, ..Default::default() };
+        let hdr = ReqHeader::obj(Opcode::CreateAndWriteObj, SD_FLAG_CMD_WRITE | SD_FLAG_CMD_DIRECT | SD_FLAG_CMD_COW, 0, args);
+        self.call(Backend::CowCreate, hdr, &[], &mut [], dl).await?;
+        self.vol.set_entry(idx, to.0)?;
+        self.write_inode(to, entry_offset(idx), &to.0.to_le_bytes(), dl).await
+    }
+
+    /// Write zeroed inode entries (a discard) into the inode of the own vid. sheep accepts
+    /// inode writes to a snapshot, so an update that raced a live snapshot may have landed
+    /// in the snapshot's inode: when the own vid moved meanwhile, the zeros go to the new
+    /// one too (dropping a reference is always counted right; see `carry` for why entries
+    /// that point at objects are never written twice).
+    async fn write_zeroed_entries(&self, offset: u32, zeros: &[u8], dl: Option<Instant>) -> Result<(), Error> {
+        debug_assert!(zeros.iter().all(|&b| b == 0));
         let mut vid = self.vol.vid();
         loop {
-            self.write_inode(vid, offset, bytes, dl).await?;
+            self.write_inode(vid, offset, zeros, dl).await?;
             let now = self.vol.vid();
             if now == vid {
                 return Ok(());
@@ -548,24 +590,48 @@ impl Shard {
             return Err(Error::Server(SD_RES_READONLY));
         }
         self.vol.follow(stale, new);
-        // Reconcile: write every entry, then again the chunks that changed meanwhile (a
-        // request may have updated memory and the new inode between our copy and our write).
-        const CHUNK: usize = 16 << 10;
-        let (mut cur, mut sent) = (Vec::new(), Vec::new());
-        self.vol.entries_snapshot(&mut cur);
-        let mut bytes = Vec::with_capacity(4 * CHUNK);
-        for pass in 0..8 {
-            for (k, chunk) in cur.chunks(CHUNK).enumerate() {
-                if pass > 0 && sent.get(k * CHUNK..k * CHUNK + chunk.len()) == Some(chunk) {
-                    continue;
+        // Reconcile: the new inode is sheep's copy of the old one at the moment of the
+        // snapshot; memory may differ where updates raced it (landed in the snapshot's
+        // inode, or not yet written). Only entries that differ are touched — rewriting an
+        // unchanged one would reset sheep's reference count of a shared object (`carry`).
+        // An entry whose claim is held is left to its holder (`persist` carries it).
+        const CHUNK: u32 = 16 << 10;
+        let nr = self.vol.nr_objects();
+        let mut inode = vec![0u8; 4 * CHUNK.min(nr.max(1)) as usize];
+        for _pass in 0..8 {
+            let mut differed = false;
+            let mut lo = 0;
+            while lo < nr {
+                let hi = (lo + CHUNK).min(nr);
+                let buf = &mut inode[..4 * (hi - lo) as usize];
+                let rh = ReqHeader::obj(
+                    Opcode::ReadObj,
+                    0,
+                    buf.len() as u32,
+                    ObjArgs { oid: Oid::inode(new), offset: entry_offset(lo), ..Default::default() },
+                );
+                self.call(Backend::ReadObj, rh, &[], buf, dl).await?;
+                for idx in lo..hi {
+                    let k = 4 * (idx - lo) as usize;
+                    let there = u32::from_le_bytes([buf[k], buf[k + 1], buf[k + 2], buf[k + 3]]);
+                    if self.vol.entry(idx) == Some(there) {
+                        continue;
+                    }
+                    differed = true;
+                    if !self.vol.try_claim(idx)? {
+                        continue;
+                    }
+                    let r = match self.vol.entry(idx).unwrap_or(0) {
+                        m if m == there || m == new.0 => Ok(()),
+                        0 => self.write_inode(new, entry_offset(idx), &0u32.to_le_bytes(), dl).await,
+                        m => self.carry(idx, Vid(m), new, dl).await,
+                    };
+                    self.vol.release(idx, None);
+                    r?;
                 }
-                bytes.clear();
-                chunk.iter().for_each(|e| bytes.extend_from_slice(&e.to_le_bytes()));
-                self.write_inode(new, entry_offset((k * CHUNK) as u32), &bytes, dl).await?;
+                lo = hi;
             }
-            std::mem::swap(&mut sent, &mut cur);
-            self.vol.entries_snapshot(&mut cur);
-            if cur == sent {
+            if !differed {
                 break;
             }
         }
@@ -611,7 +677,7 @@ impl Shard {
             }
             let bytes = &mut scratch[..4 * (hi - lo) as usize];
             bytes.fill(0);
-            let r = if any { self.write_entries(entry_offset(lo as u32), bytes, dl).await } else { Ok(()) };
+            let r = if any { self.write_zeroed_entries(entry_offset(lo as u32), bytes, dl).await } else { Ok(()) };
             for idx in lo..hi {
                 self.vol.release(idx as u32, None);
             }

@@ -12,6 +12,7 @@
 //! - For a hyper volume (`store_policy != 0`) the cached words are the B-tree root's raw
 //!   bytes, not entries: [`Inode::flat`] tells the two apart.
 
+use std::collections::BTreeSet;
 use std::io;
 
 use super::objects::Objects;
@@ -44,12 +45,18 @@ pub(super) struct Inode {
     pub(super) entries: Vec<u32>,
     /// sheep's in-memory snapshot state (data writes get READONLY).
     pub(super) readonly: bool,
+    /// Entries pointing at another vid's object that a client's inode write covered. sheep
+    /// zeroes the generational reference (`gref`) of every entry such a write covers, so
+    /// that reference is not counted: when the entry changes later, sheep's ledger of the
+    /// object drops to zero and the object goes, whoever else still references it (a
+    /// snapshot, a clone's parent). In memory only, like the cache.
+    pub(super) uncounted: BTreeSet<u32>,
 }
 
 impl Inode {
     pub(super) fn new(head: [u8; INODE_HEADER_PARSE_LEN], entries: Vec<u32>, readonly: bool) -> Inode {
         let hdr = InodeHeader::parse(&head).unwrap_or_default();
-        Inode { head, hdr, entries, readonly }
+        Inode { head, hdr, entries, readonly, uncounted: BTreeSet::new() }
     }
 
     pub(super) fn entry(&self, idx: u32) -> u32 {
@@ -89,9 +96,11 @@ impl Inode {
         }
     }
 
-    /// Apply a write of `data` at `off` to the cache; return the `(index, old value)` of
-    /// every entry whose non-zero value changed.
-    pub(super) fn patch(&mut self, off: u64, data: &[u8]) -> Vec<(u32, u32)> {
+    /// Apply a write of `data` at `off` to the cache; return the `(index, old value,
+    /// uncounted)` of every entry whose non-zero value changed. `refcounted`: the write
+    /// lies inside `data_vdi_id`, where sheep keeps reference counts: every entry it covers
+    /// that points at another vid's object becomes uncounted (see [`Inode::uncounted`]).
+    pub(super) fn patch(&mut self, off: u64, data: &[u8], refcounted: bool) -> Vec<(u32, u32, bool)> {
         let end = off + data.len() as u64;
         let head_len = INODE_HEADER_PARSE_LEN as u64;
         if off < head_len {
@@ -124,9 +133,13 @@ impl Inode {
             let new = u32::from_le_bytes(b);
             if new != old {
                 self.set_entry(idx, new);
+                let uncounted = self.uncounted.remove(&idx);
                 if old != 0 {
-                    changed.push((idx, old));
+                    changed.push((idx, old, uncounted));
                 }
+            }
+            if refcounted && new != 0 && new != self.hdr.vdi_id {
+                self.uncounted.insert(idx);
             }
         }
         changed
@@ -201,17 +214,38 @@ mod tests {
     fn patch_tracks_entries_and_header() {
         let mut ino = Inode::new(head_with(b"a"), Vec::new(), false);
         let e0 = u64::from(OFF_DATA_VDI_ID);
-        assert!(ino.patch(e0 + 8, &7u32.to_le_bytes()).is_empty());
+        assert!(ino.patch(e0 + 8, &7u32.to_le_bytes(), false).is_empty());
         assert_eq!((ino.entry(2), ino.entries.len()), (7, 3));
         // A misaligned write touching two entries.
-        assert_eq!(ino.patch(e0 + 10, &[0, 0, 9, 0]), vec![]);
+        assert_eq!(ino.patch(e0 + 10, &[0, 0, 9, 0], false), vec![]);
         assert_eq!((ino.entry(2), ino.entry(3)), (7, 9));
-        assert_eq!(ino.patch(e0 + 8, &[0; 8]), vec![(2, 7), (3, 9)]);
+        assert_eq!(ino.patch(e0 + 8, &[0; 8], false), vec![(2, 7, false), (3, 9, false)]);
         assert!(ino.entries.is_empty());
-        ino.patch(OFF_SNAP_CTIME as u64, &1u64.to_le_bytes());
+        ino.patch(OFF_SNAP_CTIME as u64, &1u64.to_le_bytes(), false);
         assert!(ino.hdr.is_snapshot());
         // Writes far past the entries do not touch the cache.
-        assert!(ino.patch(u64::from(OFF_GREF), &[1; 16]).is_empty());
+        assert!(ino.patch(u64::from(OFF_GREF), &[1; 16], false).is_empty());
+    }
+
+    #[test]
+    fn client_written_pointers_to_other_vids_are_uncounted() {
+        let mut h = InodeHeader { block_size_shift: 22, vdi_id: 5, ..Default::default() };
+        h.name[0] = b'a';
+        let mut head = [0u8; INODE_HEADER_PARSE_LEN];
+        h.encode_into(&mut head);
+        // Entries 0 and 1 shared with vid 4 (as a snapshot leaves them), 2 owned.
+        let mut ino = Inode::new(head, vec![4, 4, 5], false);
+        let e0 = u64::from(OFF_DATA_VDI_ID);
+        // A rewrite of the unchanged entries 0..3: the shared ones lose their count.
+        assert!(ino.patch(e0, &[4, 0, 0, 0, 4, 0, 0, 0, 5, 0, 0, 0], true).is_empty());
+        assert_eq!(ino.uncounted.iter().copied().collect::<Vec<_>>(), vec![0, 1]);
+        // Copy-on-write of 0 and a discard of 2: 0 reports its reference as uncounted.
+        assert_eq!(ino.patch(e0, &5u32.to_le_bytes(), true), vec![(0, 4, true)]);
+        assert_eq!(ino.patch(e0 + 8, &0u32.to_le_bytes(), true), vec![(2, 5, false)]);
+        assert_eq!(ino.uncounted.iter().copied().collect::<Vec<_>>(), vec![1]);
+        // Outside data_vdi_id's counted writes (refcounted false) nothing is marked.
+        ino.patch(e0 + 12, &4u32.to_le_bytes(), false);
+        assert!(!ino.uncounted.contains(&3));
     }
 
     #[test]

@@ -339,11 +339,12 @@ impl Meta {
         }
         objs.write(Oid::inode(Vid(vid)), off, data)?;
         let Some(ino) = self.inodes.get_mut(&vid) else { return Ok(()) };
-        let flat = ino.flat();
-        let changed = ino.patch(off, data);
         let end = off + data.len() as u64;
-        if flat && off >= u64::from(OFF_DATA_VDI_ID) && end <= u64::from(OFF_GREF) {
-            self.drop_refs(objs, &changed);
+        // sheep counts references only for writes that lie inside data_vdi_id.
+        let counted = ino.flat() && off >= u64::from(OFF_DATA_VDI_ID) && end <= u64::from(OFF_GREF);
+        let changed = ino.patch(off, data, counted);
+        if counted {
+            self.drop_refs(objs, vid, &changed);
         }
         Ok(())
     }
@@ -352,11 +353,21 @@ impl Meta {
         self.inodes.values().any(|i| i.live() && i.flat() && i.entry(idx) == owner)
     }
 
-    fn drop_refs(&self, objs: &Objects, changed: &[(u32, u32)]) {
-        for &(idx, old) in changed {
+    /// Entries of inode `vid` changed away from `old`: reclaim objects nobody references
+    /// any more — and, as sheep 1.0 does, an object whose reference in this inode a
+    /// client's own inode write had left uncounted ([`Inode::uncounted`]), even when
+    /// another inode still points at it.
+    fn drop_refs(&self, objs: &Objects, vid: u32, changed: &[(u32, u32, bool)]) {
+        for &(idx, old, uncounted) in changed {
             // Garbage that is no vid must never turn into another kind of oid.
             let Some(owner) = Vid::new(old) else { continue };
-            if !self.referenced(old, idx) {
+            if uncounted && self.referenced(old, idx) {
+                tracing::warn!(
+                    "object {:016x} removed although another inode references it: vid {vid:#x} had rewritten its entry {idx} (a pointer to another vid's object), which resets sheep's reference count",
+                    Oid::data(owner, idx).0
+                );
+                objs.reclaim(Oid::data(owner, idx));
+            } else if !self.referenced(old, idx) {
                 objs.reclaim(Oid::data(owner, idx));
             }
         }

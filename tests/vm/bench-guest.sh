@@ -6,10 +6,16 @@
 # embedded store (--no-sync, objects on tmpfs), with the job files of
 # bench/fio (run-vm.sh --file bench/fio:/bench/fio).
 #
-# Usage (guest): bench-guest.sh [--tcp] [--repeat N] [RUNTIME_S [JOB...]]
+# Usage (guest): bench-guest.sh [--tcp] [--sheep] [--repeat N] [RUNTIME_S [JOB...]]
 #   --tcp      the sheepdev device reaches the store over TCP (127.0.0.1:7000)
 #              instead of the store's unix socket DIR/sock (the default: the store
 #              is on this host, as a local sheep gateway would be)
+#   --sheep    a real sheep (one node, local driver, -n, objects on tmpfs,
+#              copies 1; sheep and dog from run-vm.sh --bin) instead of the
+#              store; after the fio rounds, `sheepdev bench` in the guest against
+#              that same sheep: the raw pipelined generator and the shards without
+#              the kernel, at the fio jobs' depths (2 shards = 2 jobs), into
+#              /out/bench/nokernel.txt
 #   --repeat N run every job N times on each device (default 1), null first in
 #              odd rounds and sheepdev first in even ones
 #   RUNTIME_S  seconds per job (default 10; plus a 2 s ramp)
@@ -37,9 +43,11 @@ fi
 
 GATEWAY=unix
 REPEAT=1
+BACKEND=store
 while [ $# -gt 0 ]; do
     case $1 in
         --tcp) GATEWAY=tcp; shift ;;
+        --sheep) BACKEND=sheep; shift ;;
         --repeat) REPEAT=$2; shift 2 ;;
         *) break ;;
     esac
@@ -89,8 +97,11 @@ add_dev() { # ARGS...: sets DEV
 # ticks: "ALL IDLE SERVE STORE" in clock ticks so far: every CPU's time and idle
 # time (/proc/stat), the daemon's and the store's user + system time.
 ticks() {
+    local store_pids=$STORE_PID
+    [ "$BACKEND" != sheep ] || store_pids=$(pidof sheep)
     echo "$(awk '/^cpu / { print $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $5 }' /proc/stat)" \
-        "$(awk '{ print $14 + $15 }' "/proc/$SERVE_PID/stat")" "$(awk '{ print $14 + $15 }' "/proc/$STORE_PID/stat")"
+        "$(awk '{ print $14 + $15 }' "/proc/$SERVE_PID/stat")" \
+        "$(for p in $store_pids; do cat "/proc/$p/stat"; done | awk '{ t += $14 + $15 } END { print t + 0 }')"
 }
 
 # run_job KIND DEV JOB ROUND: run bench/fio/JOB.fio on DEV into
@@ -129,6 +140,7 @@ cleanup() {
     local rc=$?
     set +e
     [ -n "$SERVE_PID" ] && for d in ${DEV_NULL:-} ${DEV_SD:-}; do timeout 30 sheepdev del "$d" --force; done
+    [ "$BACKEND" != sheep ] || { cp "$W/store/sheep.log" "$OUT/" 2>/dev/null; kill -KILL $(pidof sheep) 2>/dev/null; }
     for p in $SERVE_PID $STORE_PID; do
         kill -TERM "$p" 2>/dev/null
         i=0; while kill -0 "$p" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.2; i=$((i + 1)); done
@@ -146,11 +158,19 @@ mkdir -p "$W" "$OUT/bench/null" "$OUT/bench/sheepdev"
 : >"$OUT/bench.txt"
 : >"$OUT/cpu.txt"
 trap cleanup EXIT
-say "kernel $(uname -r), $(nproc) cpus, $(fio --version), $(sheepdev --version); runtime ${RUNTIME}s + ramp ${RAMP}s; jobs: $JOBS; store over $GATEWAY"
+say "kernel $(uname -r), $(nproc) cpus, $(fio --version), $(sheepdev --version); runtime ${RUNTIME}s + ramp ${RAMP}s; jobs: $JOBS; $BACKEND over $GATEWAY"
 
-sheepdev store --dir "$W/store" --listen "$ADDR" --no-sync >"$W/store.log" 2>&1 &
-STORE_PID=$!
-wait_for "sheepdev store" "$STORE_PID" "$W/store.log" timeout 10 sheepdev vdi -a "$ADDR" list
+if [ "$BACKEND" = sheep ]; then
+    mkdir -p "$W/store"
+    sheep -f -n -c local -p "${ADDR##*:}" "$W/store" >"$W/store.log" 2>&1 &
+    STORE_PID=$!
+    wait_for "sheep" "$STORE_PID" "$W/store.log" timeout 10 dog node list -p "${ADDR##*:}"
+    timeout 60 dog cluster format -p "${ADDR##*:}" -c 1 >>"$W/store.log" 2>&1 || fail "dog cluster format: $(cat "$W/store.log")"
+else
+    sheepdev store --dir "$W/store" --listen "$ADDR" --no-sync >"$W/store.log" 2>&1 &
+    STORE_PID=$!
+fi
+wait_for "the $BACKEND" "$STORE_PID" "$W/store.log" timeout 10 sheepdev vdi -a "$ADDR" list
 sheepdev serve >"$W/serve.log" 2>&1 &
 SERVE_PID=$!
 wait_for "sheepdev serve" "$SERVE_PID" "$W/serve.log" timeout 10 sheepdev list --json
@@ -172,7 +192,7 @@ DEV=$DEV_SD NUMJOBS=$QUEUES SIZE=$SIZE fio --eta=never --output-format=json --ou
     "$FIO_DIR/prefill.fio" 2>"$W/fio.err" || { cat "$W/fio.err" >&2; fail "prefill of $DEV_SD failed"; }
 say "prefill took $(( $(date +%s) - t0 )) s"
 
-echo "# kernel $(uname -r), $(nproc) vCPUs, $(fio --version), numjobs=$QUEUES, queues=$QUEUES, runtime ${RUNTIME}s, store reached over $GATEWAY, $REPEAT round(s)" >>"$OUT/bench.txt"
+echo "# kernel $(uname -r), $(nproc) vCPUs, $(fio --version), numjobs=$QUEUES, queues=$QUEUES, runtime ${RUNTIME}s, $([ "$BACKEND" = sheep ] && echo "a real sheep ($(sheep -v 2>&1 | head -n 1), 1 node, -n, tmpfs)" || echo "the embedded store") reached over $GATEWAY, $REPEAT round(s)" >>"$OUT/bench.txt"
 for job in $JOBS; do
     r=1
     while [ $r -le "$REPEAT" ]; do
@@ -191,4 +211,14 @@ for d in "$DEV_NULL" "$DEV_SD"; do
     sd del "$d" 2>"$W/del.err" || fail "sheepdev del $d failed: $(cat "$W/del.err")"
 done
 DEV_NULL="" DEV_SD=""
+if [ "$BACKEND" = sheep ]; then
+    # The same depths without the kernel: 2 shards = the fio jobs, against the same sheep.
+    depths=$(for j in $JOBS; do echo "${j##*-qd}"; done | sort -nu | tr "\n" , | sed "s/,$//")
+    wl=$(for j in $JOBS; do echo "${j%-qd*}"; done | sort -u | tr "\n" , | sed "s/,$//")
+    say "sheepdev bench (no kernel) against the same sheep: $wl at depths $depths, 2 shards, $REPEAT repeat(s)"
+    timeout 1800 sheepdev bench -a "$ADDR" --workloads "$wl" --depths "$depths" --shards 2 --seconds "$RUNTIME" \
+        --size 256M --repeat "$REPEAT" >"$OUT/bench/nokernel.txt" 2>"$W/bench.err" ||
+        { cat "$W/bench.err" >&2; fail "sheepdev bench against the sheep failed"; }
+    cat "$OUT/bench/nokernel.txt"
+fi
 say "done"

@@ -59,7 +59,7 @@ impl Ctx {
     }
     async fn open(&self, vid: Vid, read_only: bool) -> Result<Dev> {
         Ok(match self.path {
-            Path::Client => Dev::Client(VolumeIo::open(self.client.clone(), vid, read_only).await?),
+            Path::Client => Dev::Client(Box::new(VolumeIo::open(self.client.clone(), vid, read_only).await?)),
             Path::Shard => Dev::Shard(ShardDev::start(self.addr, Arc::new(load_volume(&self.client, vid, read_only).await?))?),
         })
     }
@@ -245,7 +245,7 @@ shard_path! {
 
 /// A VDI opened for I/O on one of the two data paths, with the calls the cases make.
 enum Dev {
-    Client(VolumeIo),
+    Client(Box<VolumeIo>),
     Shard(ShardDev),
 }
 

@@ -5,7 +5,20 @@
 # Usage: bash tests/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
+# What building sheepdev needs on a fresh Debian machine: a C toolchain (glommio's liburing)
+# and libclang (libublk's bindgen).
+need=()
+for p in build-essential pkg-config libclang-dev; do
+  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "== installing the build packages ${need[*]} (apt-get)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+echo "== building sheepdev (cargo build --release; a few minutes the first time, one line per crate)"
+cargo build --release
 if [ "$(id -u)" = 0 ] && { [ -e /dev/ublk-control ] || modprobe ublk_drv 2>/dev/null; } && [ -e /dev/ublk-control ]; then
   echo "== ublk_drv is here: running the demo on this host"
   PATH="$PWD/target/release:$PATH" sh tests/demo-guest.sh

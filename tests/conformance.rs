@@ -226,6 +226,7 @@ conformance! {
     flush_is_obsolete_and_discard_zeroes,
     hyper_volumes_are_refused,
     wrong_payload_lengths_are_invalid,
+    an_empty_cow_create_copies_the_whole_object,
 }
 
 shard_path! {
@@ -862,5 +863,31 @@ async fn shards_race_to_create_the_same_objects(cx: Rc<Ctx>) -> Result<()> {
             ensure!(got[k * 4096..(k + 1) * 4096].iter().all(|&b| b == want), "object {obj}: shard {k}'s write was lost (a second create wiped it?)");
         }
     }
+    Ok(())
+}
+
+/// A CREATE_AND_WRITE_OBJ with the COW flag and no payload makes the new object a whole copy
+/// of `cow_oid` (what a shard does to carry an object a live snapshot raced into the new
+/// working vid), and leaves the source alone.
+async fn an_empty_cow_create_copies_the_whole_object(cx: Rc<Ctx>) -> Result<()> {
+    let name = cx.name("copy");
+    let vid = cx.create("copy", 8 * MIB).await?;
+    let v = cx.vol(vid).await?;
+    let os = 1usize << v.header().block_size_shift;
+    let data: Vec<u8> = (0..os).map(|i| (i / 4096 % 251) as u8 + 1).collect();
+    v.write(0, &data).await?;
+    let (snap, working) = manage::snapshot(&cx.client, &name, None).await?;
+    let h = cx.client.read_inode_header(working).await?;
+    cx.client.create_obj(Oid::data(working, 0), Some(Oid::data(snap, 0)), 0, &[], h.nr_copies, h.copy_policy).await?;
+    let copy = cx.client.read_obj(Oid::data(working, 0), 0, os as u32).await?;
+    ensure!(copy == data, "the empty COW create copied the whole object");
+    let src = cx.client.read_obj(Oid::data(snap, 0), 0, os as u32).await?;
+    ensure!(src == data, "the source object is untouched");
+    // Point the working inode at its copy (a real change: the snapshot's reference stays
+    // counted) and the snapshot still reads its bytes.
+    cx.client.write_obj(Oid::inode(working), entry_offset(0), &working.0.to_le_bytes()).await?;
+    let mut got = vec![0u8; os];
+    cx.ro(snap).await?.read(0, &mut got).await?;
+    ensure!(got == data, "the snapshot keeps its object");
     Ok(())
 }

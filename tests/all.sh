@@ -10,16 +10,7 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests need: a C toolchain for glommio's liburing, libclang for
 # libublk's bindgen, a real Prometheus (promtool included) and node_exporter, and the
 # DejaVu font that `sheepdev bench --plot` draws its text with.
-need=()
-for p in build-essential pkg-config libclang-dev curl prometheus prometheus-node-exporter fonts-dejavu-core; do
-  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  echo "== installing ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q
-  apt-get install -y -q --no-install-recommends "${need[@]}"
-fi
+bash tests/apt-need.sh build-essential pkg-config libclang-dev curl prometheus prometheus-node-exporter fonts-dejavu-core
 
 echo "== cargo test (unit, property, conformance, cli, shards, allocations)"
 cargo test --release --all-targets 2>&1

@@ -7,16 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # What building sheepdev needs on a fresh Debian machine: a C toolchain (glommio's liburing)
 # and libclang (libublk's bindgen).
-need=()
-for p in build-essential pkg-config libclang-dev; do
-  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  echo "== installing the build packages ${need[*]} (apt-get)"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q
-  apt-get install -y -q --no-install-recommends "${need[@]}"
-fi
+bash tests/apt-need.sh build-essential pkg-config libclang-dev
 echo "== building sheepdev (cargo build --release; a few minutes the first time, one line per crate)"
 cargo build --release
 if [ "$(id -u)" = 0 ] && { [ -e /dev/ublk-control ] || modprobe ublk_drv 2>/dev/null; } && [ -e /dev/ublk-control ]; then

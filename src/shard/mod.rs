@@ -14,8 +14,10 @@
 //!   obsolete), so every acknowledged write is already stable. FUA needs nothing more.
 //! - Live snapshots: a write refused with READONLY (another client snapshotted the VDI)
 //!   makes one request of the device look the new working vid up (GET_VDI_INFO by name),
-//!   switch the shared `Volume` to it and rewrite the in-memory entries into the new inode;
-//!   every refused piece is then sent again as a COW. The application sees no error.
+//!   switch the shared `Volume` to it and bring the new inode's entries that differ from
+//!   memory in line (an object whose update raced the snapshot into the old inode is
+//!   copied, never pointed at: sheep would not count that reference); every refused piece
+//!   is then sent again as a COW. The application sees no error.
 //! - DISCARD and WRITE_ZEROES zero the inode entries of the whole objects they cover (one
 //!   inode write); on the partial objects at their edges WRITE_ZEROES writes zeros and
 //!   DISCARD does nothing (discard is a hint; QEMU ignores partial discards the same way).
@@ -566,10 +568,10 @@ impl Shard {
         r.map(|_| ())
     }
 
-    /// GET_VDI_INFO by name, check the new inode, switch, then make the new inode's entries
-    /// what this device has in memory (updates that landed in the snapshot's inode after
-    /// the snapshot was taken, and before the switch, would otherwise be missing from it).
-    /// Not on the I/O path: it allocates.
+    /// GET_VDI_INFO by name, check the new inode, switch, then bring the new inode's entries
+    /// that differ from memory in line: objects whose updates landed in the snapshot's inode
+    /// after the snapshot was taken are carried over as copies (`carry`), discards as zeros;
+    /// equal entries are never rewritten. Not on the I/O path: it allocates.
     async fn follow_inner(&self, stale: Vid, dl: Option<Instant>) -> Result<Vid, Error> {
         // Name + zeroed tag, as every lookup (SD_LOOKUP_LEN): the working VDI.
         let payload = crate::proto::lookup_field(&self.vol.header().name, None);

@@ -43,7 +43,13 @@
 //!   (sheep allows one per node); NEW_VDI with an empty name, `store_policy > 1` or
 //!   `block_size_shift > 31` and DISCARD_OBJ of anything but a data oid below index 2^20
 //!   get INVALID_PARMS; objects are reclaimed by scanning the live inodes, not through
-//!   sheep's `gref` generation counts (which the store never writes).
+//!   sheep's `gref` generation counts (which the store never writes). One consequence of
+//!   those counts is modelled, because it loses data on sheep: an entry that a client's
+//!   inode write covers and that points at another vid's object (an unchanged shared entry
+//!   rewritten, or a pointer written in) is not counted by sheep, so when it changes later
+//!   the object is removed even if a snapshot or a clone's parent still points at it. The
+//!   store does the same, with a warning (`meta::Meta::drop_refs`); the marks live in memory
+//!   and a restart forgets them, where sheep's counts are on disk.
 //! - Out of scope: admin opcodes (≥ 0x80, answered VER_MISMATCH or INVALID_PARMS), VDI
 //!   attributes, other store policies (INVALID_PARMS), erasure coding beyond reporting
 //!   `nr_copies = data + parity`.

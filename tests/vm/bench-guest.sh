@@ -212,11 +212,14 @@ for d in "$DEV_NULL" "$DEV_SD"; do
 done
 DEV_NULL="" DEV_SD=""
 if [ "$BACKEND" = sheep ]; then
-    # The same depths without the kernel: 2 shards = the fio jobs, against the same sheep.
+    # The same depths without the kernel: 2 shards = the fio jobs, against the same sheep,
+    # over the same gateway as the device (its unix socket unless --tcp).
     depths=$(for j in $JOBS; do echo "${j##*-qd}"; done | sort -nu | tr "\n" , | sed "s/,$//")
     wl=$(for j in $JOBS; do echo "${j%-qd*}"; done | sort -u | tr "\n" , | sed "s/,$//")
     say "sheepdev bench (no kernel) against the same sheep: $wl at depths $depths, 2 shards, $REPEAT repeat(s)"
-    timeout 1800 sheepdev bench -a "$ADDR" --workloads "$wl" --depths "$depths" --shards 2 --seconds "$RUNTIME" \
+    target=$ADDR
+    [ "$GATEWAY" != unix ] || target=unix:$W/store/sock
+    timeout 1800 sheepdev bench -a "$target" --workloads "$wl" --depths "$depths" --shards 2 --seconds "$RUNTIME" \
         --size 256M --repeat "$REPEAT" >"$OUT/bench/nokernel.txt" 2>"$W/bench.err" ||
         { cat "$W/bench.err" >&2; fail "sheepdev bench against the sheep failed"; }
     cat "$OUT/bench/nokernel.txt"

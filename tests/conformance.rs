@@ -327,16 +327,21 @@ impl ShardDev {
         Ok(ShardDev { vol, tx: Some(tx), thread: Some(thread) })
     }
 
+    /// Hand one request and its buffer to the shard thread; its result and the buffer back.
+    fn call(&self, d: IoDesc, buf: Vec<u8>) -> Result<(std::result::Result<u32, sheepdev::shard::Error>, Vec<u8>)> {
+        let tx = self.tx.as_ref().expect("a started shard has its channel");
+        let (rtx, rrx) = mpsc::channel();
+        tx.send((d, buf, rtx)).map_err(|_| anyhow::anyhow!("the shard thread is gone"))?;
+        rrx.recv().map_err(|_| anyhow::anyhow!("the shard thread is gone"))
+    }
+
     /// One block request at `offset` (split at [`SHARD_MAX_IO`]); returns the buffer.
     fn io(&self, op: Op, offset: u64, mut buf: Vec<u8>) -> Result<Vec<u8>> {
-        let tx = self.tx.as_ref().expect("a started shard has its channel");
         let (mut done, total) = (0usize, buf.len());
         while done < total {
             let n = (total - done).min(SHARD_MAX_IO);
-            let (rtx, rrx) = mpsc::channel();
             let d = IoDesc { op, offset: offset + done as u64, len: n as u32, tag: 0, fua: false };
-            tx.send((d, buf[done..done + n].to_vec(), rtx)).map_err(|_| anyhow::anyhow!("the shard thread is gone"))?;
-            let (r, back) = rrx.recv().map_err(|_| anyhow::anyhow!("the shard thread is gone"))?;
+            let (r, back) = self.call(d, buf[done..done + n].to_vec())?;
             r.map_err(|e| anyhow::anyhow!("{op:?} at {}: {e} (errno {})", d.offset, e.errno()))?;
             buf[done..done + n].copy_from_slice(&back);
             done += n;
@@ -346,12 +351,8 @@ impl ShardDev {
 
     /// A request with no data (discard, write-zeroes, flush) of `len` bytes at `offset`.
     fn op(&self, op: Op, offset: u64, len: u32) -> Result<()> {
-        let tx = self.tx.as_ref().expect("a started shard has its channel");
-        let (rtx, rrx) = mpsc::channel();
         // The tag's buffer, as a ublk queue hands it over (discard carries inode entries in it).
-        let scratch = vec![0u8; SHARD_MAX_IO];
-        tx.send((IoDesc { op, offset, len, tag: 0, fua: false }, scratch, rtx)).map_err(|_| anyhow::anyhow!("the shard thread is gone"))?;
-        let (r, _) = rrx.recv().map_err(|_| anyhow::anyhow!("the shard thread is gone"))?;
+        let (r, _) = self.call(IoDesc { op, offset, len, tag: 0, fua: false }, vec![0u8; SHARD_MAX_IO])?;
         r.map(drop).map_err(|e| anyhow::anyhow!("{op:?} at {offset}+{len}: {e}"))
     }
 }
@@ -830,11 +831,11 @@ async fn live_snapshot_is_followed_by_the_shard(cx: Rc<Ctx>) -> Result<()> {
 async fn shards_race_to_create_the_same_objects(cx: Rc<Ctx>) -> Result<()> {
     const SHARDS: usize = 4;
     const OBJECTS: u64 = 12;
-    let vid = cx.create("race", OBJECTS * 4 * MIB).await?;
-    let vol = Arc::new(load_volume(&cx.client, vid, false).await?);
     if cx.path != Path::Shard {
         bail!("this case runs on the shard path only");
     }
+    let vid = cx.create("race", OBJECTS * 4 * MIB).await?;
+    let vol = Arc::new(load_volume(&cx.client, vid, false).await?);
     let os = 1u64 << vol.header().block_size_shift;
     let barrier = Arc::new(std::sync::Barrier::new(SHARDS));
     let mut workers = Vec::new();

@@ -352,7 +352,6 @@ util_linux() {
 
 # ------------------------------------------------------------ store and daemon
 start_store() {
-    local i=0
     if [ "$BACKEND" = sheep ]; then
         start_sheep
         return
@@ -360,41 +359,42 @@ start_store() {
     say "starting sheepdev store --dir $STORE_DIR --listen $ADDR --locking --no-sync"
     sheepdev store --dir "$STORE_DIR" --listen "$ADDR" --locking --no-sync >"$W/store.log" 2>&1 &
     STORE_PID=$!
-    while ! timeout 10 sheepdev vdi -a "$ADDR" --connect-timeout 1 list >/dev/null 2>&1; do
-        kill -0 "$STORE_PID" 2>/dev/null || { wait "$STORE_PID" || i=$?; STORE_PID="";
-            fail "sheepdev store exited (status $i) before it was ready: $(cat "$W/store.log")"; }
+    wait_ready "sheepdev store" sheepdev vdi -a "$ADDR" --connect-timeout 1 list
+    say "store ready (pid $STORE_PID)"
+}
+# The store's (or sheep's) logs, for a failure message.
+store_diag() {
+    cat "$W/store.log"
+    [ "$BACKEND" != sheep ] || tail -n 20 "$STORE_DIR/sheep.log"
+}
+# wait_ready WHAT CMD...: until CMD succeeds (10 s a try), at most T_READY s;
+# fails at once when the store (STORE_PID) has exited.
+wait_ready() {
+    local what="$1" i=0 rc=0
+    shift
+    while ! timeout 10 "$@" >/dev/null 2>&1; do
+        kill -0 "$STORE_PID" 2>/dev/null || { wait "$STORE_PID" || rc=$?;
+            fail "$what exited (status $rc) before it was ready: $(store_diag)"; }
         i=$((i + 1))
-        [ $i -le $((T_READY * 5)) ] || fail "sheepdev store not ready after $T_READY s: $(cat "$W/store.log")"
+        [ $i -le $((T_READY * 5)) ] || fail "$what not ready after $T_READY s: $(store_diag)"
         sleep 0.2
     done
-    say "store ready (pid $STORE_PID)"
 }
 # --sheep: a real sheep (one node, local cluster driver, no sync, objects on
 # tmpfs, its unix socket at STORE_DIR/sock like the store's), formatted with
 # locking on the first start; the guest needs sheep and dog (--bin). A
 # developer's run: tests/README.md. CI runs the embedded store.
 start_sheep() {
-    local i=0
     say "starting sheep -f -n -c local -p ${ADDR##*:} $STORE_DIR ($(sheep -v 2>&1 | head -n 1))"
     mkdir -p "$STORE_DIR"
     sheep -f -n -c local -p "${ADDR##*:}" "$STORE_DIR" >"$W/store.log" 2>&1 &
     STORE_PID=$!
-    while ! timeout 10 dog node list -p "${ADDR##*:}" >/dev/null 2>&1; do
-        kill -0 "$STORE_PID" 2>/dev/null || fail "sheep exited before it was ready: $(cat "$W/store.log"; tail -n 20 "$STORE_DIR/sheep.log")"
-        i=$((i + 1))
-        [ $i -le $((T_READY * 5)) ] || fail "sheep not ready after $T_READY s: $(tail -n 20 "$STORE_DIR/sheep.log")"
-        sleep 0.2
-    done
+    wait_ready sheep dog node list -p "${ADDR##*:}"
     if [ ! -e "$W/sheep.formatted" ]; then
         timeout 60 dog cluster format -p "${ADDR##*:}" -c 1 -l >>"$W/store.log" 2>&1 || fail "dog cluster format failed: $(cat "$W/store.log")"
         : >"$W/sheep.formatted"
     fi
-    i=0
-    while ! timeout 10 sheepdev vdi -a "$ADDR" --connect-timeout 1 list >/dev/null 2>&1; do
-        i=$((i + 1))
-        [ $i -le $((T_READY * 5)) ] || fail "sheep does not serve after $T_READY s: $(tail -n 20 "$STORE_DIR/sheep.log")"
-        sleep 0.2
-    done
+    wait_ready "sheep (serving VDIs)" sheepdev vdi -a "$ADDR" --connect-timeout 1 list
     say "sheep ready (pid $STORE_PID)"
 }
 # Stops the store; a real sheep is killed (-9, every process of it), as a
@@ -405,7 +405,6 @@ stop_store() {
         [ -n "$STORE_PID" ] || return 0
         kill -KILL $(pidof sheep) 2>/dev/null || true
         wait "$STORE_PID" 2>/dev/null || true
-        i=0
         while pidof sheep >/dev/null; do i=$((i + 1)); [ $i -le 100 ] || break; sleep 0.1; done
         STORE_PID=""
         return 0

@@ -586,6 +586,22 @@ s2_fio() {
 }
 
 # ------------------------------------------------------------ 3 snapshots
+# check_snapshot SPEC FILE LABEL: the snapshot SPEC reads FILE at 0, through
+# `sheepdev vdi read` and through a read-only mapping (added, checked, removed).
+check_snapshot() {
+    local d
+    check_vdi "sheepdev vdi read $1 ($3) reads $(basename "$2")" "$1" 0 "$2"
+    add_dev "$ADDR" "$1" --read-only
+    d=$DEV
+    check_dev "$1 --read-only reads $(basename "$2")" "$d" 0 "$2"
+    del_dev "$1" -- "$d"
+}
+# one_more_snapshot BEFORE AFTER WHAT: AFTER (vdi_rows) has exactly one more
+# snapshot of linux than BEFORE.
+one_more_snapshot() {
+    [ "$(echo "$2" | grep -c '^linux [0-9]* true ')" = $(($(echo "$1" | grep -c '^linux [0-9]* true ') + 1)) ] ||
+        fail "$3 should add exactly one snapshot of linux: before: $(echo "$1" | tr '\n' ';') after: $(echo "$2" | tr '\n' ';')"
+}
 s3_snapshots() {
     local d before after old rc sid
     begin 3 snapshots
@@ -638,15 +654,10 @@ s3_snapshots() {
     step "VDIs now: $(echo "$after" | tr '\n' ';')"
     old=$(echo "$after" | awk '$1 == "linux" && $3 == "true" && $4 != "s" { if ($2 + 0 > m) m = $2 + 0 } END { if (m) print m }')
     [ -n "$old" ] || fail "no untagged snapshot of linux after the rebase: $(echo "$after" | tr '\n' ';')"
-    [ "$(echo "$after" | grep -c '^linux [0-9]* true ')" = $(($(echo "$before" | grep -c '^linux [0-9]* true ') + 1)) ] ||
-        fail "the rebase should add exactly one snapshot of linux: before: $(echo "$before" | tr '\n' ';') after: $(echo "$after" | tr '\n' ';')"
+    one_more_snapshot "$before" "$after" "the rebase"
     [ "$(echo "$after" | grep -c '^linux [0-9]* false ')" = 1 ] || fail "not exactly one working linux after the rebase"
     step "previous working VDI kept as linux:$old"
-    check_vdi "sheepdev vdi read linux:$old (the previous working VDI) reads B" "linux:$old" 0 "$W/B"
-    add_dev "$ADDR" "linux:$old" --read-only
-    d=$DEV
-    check_dev "linux:$old --read-only reads B" "$d" 0 "$W/B"
-    del_dev "linux:$old" -- "$d"
+    check_snapshot "linux:$old" "$W/B" "the previous working VDI"
     check_vdi "the tagged snapshot linux:s still reads A" linux:s 0 "$W/A"
     check_vdi "the working linux reads C" linux 0 "$W/C"
 
@@ -656,19 +667,14 @@ s3_snapshots() {
     sid=$(vdi_rows | awk '$1 == "linux" && $4 == "s" { print $2 }')
     [ -n "$sid" ] || fail "no snapshot id for linux:s: $(vdi_rows | tr '\n' ';')"
     step "linux:s is linux:$sid"
-    check_vdi "sheepdev vdi read linux:$sid (linux:s by id) reads A" "linux:$sid" 0 "$W/A"
-    add_dev "$ADDR" "linux:$sid" --read-only
-    d=$DEV
-    check_dev "linux:$sid --read-only reads A" "$d" 0 "$W/A"
-    del_dev "linux:$sid" -- "$d"
+    check_snapshot "linux:$sid" "$W/A" "linux:s by id"
     before=$(vdi_rows)
     add_dev "$ADDR" "linux:$sid"
     d=$DEV
     check_dev "writable linux:$sid (rebase by id: a new working linux) reads A" "$d" 0 "$W/A"
     del_dev linux -- "$d"
     after=$(vdi_rows)
-    [ "$(echo "$after" | grep -c '^linux [0-9]* true ')" = $(($(echo "$before" | grep -c '^linux [0-9]* true ') + 1)) ] ||
-        fail "the rebase by id should keep the working VDI (C) as one more snapshot: before: $(echo "$before" | tr '\n' ';') after: $(echo "$after" | tr '\n' ';')"
+    one_more_snapshot "$before" "$after" "the rebase by id (the working VDI, C, kept)"
     check_vdi "the working linux reads A after the rebase by id" linux 0 "$W/A"
     check_vdi "the tagged snapshot linux:s still reads A" linux:s 0 "$W/A"
     expect_count 0 "after the scenario"

@@ -1,11 +1,14 @@
 pub mod bench;
+pub mod block;
 pub mod cli;
 pub mod daemon;
 pub mod fault;
 mod iov;
 pub mod metrics;
+pub mod net;
 pub mod proto;
 pub mod report;
+pub mod runtime;
 pub mod shard;
 pub mod sheep;
 pub mod store;

@@ -434,7 +434,7 @@ fn run_shard(addr: SocketAddr, vol: Arc<Volume>, plan: Vec<Phase>) -> Vec<Outcom
 // The tests.
 
 fn control<T>(addr: SocketAddr, f: impl AsyncFnOnce(Rc<Client>) -> T) -> T {
-    sheepdev::cli::block_on(async move {
+    sheepdev::runtime::block_on(async move {
         let c = Rc::new(Client::connect(&Config::new(vec![addr])).await.expect("connect"));
         f(c).await
     })

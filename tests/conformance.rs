@@ -88,13 +88,14 @@ where
     F: FnOnce(Rc<Ctx>) -> Fut,
     Fut: Future<Output = Result<()>>,
 {
-    let r = sheepdev::cli::block_on(async move {
+    let r = sheepdev::runtime::block_on(async move {
         let client = Rc::new(Client::connect(&Config::new(vec![addr])).await?);
         let cx = Rc::new(Ctx { client, addr, locking, prefix: unique_prefix(case), path });
         let r = f(cx.clone()).await;
         cx.cleanup().await;
         r
     })
+    .map_err(anyhow::Error::from)
     .and_then(|r| r);
     if let Err(e) = r {
         panic!("{case}: {e:#}");

@@ -60,7 +60,7 @@ impl Rig {
     fn volume(&self) -> Arc<Volume> {
         let (addr, vid) = (self.store_addr, self.vid);
         Arc::new(
-            sheepdev::cli::block_on(async move {
+            sheepdev::runtime::block_on(async move {
                 let c = Client::connect(&Config::new(vec![addr])).await.expect("connect");
                 load_volume(&c, vid, false).await.expect("load")
             })
@@ -75,7 +75,7 @@ impl Rig {
     /// Every block, read through a fresh client straight from the store, is its last round.
     fn verify(&self, rounds: &[u64]) {
         let (addr, vid, rounds) = (self.store_addr, self.vid, rounds.to_vec());
-        sheepdev::cli::block_on(async move {
+        sheepdev::runtime::block_on(async move {
             let c = Rc::new(Client::connect(&Config::new(vec![addr])).await.expect("connect"));
             let v = VolumeIo::open(c, vid, true).await.expect("open");
             for t in 0..TAGS {

@@ -33,7 +33,7 @@ fn writes_survive_connections_cut_again_and_again() {
     let (_store, _dir, addr, vid) = setup(64 * MIB);
     let proxy = Proxy::start("127.0.0.1:0".parse().expect("addr"), addr).expect("proxy");
     let vol = Arc::new(
-        sheepdev::cli::block_on(async move {
+        sheepdev::runtime::block_on(async move {
             let c = Client::connect(&Config::new(vec![addr])).await.expect("connect");
             load_volume(&c, vid, false).await.expect("load")
         })
@@ -91,7 +91,7 @@ fn writes_survive_connections_cut_again_and_again() {
     let (rounds, reconnects) = shard.join().expect("shard thread");
     assert!(reconnects >= 5, "the connections were re-established ({reconnects} times)");
     // Read everything back through a fresh client: the last round of every tag.
-    sheepdev::cli::block_on(async move {
+    sheepdev::runtime::block_on(async move {
         let c = Rc::new(Client::connect(&Config::new(vec![addr])).await.expect("connect"));
         let v = VolumeIo::open(c, vid, true).await.expect("open");
         for t in 0..16u64 {
@@ -111,7 +111,7 @@ fn a_cluster_gone_past_the_io_timeout_fails_requests_then_recovers() {
     let (_store, _dir, addr, vid) = setup(16 * MIB);
     let proxy = Proxy::start("127.0.0.1:0".parse().expect("addr"), addr).expect("proxy");
     let vol = Arc::new(
-        sheepdev::cli::block_on(async move {
+        sheepdev::runtime::block_on(async move {
             let c = Client::connect(&Config::new(vec![addr])).await.expect("connect");
             load_volume(&c, vid, false).await.expect("load")
         })

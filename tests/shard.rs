@@ -25,7 +25,7 @@ fn store() -> (Store, tempfile::TempDir, SocketAddr) {
 
 fn control<T>(addr: impl Into<Gateway>, f: impl AsyncFnOnce(Rc<Client>) -> T) -> T {
     let addr = addr.into();
-    sheepdev::cli::block_on(async move {
+    sheepdev::runtime::block_on(async move {
         let c = Rc::new(Client::connect(&Config::new([addr])).await.expect("connect"));
         f(c).await
     })

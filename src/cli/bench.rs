@@ -131,7 +131,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     };
     let name = VdiName::new(&format!("sheepdev-bench-{}", std::process::id())).map_err(anyhow::Error::msg)?;
     let (size, object_size) = (a.size, a.object_size.unwrap_or(0));
-    let vol = super::block_on({
+    let vol = crate::runtime::block_on({
         let (name, addr) = (name.clone(), addr.clone());
         async move {
             let c = Rc::new(Client::connect(&Config::new([addr])).await?);
@@ -142,7 +142,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     if let Some(maddr) = a.metrics_addr {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new().name("bench-metrics".into()).spawn(move || {
-            let r = super::block_on(async move {
+            let r = crate::runtime::block_on(async move {
                 match crate::metrics::serve_http(maddr) {
                     Ok(task) => {
                         let _ = tx.send(Ok(()));
@@ -287,7 +287,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         eprintln!("bench: plot written to {}", path.display());
     }
     if a.address.is_some() {
-        super::block_on(async move {
+        crate::runtime::block_on(async move {
             let c = Client::connect(&Config::new([addr])).await?;
             manage::delete(&c, &VdiSpec::working(name)).await?;
             anyhow::Ok(())

@@ -8,7 +8,6 @@ mod report;
 mod store;
 mod vdi;
 
-use std::future::Future;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -69,16 +68,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Store(a) => store::run(a),
         Command::FaultProxy(a) => fault::run(a),
     }
-}
-
-/// Run a future on a control-plane glommio executor on this thread.
-pub fn block_on<T>(fut: impl Future<Output = T>) -> anyhow::Result<T> {
-    let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .name("sheepdev-cli")
-        .io_memory(512 << 10)
-        .make()
-        .map_err(|e| anyhow::anyhow!("cannot start the glommio executor (is RLIMIT_MEMLOCK at least 512 KiB?): {e}"))?;
-    Ok(ex.run(fut))
 }
 
 /// Parse a size flag (`4M`, `10G`).

@@ -107,7 +107,7 @@ fn name(s: &str) -> anyhow::Result<VdiName> {
 pub fn run(a: VdiArgs) -> anyhow::Result<()> {
     let mut cfg = Config::new(a.address.0.clone());
     cfg.connect_timeout = Duration::from_secs(a.connect_timeout);
-    super::block_on(async move {
+    crate::runtime::block_on(async move {
         // Validate everything the user typed before talking to anyone.
         let cmd = a.cmd;
         let plan = Plan::new(cmd)?;

@@ -109,7 +109,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         m.state = "recovering".into();
     }
     let to_recover: Vec<u32> = mappings.keys().copied().collect();
-    crate::cli::block_on(async move {
+    crate::runtime::block_on(async move {
         let _metrics = match opts.metrics_addr {
             Some(a) => {
                 let t = crate::metrics::serve_http(a).map_err(anyhow::Error::msg)?;

@@ -30,7 +30,7 @@ use serde::Serialize;
 
 pub use http::serve_http;
 
-use crate::shard::Op;
+use crate::block::Op;
 
 /// Block ops in label order.
 pub const OPS: [(Op, &str); 5] =

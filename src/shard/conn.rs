@@ -45,7 +45,7 @@ use super::ring::submit;
 use super::Error;
 use crate::proto::demux::{wire_id, Demux, Event, InFlight};
 use crate::proto::{Opcode, ReqHeader, RspHeader, HEADER_LEN};
-use crate::sheep::gateway::{Gateway, Stream};
+use crate::net::{Gateway, Stream};
 
 /// Requests gathered into one SENDMSG.
 const MAX_BATCH: usize = 64;

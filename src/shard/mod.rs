@@ -65,27 +65,7 @@ pub fn pin_thread(n: usize) {
     }
 }
 
-/// What the kernel asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    Read,
-    Write,
-    Flush,
-    Discard,
-    WriteZeroes,
-}
-
-/// One block request, as the ublk queue (or a test, or the benchmark) hands it to a shard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IoDesc {
-    pub op: Op,
-    /// Byte offset in the device.
-    pub offset: u64,
-    /// Bytes.
-    pub len: u32,
-    pub tag: u16,
-    pub fua: bool,
-}
+pub use crate::block::{IoDesc, Op};
 
 /// How long a writer waits before looking again at an object another writer is creating.
 const CREATE_WAIT: Duration = Duration::from_micros(20);

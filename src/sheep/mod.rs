@@ -9,12 +9,11 @@
 mod client;
 pub mod conn;
 mod error;
-pub mod gateway;
 pub mod manage;
 mod volume;
 
 pub use client::{Client, Config, NewVdi, VdiInfo};
 pub use conn::Connection;
 pub use error::Error;
-pub use gateway::{parse_gateways, Gateway};
+pub use crate::net::{parse_gateways, Gateway};
 pub use volume::{load_volume, VolumeIo};

@@ -45,7 +45,7 @@ use super::objects::Objects;
 use super::ops::Handler;
 use super::{describe, Config, Error, MAX_PAYLOAD};
 use crate::proto::{Opcode, ReqHeader, RspHeader, HEADER_LEN, SD_RES_SYSTEM_ERROR};
-use crate::sheep::gateway::Stream;
+use crate::net::Stream;
 
 /// A client that does not read its responses for this long is disconnected.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -16,7 +16,7 @@ pub fn store_with_vdi(name: &str, size: u64, object_size: u64) -> (Store, tempfi
     let store = Store::start(cfg).expect("store");
     let addr = store.local_addrs()[0];
     let name = VdiName::new(name).expect("name");
-    let vid = sheepdev::cli::block_on(async move {
+    let vid = sheepdev::runtime::block_on(async move {
         let c = Client::connect(&Config::new(vec![addr])).await.expect("connect");
         manage::create(&c, &name, size, Redundancy::Default, object_size).await.expect("create").vid
     })

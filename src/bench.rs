@@ -23,9 +23,10 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::block::{IoDesc, Op};
 use crate::metrics::DeviceMetrics;
 use crate::proto::*;
-use crate::shard::{ring, IoDesc, Op, RingConn, Shard};
+use crate::shard::{self, ring, RingConn, Shard};
 use crate::sheep::Gateway;
 use crate::vdi::Volume;
 
@@ -182,6 +183,25 @@ pub fn run_point(t: &Target, w: Workload, driver: Driver, shards: u16, depth: u1
     })
 }
 
+/// What one bench thread runs: its slice of the point.
+#[derive(Clone)]
+struct Job {
+    vol: Arc<Volume>,
+    region: u64,
+    w: Workload,
+    s: u16,
+    shards: u16,
+    depth: u16,
+    deadline: Instant,
+}
+
+/// Who a bench thread's tags send their requests to.
+#[derive(Clone)]
+enum Io {
+    Shard(Rc<Shard>),
+    Raw(Rc<RingConn>),
+}
+
 #[allow(clippy::too_many_arguments)]
 fn shard_thread(
     addr: Gateway,
@@ -197,37 +217,76 @@ fn shard_thread(
     coalesce: bool,
     duration: Duration,
 ) -> Result<ThreadResult, String> {
-    crate::shard::pin_thread(usize::from(s));
-    ring::init_thread_ring(u32::from(depth) * 4 + 64).map_err(|e| format!("io_uring: {e}"))?;
-    let exe = crate::shard::exec::LocalExecutor::new();
     let bs = w.block_size();
     let slots = usize::from(depth) * 2 + 8;
-    let (shard, raw) = match driver {
-        Driver::Sheepdev | Driver::SheepdevNoMetrics => {
-            let mut sh = Shard::new(vol.clone(), std::slice::from_ref(&addr), conns, slots, bs as usize, &exe)
-                .map_err(|e| e.to_string())?
-                .with_coalesce(coalesce);
-            if let (Driver::Sheepdev, Some(dm)) = (driver, &dm) {
-                sh = sh.with_metrics(dm.shard(s, depth, conns, &addr.to_string()));
-            }
-            let sh = Rc::new(sh);
-            exe.spawn(sh.clone().tick()).detach();
-            (Some(sh), None)
-        }
-        Driver::Raw => (None, Some(RingConn::connect(addr.clone(), Duration::from_secs(3), slots, &exe).map_err(|e| format!("{addr}: {e}"))?)),
+    let job = Job { vol: vol.clone(), region, w, s, shards, depth, deadline: Instant::now() + duration };
+    if driver == Driver::Raw {
+        return raw_thread(addr, slots, job);
+    }
+    let cfg = shard::Config {
+        connections: conns,
+        slots,
+        max_io: bs as usize,
+        coalesce,
+        core: Some(usize::from(s)),
+        ring_entries: u32::from(depth) * 4 + 64,
+        ..shard::Config::new([addr.clone()])
     };
+    let metrics = match (driver, dm) {
+        (Driver::Sheepdev, Some(device)) => Some(shard::QueueMetrics { device, queue: s, depth }),
+        _ => None,
+    };
+    let cfg = shard::Config { metrics, ..cfg };
+    let spawned = shard::spawn(&format!("bench-shard-{s}"), cfg, vol, move |sh, exe| {
+        let tasks = run_tags(exe, Io::Shard(sh.clone()), job);
+        async move {
+            let mut r = tasks?.await?;
+            r.merged = sh.merged();
+            Ok(r)
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    spawned.join().map_err(|e| e.to_string())?
+}
+
+/// The raw generator's thread: one connection on its own ring, no shard.
+fn raw_thread(addr: Gateway, slots: usize, job: Job) -> Result<ThreadResult, String> {
+    let name = format!("bench-raw-{}", job.s);
+    let t = std::thread::Builder::new().name(name).spawn(move || -> Result<ThreadResult, String> {
+        crate::shard::pin_thread(usize::from(job.s));
+        ring::init_thread_ring(u32::from(job.depth) * 4 + 64).map_err(|e| format!("io_uring: {e}"))?;
+        let exe = crate::shard::exec::LocalExecutor::new();
+        let c = RingConn::connect(addr.clone(), Duration::from_secs(3), slots, &exe).map_err(|e| format!("{addr}: {e}"))?;
+        let tasks = run_tags(&exe, Io::Raw(c.clone()), job)?;
+        ring::run_local(&exe, async move {
+            let r = tasks.await;
+            c.shut_down().await;
+            r
+        })
+        .ok_or("the raw generator's io_uring failed")?
+    });
+    t.map_err(|e| format!("cannot start a bench thread: {e}"))?.join().map_err(|_| "a bench thread panicked".to_string())?
+}
+
+/// Spawn the `depth` tags of one bench thread; the future ends when they all have.
+fn run_tags(
+    exe: &crate::shard::exec::LocalExecutor<'_>,
+    io: Io,
+    job: Job,
+) -> Result<impl std::future::Future<Output = Result<ThreadResult, String>> + 'static, String> {
+    let (w, s, shards, depth, deadline) = (job.w, job.s, job.shards, job.depth, job.deadline);
+    let bs = w.block_size();
     let hist = Rc::new(RefCell::new(Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).map_err(|e| e.to_string())?));
     let (ios, errors) = (Rc::new(Cell::new(0u64)), Rc::new(Cell::new(0u64)));
     // Sequential workloads: one cursor per shard, over its own slice of the region.
-    let slice = region / u64::from(shards);
+    let slice = job.region / u64::from(shards);
     let cursor = Rc::new(Cell::new(0u64));
-    let deadline = Instant::now() + duration;
-    let bss = vol.block_size_shift();
-    let vid = vol.vid();
-    let blocks = (region / u64::from(bs)).max(1);
+    let bss = job.vol.block_size_shift();
+    let vid = job.vol.vid();
+    let blocks = (job.region / u64::from(bs)).max(1);
     let tasks: Vec<_> = (0..depth)
         .map(|tag| {
-            let (shard, raw, hist, ios, errors, cursor) = (shard.clone(), raw.clone(), hist.clone(), ios.clone(), errors.clone(), cursor.clone());
+            let (io, hist, ios, errors, cursor) = (io.clone(), hist.clone(), ios.clone(), errors.clone(), cursor.clone());
             exe.spawn(async move {
                 let mut buf = vec![0xa5u8; bs as usize];
                 let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (u64::from(s) << 32 | u64::from(tag)) | 1);
@@ -243,12 +302,12 @@ fn shard_thread(
                         }
                     };
                     let t0 = Instant::now();
-                    let ok = match (&shard, &raw) {
-                        (Some(sh), _) => {
+                    let ok = match &io {
+                        Io::Shard(sh) => {
                             let d = IoDesc { op: if write { Op::Write } else { Op::Read }, offset, len: bs, tag, fua: false };
                             sh.handle(d, &mut buf).await.is_ok()
                         }
-                        (_, Some(c)) => {
+                        Io::Raw(c) => {
                             let oid = Oid::data(vid, (offset >> bss) as u32);
                             let args = ObjArgs { oid, offset: (offset & ((1 << bss) - 1)) as u32, ..Default::default() };
                             let r = if write {
@@ -258,7 +317,6 @@ fn shard_thread(
                             };
                             r.is_ok_and(|rsp| rsp.result.is_success())
                         }
-                        _ => false,
                     };
                     hist.borrow_mut().saturating_record(t0.elapsed().as_nanos() as u64);
                     ios.set(ios.get() + 1);
@@ -269,34 +327,21 @@ fn shard_thread(
             })
         })
         .collect();
-    let (shard2, raw2) = (shard.clone(), raw.clone());
-    let done = ring::run_local(&exe, async move {
-        let (shard, raw) = (shard2, raw2);
+    Ok(async move {
         for t in tasks {
             t.await;
         }
-        if let Some(sh) = &shard {
-            sh.shut_down().await;
-        }
-        if let Some(c) = &raw {
-            c.shut_down().await;
-        }
-    });
-    done.ok_or("the shard's io_uring failed")?;
-    let n = ios.get();
-    let merged = shard.as_ref().map_or(0, |sh| sh.merged());
-    let hist = Rc::try_unwrap(hist).map_err(|_| "histogram still shared")?.into_inner();
-    Ok(ThreadResult { hist, merged, ios: n, errors: errors.get(), bytes: n * u64::from(bs) })
+        let n = ios.get();
+        let hist = Rc::try_unwrap(hist).map_err(|_| "histogram still shared")?.into_inner();
+        Ok(ThreadResult { hist, merged: 0, ios: n, errors: errors.get(), bytes: n * u64::from(bs) })
+    })
 }
 
 /// Write the whole region once (1 MiB requests, one shard, depth 32) so every object exists.
 pub fn prefill(t: &Target) -> Result<(), String> {
     let size = t.region;
-    let (addr, vol) = (t.addr.clone(), t.vol.clone());
-    std::thread::spawn(move || -> Result<(), String> {
-        ring::init_thread_ring(256).map_err(|e| e.to_string())?;
-        let exe = crate::shard::exec::LocalExecutor::new();
-        let shard = Rc::new(Shard::new(vol, std::slice::from_ref(&addr), 1, 80, 1 << 20, &exe).map_err(|e| e.to_string())?);
+    let cfg = shard::Config { slots: 80, ..shard::Config::new([t.addr.clone()]) };
+    let spawned = shard::spawn("bench-prefill", cfg, t.vol.clone(), move |shard, exe| {
         let next = Rc::new(Cell::new(0u64));
         let failed = Rc::new(Cell::new(false));
         let tasks: Vec<_> = (0..32u16)
@@ -318,20 +363,16 @@ pub fn prefill(t: &Target) -> Result<(), String> {
                 })
             })
             .collect();
-        let sh = shard.clone();
-        ring::run_local(&exe, async move {
-            let shard = sh;
+        async move {
             for t in tasks {
                 t.await;
             }
-            shard.shut_down().await;
-        })
-        .ok_or("the prefill's io_uring failed")?;
-        if failed.get() {
-            return Err("prefill writes failed".into());
+            failed.get()
         }
-        Ok(())
     })
-    .join()
-    .map_err(|_| "the prefill thread panicked".to_string())?
+    .map_err(|e| e.to_string())?;
+    if spawned.join().map_err(|e| e.to_string())? {
+        return Err("prefill writes failed".into());
+    }
+    Ok(())
 }

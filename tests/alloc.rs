@@ -33,14 +33,16 @@ use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
+use sheepdev::block::{IoDesc, Op};
 use sheepdev::metrics::DeviceMetrics;
 use sheepdev::proto::{VdiName, Vid};
 use sheepdev::shard::exec::LocalExecutor;
-use sheepdev::shard::{ring, Error, IoDesc, Op, Shard};
+use sheepdev::shard::{self, ring, Error, Shard};
 use sheepdev::sheep::manage::{self, Redundancy};
-use sheepdev::sheep::{load_volume, Client, Config};
-use sheepdev::store::{Config as StoreConfig, Store};
 use sheepdev::vdi::Volume;
+
+mod common;
+use common::control;
 
 // ---------------------------------------------------------------------------------------
 // The counting allocator.
@@ -391,19 +393,16 @@ const CONNECTIONS: usize = 2;
 
 /// Run `plan` on a fresh shard thread for `vol`, counting the allocations of every phase.
 fn run_shard(addr: SocketAddr, vol: Arc<Volume>, plan: Vec<Phase>) -> Vec<Outcome> {
-    std::thread::spawn(move || {
-        ring::init_thread_ring(256).expect("ring");
-        let exe = LocalExecutor::new();
-        let metrics = DeviceMetrics::new(&format!("alloc-{}", vol.vid()), "alloc", "", false, 1, TAGS as u16, vol.size());
-        let shard = Shard::new(vol, &[addr], CONNECTIONS, 64, 1 << 20, &exe).expect("shard connects");
-        let shard = Rc::new(shard.with_metrics(metrics.shard(0, TAGS as u16, CONNECTIONS, &addr.to_string())));
-        exe.spawn(shard.clone().tick()).detach();
+    let metrics = DeviceMetrics::new(&format!("alloc-{}", vol.vid()), "alloc", "", false, 1, TAGS as u16, vol.size());
+    let qm = shard::QueueMetrics { device: metrics.clone(), queue: 0, depth: TAGS as u16 };
+    let cfg = shard::Config { connections: CONNECTIONS, metrics: Some(qm), ..shard::Config::new([addr]) };
+    let spawned = shard::spawn("alloc-shard", cfg, vol, move |shard, exe| {
         let plan: Rc<[Phase]> = plan.into();
         assert!(plan.len() < EXECUTOR_SLOT, "one counting slot per phase");
         let gate = Rc::new(Gate::new());
         let tasks: Vec<_> = (0..TAGS).map(|t| exe.spawn(tag_task(t, shard.clone(), gate.clone(), plan.clone()))).collect();
         let mut out = Vec::with_capacity(plan.len());
-        let coordinator = async move {
+        async move {
             for (k, phase) in plan.iter().enumerate() {
                 let (t0, runs, merged) = (Instant::now(), ring::tasks_run(), shard.merged());
                 track(Some(k));
@@ -418,31 +417,20 @@ fn run_shard(addr: SocketAddr, vol: Arc<Volume>, plan: Vec<Phase>) -> Vec<Outcom
             for t in tasks {
                 t.await;
             }
-            // Close and let the connection tasks end before the ring and buffers go away.
-            shard.shut_down().await;
             out
-        };
-        let out = ring::run_local(&exe, coordinator).expect("ring ran");
-        metrics.remove();
-        out
+        }
     })
-    .join()
-    .expect("shard thread")
+    .expect("shard connects");
+    let out = spawned.join().expect("shard thread");
+    metrics.remove();
+    out
 }
 
 // ---------------------------------------------------------------------------------------
 // The tests.
 
-fn control<T>(addr: SocketAddr, f: impl AsyncFnOnce(Rc<Client>) -> T) -> T {
-    sheepdev::runtime::block_on(async move {
-        let c = Rc::new(Client::connect(&Config::new(vec![addr])).await.expect("connect"));
-        f(c).await
-    })
-    .expect("executor")
-}
-
 fn volume(addr: SocketAddr, vid: Vid) -> Arc<Volume> {
-    Arc::new(control(addr, async |c| load_volume(&c, vid, false).await.expect("load")))
+    common::volume(addr, vid, false)
 }
 
 #[test]
@@ -451,10 +439,7 @@ fn the_shard_thread_allocates_nothing_after_warm_up() {
         TRACES_LEFT.store(n, Relaxed);
     }
     let t0 = Instant::now();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = StoreConfig { dir: dir.path().to_path_buf(), listen: vec!["127.0.0.1:0".parse().expect("addr")], sync: false, ..Default::default() };
-    let store = Store::start(cfg).expect("store");
-    let addr = store.local_addrs()[0];
+    let (_store, _dir, addr) = common::store();
 
     // A parent with PARENT objects, snapshotted and cloned: the clone COW-creates from it.
     let size = OBJECTS * MIB;

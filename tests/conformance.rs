@@ -12,31 +12,25 @@ use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::rc::Rc;
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Result};
+use sheepdev::block::Op;
 use sheepdev::proto::inode::{entry_offset, OFF_SNAP_CTIME};
 use sheepdev::proto::*;
-use sheepdev::shard::{ring, IoDesc, Op, Shard};
+use sheepdev::shard::Remote;
 use sheepdev::sheep::manage::{self, Redundancy};
-use sheepdev::sheep::{load_volume, Client, Config, VolumeIo};
+use sheepdev::sheep::{load_volume, Client, Config};
 use sheepdev::vdi::{SnapSel, VdiSpec, Volume};
 
-/// Which data path a case's reads and writes take: the CLI's glommio client (`VolumeIo`,
-/// what `vdi read/write` use) or a shard driven through `Shard::handle` (the device's path).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Path {
-    Client,
-    Shard,
-}
+mod common;
 
 struct Ctx {
     client: Rc<Client>,
     addr: SocketAddr,
     locking: bool,
     prefix: String,
-    path: Path,
 }
 
 impl Ctx {
@@ -49,7 +43,7 @@ impl Ctx {
     async fn create(&self, s: &str, size: u64) -> Result<Vid> {
         Ok(manage::create(&self.client, &self.name(s), size, Redundancy::Default, 0).await?.vid)
     }
-    /// The VDI `vid` opened for I/O on this run's data path.
+    /// The VDI `vid` opened for I/O (through a shard, the one data path).
     async fn vol(&self, vid: Vid) -> Result<Dev> {
         self.open(vid, false).await
     }
@@ -58,10 +52,7 @@ impl Ctx {
         self.open(vid, true).await
     }
     async fn open(&self, vid: Vid, read_only: bool) -> Result<Dev> {
-        Ok(match self.path {
-            Path::Client => Dev::Client(Box::new(VolumeIo::open(self.client.clone(), vid, read_only).await?)),
-            Path::Shard => Dev::Shard(ShardDev::start(self.addr, Arc::new(load_volume(&self.client, vid, read_only).await?))?),
-        })
+        Ok(Dev::start(self.addr, Arc::new(load_volume(&self.client, vid, read_only).await?)))
     }
     async fn code(&self, hdr: ReqHeader, payload: &[u8]) -> Result<ResultCode> {
         Ok(self.client.call(hdr, payload).await?.0.result)
@@ -83,14 +74,14 @@ fn unique_prefix(case: &str) -> String {
     format!("t{}-{nanos:x}-{case}", std::process::id())
 }
 
-fn run_at<F, Fut>(addr: SocketAddr, locking: bool, path: Path, case: &str, f: F)
+fn run_at<F, Fut>(addr: SocketAddr, locking: bool, case: &str, f: F)
 where
     F: FnOnce(Rc<Ctx>) -> Fut,
     Fut: Future<Output = Result<()>>,
 {
     let r = sheepdev::runtime::block_on(async move {
         let client = Rc::new(Client::connect(&Config::new(vec![addr])).await?);
-        let cx = Rc::new(Ctx { client, addr, locking, prefix: unique_prefix(case), path });
+        let cx = Rc::new(Ctx { client, addr, locking, prefix: unique_prefix(case) });
         let r = f(cx.clone()).await;
         cx.cleanup().await;
         r
@@ -102,7 +93,7 @@ where
     }
 }
 
-fn run_embedded<F, Fut>(locking: bool, path: Path, case: &str, f: F)
+fn run_embedded<F, Fut>(locking: bool, case: &str, f: F)
 where
     F: FnOnce(Rc<Ctx>) -> Fut,
     Fut: Future<Output = Result<()>>,
@@ -117,7 +108,7 @@ where
     };
     let store = sheepdev::store::Store::start(cfg).expect("store starts");
     let addr = store.local_addrs()[0];
-    run_at(addr, locking, path, case, f);
+    run_at(addr, locking, case, f);
     store.shutdown();
 }
 
@@ -151,7 +142,7 @@ fn nodes_alive(nodes: &[SocketAddr]) -> std::result::Result<(), String> {
     Ok(())
 }
 
-fn run_external<F, Fut>(path: Path, case: &str, f: F)
+fn run_external<F, Fut>(case: &str, f: F)
 where
     F: FnOnce(Rc<Ctx>) -> Fut,
     Fut: Future<Output = Result<()>>,
@@ -171,7 +162,7 @@ where
         panic!("{case}: before the case: {e}");
     }
     let locking = std::env::var("SHEEP_LOCKING").is_ok_and(|v| v == "1");
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_at(addr, locking, path, case, f)));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_at(addr, locking, case, f)));
     if let Err(e) = nodes_alive(&nodes) {
         panic!("{case}: a sheep died during the case: {e}");
     }
@@ -183,27 +174,12 @@ where
 macro_rules! conformance {
     ($($case:ident $(locking=$lk:expr)?),* $(,)?) => {
         mod embedded {
-            $(#[test] fn $case() { super::run_embedded(false $(|| $lk)?, super::Path::Client, stringify!($case), super::$case) })*
+            $(#[test] fn $case() { super::run_embedded(false $(|| $lk)?, stringify!($case), super::$case) })*
         }
         mod external {
             $(#[test]
               #[ignore = "needs SHEEP_ADDR=host:port of a real sheep; run with --ignored"]
-              fn $case() { super::run_external(super::Path::Client, stringify!($case), super::$case) })*
-        }
-    };
-}
-
-/// The data cases again, their reads and writes through `Shard::handle` (the device's path),
-/// plus the cases only a shard has (discard, write-zeroes, live snapshots, create races).
-macro_rules! shard_path {
-    ($($case:ident),* $(,)?) => {
-        mod embedded_shard {
-            $(#[test] fn $case() { super::run_embedded(false, super::Path::Shard, stringify!($case), super::$case) })*
-        }
-        mod external_shard {
-            $(#[test]
-              #[ignore = "needs SHEEP_ADDR=host:port of a real sheep; run with --ignored"]
-              fn $case() { super::run_external(super::Path::Shard, stringify!($case), super::$case) })*
+              fn $case() { super::run_external(stringify!($case), super::$case) })*
         }
     };
 }
@@ -228,149 +204,40 @@ conformance! {
     hyper_volumes_are_refused,
     wrong_payload_lengths_are_invalid,
     an_empty_cow_create_copies_the_whole_object,
-}
-
-shard_path! {
-    reads_are_not_bounds_checked,
-    clone_writes_copy_on_write,
-    created_entries_are_persisted,
-    snapshot_freezes_the_old_vid,
-    snapshot_chain_keeps_every_version,
-    rebase_keeps_the_working_vdi,
-    delete_refuses_silently_until_entries_are_zero,
-    deleted_working_vdi_leaves_snapshots,
-    flush_is_obsolete_and_discard_zeroes,
     discard_and_write_zeroes_through_the_shard,
     live_snapshot_is_followed_by_the_shard,
     shards_race_to_create_the_same_objects,
 }
 
-/// A VDI opened for I/O on one of the two data paths, with the calls the cases make.
-enum Dev {
-    Client(Box<VolumeIo>),
-    Shard(ShardDev),
+/// A VDI opened for I/O the one way there is: a shard on its own thread (own io_uring, own
+/// connections, as a ublk queue thread), fed block requests from the case and split at the
+/// device's `--max-io` as the block layer would ([`common::io`]).
+struct Dev {
+    vol: Arc<Volume>,
+    remote: Remote,
 }
 
 impl Dev {
+    fn start(addr: SocketAddr, vol: Arc<Volume>) -> Dev {
+        Dev { remote: common::remote_on(common::shard_config(addr), vol.clone()), vol }
+    }
     fn header(&self) -> InodeHeader {
-        match self {
-            Dev::Client(v) => v.header(),
-            Dev::Shard(s) => s.vol.header().clone(),
-        }
+        self.vol.header().clone()
     }
     async fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
-        match self {
-            Dev::Client(v) => Ok(v.write(offset, data).await?),
-            Dev::Shard(s) => s.io(Op::Write, offset, data.to_vec()).map(drop),
-        }
+        self.io(Op::Write, offset, data.to_vec()).map(drop)
     }
     async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        match self {
-            Dev::Client(v) => Ok(v.read(offset, buf).await?),
-            Dev::Shard(s) => {
-                buf.copy_from_slice(&s.io(Op::Read, offset, vec![0u8; buf.len()])?);
-                Ok(())
-            }
-        }
+        buf.copy_from_slice(&self.io(Op::Read, offset, vec![0u8; buf.len()])?);
+        Ok(())
     }
-}
-
-/// One request handed to a shard thread, and where its answer (and buffer) goes.
-type ShardCall = (IoDesc, Vec<u8>, mpsc::Sender<(std::result::Result<u32, sheepdev::shard::Error>, Vec<u8>)>);
-
-/// A shard on its own thread (own io_uring, own connections, as a ublk queue thread), fed
-/// block requests over a channel. The largest request it gets is [`SHARD_MAX_IO`], the
-/// device's `--max-io`; longer ones are split here, as the block layer would.
-struct ShardDev {
-    vol: Arc<Volume>,
-    tx: Option<mpsc::Sender<ShardCall>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-const SHARD_MAX_IO: usize = 512 << 10;
-
-impl ShardDev {
-    fn start(addr: SocketAddr, vol: Arc<Volume>) -> Result<ShardDev> {
-        let (tx, rx) = mpsc::channel::<ShardCall>();
-        let (ready_tx, ready_rx) = mpsc::channel::<std::result::Result<(), String>>();
-        let v = vol.clone();
-        let thread = std::thread::spawn(move || {
-            if let Err(e) = ring::init_thread_ring(256) {
-                let _ = ready_tx.send(Err(format!("ring: {e}")));
-                return;
-            }
-            let exe = sheepdev::shard::exec::LocalExecutor::new();
-            let shard = match Shard::new(v, &[addr], 2, 64, SHARD_MAX_IO, &exe) {
-                Ok(s) => Rc::new(s),
-                Err(e) => {
-                    let _ = ready_tx.send(Err(format!("shard: {e}")));
-                    return;
-                }
-            };
-            let _ = ready_tx.send(Ok(()));
-            let _ = ring::run_local(&exe, async move {
-                // The channel is polled between requests (a test harness: the ring has no
-                // wake-up for a std channel); each request itself runs on the ring.
-                loop {
-                    match rx.try_recv() {
-                        Ok((d, mut buf, reply)) => {
-                            let r = shard.handle(d, &mut buf).await;
-                            let _ = reply.send((r, buf));
-                        }
-                        Err(mpsc::TryRecvError::Empty) => ring::sleep(Duration::from_micros(100)).await,
-                        Err(mpsc::TryRecvError::Disconnected) => break,
-                    }
-                }
-                shard.shut_down().await;
-            });
-        });
-        ready_rx.recv().map_err(|_| anyhow::anyhow!("the shard thread died"))?.map_err(anyhow::Error::msg)?;
-        Ok(ShardDev { vol, tx: Some(tx), thread: Some(thread) })
+    /// One block request at `offset` over `buf` (split at the device's max I/O); the buffer back.
+    fn io(&self, op: Op, offset: u64, buf: Vec<u8>) -> Result<Vec<u8>> {
+        common::io(&self.remote, op, offset, buf).map_err(|e| anyhow::anyhow!("{op:?} at {offset}: {e} (errno {})", e.errno()))
     }
-
-    /// Hand one request and its buffer to the shard thread; its result and the buffer back.
-    fn call(&self, d: IoDesc, buf: Vec<u8>) -> Result<(std::result::Result<u32, sheepdev::shard::Error>, Vec<u8>)> {
-        let tx = self.tx.as_ref().expect("a started shard has its channel");
-        let (rtx, rrx) = mpsc::channel();
-        tx.send((d, buf, rtx)).map_err(|_| anyhow::anyhow!("the shard thread is gone"))?;
-        rrx.recv().map_err(|_| anyhow::anyhow!("the shard thread is gone"))
-    }
-
-    /// One block request at `offset` (split at [`SHARD_MAX_IO`]); returns the buffer.
-    fn io(&self, op: Op, offset: u64, mut buf: Vec<u8>) -> Result<Vec<u8>> {
-        let (mut done, total) = (0usize, buf.len());
-        while done < total {
-            let n = (total - done).min(SHARD_MAX_IO);
-            let d = IoDesc { op, offset: offset + done as u64, len: n as u32, tag: 0, fua: false };
-            let (r, back) = self.call(d, buf[done..done + n].to_vec())?;
-            r.map_err(|e| anyhow::anyhow!("{op:?} at {}: {e} (errno {})", d.offset, e.errno()))?;
-            buf[done..done + n].copy_from_slice(&back);
-            done += n;
-        }
-        Ok(buf)
-    }
-
-    /// A request with no data (discard, write-zeroes, flush) of `len` bytes at `offset`.
+    /// A request with no data (discard, write-zeroes, flush).
     fn op(&self, op: Op, offset: u64, len: u32) -> Result<()> {
-        // The tag's buffer, as a ublk queue hands it over (discard carries inode entries in it).
-        let (r, _) = self.call(IoDesc { op, offset, len, tag: 0, fua: false }, vec![0u8; SHARD_MAX_IO])?;
-        r.map(drop).map_err(|e| anyhow::anyhow!("{op:?} at {offset}+{len}: {e}"))
-    }
-}
-
-impl Drop for ShardDev {
-    fn drop(&mut self) {
-        self.tx.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn shard_of(d: &Dev) -> Result<&ShardDev> {
-    match d {
-        Dev::Shard(s) => Ok(s),
-        Dev::Client(_) => bail!("this case runs on the shard path only"),
+        common::op(&self.remote, op, offset, len).map_err(|e| anyhow::anyhow!("{op:?} at {offset}+{len}: {e}"))
     }
 }
 
@@ -736,7 +603,7 @@ async fn hyper_volumes_are_refused(cx: Rc<Ctx>) -> Result<()> {
     ensure!(cx.client.read_inode_header(vid).await?.store_policy == 1);
     let open = manage::open(&cx.client, &VdiSpec::working(name.clone())).await;
     ensure!(open.as_ref().err().is_some_and(|e| e.to_string().contains("hyper volumes are not supported")), "{:?}", open.err());
-    let vol = VolumeIo::open(cx.client.clone(), vid, true).await;
+    let vol = load_volume(&cx.client, vid, true).await;
     ensure!(vol.is_err(), "a hyper volume cannot be opened for i/o");
     // Its inode is not a flat array: delete it with DEL_VDI alone.
     cx.client.del_vdi(&name, &SnapSel::Working).await?;
@@ -769,7 +636,7 @@ async fn discard_and_write_zeroes_through_the_shard(cx: Rc<Ctx>) -> Result<()> {
     d.write(0, &vec![5u8; 4 * os]).await?;
     let (snap, working) = manage::snapshot(&cx.client, &name, None).await?;
     let w = cx.vol(working).await?;
-    let s = shard_of(&w)?;
+    let s = &w;
     // Object 0 rewritten (owned now), object 1 still shared with the snapshot.
     w.write(0, &vec![6u8; os]).await?;
     s.op(Op::Discard, 0, 2 * os as u32)?;
@@ -804,14 +671,13 @@ async fn live_snapshot_is_followed_by_the_shard(cx: Rc<Ctx>) -> Result<()> {
     let name = cx.name("live");
     let vid = cx.create("live", 16 * MIB).await?;
     let d = cx.vol(vid).await?;
-    shard_of(&d)?;
     let os = 1u64 << d.header().block_size_shift;
     d.write(0, &[1u8; 4096]).await?;
     let (old, new) = manage::snapshot(&cx.client, &name, Some(&VdiName::new("live")?)).await?;
     ensure!(old == vid);
     d.write(4096, &[2u8; 4096]).await?;
     d.write(os, &[3u8; 4096]).await?;
-    let now = shard_of(&d)?.vol.vid();
+    let now = d.vol.vid();
     ensure!(now == new, "the shard now writes vid {:#x}, not the new working {:#x}", now.0, new.0);
     let mut got = vec![0u8; 8192];
     cx.ro(new).await?.read(0, &mut got).await?;
@@ -832,16 +698,13 @@ async fn live_snapshot_is_followed_by_the_shard(cx: Rc<Ctx>) -> Result<()> {
 async fn shards_race_to_create_the_same_objects(cx: Rc<Ctx>) -> Result<()> {
     const SHARDS: usize = 4;
     const OBJECTS: u64 = 12;
-    if cx.path != Path::Shard {
-        bail!("this case runs on the shard path only");
-    }
     let vid = cx.create("race", OBJECTS * 4 * MIB).await?;
     let vol = Arc::new(load_volume(&cx.client, vid, false).await?);
     let os = 1u64 << vol.header().block_size_shift;
     let barrier = Arc::new(std::sync::Barrier::new(SHARDS));
     let mut workers = Vec::new();
     for k in 0..SHARDS {
-        let dev = ShardDev::start(cx.addr, vol.clone())?;
+        let dev = Dev::start(cx.addr, vol.clone());
         let barrier = barrier.clone();
         workers.push(std::thread::spawn(move || -> Result<()> {
             barrier.wait();

@@ -15,20 +15,18 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use sheepdev::block::{IoDesc, Op};
 use sheepdev::fault::{Cut, Event, Fault, Proxy, Which};
 use sheepdev::proto::libc_errno::{EIO, ENOSPC};
 use sheepdev::proto::{Opcode, Vid, SD_RES_EIO, SD_RES_NO_SPACE};
-use sheepdev::shard::{ring, Error, IoDesc, Op, Shard};
-use sheepdev::sheep::{load_volume, Client, Config, VolumeIo};
+use sheepdev::shard::{self, ring, Error, Shard};
 use sheepdev::store::Store;
 use sheepdev::vdi::Volume;
 
 mod common;
-
-const MIB: u64 = 1 << 20;
+use common::MIB;
 const BLOCK: usize = 64 << 10;
 const TAGS: u64 = 8;
 const PER_TAG: u64 = 8;
@@ -58,37 +56,24 @@ fn rig() -> Rig {
 
 impl Rig {
     fn volume(&self) -> Arc<Volume> {
-        let (addr, vid) = (self.store_addr, self.vid);
-        Arc::new(
-            sheepdev::runtime::block_on(async move {
-                let c = Client::connect(&Config::new(vec![addr])).await.expect("connect");
-                load_volume(&c, vid, false).await.expect("load")
-            })
-            .expect("executor"),
-        )
+        common::volume(self.store_addr, self.vid, false)
     }
 
     fn store(&self) -> &Store {
         self.store.as_ref().expect("the store runs")
     }
 
-    /// Every block, read through a fresh client straight from the store, is its last round.
+    /// Every block, read through a fresh shard straight from the store, is its last round.
     fn verify(&self, rounds: &[u64]) {
-        let (addr, vid, rounds) = (self.store_addr, self.vid, rounds.to_vec());
-        sheepdev::runtime::block_on(async move {
-            let c = Rc::new(Client::connect(&Config::new(vec![addr])).await.expect("connect"));
-            let v = VolumeIo::open(c, vid, true).await.expect("open");
-            for t in 0..TAGS {
-                let last = rounds[t as usize] - 1;
-                for k in 0..PER_TAG {
-                    let i = t * PER_TAG + k;
-                    let mut got = vec![0u8; BLOCK];
-                    v.read(i * BLOCK as u64, &mut got).await.expect("read back");
-                    assert!(got == block(i, last), "block {i} (tag {t}) is not round {last}");
-                }
+        let all = common::read_all(self.store_addr, self.vid, 0, (TAGS * PER_TAG) as usize * BLOCK);
+        for t in 0..TAGS {
+            let last = rounds[t as usize] - 1;
+            for k in 0..PER_TAG {
+                let i = t * PER_TAG + k;
+                let got = &all[i as usize * BLOCK..(i as usize + 1) * BLOCK];
+                assert!(got == block(i, last), "block {i} (tag {t}) is not round {last}");
             }
-        })
-        .expect("executor");
+        }
     }
 }
 
@@ -128,7 +113,7 @@ impl Stats {
 struct Load {
     stop: Arc<AtomicBool>,
     done: Arc<AtomicU64>,
-    thread: JoinHandle<Run>,
+    thread: shard::Spawned<Run>,
 }
 
 impl Load {
@@ -194,13 +179,11 @@ fn start_load(vol: Arc<Volume>, gateway: SocketAddr) -> Load {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let (stop2, done2) = (stop.clone(), done.clone());
-    let thread = std::thread::spawn(move || {
-        ring::init_thread_ring(256).expect("ring");
-        let exe = sheepdev::shard::exec::LocalExecutor::new();
-        let sh = Rc::new(Shard::new(vol, &[gateway], 2, 64, MIB as usize, &exe).expect("shard").with_io_timeout(PATIENCE));
+    let cfg = shard::Config { io_timeout: PATIENCE, ..common::shard_config(gateway) };
+    let thread = shard::spawn("test-shard", cfg, vol, move |sh, exe| {
         let st = Rc::new(Stats::default());
         let tasks: Vec<_> = (0..TAGS).map(|t| exe.spawn(tag(sh.clone(), st.clone(), t, stop2.clone(), done2.clone()))).collect();
-        let out = ring::run_local(&exe, async move {
+        async move {
             let mut rounds = Vec::new();
             for t in tasks {
                 rounds.push(t.await);
@@ -211,11 +194,10 @@ fn start_load(vol: Arc<Volume>, gateway: SocketAddr) -> Load {
                 ring::sleep(Duration::from_millis(5)).await;
             }
             let reconnects = sh.reconnects();
-            sh.shut_down().await;
             Run { rounds, errors: st.errors.take(), longest_gap: st.gap.get(), slowest: st.slowest.get(), reconnects }
-        });
-        out.expect("ring ran")
-    });
+        }
+    })
+    .expect("the shard connects");
     Load { stop, done, thread }
 }
 

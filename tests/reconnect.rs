@@ -11,14 +11,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sheepdev::block::{IoDesc, Op};
 use sheepdev::fault::Proxy;
-use sheepdev::shard::{ring, IoDesc, Op, Shard};
-use sheepdev::sheep::{load_volume, Client, Config, VolumeIo};
+use sheepdev::shard::{self, Shard};
 use sheepdev::store::Store;
 
 mod common;
-
-const MIB: u64 = 1 << 20;
+use common::{read_all, volume, MIB};
 
 fn setup(size: u64) -> (Store, tempfile::TempDir, SocketAddr, sheepdev::proto::Vid) {
     common::store_with_vdi("r", size, MIB)
@@ -32,19 +31,11 @@ fn block(i: u64) -> Vec<u8> {
 fn writes_survive_connections_cut_again_and_again() {
     let (_store, _dir, addr, vid) = setup(64 * MIB);
     let proxy = Proxy::start("127.0.0.1:0".parse().expect("addr"), addr).expect("proxy");
-    let vol = Arc::new(
-        sheepdev::runtime::block_on(async move {
-            let c = Client::connect(&Config::new(vec![addr])).await.expect("connect");
-            load_volume(&c, vid, false).await.expect("load")
-        })
-        .expect("executor"),
-    );
+    let vol = volume(addr, vid, false);
     let stop = Arc::new(AtomicBool::new(false));
     let (stop2, paddr) = (stop.clone(), proxy.addr());
-    let shard = std::thread::spawn(move || {
-        ring::init_thread_ring(256).expect("ring");
-        let exe = sheepdev::shard::exec::LocalExecutor::new();
-        let sh = Rc::new(Shard::new(vol, &[paddr], 2, 64, MIB as usize, &exe).expect("shard").with_io_timeout(Duration::from_secs(20)));
+    let cfg = shard::Config { io_timeout: Duration::from_secs(20), ..common::shard_config(paddr) };
+    let shard = shard::spawn("test-shard", cfg, vol, move |sh, exe| {
         // 16 tags running at once (spawned, not awaited one after the other), each
         // rewriting its own 16 blocks of 64 KiB (creates first, then writes) until told to
         // stop, always ending a full round.
@@ -70,17 +61,15 @@ fn writes_survive_connections_cut_again_and_again() {
                 })
             })
             .collect();
-        let out = ring::run_local(&exe, async move {
+        async move {
             let mut rounds = Vec::new();
             for t in tasks {
                 rounds.push(t.await);
             }
-            let reconnects = sh.reconnects();
-            sh.shut_down().await;
-            (rounds, reconnects)
-        });
-        out.expect("ring ran")
-    });
+            (rounds, sh.reconnects())
+        }
+    })
+    .expect("the shard connects");
     // Cut every connection every 40 ms for 1.2 s.
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_millis(1200) {
@@ -90,75 +79,56 @@ fn writes_survive_connections_cut_again_and_again() {
     stop.store(true, Ordering::SeqCst);
     let (rounds, reconnects) = shard.join().expect("shard thread");
     assert!(reconnects >= 5, "the connections were re-established ({reconnects} times)");
-    // Read everything back through a fresh client: the last round of every tag.
-    sheepdev::runtime::block_on(async move {
-        let c = Rc::new(Client::connect(&Config::new(vec![addr])).await.expect("connect"));
-        let v = VolumeIo::open(c, vid, true).await.expect("open");
-        for t in 0..16u64 {
-            for k in 0..16u64 {
-                let i = t * 16 + k;
-                let mut got = vec![0u8; 65536];
-                v.read(i * 65536, &mut got).await.expect("read");
-                assert!(got == block(i + rounds[t as usize] - 1), "block {i} (tag {t}, round {}) differs", rounds[t as usize] - 1);
-            }
+    // Read everything back through a fresh shard: the last round of every tag.
+    let all = read_all(addr, vid, 0, 256 * 65536);
+    for t in 0..16u64 {
+        for k in 0..16u64 {
+            let i = t * 16 + k;
+            let got = &all[i as usize * 65536..(i as usize + 1) * 65536];
+            assert!(got == block(i + rounds[t as usize] - 1), "block {i} (tag {t}, round {}) differs", rounds[t as usize] - 1);
         }
-    })
-    .expect("executor");
+    }
 }
 
 #[test]
 fn a_cluster_gone_past_the_io_timeout_fails_requests_then_recovers() {
     let (_store, _dir, addr, vid) = setup(16 * MIB);
     let proxy = Proxy::start("127.0.0.1:0".parse().expect("addr"), addr).expect("proxy");
-    let vol = Arc::new(
-        sheepdev::runtime::block_on(async move {
-            let c = Client::connect(&Config::new(vec![addr])).await.expect("connect");
-            load_volume(&c, vid, false).await.expect("load")
-        })
-        .expect("executor"),
-    );
+    let vol = volume(addr, vid, false);
     let (p2, paddr) = (proxy.handle(), proxy.addr());
-    std::thread::spawn(move || {
-        ring::init_thread_ring(64).expect("ring");
-        let exe = sheepdev::shard::exec::LocalExecutor::new();
-        let sh = Rc::new(Shard::new(vol, &[paddr], 1, 16, MIB as usize, &exe).expect("shard").with_io_timeout(Duration::from_millis(400)));
-        let s2 = sh.clone();
-        ring::run_local(&exe, async move {
-            let sh = s2;
-            let mut buf = vec![7u8; 4096];
-            let w = |sh: Rc<Shard>, mut b: Vec<u8>| async move {
-                let r = sh.handle(IoDesc { op: Op::Write, offset: 0, len: 4096, tag: 0, fua: false }, &mut b).await;
-                (r, b)
-            };
-            let (r, b) = w(sh.clone(), buf).await;
-            r.expect("first write");
-            // The cluster goes away.
-            p2.set_accepting(false);
-            p2.drop_all();
-            let t0 = Instant::now();
-            let (r, b) = w(sh.clone(), b).await;
-            let waited = t0.elapsed();
-            assert!(r.is_err(), "a write with the cluster gone fails");
-            assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(5), "failed after {waited:?}");
-            // It comes back: the same shard serves again.
-            p2.set_accepting(true);
-            let t0 = Instant::now();
-            let mut b = b;
-            loop {
-                let (r, nb) = w(sh.clone(), b).await;
-                b = nb;
-                if r.is_ok() {
-                    break;
-                }
-                assert!(t0.elapsed() < Duration::from_secs(10), "the shard did not recover");
+    let cfg = shard::Config { connections: 1, slots: 16, io_timeout: Duration::from_millis(400), ..common::shard_config(paddr) };
+    common::on_shard(cfg, vol, async move |sh| {
+        let mut buf = vec![7u8; 4096];
+        let w = |sh: Rc<Shard>, mut b: Vec<u8>| async move {
+            let r = sh.handle(IoDesc { op: Op::Write, offset: 0, len: 4096, tag: 0, fua: false }, &mut b).await;
+            (r, b)
+        };
+        let (r, b) = w(sh.clone(), buf).await;
+        r.expect("first write");
+        // The cluster goes away.
+        p2.set_accepting(false);
+        p2.drop_all();
+        let t0 = Instant::now();
+        let (r, b) = w(sh.clone(), b).await;
+        let waited = t0.elapsed();
+        assert!(r.is_err(), "a write with the cluster gone fails");
+        assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(5), "failed after {waited:?}");
+        // It comes back: the same shard serves again.
+        p2.set_accepting(true);
+        let t0 = Instant::now();
+        let mut b = b;
+        loop {
+            let (r, nb) = w(sh.clone(), b).await;
+            b = nb;
+            if r.is_ok() {
+                break;
             }
-            buf = b;
-            let mut back = vec![0u8; 4096];
-            sh.handle(IoDesc { op: Op::Read, offset: 0, len: 4096, tag: 0, fua: false }, &mut back).await.expect("read after recovery");
-            assert_eq!(back, buf);
-            sh.shut_down().await;
-        })
-        .expect("ring ran");
+            assert!(t0.elapsed() < Duration::from_secs(10), "the shard did not recover");
+        }
+        buf = b;
+        let mut back = vec![0u8; 4096];
+        sh.handle(IoDesc { op: Op::Read, offset: 0, len: 4096, tag: 0, fua: false }, &mut back).await.expect("read after recovery");
+        assert_eq!(back, buf);
     })
     .join()
     .expect("shard thread");

@@ -2,51 +2,22 @@
 //! each shard thread gets its own io_uring (as a ublk queue thread would) and talks to an
 //! embedded store started in-process.
 
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use sheepdev::proto::{VdiName, Vid};
-use sheepdev::shard::{ring, Error, IoDesc, Op, Shard};
-use sheepdev::sheep::manage::{self, Redundancy};
-use sheepdev::sheep::{load_volume, Client, Config, Gateway, VolumeIo};
-use sheepdev::store::{Config as StoreConfig, Store};
+use sheepdev::block::{IoDesc, Op};
+use sheepdev::proto::VdiName;
+use sheepdev::shard::{self, ring, Error, Shard, Spawned};
+use sheepdev::sheep::manage;
+use sheepdev::sheep::Gateway;
 use sheepdev::vdi::{SnapSel, Volume};
 
-const MIB: u64 = 1 << 20;
+mod common;
+use common::{control, create, pattern, read_all, store, volume, MIB};
 
-fn store() -> (Store, tempfile::TempDir, SocketAddr) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = StoreConfig { dir: dir.path().to_path_buf(), listen: vec!["127.0.0.1:0".parse().expect("addr")], sync: false, ..Default::default() };
-    let s = Store::start(cfg).expect("store");
-    let a = s.local_addrs()[0];
-    (s, dir, a)
-}
-
-fn control<T>(addr: impl Into<Gateway>, f: impl AsyncFnOnce(Rc<Client>) -> T) -> T {
-    let addr = addr.into();
-    sheepdev::runtime::block_on(async move {
-        let c = Rc::new(Client::connect(&Config::new([addr])).await.expect("connect"));
-        f(c).await
-    })
-    .expect("executor")
-}
-
-fn create(addr: impl Into<Gateway>, name: &str, size: u64, object_size: u64) -> Vid {
-    control(addr, async |c| manage::create(&c, &VdiName::new(name).expect("name"), size, Redundancy::Default, object_size).await.expect("create").vid)
-}
-
-fn volume(addr: impl Into<Gateway>, vid: Vid, read_only: bool) -> Arc<Volume> {
-    Arc::new(control(addr, async |c| load_volume(&c, vid, read_only).await.expect("load")))
-}
-
-/// Run `f` on a fresh shard thread (own ring, own executor) and return its result.
-fn on_shard<T: Send + 'static>(
-    addr: impl Into<Gateway>,
-    vol: Arc<Volume>,
-    f: impl AsyncFnOnce(Rc<Shard>) -> T + Send + 'static,
-) -> std::thread::JoinHandle<T> {
-    on_shard_with(addr, vol, 2, true, f)
+/// Run `f` on a fresh shard thread (two connections, coalescing on).
+fn on_shard<T: Send + 'static>(addr: impl Into<Gateway>, vol: Arc<Volume>, f: impl AsyncFnOnce(Rc<Shard>) -> T + Send + 'static) -> Spawned<T> {
+    common::on_shard(common::shard_config(addr), vol, f)
 }
 
 /// [`on_shard`] with `conns` connections and coalescing on or off.
@@ -56,37 +27,12 @@ fn on_shard_with<T: Send + 'static>(
     conns: usize,
     coalesce: bool,
     f: impl AsyncFnOnce(Rc<Shard>) -> T + Send + 'static,
-) -> std::thread::JoinHandle<T> {
-    let addr: Gateway = addr.into();
-    std::thread::spawn(move || {
-        ring::init_thread_ring(256).expect("ring");
-        let exe = sheepdev::shard::exec::LocalExecutor::new();
-        let shard = Rc::new(Shard::new(vol, std::slice::from_ref(&addr), conns, 64, 1 << 20, &exe).expect("shard connects").with_coalesce(coalesce));
-        let out = ring::run_local(&exe, async move {
-            let out = f(shard.clone()).await;
-            // Close and let the connection tasks end before the ring and buffers go away.
-            shard.shut_down().await;
-            out
-        });
-        out.expect("ring ran")
-    })
+) -> Spawned<T> {
+    common::on_shard(shard::Config { connections: conns, coalesce, ..common::shard_config(addr) }, vol, f)
 }
 
 fn io(op: Op, offset: u64, len: u32, tag: u16) -> IoDesc {
     IoDesc { op, offset, len, tag, fua: false }
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (seed.wrapping_mul(31).wrapping_add(i as u64 / 7) % 251) as u8).collect()
-}
-
-fn read_all(addr: impl Into<Gateway>, vid: Vid, offset: u64, len: usize) -> Vec<u8> {
-    control(addr, async |c| {
-        let v = VolumeIo::open(c.clone(), vid, true).await.expect("open");
-        let mut out = vec![0u8; len];
-        v.read(offset, &mut out).await.expect("read");
-        out
-    })
 }
 
 #[test]
@@ -328,17 +274,8 @@ fn entries_persisted_into_the_snapshot_are_carried_to_the_new_working_vdi() {
     // objects 1 and 2 (0–600 ms) and persists their entries (600–900 ms), while the
     // snapshot, started at 50 ms, reads the inode, writes the tag and creates the new
     // working VDI at about 650 ms.
-    let dir = tempfile::tempdir().expect("tempdir");
     let delay = std::time::Duration::from_millis(300);
-    let cfg = StoreConfig {
-        dir: dir.path().to_path_buf(),
-        listen: vec!["127.0.0.1:0".parse().expect("addr")],
-        sync: false,
-        object_delay: delay,
-        ..Default::default()
-    };
-    let s = Store::start(cfg).expect("store");
-    let addr = s.local_addrs()[0];
+    let (_s, _dir, addr) = common::store_with(|c| c.object_delay = delay);
     let name = VdiName::new("race").expect("name");
     let vid = create(addr, "race", 8 * MIB, MIB);
     let vol = volume(addr, vid, false);

@@ -1,21 +1,25 @@
 //! `sheepdev vdi …`: VDI management and byte I/O, so nobody needs sheep's `dog`.
 //!
-//! Contract: arguments are validated before the first request; `write` and `read` keep
-//! up to `--depth` requests in flight and draw a progress bar only when stderr is a
+//! Contract: arguments are validated before the first request; `write` and `read` look the
+//! VDI up on the control plane, then move the bytes through a shard (`shard::Remote`, the
+//! device's own data path), keeping up to `--depth` requests in flight and draw a progress bar only when stderr is a
 //! terminal; errors are one line naming the VDI and the problem.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{IsTerminal, Read, Write};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
+use crate::block::{IoDesc, Op};
 use crate::proto::VdiName;
+use crate::shard::{self, Job, Remote};
 use crate::sheep::manage::{self, Redundancy};
-use crate::sheep::{parse_gateways, Client, Config, Gateway, VolumeIo};
-use crate::vdi::VdiSpec;
+use crate::sheep::{load_volume, parse_gateways, Client, Config, Gateway};
+use crate::vdi::{VdiSpec, Volume};
 
 #[derive(Debug, Args)]
 pub struct VdiArgs {
@@ -107,13 +111,25 @@ fn name(s: &str) -> anyhow::Result<VdiName> {
 pub fn run(a: VdiArgs) -> anyhow::Result<()> {
     let mut cfg = Config::new(a.address.0.clone());
     cfg.connect_timeout = Duration::from_secs(a.connect_timeout);
-    crate::runtime::block_on(async move {
-        // Validate everything the user typed before talking to anyone.
-        let cmd = a.cmd;
-        let plan = Plan::new(cmd)?;
+    let all = a.address.0;
+    // Validate everything the user typed before talking to anyone.
+    let plan = Plan::new(a.cmd)?;
+    // The control plane (glommio) looks the VDI up; byte I/O then runs on a shard.
+    let data = crate::runtime::block_on(async move {
         let client = Rc::new(Client::connect(&cfg).await?);
-        plan.run(client).await
-    })?
+        plan.run(client, &all).await
+    })??;
+    match data {
+        None => Ok(()),
+        Some(Data::Write { spec, o, offset, depth }) => write(o, offset, depth).with_context(|| format!("writing {spec}")),
+        Some(Data::Read { spec, o, offset, length, depth }) => read(o, offset, length, depth).with_context(|| format!("reading {spec}")),
+    }
+}
+
+/// A byte-I/O command, its VDI opened.
+enum Data {
+    Write { spec: VdiSpec, o: Opened, offset: u64, depth: usize },
+    Read { spec: VdiSpec, o: Opened, offset: u64, length: Option<u64>, depth: usize },
 }
 
 /// A validated command.
@@ -159,7 +175,7 @@ impl Plan {
         })
     }
 
-    async fn run(self, c: Rc<Client>) -> anyhow::Result<()> {
+    async fn run(self, c: Rc<Client>, all: &[Gateway]) -> anyhow::Result<Option<Data>> {
         match self {
             Plan::Create { name, size, redundancy, object_size } => {
                 let info = manage::create(&c, &name, size, redundancy, object_size).await.with_context(|| format!("creating vdi {name}"))?;
@@ -190,10 +206,16 @@ impl Plan {
                 let vid = manage::delete(&c, &spec).await.with_context(|| format!("deleting {spec}"))?;
                 eprintln!("deleted {spec} (vid {vid})");
             }
-            Plan::Write { spec, offset, depth } => write(c, &spec, offset, depth).await.with_context(|| format!("writing {spec}"))?,
-            Plan::Read { spec, offset, length, depth } => read(c, &spec, offset, length, depth).await.with_context(|| format!("reading {spec}"))?,
+            Plan::Write { spec, offset, depth } => {
+                let o = open(&c, all, &spec, false).await.with_context(|| format!("writing {spec}"))?;
+                return Ok(Some(Data::Write { spec, o, offset, depth }));
+            }
+            Plan::Read { spec, offset, length, depth } => {
+                let o = open(&c, all, &spec, true).await.with_context(|| format!("reading {spec}"))?;
+                return Ok(Some(Data::Read { spec, o, offset, length, depth }));
+            }
         }
-        Ok(())
+        Ok(None)
     }
 }
 
@@ -243,24 +265,63 @@ fn progress(total: Option<u64>) -> indicatif::ProgressBar {
     pb
 }
 
-/// Bytes in one request: up to the next object boundary, at most 4 MiB.
+/// The largest request `vdi read/write` sends.
+const CHUNK: u64 = 4 << 20;
+
+/// Bytes in one request: up to the next object boundary, at most [`CHUNK`].
 fn chunk_len(offset: u64, bss: u8, left: u64) -> u64 {
     let os = 1u64 << bss;
-    (os - (offset & (os - 1))).min(4 << 20).min(left)
+    (os - (offset & (os - 1))).min(CHUNK).min(left)
 }
 
-async fn open(c: &Rc<Client>, spec: &VdiSpec, read_only: bool) -> anyhow::Result<Rc<VolumeIo>> {
+/// What `vdi read/write` take from the control plane: the VDI opened (its inode read) and
+/// where its shard connects. The bytes then go through a shard like a device's.
+struct Opened {
+    vol: Arc<Volume>,
+    gateways: Vec<Gateway>,
+}
+
+async fn open(c: &Client, all: &[Gateway], spec: &VdiSpec, read_only: bool) -> anyhow::Result<Opened> {
     let info = c.vdi_info(&spec.name, &spec.snap).await?;
     if !read_only && spec.snap.is_snapshot() {
         bail!("{spec} is a snapshot and cannot be written (clone it, or rebase onto it)");
     }
-    Ok(Rc::new(VolumeIo::open(c.clone(), info.vid, read_only).await?))
+    let vol = Arc::new(load_volume(c, info.vid, read_only).await?);
+    Ok(Opened { vol, gateways: c.reachable_first(all) })
 }
 
-async fn write(c: Rc<Client>, spec: &VdiSpec, offset: u64, depth: usize) -> anyhow::Result<()> {
-    let vol = open(&c, spec, false).await?;
-    let size = vol.size();
-    let bss = vol.header().block_size_shift;
+/// The shard that carries the bytes: requests of up to [`CHUNK`], `depth` at once.
+fn shard_for(o: &Opened, depth: usize) -> anyhow::Result<Remote> {
+    let cfg = shard::Config { slots: depth * 2 + 8, max_io: CHUNK as usize, ..shard::Config::new(o.gateways.clone()) };
+    Remote::start(cfg, o.vol.clone(), depth).with_context(|| format!("connecting to {}", o.gateways[0]))
+}
+
+/// Wait for one request of `remote`; its buffer back, or the error naming its offset.
+fn finish(remote: &Remote, what: &str) -> anyhow::Result<(u64, Vec<u8>)> {
+    let d = remote.next_done()?;
+    match d.result {
+        Ok(_) => Ok((d.id, d.buf)),
+        Err(e) => bail!("{what} at offset {}: {e}", d.id),
+    }
+}
+
+/// Fill `buf` from `rd` as far as it goes; the bytes read (fewer only at the end).
+fn read_full(rd: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match rd.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+fn write(o: Opened, offset: u64, depth: usize) -> anyhow::Result<()> {
+    let size = o.vol.size();
+    let bss = o.vol.block_size_shift();
     // A regular file on stdin: check the whole length before writing anything.
     let stdin_len = std::fs::metadata("/dev/stdin").ok().filter(|m| m.is_file()).map(|m| m.len());
     if let Some(len) = stdin_len {
@@ -268,97 +329,90 @@ async fn write(c: Rc<Client>, spec: &VdiSpec, offset: u64, depth: usize) -> anyh
             bail!("{len} bytes at offset {offset} do not fit in the vdi's {size} bytes");
         }
     }
+    let remote = shard_for(&o, depth)?;
     let pb = progress(stdin_len);
     let started = Instant::now();
-    let mut inflight: VecDeque<glommio::Task<Result<(), crate::sheep::Error>>> = VecDeque::new();
-    let mut pos = offset;
-    let mut reader = Some(std::io::stdin());
+    let mut stdin = std::io::stdin().lock();
+    let (mut pos, mut inflight, mut peak) = (offset, 0usize, 0usize);
+    let mut free: Vec<Vec<u8>> = Vec::new();
+    let mut failed = None;
     loop {
         let want = chunk_len(pos, bss, size.saturating_sub(pos)).max(1) as usize;
-        let rd = reader.take().context("stdin lost")?;
-        let (rd, buf) = glommio::executor()
-            .spawn_blocking(move || {
-                let mut buf = vec![0u8; want];
-                let mut got = 0;
-                let mut rd = rd;
-                while got < want {
-                    match rd.read(&mut buf[got..]) {
-                        Ok(0) => break,
-                        Ok(n) => got += n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        Err(e) => return (rd, Err(e)),
-                    }
-                }
-                buf.truncate(got);
-                (rd, Ok(buf))
-            })
-            .await;
-        reader = Some(rd);
-        let buf = buf.context("reading stdin")?;
-        if buf.is_empty() {
+        let mut buf = free.pop().unwrap_or_default();
+        buf.resize(want, 0);
+        let got = read_full(&mut stdin, &mut buf).context("reading stdin")?;
+        if got == 0 {
             break;
         }
-        if pos + buf.len() as u64 > size {
-            bail!("input goes beyond the end of the vdi ({size} bytes) at offset {pos}; {} bytes were written", pos - offset);
+        if pos + got as u64 > size {
+            failed = Some(format!("input goes beyond the end of the vdi ({size} bytes) at offset {pos}"));
+            break;
         }
-        let (v, at, n) = (vol.clone(), pos, buf.len() as u64);
-        inflight.push_back(glommio::spawn_local(async move { v.write(at, &buf).await }));
-        pos += n;
+        buf.truncate(got);
+        remote.submit(Job { id: pos, desc: IoDesc { op: Op::Write, offset: pos, len: got as u32, tag: 0, fua: false }, buf })?;
+        (pos, inflight) = (pos + got as u64, inflight + 1);
+        peak = peak.max(inflight);
         pb.set_position(pos - offset);
-        if inflight.len() >= depth {
-            if let Some(t) = inflight.pop_front() {
-                t.await?;
-            }
+        if inflight >= depth {
+            free.push(finish(&remote, "write")?.1);
+            inflight -= 1;
         }
     }
-    while let Some(t) = inflight.pop_front() {
-        t.await?;
+    for _ in 0..inflight {
+        finish(&remote, "write")?;
+    }
+    if let Some(why) = failed {
+        bail!("{why}; {} bytes were written", pos - offset);
     }
     pb.finish_and_clear();
-    report("wrote", pos - offset, started, &c);
+    report("wrote", pos - offset, started, peak);
     Ok(())
 }
 
-async fn read(c: Rc<Client>, spec: &VdiSpec, offset: u64, length: Option<u64>, depth: usize) -> anyhow::Result<()> {
-    let vol = open(&c, spec, true).await?;
-    let size = vol.size();
-    let bss = vol.header().block_size_shift;
+fn read(o: Opened, offset: u64, length: Option<u64>, depth: usize) -> anyhow::Result<()> {
+    let size = o.vol.size();
+    let bss = o.vol.block_size_shift();
     let len = length.unwrap_or(size.saturating_sub(offset));
     if offset.checked_add(len).is_none_or(|end| end > size) {
         bail!("{len} bytes at offset {offset} are beyond the vdi's {size} bytes");
     }
+    let remote = shard_for(&o, depth)?;
     let pb = progress(Some(len));
     let started = Instant::now();
     let mut out = std::io::stdout().lock();
-    let mut inflight: VecDeque<glommio::Task<Result<Vec<u8>, crate::sheep::Error>>> = VecDeque::new();
-    let mut pos = offset;
-    let end = offset + len;
-    let mut done = 0u64;
-    while pos < end || !inflight.is_empty() {
-        while pos < end && inflight.len() < depth {
+    // Requests finish in any order; stdout takes them in offset order.
+    let mut pending: VecDeque<u64> = VecDeque::new();
+    let mut arrived: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    let mut free: Vec<Vec<u8>> = Vec::new();
+    let (mut pos, end, mut done, mut peak) = (offset, offset + len, 0u64, 0usize);
+    while pos < end || !pending.is_empty() {
+        while pos < end && pending.len() < depth {
             let n = chunk_len(pos, bss, end - pos);
-            let (v, at) = (vol.clone(), pos);
-            inflight.push_back(glommio::spawn_local(async move {
-                let mut buf = vec![0u8; n as usize];
-                v.read(at, &mut buf).await.map(|()| buf)
-            }));
+            let mut buf = free.pop().unwrap_or_default();
+            buf.resize(n as usize, 0);
+            remote.submit(Job { id: pos, desc: IoDesc { op: Op::Read, offset: pos, len: n as u32, tag: 0, fua: false }, buf })?;
+            pending.push_back(pos);
+            peak = peak.max(pending.len());
             pos += n;
         }
-        if let Some(t) = inflight.pop_front() {
-            let buf = t.await?;
+        let (at, buf) = finish(&remote, "read")?;
+        arrived.insert(at, buf);
+        while let Some(buf) = pending.front().and_then(|at| arrived.remove(at)) {
+            pending.pop_front();
             out.write_all(&buf).context("writing stdout")?;
             done += buf.len() as u64;
             pb.set_position(done);
+            free.push(buf);
         }
     }
     out.flush().context("writing stdout")?;
     pb.finish_and_clear();
-    report("read", len, started, &c);
+    report("read", len, started, peak);
     Ok(())
 }
 
-fn report(what: &str, bytes: u64, started: Instant, c: &Client) {
+fn report(what: &str, bytes: u64, started: Instant, peak: usize) {
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     let mibs = bytes as f64 / secs / (1 << 20) as f64;
-    tracing::info!("{what} {bytes} bytes in {secs:.2} s ({mibs:.1} MiB/s), up to {} requests in flight", c.peak_inflight());
+    tracing::info!("{what} {bytes} bytes in {secs:.2} s ({mibs:.1} MiB/s), up to {peak} requests in flight");
 }

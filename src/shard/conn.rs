@@ -43,9 +43,9 @@ use io_uring::{opcode, types};
 use super::coalesce::{may_ride, rides_on, MERGE_SCAN};
 use super::ring::submit;
 use super::Error;
+use crate::net::{Gateway, Stream};
 use crate::proto::demux::{wire_id, Demux, Event, InFlight};
 use crate::proto::{Opcode, ReqHeader, RspHeader, HEADER_LEN};
-use crate::net::{Gateway, Stream};
 
 /// Requests gathered into one SENDMSG.
 const MAX_BATCH: usize = 64;

@@ -13,7 +13,7 @@ pub enum Error {
     Protocol,
     #[error("sheep answered {0}")]
     Server(ResultCode),
-    #[error("the device is read-only")]
+    #[error("the vdi is read-only")]
     ReadOnly,
     #[error("request beyond the end of the vdi")]
     OutOfRange,

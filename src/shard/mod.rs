@@ -21,7 +21,7 @@
 //! - DISCARD and WRITE_ZEROES zero the inode entries of the whole objects they cover (one
 //!   inode write); on the partial objects at their edges WRITE_ZEROES writes zeros and
 //!   DISCARD does nothing (discard is a hint; QEMU ignores partial discards the same way).
-//! - Coalescing (on unless [`Shard::with_coalesce`]`(false)`): sheep requests are not
+//! - Coalescing (on unless [`Config::coalesce`] is false): sheep requests are not
 //!   merged here but where they wait — in a connection's send queue (`conn`, by the rule
 //!   of `coalesce`). A WRITE_OBJ issued while an adjacent WRITE_OBJ of the same object is
 //!   still queued rides on it: one sheep request, several payload iovecs, one response
@@ -42,6 +42,7 @@ mod conn;
 mod error;
 pub mod exec;
 pub mod ring;
+mod start;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -51,6 +52,7 @@ use std::time::{Duration, Instant};
 
 pub use conn::RingConn;
 pub use error::Error;
+pub use start::{spawn, Config, Done, Job, QueueMetrics, Remote, Spawned};
 
 use crate::metrics::{Backend, ShardMetrics};
 use crate::proto::inode::entry_offset;
@@ -89,7 +91,7 @@ pub struct Shard {
     metrics: Option<RefCell<ShardMetrics>>,
     closed: Cell<bool>,
     ticking: Cell<bool>,
-    io_timeout: Cell<Duration>,
+    io_timeout: Duration,
     abort: Option<Arc<AtomicBool>>,
     /// Merges already counted into the metrics.
     merged_seen: Cell<u64>,
@@ -106,76 +108,58 @@ const STALL: Duration = Duration::from_secs(5);
 const TICK: Duration = Duration::from_millis(250);
 
 impl Shard {
-    /// Connect `connections` pipelined connections to the first reachable of `gateways`
-    /// (blocking, at shard start) with `slots` request slots each, spawning their tasks on
-    /// `exe`. The connections reconnect by themselves (rotating through `gateways`); a block
-    /// request waits for them at most `io_timeout` (zero: forever) before it fails with EIO.
-    /// `max_io` sizes the zero buffer used by WRITE_ZEROES.
-    pub fn new<G: Clone + Into<Gateway>>(
-        vol: Arc<Volume>,
-        gateways: &[G],
-        connections: usize,
-        slots: usize,
-        max_io: usize,
-        exe: &exec::LocalExecutor<'_>,
-    ) -> std::io::Result<Shard> {
-        let gateways: Vec<Gateway> = gateways.iter().cloned().map(Into::into).collect();
-        let mut conns: Vec<Rc<RingConn>> = Vec::with_capacity(connections.max(1));
-        for _ in 0..connections.max(1) {
-            match RingConn::connect_supervised(&gateways, Duration::from_secs(3), slots, STALL, exe) {
-                Ok(c) => conns.push(c),
+    /// Connect `cfg.connections` pipelined connections to the first reachable of
+    /// `cfg.gateways` (blocking, at shard start) with `cfg.slots` request slots each,
+    /// spawning their tasks on `exe`, the executor of this thread's ring. The connections
+    /// reconnect by themselves (rotating through the gateways); a block request waits for
+    /// them at most `cfg.io_timeout` (zero: forever) before it fails with EIO. The one way a
+    /// shard is made (see `start.rs` for threads of their own).
+    /// With `cfg.metrics`, the shard records into that device's queue and its ticker task
+    /// ([`Shard::tick`]) is spawned on `exe`; `cfg.abort` fails every request at once when
+    /// raised (forced delete).
+    pub fn start(cfg: &Config, vol: Arc<Volume>, exe: &exec::LocalExecutor<'_>) -> std::io::Result<Rc<Shard>> {
+        let mut conns: Vec<Rc<RingConn>> = Vec::with_capacity(cfg.connections.max(1));
+        for _ in 0..cfg.connections.max(1) {
+            match RingConn::connect_supervised(&cfg.gateways, Duration::from_secs(3), cfg.slots, STALL, exe) {
+                Ok(c) => {
+                    c.set_coalesce(cfg.coalesce);
+                    conns.push(c)
+                }
                 Err(e) => {
                     conns.iter().for_each(|c| c.close());
                     return Err(e);
                 }
             }
         }
-        Ok(Shard {
+        let metrics = cfg.metrics.as_ref().map(|q| {
+            let m = q.device.shard(q.queue, q.depth, conns.len(), &conns[0].addr().to_string());
+            for (i, c) in conns.iter().enumerate() {
+                m.set_conn(i, c.inflight(), c.is_up());
+            }
+            RefCell::new(m)
+        });
+        let shard = Rc::new(Shard {
             vol,
             conns,
             next: Cell::new(0),
-            zeros: vec![0u8; max_io.max(4096)].into_boxed_slice(),
-            metrics: None,
+            zeros: vec![0u8; cfg.max_io.max(4096)].into_boxed_slice(),
+            metrics,
             closed: Cell::new(false),
             ticking: Cell::new(false),
-            io_timeout: Cell::new(Duration::from_secs(30)),
-            abort: None,
+            io_timeout: cfg.io_timeout,
+            abort: cfg.abort.clone(),
             merged_seen: Cell::new(0),
             reconnects_seen: Cell::new(0),
-        })
-    }
-
-    /// How long a block request may wait for the cluster (zero: forever). Default 30 s.
-    pub fn with_io_timeout(self, t: Duration) -> Shard {
-        self.io_timeout.set(t);
-        self
-    }
-
-    /// Let adjacent writes to one object that wait for the sender at the same time go as
-    /// one WRITE_OBJ (see `conn`); on by default.
-    pub fn with_coalesce(self, on: bool) -> Shard {
-        self.conns.iter().for_each(|c| c.set_coalesce(on));
-        self
+        });
+        if shard.metrics.is_some() {
+            exe.spawn(shard.clone().tick()).detach();
+        }
+        Ok(shard)
     }
 
     /// Block-layer sheep requests that rode on another one (were not sent on their own).
     pub fn merged(&self) -> u64 {
         self.conns.iter().map(|c| c.merged()).sum()
-    }
-
-    /// A flag the control plane raises to fail every request at once (forced delete).
-    pub fn with_abort(mut self, abort: Arc<AtomicBool>) -> Shard {
-        self.abort = Some(abort);
-        self
-    }
-
-    /// Record metrics through these handles (built for this shard's device and queue).
-    pub fn with_metrics(mut self, m: ShardMetrics) -> Shard {
-        for (i, c) in self.conns.iter().enumerate() {
-            m.set_conn(i, c.inflight(), c.is_up());
-        }
-        self.metrics = Some(RefCell::new(m));
-        self
     }
 
     /// Times this shard's connections were re-established.
@@ -216,9 +200,9 @@ impl Shard {
 
     /// The shard's timer task: every [`TICK`] until `close` (and once more at the end), it
     /// publishes what the shard recorded locally — counters, histograms, in-flight counts,
-    /// connection state — so a request touches no shared counter. Spawn it on the shard's
-    /// executor when metrics are on.
-    pub async fn tick(self: Rc<Self>) {
+    /// connection state — so a request touches no shared counter. [`Shard::start`] spawns
+    /// it when metrics are on.
+    async fn tick(self: Rc<Self>) {
         if self.metrics.is_none() {
             return;
         }
@@ -299,7 +283,7 @@ impl Shard {
 
     /// Serve one block request with the tag's buffer; returns the bytes done.
     pub async fn handle(&self, d: IoDesc, buf: &mut [u8]) -> Result<u32, Error> {
-        let (t, t0) = (self.io_timeout.get(), ring::now());
+        let (t, t0) = (self.io_timeout, ring::now());
         let dl = (!t.is_zero()).then(|| t0 + t);
         let Some(m) = &self.metrics else { return self.serve(d, buf, dl).await };
         m.borrow_mut().begin_io();

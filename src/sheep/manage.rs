@@ -10,7 +10,7 @@ use super::client::{Client, NewVdi, VdiInfo};
 use super::Error;
 use crate::proto::inode::{ec_policy, InodeHeader};
 use crate::proto::*;
-use crate::vdi::{SnapSel, VdiSpec};
+use crate::vdi::{SnapSel, VdiSpec, Volume};
 
 /// Redundancy of a new VDI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +67,15 @@ pub fn check_size(size: u64, block_size_shift: u8) -> Result<(), Error> {
         )));
     }
     Ok(())
+}
+
+/// Read the inode of `vid` (header and used entries) into a [`Volume`]; refuses hyper
+/// volumes. Snapshots are always read-only.
+pub async fn load_volume(client: &Client, vid: crate::proto::Vid, read_only: bool) -> Result<Volume, Error> {
+    let (h, entries) = client.read_inode(vid).await?;
+    h.check_usable().map_err(|e| Error::Invalid(format!("vdi {vid}: {e}")))?;
+    let read_only = read_only || h.is_snapshot();
+    Ok(Volume::new(h, entries, read_only))
 }
 
 /// Create a fresh VDI. `object_size` 0 means the cluster's default.

@@ -44,8 +44,8 @@ use super::meta::Meta;
 use super::objects::Objects;
 use super::ops::Handler;
 use super::{describe, Config, Error, MAX_PAYLOAD};
-use crate::proto::{Opcode, ReqHeader, RspHeader, HEADER_LEN, SD_RES_SYSTEM_ERROR};
 use crate::net::Stream;
+use crate::proto::{Opcode, ReqHeader, RspHeader, HEADER_LEN, SD_RES_SYSTEM_ERROR};
 
 /// A client that does not read its responses for this long is disconnected.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);

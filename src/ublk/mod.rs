@@ -28,8 +28,9 @@ use libublk::helpers::IoBuf;
 use libublk::io::{UblkDev, UblkQueue};
 use libublk::{sys, BufDesc, UblkError, UblkFlags};
 
+use crate::block::{IoDesc, Op};
 use crate::metrics::DeviceMetrics;
-use crate::shard::{IoDesc, Op, Shard};
+use crate::shard::{self, Shard};
 use crate::sheep::Gateway;
 use crate::vdi::Volume;
 
@@ -261,7 +262,16 @@ pub fn run(spec: Spec, abort: Abort, started: impl FnOnce(Started) + Send + Sync
     let id = ctrl.dev_info().dev_id;
     let dm = spec.metrics.as_ref().map(|(vdi, snap)| DeviceMetrics::new(&format!("ublkb{id}"), vdi, snap, read_only, spec.queues, depth, size));
     let target = Arc::new(match spec.target {
-        Target::Sheep { vol, gateways, connections } => QueueTarget::Sheep { vol, gateways, connections, io_timeout: spec.io_timeout },
+        Target::Sheep { vol, gateways, connections } => {
+            let cfg = shard::Config {
+                connections,
+                slots: usize::from(depth) * 2 + 8,
+                max_io: max_io as usize,
+                io_timeout: spec.io_timeout,
+                ..shard::Config::new(gateways)
+            };
+            QueueTarget::Sheep { vol, cfg }
+        }
         Target::Null { .. } => QueueTarget::Null,
     });
     let started = Mutex::new(Some(started));
@@ -285,7 +295,7 @@ pub fn run(spec: Spec, abort: Abort, started: impl FnOnce(Started) + Send + Sync
 }
 
 enum QueueTarget {
-    Sheep { vol: Arc<Volume>, gateways: Vec<Gateway>, connections: usize, io_timeout: Duration },
+    Sheep { vol: Arc<Volume>, cfg: shard::Config },
     Null,
 }
 
@@ -303,19 +313,11 @@ fn serve_queue(qid: u16, dev: &UblkDev, target: &QueueTarget, abort: &Abort, max
     let depth = dev.dev_info.queue_depth as usize;
     let shard = match target {
         QueueTarget::Null => None,
-        QueueTarget::Sheep { vol, gateways, connections, io_timeout } => {
-            match Shard::new(vol.clone(), gateways, *connections, depth * 2 + 8, max_io as usize, &exe) {
-                Ok(s) => {
-                    let s = s.with_io_timeout(*io_timeout).with_abort(abort.clone());
-                    let s = match dm {
-                        Some(dm) => {
-                            let m = dm.shard(qid, depth as u16, *connections, &s.gateway().to_string());
-                            s.with_metrics(m)
-                        }
-                        None => s,
-                    };
-                    Some(Rc::new(s))
-                }
+        QueueTarget::Sheep { vol, cfg } => {
+            let metrics = dm.map(|device| shard::QueueMetrics { device: device.clone(), queue: qid, depth: depth as u16 });
+            let cfg = shard::Config { metrics, abort: Some(abort.clone()), ..cfg.clone() };
+            match Shard::start(&cfg, vol.clone(), &exe) {
+                Ok(s) => Some(s),
                 Err(e) => {
                     tracing::error!("queue {qid}: cannot connect to sheep: {e}; every request fails with EIO");
                     None
@@ -323,9 +325,6 @@ fn serve_queue(qid: u16, dev: &UblkDev, target: &QueueTarget, abort: &Abort, max
             }
         }
     };
-    if let Some(s) = &shard {
-        exe.spawn(s.clone().tick()).detach();
-    }
     let null = matches!(target, QueueTarget::Null);
     let tasks: Vec<_> = q
         .tags()

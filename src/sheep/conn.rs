@@ -1,9 +1,12 @@
-//! One pipelined connection to a sheep gateway, on the glommio control-plane executor.
+//! One pipelined connection to a sheep gateway, on the glommio control-plane executor:
+//! lookups, snapshots, clones, deletes, locks, inode reads. No VDI data goes here (that is
+//! the shards', `crate::shard`).
 //!
 //! Contract:
-//! - Many requests are in flight at once (up to `depth`); each gets a wire `id` made of a
-//!   slot index (low 16 bits) and that slot's generation (high 16 bits), and responses are
-//!   matched by id in whatever order sheep sends them.
+//! - Many requests are in flight at once (up to `depth`); each gets a wire `id` from
+//!   `proto::demux::wire_id` (slot index and that slot's generation), and responses are
+//!   matched by id in whatever order sheep sends them. Framing and checks are
+//!   `proto::demux`'s, as on the shards' connections.
 //! - A response is checked against its request's bound (`proto::response_bound`) before its
 //!   payload is read or allocated. A response with an id that is not in flight, or with an
 //!   oversize length, breaks the connection: every request in flight fails with an error
@@ -26,7 +29,8 @@ use glommio::net::{TcpStream, UnixStream};
 use glommio::sync::Semaphore;
 
 use super::{Error, Gateway};
-use crate::proto::{response_bound, ReqHeader, RspHeader, HEADER_LEN};
+use crate::proto::demux::{self, wire_id, Demux, Event, InFlight};
+use crate::proto::{response_bound, ReqHeader, RspHeader};
 
 /// The socket of a connection: TCP, or a sheep's unix socket.
 enum Socket {
@@ -92,7 +96,7 @@ struct Slot {
 enum Broken {
     Eof,
     Io(io::ErrorKind, String),
-    Protocol(String),
+    Stream(demux::Broken),
 }
 
 struct Inner {
@@ -242,7 +246,7 @@ impl<'a> SlotGuard<'a> {
         s.state = State::Waiting { bound, waker: None };
         inner.inflight.set(inner.inflight.get() + 1);
         inner.peak.set(inner.peak.get().max(inner.inflight.get()));
-        Ok(SlotGuard { inner, idx, id: (u32::from(s.gen) << 16) | idx as u32 })
+        Ok(SlotGuard { inner, idx, id: wire_id(idx as u16, s.gen) })
     }
 
     fn poll(&self, waker: &Waker) -> Poll<Result<Response, Error>> {
@@ -278,6 +282,36 @@ impl Drop for SlotGuard<'_> {
 }
 
 impl Inner {
+    /// What `proto::demux` needs to judge a response to slot `idx`.
+    fn in_flight(&self, idx: usize) -> Option<InFlight> {
+        match self.slots.borrow().get(idx) {
+            Some(Slot { gen, state: State::Waiting { bound, .. } | State::Abandoned { bound } }) => Some(InFlight { gen: *gen, bound: *bound }),
+            _ => None,
+        }
+    }
+
+    /// The response to slot `idx` is complete: wake its caller, or free an abandoned slot.
+    fn complete(&self, idx: usize, rsp: RspHeader, data: Vec<u8>) {
+        let waker = {
+            let mut slots = self.slots.borrow_mut();
+            let s = &mut slots[idx];
+            match std::mem::replace(&mut s.state, State::Free) {
+                State::Waiting { waker, .. } => {
+                    s.state = State::Done(Ok((rsp, data)));
+                    waker
+                }
+                // Abandoned: the caller is gone; the slot is free again.
+                _ => {
+                    self.free.borrow_mut().push(idx as u16);
+                    None
+                }
+            }
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
     fn check(&self) -> Result<(), Error> {
         match self.broken.borrow().is_some() {
             true => Err(self.broken_error()),
@@ -289,7 +323,7 @@ impl Inner {
         match self.broken.borrow().clone() {
             None | Some(Broken::Eof) => Error::Closed(self.addr.clone()),
             Some(Broken::Io(kind, msg)) => Error::Io { addr: self.addr.clone(), source: io::Error::new(kind, msg) },
-            Some(Broken::Protocol(msg)) => Error::Io { addr: self.addr.clone(), source: io::Error::new(io::ErrorKind::InvalidData, msg) },
+            Some(Broken::Stream(source)) => Error::Stream { addr: self.addr.clone(), source },
         }
     }
 
@@ -322,58 +356,101 @@ impl Inner {
     }
 }
 
+/// Bytes the reader takes from the socket at once.
+const RECV_BUF: usize = 64 << 10;
+
+/// Read responses and hand each to its slot; the framing and every check are
+/// `proto::demux`'s, the same code the shards' connections use.
 async fn read_loop(inner: Rc<Inner>, mut rd: ReadHalf<Socket>) {
-    let mut hb = [0u8; HEADER_LEN];
+    let mut buf = vec![0u8; RECV_BUF];
+    let (mut start, mut end) = (0usize, 0usize);
+    let mut demux = Demux::new();
+    let mut payload: Vec<u8> = Vec::new();
     loop {
-        if let Err(e) = rd.read_exact(&mut hb).await {
-            let why = if e.kind() == io::ErrorKind::UnexpectedEof { Broken::Eof } else { Broken::Io(e.kind(), e.to_string()) };
-            inner.fail_all(why);
-            return;
-        }
-        let rsp = RspHeader::decode(&hb);
-        let idx = (rsp.id & 0xffff) as usize;
-        let gen = (rsp.id >> 16) as u16;
-        let bound = {
-            let slots = inner.slots.borrow();
-            match slots.get(idx) {
-                Some(Slot { gen: g, state: State::Waiting { bound, .. } | State::Abandoned { bound } }) if *g == gen => Some(*bound),
-                _ => None,
-            }
-        };
-        let Some(bound) = bound else {
-            let e = Error::UnexpectedId { addr: inner.addr.clone(), id: rsp.id };
-            tracing::warn!("{e}; closing the connection");
-            inner.fail_all(Broken::Protocol(e.to_string()));
-            return;
-        };
-        if let Err(source) = rsp.check_len(bound) {
-            let e = Error::Protocol { addr: inner.addr.clone(), source };
-            tracing::warn!("{e}; closing the connection");
-            inner.fail_all(Broken::Protocol(e.to_string()));
-            return;
-        }
-        let mut data = vec![0u8; rsp.data_length as usize];
-        if let Err(e) = rd.read_exact(&mut data).await {
-            inner.fail_all(Broken::Io(e.kind(), format!("reading a {}-byte response payload: {e}", data.len())));
-            return;
-        }
-        let waker = {
-            let mut slots = inner.slots.borrow_mut();
-            let s = &mut slots[idx];
-            match std::mem::replace(&mut s.state, State::Free) {
-                State::Waiting { waker, .. } => {
-                    s.state = State::Done(Ok((rsp, data)));
-                    waker
-                }
-                // Abandoned: the caller is gone; the slot is free again.
-                _ => {
-                    inner.free.borrow_mut().push(idx as u16);
-                    None
+        loop {
+            let (used, ev) = demux.feed(&buf[start..end], |idx| inner.in_flight(idx));
+            start += used;
+            match ev {
+                Event::NeedMore => break,
+                Event::Payload { data, .. } => payload.extend_from_slice(data),
+                Event::Complete { slot, rsp } => inner.complete(slot, rsp, std::mem::take(&mut payload)),
+                Event::Break(source) => {
+                    tracing::warn!("{}; closing the connection", Error::Stream { addr: inner.addr.clone(), source });
+                    inner.fail_all(Broken::Stream(source));
+                    return;
                 }
             }
-        };
-        if let Some(w) = waker {
-            w.wake();
         }
+        if start == end {
+            (start, end) = (0, 0);
+        } else if end == buf.len() {
+            buf.copy_within(start..end, 0);
+            (start, end) = (0, end - start);
+        }
+        match rd.read(&mut buf[end..]).await {
+            Ok(0) => {
+                inner.fail_all(Broken::Eof);
+                return;
+            }
+            Ok(n) => end += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                inner.fail_all(Broken::Io(e.kind(), e.to_string()));
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    use super::*;
+    use crate::proto::{Opcode, VdiArgs, HEADER_LEN, SD_RES_SUCCESS};
+
+    /// A one-connection server that answers each request with `answer(request)`.
+    fn fake_sheep(answer: fn(ReqHeader) -> Vec<u8>, requests: usize) -> (Gateway, std::thread::JoinHandle<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().expect("accept");
+            for _ in 0..requests {
+                let mut h = [0u8; HEADER_LEN];
+                if s.read_exact(&mut h).is_err() {
+                    return;
+                }
+                let _ = s.write_all(&answer(ReqHeader::decode(&h)));
+            }
+        });
+        (Gateway::Tcp(addr), t)
+    }
+
+    fn ask(addr: &Gateway) -> Result<Response, Error> {
+        crate::runtime::block_on(async {
+            let c = Connection::connect(addr, Duration::from_secs(1), Duration::from_secs(5), 4).await?;
+            c.call(ReqHeader::vdi(Opcode::GetClusterDefault, 0, 0, VdiArgs::default()), &[]).await
+        })
+        .expect("executor")
+    }
+
+    #[test]
+    fn answers_are_matched_by_id_and_a_stray_id_breaks_the_connection() {
+        let (addr, t) = fake_sheep(|req| RspHeader::reply_to(&req, SD_RES_SUCCESS).encode().to_vec(), 1);
+        let (rsp, data) = ask(&addr).expect("answered");
+        assert!(rsp.result.is_success() && data.is_empty());
+        t.join().expect("server");
+
+        let (addr, t) = fake_sheep(|req| RspHeader { id: req.id ^ 0x1_0000, ..RspHeader::reply_to(&req, SD_RES_SUCCESS) }.encode().to_vec(), 1);
+        let e = ask(&addr).expect_err("a stale generation is not our answer");
+        assert!(matches!(e, Error::Stream { .. }) && e.should_reconnect(), "{e}");
+        t.join().expect("server");
+
+        // Payload on an answer whose request takes none: oversize, before it is read.
+        let (addr, t) = fake_sheep(|req| RspHeader { data_length: 8, ..RspHeader::reply_to(&req, SD_RES_SUCCESS) }.encode().to_vec(), 1);
+        let e = ask(&addr).expect_err("oversize");
+        assert!(matches!(e, Error::Stream { source: crate::proto::demux::Broken::Oversize { .. }, .. }), "{e}");
+        t.join().expect("server");
     }
 }

@@ -23,8 +23,8 @@ pub enum Error {
     Timeout { addr: Gateway, op: &'static str, ms: u64 },
     #[error("protocol error from {addr}: {source}")]
     Protocol { addr: Gateway, source: proto::Error },
-    #[error("protocol error from {addr}: response with unknown id {id:#x}")]
-    UnexpectedId { addr: Gateway, id: u32 },
+    #[error("protocol error from {addr}: {source}")]
+    Stream { addr: Gateway, source: proto::demux::Broken },
     #[error("{op}: {code}")]
     Server { op: &'static str, code: ResultCode },
     #[error("{0}")]
@@ -49,7 +49,7 @@ impl Error {
             Error::Connect { .. } | Error::NoGateway(_) => e::ECONNREFUSED,
             Error::ConnectTimeout { .. } | Error::Timeout { .. } => e::ETIMEDOUT,
             Error::Io { .. } | Error::Closed(_) => e::EIO,
-            Error::Protocol { .. } | Error::UnexpectedId { .. } => e::EPROTO,
+            Error::Protocol { .. } | Error::Stream { .. } => e::EPROTO,
             Error::Server { code, .. } => code.errno(),
             Error::Invalid(_) => e::EINVAL,
         }
@@ -58,6 +58,6 @@ impl Error {
     /// Whether the connection is broken or untrusted and in-flight requests must be resent
     /// on a new one.
     pub fn should_reconnect(&self) -> bool {
-        matches!(self, Error::Io { .. } | Error::Closed(_) | Error::Timeout { .. } | Error::Protocol { .. } | Error::UnexpectedId { .. })
+        matches!(self, Error::Io { .. } | Error::Closed(_) | Error::Timeout { .. } | Error::Protocol { .. } | Error::Stream { .. })
     }
 }

@@ -13,8 +13,10 @@
 //! - A wake-up pushes the task onto a queue kept behind an uncontended mutex (a waker may be
 //!   used from any thread). A task is queued at most once at a time, so the queue never
 //!   holds more than the live tasks: once it has grown to that, waking allocates nothing.
-//!   A wake-up from another thread is not noticed by a thread asleep in `io_uring_enter`
-//!   until its next completion (the shard's tasks are woken on their own thread).
+//!   A wake-up from another thread also rings the executor's doorbell, an eventfd
+//!   ([`LocalExecutor::doorbell`]), when one was made: the thread's ring loop keeps a poll
+//!   on it (`ring::answer_doorbell`), so a thread asleep in `io_uring_enter` wakes up
+//!   (another shard released a claim this one's writer was parked on).
 //! - Dropping the executor cancels every task that has not finished, on the owner thread,
 //!   dropping their futures while what they borrow is still alive.
 
@@ -22,10 +24,11 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::thread::{self, ThreadId};
 
@@ -41,6 +44,8 @@ struct RunQueue {
     ready: Mutex<VecDeque<Runnable>>,
     /// The executor is gone: no task is left to run.
     closed: AtomicBool,
+    /// Rung by wake-ups from other threads (see the module contract).
+    bell: OnceLock<OwnedFd>,
 }
 
 impl RunQueue {
@@ -51,6 +56,11 @@ impl RunQueue {
     fn schedule(&self, r: Runnable) {
         if !self.closed.load(Ordering::Acquire) {
             self.ready().push_back(r);
+            if let (Some(bell), false) = (self.bell.get(), thread::current().id() == self.owner) {
+                let one = 1u64.to_ne_bytes();
+                // SAFETY: writes 8 bytes from a live local array to the eventfd this queue owns.
+                let _ = unsafe { libc::write(bell.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+            }
         } else if thread::current().id() == self.owner {
             drop(r);
         } else {
@@ -113,10 +123,27 @@ impl<'a> LocalExecutor<'a> {
                 owner: thread::current().id(),
                 ready: Mutex::new(VecDeque::with_capacity(INITIAL_QUEUE)),
                 closed: AtomicBool::new(false),
+                bell: OnceLock::new(),
             }),
             active: RefCell::new(Vec::new()),
             _marker: PhantomData,
         }
+    }
+
+    /// The doorbell eventfd (made on first use; non-blocking), and whether this call made
+    /// it: whoever drives the thread's ring polls it (module contract).
+    pub fn doorbell(&self) -> std::io::Result<(RawFd, bool)> {
+        if let Some(fd) = self.queue.bell.get() {
+            return Ok((fd.as_raw_fd(), false));
+        }
+        // SAFETY: eventfd has no memory arguments; the result is checked before use.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new descriptor that nothing else owns.
+        let _ = self.queue.bell.set(unsafe { OwnedFd::from_raw_fd(fd) });
+        Ok((self.queue.bell.get().map_or(fd, |b| b.as_raw_fd()), true))
     }
 
     /// Spawn `fut`; it first runs at a later [`LocalExecutor::try_tick`].

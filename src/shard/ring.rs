@@ -88,9 +88,37 @@ pub fn init_thread_ring(entries: u32) -> std::io::Result<()> {
     .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
+/// Keep a poll on `exe`'s doorbell on this thread's ring, so that a task woken from another
+/// thread runs at once (`exec`'s contract); once per executor, on the thread that drives
+/// the ring. The poll needs no buffer, so the task may be dropped with its SQE in flight.
+pub fn answer_doorbell(exe: &super::exec::LocalExecutor<'_>) -> std::io::Result<()> {
+    let (fd, new) = exe.doorbell()?;
+    if new {
+        exe.spawn(async move {
+            loop {
+                let r = submit(opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32).build()).await;
+                if r < 0 && r != -libc::EINTR {
+                    tracing::error!("shard doorbell: poll failed (errno {})", -r);
+                    return;
+                }
+                let mut count = [0u8; 8];
+                // SAFETY: reads at most 8 bytes into a live local array from a non-blocking
+                // eventfd; a failure (nothing to read) is harmless.
+                let _ = unsafe { libc::read(fd, count.as_mut_ptr().cast(), count.len()) };
+            }
+        })
+        .detach();
+    }
+    Ok(())
+}
+
 /// Run `fut` (and whatever it spawns on `exe`) on this thread's ring until it completes;
 /// `None` if the ring itself failed first.
 pub fn run_local<'a, T: 'a>(exe: &super::exec::LocalExecutor<'a>, fut: impl Future<Output = T> + 'a) -> Option<T> {
+    if let Err(e) = answer_doorbell(exe) {
+        tracing::error!("shard doorbell: {e}");
+        return None;
+    }
     let task = exe.spawn(fut);
     loop {
         run_ready(exe);
@@ -131,5 +159,38 @@ mod tests {
         assert_eq!(a, b, "no wake-up between: one stamp");
         assert!(c >= a + Duration::from_millis(20), "refreshed after the ring woke the task");
         assert!(c <= Instant::now());
+    }
+
+    #[test]
+    fn a_wake_from_another_thread_reaches_a_thread_asleep_in_its_ring() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{mpsc, Arc};
+        init_thread_ring(64).expect("ring");
+        let (tx, rx) = mpsc::channel::<std::task::Waker>();
+        let flag = Arc::new(AtomicBool::new(false));
+        let f2 = flag.clone();
+        let waker = std::thread::spawn(move || {
+            let w = rx.recv().expect("a waker");
+            std::thread::sleep(Duration::from_millis(50));
+            f2.store(true, Ordering::SeqCst);
+            w.wake();
+        });
+        let mut sent = false;
+        let exe = super::super::exec::LocalExecutor::new();
+        // Nothing else is on the ring: without the doorbell this thread would sleep forever.
+        let woke = run_local(
+            &exe,
+            std::future::poll_fn(|cx| {
+                if flag.load(Ordering::SeqCst) {
+                    return std::task::Poll::Ready(());
+                }
+                if !std::mem::replace(&mut sent, true) {
+                    tx.send(cx.waker().clone()).expect("send");
+                }
+                std::task::Poll::Pending
+            }),
+        );
+        assert!(woke.is_some());
+        waker.join().expect("waker thread");
     }
 }

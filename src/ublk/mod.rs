@@ -310,6 +310,10 @@ fn serve_queue(qid: u16, dev: &UblkDev, target: &QueueTarget, abort: &Abort, max
         }
     };
     let exe = crate::shard::exec::LocalExecutor::new();
+    if let Err(e) = crate::shard::ring::answer_doorbell(&exe) {
+        tracing::error!("queue {qid}: {e}");
+        return;
+    }
     let depth = dev.dev_info.queue_depth as usize;
     let shard = match target {
         QueueTarget::Null => None,

@@ -10,4 +10,4 @@ mod volume;
 
 pub use extent::{split, Piece, Pieces};
 pub use spec::{parse_size, SnapSel, VdiSpec};
-pub use volume::{Error, ReadPlan, Volume, WritePlan};
+pub use volume::{Claim, ClaimRun, Error, Parked, ReadPlan, Volume, WritePlan, PARK_SLOTS};

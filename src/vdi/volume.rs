@@ -4,13 +4,18 @@
 //!
 //! Contract (reference §9, facts 4–6):
 //! - `plan_read` / `plan_write` look only at `data_vdi_id[idx]` as it is *now*.
-//! - `plan_write` returns [`WritePlan::Wait`] while a create of that index is in flight;
-//!   the caller waits for [`Volume::release`] of that index and plans again. So no two
-//!   creates of one object, and no write overtaking its create, can ever be in flight.
-//! - After a successful create ([`Volume::created`]) the entry names the own vid in memory;
-//!   the caller persists it ([`Volume::entry_bytes`]) and only then releases the index
-//!   ([`Volume::release`]) and completes its block request.
-//! - Pure: no I/O, no runtime; `plan_*`, `created` and `release` do not allocate.
+//! - A create plan holds the object's [`Claim`], a guard: while it lives every other
+//!   `plan_write` of that index (on any thread) returns [`WritePlan::Wait`], and the caller
+//!   parks ([`Volume::park`]) until a claim is dropped and plans again. So no two creates of
+//!   one object, and no write overtaking its create, can ever be in flight.
+//! - After a successful create ([`Claim::created`]) the entry names the own vid in memory;
+//!   the caller persists it and marks the claim [`Claim::persisted`], then drops it and
+//!   completes its block request. A claim dropped unpersisted puts the old entry back, so
+//!   the next writer creates again: a failure path cannot forget to undo.
+//! - Parking is a waker, not a poll: dropping a claim (or ending a follow) wakes every
+//!   parked waiter, on whatever thread it runs. [`PARK_SLOTS`] waiters park at once; more
+//!   get `None` from `park` and the caller retries after a short timer.
+//! - Pure: no I/O, no runtime; `plan_*`, claims and parking do not allocate.
 //! - Lock-free: shared by the shards of a device, decisions are made with atomics.
 //! - Live snapshots (reference §12): the own vid can change. When another client snapshots
 //!   the VDI, sheep answers READONLY to writes of the old vid's data objects; one caller
@@ -20,8 +25,11 @@
 //!   for every shard at once.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::task::Waker;
 
-use crate::proto::inode::{entry_offset, InodeHeader};
+use atomic_waker::AtomicWaker;
+
+use crate::proto::inode::InodeHeader;
 use crate::proto::{Oid, Vid};
 
 /// Where a read of one object goes.
@@ -33,23 +41,120 @@ pub enum ReadPlan {
     Read(Oid),
 }
 
-/// How a write to one object must be sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WritePlan {
+/// How a write to one object must be sent. A create holds the object's claim.
+#[derive(Debug)]
+pub enum WritePlan<'v> {
     /// WRITE_OBJ: the object is ours.
     Write(Oid),
     /// CREATE_AND_WRITE_OBJ, no COW: the object never existed.
-    Create(Oid),
+    Create { oid: Oid, claim: Claim<'v> },
     /// CREATE_AND_WRITE_OBJ with COW from `cow`: the object is shared with a parent.
-    Cow { oid: Oid, cow: Oid },
-    /// A create of this object is in flight: wait for it, then plan again.
+    Cow { oid: Oid, cow: Oid, claim: Claim<'v> },
+    /// A create of this object is in flight: park, then plan again.
     Wait,
 }
 
-impl WritePlan {
-    /// Whether this plan is a create (which the caller must end with `release`).
-    pub fn is_create(self) -> bool {
-        matches!(self, WritePlan::Create(_) | WritePlan::Cow { .. })
+impl WritePlan<'_> {
+    /// Whether this plan is a create (it holds a claim).
+    pub fn is_create(&self) -> bool {
+        matches!(self, WritePlan::Create { .. } | WritePlan::Cow { .. })
+    }
+}
+
+/// The exclusive right to change object `idx`'s entry (a create, a discard, a carry);
+/// released when dropped. See the module contract.
+#[derive(Debug)]
+pub struct Claim<'v> {
+    vol: &'v Volume,
+    idx: u32,
+    /// The entry to put back on drop (set by `created`, cleared by `persisted`).
+    restore: Option<u32>,
+}
+
+impl Claim<'_> {
+    pub fn idx(&self) -> u32 {
+        self.idx
+    }
+
+    /// The create of the object as one of `vid` (the vid its plan named) succeeded: the
+    /// in-memory entry names `vid` from now on (so the caller can encode the inode update).
+    /// Until [`Claim::persisted`], dropping the claim puts the previous entry back.
+    pub fn created(&mut self, vid: Vid) {
+        let old = self.vol.entries.get(self.idx as usize).map_or(0, |e| e.swap(vid.0, Ordering::AcqRel));
+        self.restore.get_or_insert(old);
+    }
+
+    /// The entry is in the inode: dropping the claim keeps it.
+    pub fn persisted(&mut self) {
+        self.restore = None;
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.vol.release(self.idx, self.restore);
+    }
+}
+
+/// Claims on a run of indexes `lo..end` (a discard's whole objects), taken one after the
+/// other with [`ClaimRun::try_extend`] and all released when dropped.
+#[derive(Debug)]
+pub struct ClaimRun<'v> {
+    vol: &'v Volume,
+    lo: u32,
+    end: u32,
+}
+
+impl ClaimRun<'_> {
+    /// The index the next `try_extend` claims.
+    pub fn end(&self) -> u32 {
+        self.end
+    }
+
+    /// Claim index `end` too: false while someone else holds it (nothing changes then).
+    pub fn try_extend(&mut self) -> Result<bool, Error> {
+        match self.vol.try_claim(self.end)? {
+            Some(c) => {
+                std::mem::forget(c);
+                self.end += 1;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+impl Drop for ClaimRun<'_> {
+    fn drop(&mut self) {
+        for idx in self.lo..self.end {
+            self.vol.release(idx, None);
+        }
+    }
+}
+
+/// Waiters that can park on one volume at once (a shard's tags waiting for another's
+/// create); more retry after a short timer.
+pub const PARK_SLOTS: usize = 64;
+
+/// A parked waiter's slot; freed when dropped. See [`Volume::park`].
+#[derive(Debug)]
+pub struct Parked<'v> {
+    vol: &'v Volume,
+    slot: usize,
+}
+
+impl Parked<'_> {
+    /// Wake `waker` at the next claim release or follow end (replacing the last one given).
+    /// Register, then look again at what you wait for: a release between the two is seen.
+    pub fn register(&self, waker: &Waker) {
+        self.vol.parked[self.slot].register(waker);
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.vol.parked_mask.fetch_and(!(1u64 << self.slot), Ordering::AcqRel);
     }
 }
 
@@ -91,6 +196,9 @@ pub struct Volume {
     vid: AtomicU32,
     /// A caller is looking up the new working vid after a live snapshot.
     following: AtomicBool,
+    /// Parked waiters (one bit per slot of `parked` in use).
+    parked_mask: AtomicU64,
+    parked: Box<[AtomicWaker]>,
 }
 
 impl Volume {
@@ -102,7 +210,43 @@ impl Volume {
         e.resize_with(nr, || AtomicU32::new(0));
         let creating = (0..nr.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
         let vid = AtomicU32::new(header.vdi_id);
-        Volume { header, entries: e.into_boxed_slice(), creating, read_only, vid, following: AtomicBool::new(false) }
+        let parked = (0..PARK_SLOTS).map(|_| AtomicWaker::new()).collect();
+        Volume {
+            header,
+            entries: e.into_boxed_slice(),
+            creating,
+            read_only,
+            vid,
+            following: AtomicBool::new(false),
+            parked_mask: AtomicU64::new(0),
+            parked,
+        }
+    }
+
+    /// A slot to park a waiter in (none free: `None`). See [`Parked::register`].
+    pub fn park(&self) -> Option<Parked<'_>> {
+        let mut mask = self.parked_mask.load(Ordering::Acquire);
+        loop {
+            let slot = (!mask).trailing_zeros() as usize;
+            if slot >= PARK_SLOTS {
+                return None;
+            }
+            match self.parked_mask.compare_exchange_weak(mask, mask | 1 << slot, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Some(Parked { vol: self, slot }),
+                Err(now) => mask = now,
+            }
+        }
+    }
+
+    /// Wake every parked waiter (a claim was released, a follow ended).
+    fn wake_parked(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let mut mask = self.parked_mask.load(Ordering::Acquire);
+        while mask != 0 {
+            let slot = mask.trailing_zeros() as usize;
+            self.parked[slot].wake();
+            mask &= mask - 1;
+        }
     }
 
     /// The header as it was loaded (size, object size, copies; its `vdi_id` is the vid the
@@ -137,13 +281,9 @@ impl Volume {
     /// The follow is over (done or failed): waiting writers may plan again.
     pub fn end_follow(&self) {
         self.following.store(false, Ordering::Release);
+        self.wake_parked();
     }
 
-    /// A copy of every entry (a live snapshot's reconciliation; not on the I/O path).
-    pub fn entries_snapshot(&self, out: &mut Vec<u32>) {
-        out.clear();
-        out.extend(self.entries.iter().map(|e| e.load(Ordering::Acquire)));
-    }
     pub fn size(&self) -> u64 {
         self.header.vdi_size
     }
@@ -180,9 +320,9 @@ impl Volume {
         })
     }
 
-    /// Decide how to write object `idx`. A create plan claims the index until
-    /// [`Volume::release`]; meanwhile every other writer (on any thread) gets `Wait`.
-    pub fn plan_write(&self, idx: u32) -> Result<WritePlan, Error> {
+    /// Decide how to write object `idx`. A create plan holds the index's [`Claim`];
+    /// meanwhile every other writer (on any thread) gets `Wait`.
+    pub fn plan_write(&self, idx: u32) -> Result<WritePlan<'_>, Error> {
         if self.read_only {
             return Err(Error::ReadOnly);
         }
@@ -192,73 +332,53 @@ impl Volume {
         let (w, b) = Self::bit(i);
         // Ours and no create in flight: the entry is persisted (release comes after that).
         if self.entries[i].load(Ordering::Acquire) == own.0 {
-            return Ok(if self.creating[w].load(Ordering::Acquire) & b != 0 { WritePlan::Wait } else { WritePlan::Write(oid) });
+            return Ok(if self.creating[w].load(Ordering::SeqCst) & b != 0 { WritePlan::Wait } else { WritePlan::Write(oid) });
         }
-        if self.creating[w].fetch_or(b, Ordering::AcqRel) & b != 0 {
+        if self.creating[w].fetch_or(b, Ordering::SeqCst) & b != 0 {
             return Ok(WritePlan::Wait);
         }
         // Claimed. Someone may have finished a create between our two loads.
+        let claim = Claim { vol: self, idx, restore: None };
         Ok(match self.entries[i].load(Ordering::Acquire) {
-            e if e == own.0 => {
-                self.creating[w].fetch_and(!b, Ordering::AcqRel);
-                WritePlan::Write(oid)
-            }
-            0 => WritePlan::Create(oid),
-            other => WritePlan::Cow { oid, cow: Oid::data(Vid(other), idx) },
+            e if e == own.0 => WritePlan::Write(oid),
+            0 => WritePlan::Create { oid, claim },
+            other => WritePlan::Cow { oid, cow: Oid::data(Vid(other), idx), claim },
         })
     }
 
-    /// Claim `idx` without planning a write (discard): true when this caller now holds the
-    /// claim and must [`Volume::release`] it; false while someone else holds it.
-    pub fn try_claim(&self, idx: u32) -> Result<bool, Error> {
+    /// Claim `idx` without planning a write (discard, carry): `None` while someone else
+    /// holds it.
+    pub fn try_claim(&self, idx: u32) -> Result<Option<Claim<'_>>, Error> {
         if self.read_only {
             return Err(Error::ReadOnly);
         }
         let (w, b) = Self::bit(self.check(idx)?);
-        Ok(self.creating[w].fetch_or(b, Ordering::AcqRel) & b == 0)
+        Ok((self.creating[w].fetch_or(b, Ordering::SeqCst) & b == 0).then_some(Claim { vol: self, idx, restore: None }))
     }
 
-    /// The create of `idx` as an object of `vid` (the vid its plan named) succeeded: from
-    /// now on the in-memory entry names `vid` (so the caller can encode the inode update).
-    /// The index stays claimed until [`Volume::release`], so no writer completes on an
-    /// object whose entry is not yet persisted. Returns the previous entry, for `release`
-    /// to restore on failure.
-    pub fn created(&self, idx: u32, vid: Vid) -> u32 {
-        self.entries.get(idx as usize).map_or(0, |e| e.swap(vid.0, Ordering::AcqRel))
+    /// An empty run of claims starting at `lo`.
+    pub fn claim_run(&self, lo: u32) -> ClaimRun<'_> {
+        ClaimRun { vol: self, lo, end: lo }
     }
 
-    /// Release the claim on `idx` after its create (and inode update) finished. `restore`
-    /// puts back the previous entry when the create or its inode update failed, so the
-    /// next writer creates again. Writers waiting on `idx` may plan again.
-    pub fn release(&self, idx: u32, restore: Option<u32>) {
+    /// Drop the claim on `idx` (its create and inode update finished, or failed and
+    /// `restore` puts the previous entry back), and wake the parked waiters.
+    fn release(&self, idx: u32, restore: Option<u32>) {
         let i = idx as usize;
         if let (Some(old), Some(e)) = (restore, self.entries.get(i)) {
             e.store(old, Ordering::Release);
         }
         let (w, b) = Self::bit(i);
         if let Some(a) = self.creating.get(w) {
-            a.fetch_and(!b, Ordering::AcqRel);
+            a.fetch_and(!b, Ordering::SeqCst);
         }
+        self.wake_parked();
     }
 
     /// Set an entry (discard: 0). Returns the old value.
     pub fn set_entry(&self, idx: u32, v: u32) -> Result<u32, Error> {
         let i = self.check(idx)?;
         Ok(self.entries[i].swap(v, Ordering::AcqRel))
-    }
-
-    /// Where and what to write in the inode to persist entries `lo..=hi`: returns the
-    /// offset, and the bytes in `out`.
-    pub fn entry_bytes(&self, lo: u32, hi: u32, out: &mut Vec<u8>) -> Result<u32, Error> {
-        self.check(hi)?;
-        if lo > hi {
-            return Err(Error::OutOfRange { idx: lo, nr: self.nr_objects() });
-        }
-        out.clear();
-        for e in &self.entries[lo as usize..=hi as usize] {
-            out.extend_from_slice(&e.load(Ordering::Acquire).to_le_bytes());
-        }
-        Ok(entry_offset(lo))
     }
 }
 
@@ -272,12 +392,29 @@ mod tests {
         Volume::new(h, entries, false)
     }
 
+    /// What a plan says, without its claim: (kind, oid, cow).
+    fn shape(p: Result<WritePlan<'_>, Error>) -> Result<(&'static str, Oid, Oid), Error> {
+        Ok(match p? {
+            WritePlan::Write(oid) => ("write", oid, Oid(0)),
+            WritePlan::Create { oid, .. } => ("create", oid, Oid(0)),
+            WritePlan::Cow { oid, cow, .. } => ("cow", oid, cow),
+            WritePlan::Wait => ("wait", Oid(0), Oid(0)),
+        })
+    }
+
+    fn claim(p: Result<WritePlan<'_>, Error>) -> Claim<'_> {
+        match p {
+            Ok(WritePlan::Create { claim, .. } | WritePlan::Cow { claim, .. }) => claim,
+            other => panic!("not a create: {other:?}"),
+        }
+    }
+
     #[test]
     fn write_decisions_follow_entries() {
         let v = vol(7, vec![0, 7, 5]);
-        assert_eq!(v.plan_write(0), Ok(WritePlan::Create(Oid::data(Vid(7), 0))));
-        assert_eq!(v.plan_write(1), Ok(WritePlan::Write(Oid::data(Vid(7), 1))));
-        assert_eq!(v.plan_write(2), Ok(WritePlan::Cow { oid: Oid::data(Vid(7), 2), cow: Oid::data(Vid(5), 2) }));
+        assert_eq!(shape(v.plan_write(0)), Ok(("create", Oid::data(Vid(7), 0), Oid(0))));
+        assert_eq!(shape(v.plan_write(1)), Ok(("write", Oid::data(Vid(7), 1), Oid(0))));
+        assert_eq!(shape(v.plan_write(2)), Ok(("cow", Oid::data(Vid(7), 2), Oid::data(Vid(5), 2))));
         assert_eq!(v.plan_read(2), Ok(ReadPlan::Read(Oid::data(Vid(5), 2))));
         assert_eq!(v.plan_read(3), Ok(ReadPlan::Zero));
         assert!(v.plan_read(16).is_err());
@@ -286,24 +423,25 @@ mod tests {
     #[test]
     fn second_create_waits_then_writes() {
         let v = vol(7, vec![]);
-        assert!(v.plan_write(4).is_ok_and(|p| p.is_create()));
-        assert_eq!(v.plan_write(4), Ok(WritePlan::Wait));
-        assert_eq!(v.created(4, Vid(7)), 0);
-        assert_eq!(v.plan_write(4), Ok(WritePlan::Wait), "gated until the inode update is done");
-        v.release(4, None);
-        assert_eq!(v.plan_write(4), Ok(WritePlan::Write(Oid::data(Vid(7), 4))));
+        let mut c = claim(v.plan_write(4));
+        assert_eq!(shape(v.plan_write(4)), Ok(("wait", Oid(0), Oid(0))));
+        c.created(Vid(7));
+        assert_eq!(shape(v.plan_write(4)), Ok(("wait", Oid(0), Oid(0))), "gated until the inode update is done");
+        c.persisted();
+        drop(c);
+        assert_eq!(shape(v.plan_write(4)), Ok(("write", Oid::data(Vid(7), 4), Oid(0))));
         assert_eq!(v.entry(4), Some(7));
     }
 
     #[test]
     fn failed_create_lets_the_next_writer_create() {
         let v = vol(7, vec![]);
-        assert!(v.plan_write(1).is_ok_and(|p| p.is_create()));
-        v.release(1, None);
-        assert!(v.plan_write(1).is_ok_and(|p| p.is_create()));
-        let old = v.created(1, Vid(7));
-        v.release(1, Some(old));
-        assert_eq!(v.entry(1), Some(0), "a failed inode update restores the entry");
+        drop(claim(v.plan_write(1)));
+        let mut c = claim(v.plan_write(1));
+        c.created(Vid(7));
+        assert_eq!(v.entry(1), Some(7));
+        drop(c);
+        assert_eq!(v.entry(1), Some(0), "a claim dropped before its inode update restores the entry");
         assert!(v.plan_write(1).is_ok_and(|p| p.is_create()));
     }
 
@@ -317,32 +455,66 @@ mod tests {
         v.end_follow();
         assert!(!v.begin_follow(Vid(7)), "the vid moved on: nothing to follow");
         assert_eq!(v.vid(), Vid(8));
-        assert_eq!(v.plan_write(0), Ok(WritePlan::Cow { oid: Oid::data(Vid(8), 0), cow: Oid::data(Vid(7), 0) }));
-        assert_eq!(v.plan_write(1), Ok(WritePlan::Create(Oid::data(Vid(8), 1))));
+        assert_eq!(shape(v.plan_write(0)), Ok(("cow", Oid::data(Vid(8), 0), Oid::data(Vid(7), 0))));
+        assert_eq!(shape(v.plan_write(1)), Ok(("create", Oid::data(Vid(8), 1), Oid(0))));
         assert_eq!(v.plan_read(0), Ok(ReadPlan::Read(Oid::data(Vid(7), 0))));
-        // A create planned before the switch records the vid it was made with.
-        assert_eq!(v.created(0, Vid(7)), 7);
-        v.release(0, None);
-        assert_eq!(v.plan_write(0), Ok(WritePlan::Cow { oid: Oid::data(Vid(8), 0), cow: Oid::data(Vid(7), 0) }));
-        v.release(0, None);
-        assert_eq!(v.created(1, Vid(8)), 0);
-        v.release(1, None);
-        assert_eq!(v.plan_write(1), Ok(WritePlan::Write(Oid::data(Vid(8), 1))));
+        let mut c = claim(v.plan_write(1));
+        c.created(Vid(8));
+        c.persisted();
+        drop(c);
+        assert_eq!(shape(v.plan_write(1)), Ok(("write", Oid::data(Vid(8), 1), Oid(0))));
+    }
+
+    #[test]
+    fn claim_runs_hold_every_index_until_dropped() {
+        let v = vol(7, vec![7, 7, 7]);
+        let held = v.try_claim(2).expect("in range").expect("free");
+        let mut run = v.claim_run(0);
+        assert_eq!(run.try_extend(), Ok(true));
+        assert_eq!(run.try_extend(), Ok(true));
+        assert_eq!(run.try_extend(), Ok(false), "index 2 is held");
+        assert_eq!(shape(v.plan_write(1)), Ok(("wait", Oid(0), Oid(0))));
+        drop(held);
+        assert_eq!(run.try_extend(), Ok(true));
+        drop(run);
+        assert!((0..3).all(|i| shape(v.plan_write(i)).is_ok_and(|s| s.0 == "write")));
+    }
+
+    #[test]
+    fn a_dropped_claim_wakes_the_parked_waiters() {
+        use std::sync::Arc;
+        use std::task::Wake;
+        struct Flag(std::sync::atomic::AtomicBool);
+        impl Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let v = vol(7, vec![]);
+        let c = claim(v.plan_write(0));
+        let flags: Vec<Arc<Flag>> = (0..3).map(|_| Arc::new(Flag(AtomicBool::new(false)))).collect();
+        let parked: Vec<Parked<'_>> = flags
+            .iter()
+            .map(|f| {
+                let p = v.park().expect("a free slot");
+                p.register(&Waker::from(f.clone()));
+                p
+            })
+            .collect();
+        assert!(flags.iter().all(|f| !f.0.load(Ordering::SeqCst)));
+        drop(c);
+        assert!(flags.iter().all(|f| f.0.load(Ordering::SeqCst)), "every parked waiter was woken");
+        drop(parked);
+        let all: Vec<_> = (0..PARK_SLOTS).map(|_| v.park().expect("slots are free again")).collect();
+        assert!(v.park().is_none(), "no more than PARK_SLOTS at once");
+        drop(all);
     }
 
     #[test]
     fn read_only_refuses_writes() {
         let h = InodeHeader { vdi_id: 7, vdi_size: 1 << 22, block_size_shift: 22, ..Default::default() };
         let v = Volume::new(h, vec![], true);
-        assert_eq!(v.plan_write(0), Err(Error::ReadOnly));
-    }
-
-    #[test]
-    fn entry_bytes_are_inode_offsets() {
-        let v = vol(7, vec![0, 7, 7]);
-        let mut out = Vec::new();
-        assert_eq!(v.entry_bytes(1, 2, &mut out), Ok(4668));
-        assert_eq!(out, [7, 0, 0, 0, 7, 0, 0, 0]);
+        assert_eq!(shape(v.plan_write(0)), Err(Error::ReadOnly));
     }
 
     #[test]
@@ -358,12 +530,14 @@ mod tests {
                     for i in 0..20_000u32 {
                         let idx = (i + t) % 4;
                         match v.plan_write(idx) {
-                            Ok(p) if p.is_create() => {
+                            Ok(WritePlan::Create { mut claim, .. } | WritePlan::Cow { mut claim, .. }) => {
                                 assert_eq!(active[idx as usize].fetch_add(1, Ordering::SeqCst), 0, "two creates of {idx}");
-                                let old = v.created(idx, Vid(9));
+                                claim.created(Vid(9));
                                 active[idx as usize].fetch_sub(1, Ordering::SeqCst);
                                 // Fail most creates so that the race keeps happening.
-                                v.release(idx, if i % 7 == 0 { None } else { Some(old) });
+                                if i % 7 == 0 {
+                                    claim.persisted();
+                                }
                             }
                             Ok(WritePlan::Write(_)) => assert_eq!(v.entry(idx), Some(9)),
                             Ok(_) => {}
@@ -385,27 +559,28 @@ mod tests {
         #[test]
         fn never_two_creates_in_flight(ops in proptest::collection::vec((0u32..4, any::<bool>(), any::<bool>()), 1..200)) {
             let v = vol(9, vec![0, 3, 0, 9]);
-            let mut outstanding = [false; 4];
+            let mut outstanding: [Option<Claim<'_>>; 4] = [None, None, None, None];
             for (idx, finish, ok) in ops {
                 if finish {
-                    if outstanding[idx as usize] {
-                        let old = v.created(idx, Vid(9));
-                        v.release(idx, if ok { None } else { Some(old) });
-                        outstanding[idx as usize] = false;
+                    if let Some(mut c) = outstanding[idx as usize].take() {
+                        c.created(Vid(9));
+                        if ok {
+                            c.persisted();
+                        }
                     }
                     continue;
                 }
                 match v.plan_write(idx) {
-                    Ok(WritePlan::Wait) => prop_assert!(outstanding[idx as usize]),
-                    Ok(p) if p.is_create() => {
-                        prop_assert!(!outstanding[idx as usize]);
-                        outstanding[idx as usize] = true;
+                    Ok(WritePlan::Wait) => prop_assert!(outstanding[idx as usize].is_some()),
+                    Ok(WritePlan::Create { claim, .. } | WritePlan::Cow { claim, .. }) => {
+                        prop_assert!(outstanding[idx as usize].is_none());
+                        outstanding[idx as usize] = Some(claim);
                     }
                     Ok(WritePlan::Write(_)) => {
-                        prop_assert!(!outstanding[idx as usize]);
+                        prop_assert!(outstanding[idx as usize].is_none());
                         prop_assert_eq!(v.entry(idx), Some(9));
                     }
-                    other => prop_assert!(false, "unexpected {:?}", other),
+                    Err(e) => prop_assert!(false, "unexpected {:?}", e),
                 }
             }
         }

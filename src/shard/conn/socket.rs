@@ -1,0 +1,225 @@
+//! The tasks of a connection's socket: the sender (every queued request, with its riders,
+//! in one SENDMSG), the receiver (reads, `proto::demux`, copies into the callers'
+//! destinations), the stall watchdog, and the supervisor that reconnects.
+
+use std::future::poll_fn;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use io_uring::{opcode, types};
+
+use super::super::ring::submit;
+use super::super::Error;
+use super::{Phase, RingConn, MAX_BATCH, MAX_IOV, RECONNECT_TIMEOUT, RECV_BUF};
+use crate::proto::demux::{Demux, Event, InFlight};
+use crate::proto::HEADER_LEN;
+
+impl RingConn {
+    /// Serve one socket until it breaks (no reconnect).
+    pub(super) async fn run_once(self: Rc<Self>) {
+        let fd = self.stream.borrow().as_ref().map(|s| s.as_raw_fd());
+        if let Some(fd) = fd {
+            futures_lite::future::zip(self.send_inner(types::Fd(fd)), self.recv_inner(types::Fd(fd))).await;
+        }
+        self.alive.set(self.alive.get() - 1);
+    }
+
+    /// Serve the socket, and reconnect whenever it breaks, until closed.
+    pub(super) async fn supervise(self: Rc<Self>) {
+        let mut backoff = Duration::from_millis(100);
+        let mut next = 1 % self.gateways.len().max(1);
+        loop {
+            let fd = self.stream.borrow().as_ref().map(|s| s.as_raw_fd());
+            if let Some(fd) = fd {
+                let fd = types::Fd(fd);
+                futures_lite::future::zip(self.send_inner(fd), futures_lite::future::zip(self.recv_inner(fd), self.watch())).await;
+                // Every task of that socket is done: nothing refers to it any more.
+                self.stream.borrow_mut().take();
+                backoff = Duration::from_millis(100);
+            }
+            if self.closed.get() {
+                break;
+            }
+            super::super::ring::sleep(backoff).await;
+            if self.closed.get() {
+                break;
+            }
+            let g = self.gateways[next % self.gateways.len().max(1)].clone();
+            next += 1;
+            match g.connect(RECONNECT_TIMEOUT) {
+                Ok(s) => {
+                    tracing::info!("sheep connection to {g} re-established");
+                    *self.stream.borrow_mut() = Some(s);
+                    *self.addr.borrow_mut() = g;
+                    self.reconnects.set(self.reconnects.get() + 1);
+                    let waiters: Vec<Waker> = {
+                        let mut st = self.st.borrow_mut();
+                        st.broken = None;
+                        st.free_waiters.drain(..).collect()
+                    };
+                    waiters.into_iter().for_each(Waker::wake);
+                }
+                Err(e) => {
+                    tracing::debug!("reconnect to {g} failed: {e}");
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+        self.alive.set(self.alive.get() - 1);
+    }
+
+    /// Break the socket when a request waits longer than `stall` (or the owner closed it).
+    async fn watch(&self) {
+        if self.stall.is_zero() {
+            return;
+        }
+        let tick = (self.stall / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+        // A broken socket ends this task within `POLL`, so the supervisor (which waits for
+        // every task of the socket) reconnects without waiting out a whole tick.
+        const POLL: Duration = Duration::from_millis(20);
+        let mut waited = tick;
+        loop {
+            if self.closed.get() || self.st.borrow().broken.is_some() {
+                return;
+            }
+            if waited < tick {
+                super::super::ring::sleep(POLL.min(tick - waited)).await;
+                waited += POLL;
+                continue;
+            }
+            waited = Duration::ZERO;
+            let oldest = {
+                let st = self.st.borrow();
+                st.slots.iter().filter(|s| matches!(s.phase, Phase::Queued | Phase::Sent)).filter_map(|s| s.sent_at).min()
+            };
+            if oldest.is_some_and(|t| t.elapsed() > self.stall) {
+                tracing::warn!("sheep {}: a request got no answer within {:?}; reconnecting", self.addr.borrow(), self.stall);
+                self.fail(Error::Io(libc::ETIMEDOUT));
+                return;
+            }
+        }
+    }
+
+    /// Move up to [`MAX_BATCH`] queued requests (with their riders) into `iov`, header and
+    /// payloads in order, marking them sent; at most [`MAX_IOV`] iovecs.
+    pub(super) fn take_batch(&self, iov: &mut Vec<libc::iovec>) {
+        iov.clear();
+        let mut st = self.st.borrow_mut();
+        let mut n = 0;
+        while n < MAX_BATCH {
+            // A header, the lead's payload and one iovec per rider must fit.
+            let Some(&i) = st.sendq.front() else { break };
+            let i = usize::from(i);
+            if iov.len() + 2 + st.chains.riders(i) > MAX_IOV {
+                break;
+            }
+            st.sendq.pop_front();
+            iov.push(libc::iovec { iov_base: self.headers[i].get().cast(), iov_len: HEADER_LEN });
+            let mut next = Some(i);
+            while let Some(j) = next {
+                let s = &mut st.slots[j];
+                s.phase = Phase::Sent;
+                if s.payload_len > 0 {
+                    iov.push(libc::iovec { iov_base: s.payload as *mut libc::c_void, iov_len: s.payload_len });
+                }
+                next = st.chains.next(j);
+            }
+            n += 1;
+        }
+    }
+
+    async fn send_inner(&self, fd: types::Fd) {
+        let mut iov: Vec<libc::iovec> = Vec::with_capacity(MAX_IOV);
+        loop {
+            let go = poll_fn(|cx| {
+                let mut st = self.st.borrow_mut();
+                if st.broken.is_some() {
+                    Poll::Ready(false)
+                } else if !st.sendq.is_empty() {
+                    Poll::Ready(true)
+                } else {
+                    st.sender = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            })
+            .await;
+            if !go {
+                return;
+            }
+            self.take_batch(&mut iov);
+            let mut start = 0;
+            while start < iov.len() {
+                // SAFETY: an all-zero msghdr is valid; the fields set below point into `iov`,
+                // which this future owns and does not touch until the SENDMSG completes.
+                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+                msg.msg_iov = iov[start..].as_mut_ptr();
+                msg.msg_iovlen = iov.len() - start;
+                let n = submit(opcode::SendMsg::new(fd, &msg).flags(libc::MSG_NOSIGNAL as u32).build()).await;
+                if n <= 0 {
+                    self.fail(if n == 0 { Error::Closed } else { Error::Io(-n) });
+                    return;
+                }
+                start = crate::iov::advance(&mut iov, start, n as usize);
+            }
+        }
+    }
+
+    /// Read responses and hand them to their callers; the framing and every check are
+    /// [`Demux`]'s (see `proto::demux`), this adds the reads and the copies.
+    async fn recv_inner(&self, fd: types::Fd) {
+        let mut buf = vec![0u8; RECV_BUF].into_boxed_slice();
+        let (mut head, mut tail) = (0usize, 0usize);
+        let mut demux = Demux::new();
+        loop {
+            if head == tail {
+                (head, tail) = (0, 0);
+            } else if tail == buf.len() {
+                buf.copy_within(head..tail, 0);
+                (head, tail) = (0, tail - head);
+            }
+            let room = &mut buf[tail..];
+            let n = submit(opcode::Recv::new(fd, room.as_mut_ptr(), room.len() as u32).build()).await;
+            if n <= 0 {
+                self.fail(if n == 0 { Error::Closed } else { Error::Io(-n) });
+                return;
+            }
+            // Broken meanwhile (send error, stall, close): its callers already have their
+            // error and their destinations are gone; nothing more is delivered.
+            if self.st.borrow().broken.is_some() {
+                return;
+            }
+            tail += n as usize;
+            loop {
+                let (used, ev) = demux.feed(&buf[head..tail], |i| {
+                    let st = self.st.borrow();
+                    let s = st.slots.get(i).filter(|s| matches!(s.phase, Phase::Queued | Phase::Sent))?;
+                    if st.chains.is_carried(i) {
+                        return None;
+                    }
+                    Some(InFlight { gen: s.gen, bound: u32::try_from(s.dest_len).unwrap_or(u32::MAX) })
+                });
+                head += used;
+                match ev {
+                    Event::NeedMore => break,
+                    Event::Payload { slot, offset, data } => {
+                        let st = self.st.borrow();
+                        if let Some(s) = st.slots.get(slot).filter(|s| !s.dest.is_null() && offset + data.len() <= s.dest_len) {
+                            // SAFETY: `dest` points to the caller's buffer of `dest_len` bytes,
+                            // valid while the slot is in flight (module contract); the range is
+                            // checked against `dest_len` just above.
+                            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), s.dest.add(offset), data.len()) };
+                        }
+                    }
+                    Event::Complete { slot, rsp } => self.complete(slot, Ok(rsp)),
+                    Event::Break(why) => {
+                        tracing::warn!("sheep {}: {why}; closing", self.addr.borrow());
+                        self.fail(Error::Protocol);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,7 +1,47 @@
+//! sheepdev: Sheepdog VDIs as Linux block devices through ublk.
+//!
+//! # Architecture
+//! - **Control plane** (glommio, [`runtime`]): the daemon's control socket and `/metrics`
+//!   ([`daemon`], [`metrics`]), VDI management over [`sheep`] (lookups, snapshots, clones,
+//!   deletes, locks; its connection frames with [`proto::demux`]), the CLI ([`cli`]).
+//! - **Data plane** ([`shard`]): one thread pinned to a core per ublk hardware queue, owning
+//!   that queue's io_uring (made by libublk) and its own pipelined connections to sheep on
+//!   the *same* ring, so one `io_uring_enter` serves the kernel and the network. Every byte
+//!   of VDI I/O goes through a shard: the device ([`ublk`]), `vdi read/write`
+//!   ([`shard::Remote`]), the no-kernel benchmark and the tests ([`shard::spawn`]).
+//! - **Pure layers**: [`proto`] (wire format, framing), [`vdi`] (which object, create or
+//!   COW, create claims), [`block`] (the kernel boundary). No runtime, no libublk.
+//! - [`store`]: an embedded sheep-compatible store for demos, tests and benchmarks.
+//!
+//! # The life of one write
+//! 1. The kernel posts a request on tag *t*; `ublk::serve_tag` turns the descriptor into a
+//!    [`block::IoDesc`] and calls [`shard::Shard::handle`] with the tag's buffer.
+//! 2. `Shard::serve` checks the range; `shard/write.rs` splits it at object boundaries
+//!    ([`vdi::split`]).
+//! 3. Per piece, [`vdi::Volume::plan_write`] decides WRITE_OBJ, CREATE or COW CREATE from
+//!    the in-memory inode; a create takes the object's [`vdi::Claim`], and a writer that
+//!    finds the object being created parks on the volume's wakers until the claim drops.
+//! 4. `Shard::call` picks a connection and `shard::conn` queues the request; a WRITE_OBJ
+//!    adjacent to a queued one rides on it ([`shard`]'s `coalesce`).
+//! 5. The connection's sender task sends every queued request (header and payload iovecs,
+//!    no copy) in one SENDMSG on the shard's ring.
+//! 6. The receiver task reads responses, [`proto::demux`] frames and checks each, and the
+//!    waiting request is woken with its result (a rider gets its lead's).
+//! 7. Objects the request created get one inode update (their entries, one WRITE_OBJ of
+//!    the inode); then their claims drop, which lets parked writers go.
+//! 8. `Shard::handle` returns the byte count (or an errno); `serve_tag` commits it to the
+//!    kernel on the same ring and waits for the tag's next request.
+//!
+//! A read is steps 1–2, [`vdi::Volume::plan_read`] (zeros for unallocated objects, else
+//! READ_OBJ of the owner's object), 4–6 with the payload copied into the tag's buffer, 8.
+//! A write refused with READONLY (another client snapshotted the VDI) follows the live
+//! snapshot (`shard/follow.rs`) and is sent again as a COW.
+
 pub mod bench;
 pub mod block;
 pub mod cli;
 pub mod daemon;
+mod error;
 pub mod fault;
 mod iov;
 pub mod metrics;
@@ -14,3 +54,5 @@ pub mod sheep;
 pub mod store;
 pub mod ublk;
 pub mod vdi;
+
+pub use error::{Error, Result};

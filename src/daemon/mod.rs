@@ -22,6 +22,7 @@
 //! - Every failure is one line in `Response::error`, and a failed `add` leaves no device
 //!   and no lock behind.
 
+mod error;
 mod recover;
 mod server;
 
@@ -32,6 +33,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use error::Error;
 pub use server::{serve, ServeOptions};
 
 /// The systemd unit for `sheepdev serve` (`sheepdev systemd-unit` prints it with the binary's
@@ -150,19 +152,20 @@ pub struct Response {
 }
 
 /// Send one request to the daemon at `socket` and wait for its answer (up to `timeout`).
-pub fn request(socket: &Path, req: &Request, timeout: Duration) -> Result<Response, String> {
+pub fn request(socket: &Path, req: &Request, timeout: Duration) -> Result<Response, Error> {
+    let c = |msg: String| Error::Control(msg);
     let mut s = UnixStream::connect(socket)
-        .map_err(|e| format!("cannot reach the sheepdev daemon at {} ({e}): is `sheepdev serve` running?", socket.display()))?;
-    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
+        .map_err(|e| c(format!("cannot reach the sheepdev daemon at {} ({e}): is `sheepdev serve` running?", socket.display())))?;
+    s.set_read_timeout(Some(timeout)).map_err(|e| c(e.to_string()))?;
+    let mut line = serde_json::to_string(req).map_err(|e| c(e.to_string()))?;
     line.push('\n');
-    s.write_all(line.as_bytes()).map_err(|e| format!("talking to the daemon: {e}"))?;
+    s.write_all(line.as_bytes()).map_err(|e| c(format!("talking to the daemon: {e}")))?;
     let mut answer = String::new();
-    BufReader::new(&s).read_line(&mut answer).map_err(|e| format!("waiting for the daemon: {e}"))?;
+    BufReader::new(&s).read_line(&mut answer).map_err(|e| c(format!("waiting for the daemon: {e}")))?;
     if answer.is_empty() {
-        return Err("the daemon closed the connection without answering (see its log)".into());
+        return Err(c("the daemon closed the connection without answering (see its log)".into()));
     }
-    serde_json::from_str(&answer).map_err(|e| format!("bad answer from the daemon: {e}"))
+    serde_json::from_str(&answer).map_err(|e| c(format!("bad answer from the daemon: {e}")))
 }
 
 #[cfg(test)]

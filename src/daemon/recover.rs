@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::server::{kernel_has, release, release_by_name, Busy, Daemon};
-use super::Mapping;
+use super::{Error, Mapping};
 use crate::proto::{VdiName, Vid, SD_RES_VDI_LOCKED};
 use crate::sheep::{load_volume, Client, Config, Gateway};
 use crate::ublk;
@@ -124,16 +124,16 @@ impl Daemon {
     }
 
     /// Serve device `id`, which a previous daemon left, again.
-    pub(super) async fn reattach(&self, id: u32) -> Result<Mapping, String> {
-        let mut m = self.mappings.borrow().get(&id).cloned().ok_or_else(|| format!("no mapped device has id {id}"))?;
+    pub(super) async fn reattach(&self, id: u32) -> Result<Mapping, Error> {
+        let mut m = self.mappings.borrow().get(&id).cloned().ok_or_else(|| Error::NotFound(format!("no mapped device has id {id}")))?;
         if self.live.borrow().contains_key(&id) {
-            return Err(format!("{} is already served by this daemon", m.device));
+            return Err(Error::Busy(format!("{} is already served by this daemon", m.device)));
         }
         if !kernel_has(id) {
             self.mappings.borrow_mut().remove(&id);
             self.persist();
             self.release_stale_lock(&m).await;
-            return Err(format!("{} no longer exists in the kernel: dropped it from the device table", m.device));
+            return Err(Error::NotFound(format!("{} no longer exists in the kernel: dropped it from the device table", m.device)));
         }
         self.set_state(id, "recovering");
         let r = self.reattach_as(&m).await;
@@ -160,7 +160,7 @@ impl Daemon {
         self.persist();
     }
 
-    async fn reattach_as(&self, m: &Mapping) -> Result<super::server::Launched, String> {
+    async fn reattach_as(&self, m: &Mapping) -> Result<super::server::Launched, Error> {
         let (target, lock) = if m.vid == 0 {
             // A null device (`add --null`): no VDI behind it.
             (ublk::Target::Null { size: m.size }, None)
@@ -201,15 +201,18 @@ impl Daemon {
 /// VDI_LOCKED is taken as our own lock, since the table says we hold it and have not
 /// released it. A working VDI that is no longer the vid the device served (a snapshot was
 /// taken meanwhile) is refused rather than written.
-async fn sheep_target(m: &Mapping) -> Result<(ublk::Target, Option<(Rc<Client>, Vid)>), String> {
-    let gateways: Vec<Gateway> =
-        m.gateways.iter().map(|g| g.parse().map_err(|_| format!("bad gateway address {g:?} in the device table"))).collect::<Result<_, _>>()?;
+async fn sheep_target(m: &Mapping) -> Result<(ublk::Target, Option<(Rc<Client>, Vid)>), Error> {
+    let gateways: Vec<Gateway> = m
+        .gateways
+        .iter()
+        .map(|g| g.parse().map_err(|_| Error::Invalid(format!("bad gateway address {g:?} in the device table"))))
+        .collect::<Result<_, _>>()?;
     let mut cfg = Config::new(gateways.iter().cloned());
     cfg.connect_timeout = Duration::from_secs(3);
-    let c = Rc::new(Client::connect(&cfg).await.map_err(|e| format!("connecting to {}: {e}", m.gateways.join(",")))?);
+    let c = Rc::new(Client::connect(&cfg).await.map_err(Error::sheep(format!("connecting to {}", m.gateways.join(","))))?);
     let mut lock = None;
     if m.locked {
-        let name = VdiName::new(&m.name).map_err(|e| format!("{}: {e}", m.name))?;
+        let name = VdiName::new(&m.name).map_err(|e| Error::Invalid(format!("{}: {e}", m.name)))?;
         match c.lock_vdi(&name, &SnapSel::Working, false).await {
             Ok(info) if info.vid.0 == m.vid => {
                 eprintln!("sheepdev serve: the lock on {} had been released while no daemon ran; taken again", m.name);
@@ -217,22 +220,24 @@ async fn sheep_target(m: &Mapping) -> Result<(ublk::Target, Option<(Rc<Client>, 
             }
             Ok(info) => {
                 release(&Some((c.clone(), info.vid))).await;
-                return Err(format!(
+                return Err(Error::Busy(format!(
                     "the working VDI {} is now vid {:x}, not the vid {:x} the device served: not re-attaching",
                     m.name, info.vid.0, m.vid
-                ));
+                )));
             }
             Err(e) if e.code() == Some(SD_RES_VDI_LOCKED) => {}
-            Err(e) => return Err(format!("locking {}: {e}", m.name)),
+            Err(e) => return Err(Error::sheep(format!("locking {}", m.name))(e)),
         }
     }
     let checked = match load_volume(&c, Vid(m.vid), m.read_only).await {
-        Ok(v) if v.size() != m.size => Err(format!("vid {:x} is now {} bytes, the device {}: not re-attaching", m.vid, v.size(), m.size)),
+        Ok(v) if v.size() != m.size => {
+            Err(Error::Busy(format!("vid {:x} is now {} bytes, the device {}: not re-attaching", m.vid, v.size(), m.size)))
+        }
         Ok(v) if v.is_read_only() && !m.read_only => {
-            Err(format!("vid {:x} ({}) has become read-only (a snapshot?): not re-attaching a writable device to it", m.vid, m.name))
+            Err(Error::Busy(format!("vid {:x} ({}) has become read-only (a snapshot?): not re-attaching a writable device to it", m.vid, m.name)))
         }
         Ok(v) => Ok(v),
-        Err(e) => Err(format!("{}: {e}", m.vdi)),
+        Err(e) => Err(Error::sheep(&m.vdi)(e)),
     };
     let vol = match checked {
         Ok(v) => v,

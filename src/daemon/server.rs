@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures_lite::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use glommio::net::UnixListener;
 
-use super::{AddRequest, Mapping, Request, Response, Target};
+use super::{AddRequest, Error, Mapping, Request, Response, Target};
 use crate::proto::SD_RES_VDI_LOCKED;
 use crate::sheep::{load_volume, manage, Client, Config, Gateway};
 use crate::ublk::{self, Abort};
@@ -213,11 +213,11 @@ impl Daemon {
             }
             Request::Add(a) => match self.add(a).await {
                 Ok(m) => Response { mapping: Some(m), ..Default::default() },
-                Err(e) => Response { error: Some(e), ..Default::default() },
+                Err(e) => Response { error: Some(e.to_string()), ..Default::default() },
             },
             Request::Del { target, force } => match self.del(target, force).await {
                 Ok((m, warnings)) => Response { mapping: Some(m), warnings, ..Default::default() },
-                Err(e) => Response { error: Some(e), ..Default::default() },
+                Err(e) => Response { error: Some(e.to_string()), ..Default::default() },
             },
             Request::Recover { target } => match self.find(&target) {
                 Ok(id) if self.mappings.borrow().get(&id).is_some_and(|m| m.state == "recovering") => {
@@ -225,31 +225,31 @@ impl Daemon {
                 }
                 Ok(id) => match self.reattach(id).await {
                     Ok(m) => Response { mapping: Some(m), ..Default::default() },
-                    Err(e) => Response { error: Some(e), ..Default::default() },
+                    Err(e) => Response { error: Some(e.to_string()), ..Default::default() },
                 },
-                Err(e) => Response { error: Some(e), ..Default::default() },
+                Err(e) => Response { error: Some(e.to_string()), ..Default::default() },
             },
         }
     }
 
-    async fn add(&self, a: AddRequest) -> Result<Mapping, String> {
+    async fn add(&self, a: AddRequest) -> Result<Mapping, Error> {
         if !(1..=64).contains(&a.queues) || !(1..=4096).contains(&a.depth) || !(1..=16).contains(&a.connections) {
-            return Err("queues must be 1..64, depth 1..4096, connections 1..16".into());
+            return Err(Error::Invalid("queues must be 1..64, depth 1..4096, connections 1..16".into()));
         }
         if a.block_size != 512 && a.block_size != 4096 {
-            return Err(format!("block size {} is not 512 or 4096", a.block_size));
+            return Err(Error::Invalid(format!("block size {} is not 512 or 4096", a.block_size)));
         }
         if a.max_io < a.block_size || a.max_io > (1 << 20) {
-            return Err(format!("max-io {} must be between the block size and 1M", a.max_io));
+            return Err(Error::Invalid(format!("max-io {} must be between the block size and 1M", a.max_io)));
         }
         if let Some(id) = a.id {
             if self.mappings.borrow().contains_key(&id) || std::path::Path::new(&format!("/dev/ublkc{id}")).exists() {
-                return Err(format!("ublk device id {id} is already in use"));
+                return Err(Error::Busy(format!("ublk device id {id} is already in use")));
             }
         }
         ublk::available()?;
         let gateways: Vec<Gateway> =
-            a.gateways.iter().map(|g| g.parse().map_err(|_| format!("bad gateway address {g:?}"))).collect::<Result<_, _>>()?;
+            a.gateways.iter().map(|g| g.parse().map_err(|_| Error::Invalid(format!("bad gateway address {g:?}")))).collect::<Result<_, _>>()?;
         let mut m = Mapping {
             device: String::new(),
             id: 0,
@@ -276,21 +276,21 @@ impl Daemon {
         let mut lock: Option<(Rc<Client>, crate::proto::Vid)> = None;
         if let Some(size) = a.null_size {
             if size == 0 || size % u64::from(a.block_size) != 0 {
-                return Err(format!("null device size {size} must be a non-zero multiple of the block size"));
+                return Err(Error::Invalid(format!("null device size {size} must be a non-zero multiple of the block size")));
             }
             (m.vdi, m.name, m.size) = ("null".into(), "null".into(), size);
             target = ublk::Target::Null { size };
         } else {
-            let spec: VdiSpec = a.vdi.parse()?;
+            let spec: VdiSpec = a.vdi.parse().map_err(Error::Invalid)?;
             m.name = spec.name.to_string();
             let mut cfg = Config::new(gateways.iter().cloned());
             cfg.connect_timeout = Duration::from_secs(3);
-            let c = Rc::new(Client::connect(&cfg).await.map_err(|e| e.to_string())?);
+            let c = Rc::new(Client::connect(&cfg).await.map_err(Error::sheep("connecting"))?);
             let in_use = |e: crate::sheep::Error, what: &str| {
                 if e.code() == Some(SD_RES_VDI_LOCKED) {
-                    format!("{what} is in use: another client holds its lock (map it with --shared only if you know that is safe)")
+                    Error::Busy(format!("{what} is in use: another client holds its lock (map it with --shared only if you know that is safe)"))
                 } else {
-                    format!("{what}: {e}")
+                    Error::Sheep { context: what.to_string(), source: e }
                 }
             };
             let vid = match (&spec.snap, a.read_only) {
@@ -299,14 +299,14 @@ impl Daemon {
                     lock = Some((c.clone(), v));
                     v
                 }
-                (SnapSel::Working, _) => c.vdi_info(&spec.name, &SnapSel::Working).await.map_err(|e| format!("{}: {e}", a.vdi))?.vid,
+                (SnapSel::Working, _) => c.vdi_info(&spec.name, &SnapSel::Working).await.map_err(Error::sheep(&a.vdi))?.vid,
                 (_, true) => {
                     m.snapshot = Some(spec.snap.to_string().trim_start_matches(':').to_string());
-                    c.vdi_info(&spec.name, &spec.snap).await.map_err(|e| format!("{}: {e}", a.vdi))?.vid
+                    c.vdi_info(&spec.name, &spec.snap).await.map_err(Error::sheep(&a.vdi))?.vid
                 }
                 (_, false) => {
                     // The seed's semantics: a new writable VDI from the snapshot, by rebase.
-                    let (_, new) = manage::rebase(&c, &spec).await.map_err(|e| format!("making {} writable from {}: {e}", spec.name, a.vdi))?;
+                    let (_, new) = manage::rebase(&c, &spec).await.map_err(Error::sheep(format!("making {} writable from {}", spec.name, a.vdi)))?;
                     m.rebased_from = Some(spec.snap.to_string().trim_start_matches(':').to_string());
                     if a.shared {
                         new.vid
@@ -322,7 +322,7 @@ impl Daemon {
                 Ok(v) => v,
                 Err(e) => {
                     release(&lock).await;
-                    return Err(format!("{}: {e}", a.vdi));
+                    return Err(Error::sheep(&a.vdi)(e));
                 }
             };
             (m.vid, m.size) = (vid.0, vol.size());
@@ -400,7 +400,7 @@ impl Daemon {
     }
 
     /// Run `spec`'s device on its own thread and wait until it serves I/O (or failed).
-    pub(super) async fn launch(&self, spec: ublk::Spec) -> Result<Launched, String> {
+    pub(super) async fn launch(&self, spec: ublk::Spec) -> Result<Launched, Error> {
         let abort: Abort = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let vol = match &spec.target {
             ublk::Target::Sheep { vol, .. } => Some(vol.clone()),
@@ -421,17 +421,17 @@ impl Daemon {
                 }
                 let _ = ended_tx.send(());
             })
-            .map_err(|e| format!("cannot start a device thread: {e}"))?;
+            .map_err(|e| Error::Control(format!("cannot start a device thread: {e}")))?;
         // A re-attach may first wait up to 30 s for the kernel to quiesce the device.
         let started = glommio::executor().spawn_blocking(move || started_rx.recv_timeout(DEVICE_WAIT)).await;
         match started {
             Ok(Ok(st)) => Ok(Launched { id: st.id, recoverable: st.recoverable, live: Live { abort, metrics: st.metrics, ended: ended_rx, vol } }),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(format!("the ublk device did not come up within {} s", DEVICE_WAIT.as_secs())),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(Error::Control(format!("the ublk device did not come up within {} s", DEVICE_WAIT.as_secs()))),
         }
     }
 
-    pub(super) fn find(&self, t: &Target) -> Result<u32, String> {
+    pub(super) fn find(&self, t: &Target) -> Result<u32, Error> {
         let maps = self.mappings.borrow();
         let found: Vec<u32> = match t {
             Target::Id(id) => maps.get(id).map(|m| m.id).into_iter().collect(),
@@ -452,19 +452,19 @@ impl Daemon {
         };
         match found[..] {
             [id] => Ok(id),
-            [] => Err(format!("no mapped device matches {what}")),
-            _ => Err(format!(
+            [] => Err(Error::NotFound(format!("no mapped device matches {what}"))),
+            _ => Err(Error::Invalid(format!(
                 "{what} matches several devices ({}); name one by path or --id",
                 found.iter().map(|i| format!("/dev/ublkb{i}")).collect::<Vec<_>>().join(", ")
-            )),
+            ))),
         }
     }
 
-    async fn del(&self, t: Target, force: bool) -> Result<(Mapping, Vec<String>), String> {
+    async fn del(&self, t: Target, force: bool) -> Result<(Mapping, Vec<String>), Error> {
         let id = self.find(&t)?;
-        let m = self.mappings.borrow().get(&id).cloned().ok_or("the device vanished")?;
+        let m = self.mappings.borrow().get(&id).cloned().ok_or_else(|| Error::NotFound("the device vanished".into()))?;
         if m.state == "recovering" {
-            return Err(format!("{} is being re-attached; try again once `sheepdev list` shows it live", m.device));
+            return Err(Error::Busy(format!("{} is being re-attached; try again once `sheepdev list` shows it live", m.device)));
         }
         let live = self.live.borrow_mut().remove(&id);
         let mut warnings = Vec::new();
@@ -478,9 +478,9 @@ impl Daemon {
                     if let Some(l) = live {
                         self.live.borrow_mut().insert(id, l);
                     }
-                    return Err(e);
+                    return Err(e.into());
                 }
-                warnings.push(e);
+                warnings.push(e.to_string());
             }
         }
         if let Some(dm) = live.as_ref().and_then(|l| l.metrics.as_ref()) {
@@ -537,12 +537,12 @@ enum LockMove {
 
 /// A client for the control-plane requests of a mapping (lock moves and releases), with
 /// short timeouts: the cluster may be gone.
-async fn mapping_client(m: &Mapping) -> Result<Client, String> {
+async fn mapping_client(m: &Mapping) -> Result<Client, Error> {
     let gateways: Vec<Gateway> = m.gateways.iter().filter_map(|g| g.parse().ok()).collect();
     let mut cfg = Config::new(gateways);
     cfg.connect_timeout = Duration::from_secs(2);
     cfg.request_timeout = Duration::from_secs(10);
-    Client::connect(&cfg).await.map_err(|e| e.to_string())
+    Client::connect(&cfg).await.map_err(Error::sheep(format!("connecting to {}", m.gateways.join(","))))
 }
 
 /// The device's VDI moved from `m.vid` to the new working vid `new` (a live snapshot):
@@ -570,7 +570,7 @@ async fn move_lock(m: &Mapping, new: u32) -> Result<(), LockMove> {
     r
 }
 
-pub(super) async fn release_by_name(m: &Mapping) -> Result<(), String> {
+pub(super) async fn release_by_name(m: &Mapping) -> Result<(), Error> {
     let c = mapping_client(m).await?;
-    c.release_vdi(crate::proto::Vid(m.vid), false).await.map_err(|e| e.to_string())
+    c.release_vdi(crate::proto::Vid(m.vid), false).await.map_err(Error::sheep(format!("releasing vid {:x}", m.vid)))
 }

@@ -58,10 +58,23 @@ pub fn run_ready(exe: &super::exec::LocalExecutor<'_>) {
 }
 
 /// Submit `sqe` on this thread's ring; resolves to the CQE's result (negative errno on error).
+/// When the SQE cannot even be queued, the errno of why (not a made-up one).
 pub async fn submit(sqe: squeue::Entry) -> i32 {
     match ublk_submit_sqe_async(sqe, UblkUringData::Target as u64).await {
         Ok(r) => r,
-        Err(_) => -libc::EINVAL,
+        Err(e) => -submit_errno(&e),
+    }
+}
+
+/// The errno a submission failure stands for.
+fn submit_errno(e: &UblkError) -> i32 {
+    match e {
+        UblkError::UringIOError(n) | UblkError::OtherError(n) => n.abs(),
+        UblkError::IOError(io) => io.raw_os_error().unwrap_or(libc::EIO),
+        UblkError::UringTimeout => libc::ETIMEDOUT,
+        UblkError::QueueIsDown => libc::ENODEV,
+        UblkError::UringIoQueued => libc::EBUSY,
+        UblkError::InvalidVal | UblkError::JsonError(_) => libc::EINVAL,
     }
 }
 

@@ -85,14 +85,47 @@ impl Spec {
     }
 }
 
+/// Errors of the ublk layer: the driver, the control commands, the device's state.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open /dev/ublk-control ({0}): is the ublk_drv module loaded (modprobe ublk_drv) and are you root?")]
+    NoDriver(std::io::Error),
+    /// A control command failed (`what` names it, with the device).
+    #[error("{what}: {source}")]
+    Ctrl { what: String, source: UblkError },
+    /// The device exists but is not in a state this operation can take.
+    #[error("ublk device {id} {why}")]
+    State { id: u32, why: String },
+    #[error("re-attaching a device needs its id")]
+    NoId,
+    #[error("ublk device failed: {0}")]
+    Run(UblkError),
+}
+
+impl Error {
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::NoDriver(e) => e.raw_os_error().unwrap_or(libc::ENODEV),
+            Error::Ctrl { source: UblkError::OtherError(n) | UblkError::UringIOError(n), .. } => n.abs(),
+            Error::Ctrl { source: UblkError::IOError(e), .. } => e.raw_os_error().unwrap_or(libc::EIO),
+            Error::Ctrl { .. } | Error::Run(_) => libc::EIO,
+            Error::State { .. } => libc::EBUSY,
+            Error::NoId => libc::EINVAL,
+        }
+    }
+    /// Nothing in this layer is fixed by a new sheep connection.
+    pub fn should_reconnect(&self) -> bool {
+        false
+    }
+}
+
+fn ctrl_err(what: String) -> impl FnOnce(UblkError) -> Error {
+    move |source| Error::Ctrl { what, source }
+}
+
 /// Whether this kernel can create ublk devices.
-pub fn available() -> Result<(), String> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/ublk-control")
-        .map(|_| ())
-        .map_err(|e| format!("cannot open /dev/ublk-control ({e}): is the ublk_drv module loaded (modprobe ublk_drv) and are you root?"))
+pub fn available() -> Result<(), Error> {
+    std::fs::OpenOptions::new().read(true).write(true).open("/dev/ublk-control").map(|_| ()).map_err(Error::NoDriver)
 }
 
 fn to_desc(iod: &sys::ublksrv_io_desc, tag: u16) -> Option<IoDesc> {
@@ -170,7 +203,7 @@ const OLD_DAEMON_WAIT: Duration = Duration::from_secs(15);
 /// quiesces it a few seconds after its daemon died and START_USER_RECOVERY answers EBUSY
 /// until then, which libublk retries for 30 s). A live device whose process still runs is
 /// refused after [`OLD_DAEMON_WAIT`].
-fn attach(id: u32, spec: &Spec, max_io: u32) -> Result<UblkCtrl, String> {
+fn attach(id: u32, spec: &Spec, max_io: u32) -> Result<UblkCtrl, Error> {
     let ctrl = UblkCtrlBuilder::default()
         .name("sheepdev")
         .id(id as i32)
@@ -180,51 +213,52 @@ fn attach(id: u32, spec: &Spec, max_io: u32) -> Result<UblkCtrl, String> {
         .ctrl_flags(u64::from(sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_USER_RECOVERY_REISSUE))
         .dev_flags(UblkFlags::UBLK_DEV_F_RECOVER_DEV)
         .build()
-        .map_err(|e| format!("cannot open ublk device {id}: {e}"))?;
+        .map_err(ctrl_err(format!("cannot open ublk device {id}")))?;
     let mut info = ctrl.dev_info();
     if info.flags & u64::from(sys::UBLK_F_USER_RECOVERY) == 0 {
-        return Err(format!(
-            "ublk device {id} was created without user recovery and cannot be re-attached (remove it with `sheepdev del --id {id}`)"
-        ));
+        let why = format!("was created without user recovery and cannot be re-attached (remove it with `sheepdev del --id {id}`)");
+        return Err(Error::State { id, why });
     }
     if (info.nr_hw_queues, info.queue_depth, info.max_io_buf_bytes) != (spec.queues, spec.depth, max_io) {
-        return Err(format!(
-            "ublk device {id} has {} queues of depth {} with {}-byte buffers, the device table says {}, {} and {}: not re-attaching",
+        let why = format!(
+            "has {} queues of depth {} with {}-byte buffers, the device table says {}, {} and {}: not re-attaching",
             info.nr_hw_queues, info.queue_depth, info.max_io_buf_bytes, spec.queues, spec.depth, max_io
-        ));
+        );
+        return Err(Error::State { id, why });
     }
     let t0 = std::time::Instant::now();
     while u32::from(info.state) == sys::UBLK_S_DEV_LIVE && pid_alive(info.ublksrv_pid) {
         if t0.elapsed() > OLD_DAEMON_WAIT {
-            return Err(format!("ublk device {id} is live and served by process {}", info.ublksrv_pid));
+            return Err(Error::State { id, why: format!("is live and served by process {}", info.ublksrv_pid) });
         }
         std::thread::sleep(Duration::from_millis(100));
-        ctrl.read_dev_info().map_err(|e| format!("reading ublk device {id}: {e}"))?;
+        ctrl.read_dev_info().map_err(ctrl_err(format!("reading ublk device {id}")))?;
         info = ctrl.dev_info();
     }
     if !matches!(u32::from(info.state), sys::UBLK_S_DEV_LIVE | sys::UBLK_S_DEV_QUIESCED) {
-        return Err(format!("ublk device {id} is {}, not quiesced: there is nothing to re-attach", state_name(info.state)));
+        let why = format!("is {}, not quiesced: there is nothing to re-attach", state_name(info.state));
+        return Err(Error::State { id, why });
     }
     match ctrl.start_user_recover() {
         Ok(r) if r >= 0 => Ok(ctrl),
-        Ok(r) => Err(format!(
-            "ublk device {id} did not become recoverable within 30 s ({}): is its old daemon still exiting?",
-            std::io::Error::from_raw_os_error(-r)
-        )),
-        Err(e) => Err(format!("cannot start recovering ublk device {id}: {e}")),
+        Ok(r) => {
+            let why = format!("did not become recoverable within 30 s ({}): is its old daemon still exiting?", std::io::Error::from_raw_os_error(-r));
+            Err(Error::State { id, why })
+        }
+        Err(e) => Err(ctrl_err(format!("cannot start recovering ublk device {id}"))(e)),
     }
 }
 
 /// Create the device (or re-attach it, with `Spec::recover`) and serve it until it is
 /// deleted. `started` gets the device id (and its metrics) once `/dev/ublkbN` serves I/O.
 /// Blocking: run it on its own thread.
-pub fn run(spec: Spec, abort: Abort, started: impl FnOnce(Started) + Send + Sync + 'static) -> Result<(), String> {
+pub fn run(spec: Spec, abort: Abort, started: impl FnOnce(Started) + Send + Sync + 'static) -> Result<(), Error> {
     let max_io = spec.effective_max_io();
     let size = spec.size();
     let recover = spec.recover;
     let ctrl = match (recover, spec.id) {
         (true, Some(id)) => attach(id, &spec, max_io)?,
-        (true, None) => return Err("re-attaching a device needs its id".into()),
+        (true, None) => return Err(Error::NoId),
         (false, _) => UblkCtrlBuilder::default()
             .name("sheepdev")
             .id(spec.id.map_or(-1, |i| i as i32))
@@ -234,7 +268,7 @@ pub fn run(spec: Spec, abort: Abort, started: impl FnOnce(Started) + Send + Sync
             .ctrl_flags(recovery_flags())
             .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
             .build()
-            .map_err(|e| format!("cannot create the ublk device: {e}"))?,
+            .map_err(ctrl_err("cannot create the ublk device".into()))?,
     };
     let recoverable = ctrl.dev_info().flags & u64::from(sys::UBLK_F_USER_RECOVERY) != 0;
     let (bs_shift, os_sectors) = (spec.block_size.trailing_zeros() as u8, (spec.object_size() >> 9) as u32);
@@ -291,7 +325,7 @@ pub fn run(spec: Spec, abort: Abort, started: impl FnOnce(Started) + Send + Sync
     if r.is_ok() || !recover {
         let _ = ctrl.del_dev();
     }
-    r.map(|_| ()).map_err(|e| format!("ublk device failed: {e}"))
+    r.map(|_| ()).map_err(Error::Run)
 }
 
 enum QueueTarget {
@@ -381,12 +415,12 @@ async fn serve_tag(q: &UblkQueue<'_>, tag: u16, shard: Option<&Shard>, null: boo
 
 /// Stop device `id` (its queues end and [`run`] returns). With `abort`, raise it first so
 /// requests waiting for an unreachable cluster fail at once instead of hanging the stop.
-pub fn stop(id: u32, abort: Option<&Abort>) -> Result<(), String> {
+pub fn stop(id: u32, abort: Option<&Abort>) -> Result<(), Error> {
     if let Some(a) = abort {
         a.store(true, Ordering::Relaxed);
     }
-    let ctrl = UblkCtrl::new_simple(id as i32).map_err(|e| format!("no ublk device {id}: {e}"))?;
-    ctrl.kill_dev().map_err(|e| format!("cannot stop ublk device {id}: {e}"))?;
+    let ctrl = UblkCtrl::new_simple(id as i32).map_err(ctrl_err(format!("no ublk device {id}")))?;
+    ctrl.kill_dev().map_err(ctrl_err(format!("cannot stop ublk device {id}")))?;
     Ok(())
 }
 

@@ -119,7 +119,8 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
         control: a.control.unwrap_or_else(daemon::control_path),
         state_dir: a.state_dir,
         metrics_addr: a.metrics_addr.0,
-    })
+    })?;
+    Ok(())
 }
 
 fn call(req: &Request) -> anyhow::Result<daemon::Response> {

@@ -25,6 +25,7 @@
 mod error;
 mod recover;
 mod server;
+mod state;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -34,7 +35,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use error::Error;
-pub use server::{serve, ServeOptions};
+pub use server::serve;
+pub use state::ServeOptions;
 
 /// The systemd unit for `sheepdev serve` (`sheepdev systemd-unit` prints it with the binary's
 /// path in place of `@SHEEPDEV@`).

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::server::{kernel_has, release, release_by_name, Busy, Daemon};
+use super::state::{kernel_has, release, release_by_name, Busy, Daemon, Launched};
 use super::{Error, Mapping};
 use crate::proto::{VdiName, Vid, SD_RES_VDI_LOCKED};
 use crate::sheep::{load_volume, Client, Config, Gateway};
@@ -160,7 +160,7 @@ impl Daemon {
         self.persist();
     }
 
-    async fn reattach_as(&self, m: &Mapping) -> Result<super::server::Launched, Error> {
+    async fn reattach_as(&self, m: &Mapping) -> Result<Launched, Error> {
         let (target, lock) = if m.vid == 0 {
             // A null device (`add --null`): no VDI behind it.
             (ublk::Target::Null { size: m.size }, None)

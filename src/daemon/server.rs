@@ -3,7 +3,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -13,20 +12,12 @@ use std::time::Duration;
 use futures_lite::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use glommio::net::UnixListener;
 
+use super::state::{kernel_has, mapping_client, release, release_by_name, Busy, Daemon, Launched, Live, ServeOptions};
 use super::{AddRequest, Error, Mapping, Request, Response, Target};
 use crate::proto::SD_RES_VDI_LOCKED;
 use crate::sheep::{load_volume, manage, Client, Config, Gateway};
 use crate::ublk::{self, Abort};
 use crate::vdi::{SnapSel, VdiSpec};
-
-/// How `serve` runs.
-#[derive(Debug, Clone)]
-pub struct ServeOptions {
-    pub control: PathBuf,
-    pub state_dir: PathBuf,
-    /// Where `/metrics` is served (none: not served).
-    pub metrics_addr: Option<SocketAddr>,
-}
 
 /// How long `add` waits for the kernel to bring a device up, and `del` for it to go.
 const DEVICE_WAIT: Duration = Duration::from_secs(60);
@@ -34,71 +25,23 @@ const DEVICE_WAIT: Duration = Duration::from_secs(60);
 /// How often the daemon looks for devices that followed a live snapshot.
 const VID_WATCH: Duration = Duration::from_millis(500);
 
-/// A device this daemon runs.
-pub(super) struct Live {
-    pub(super) abort: Abort,
-    pub(super) metrics: Option<crate::metrics::DeviceMetrics>,
-    /// Receives once when the device thread ends.
-    pub(super) ended: mpsc::Receiver<()>,
-    /// The VDI the shards serve (none: a null device); its vid moves when the shards follow
-    /// a live snapshot, and [`Daemon::follow_vids`] brings the table and the lock after it.
-    pub(super) vol: Option<Arc<crate::vdi::Volume>>,
-}
-
-/// What [`Daemon::launch`] hands back once the device serves I/O.
-pub(super) struct Launched {
-    pub(super) id: u32,
-    pub(super) recoverable: bool,
-    pub(super) live: Live,
-}
-
-pub(super) struct Daemon {
-    pub(super) opts: ServeOptions,
-    pub(super) mappings: RefCell<BTreeMap<u32, Mapping>>,
-    pub(super) live: RefCell<BTreeMap<u32, Live>>,
-    /// Control requests (and re-attaches) under way; a SIGTERM exit waits for them.
-    pub(super) busy: Cell<usize>,
-    /// Set on SIGTERM/SIGINT: new add/del/recover requests are refused.
-    pub(super) stopping: Cell<bool>,
-}
-
-/// Counts one request in [`Daemon::busy`] while it lives.
-pub(super) struct Busy<'a>(&'a Cell<usize>);
-
-impl<'a> Busy<'a> {
-    pub(super) fn new(c: &'a Cell<usize>) -> Busy<'a> {
-        c.set(c.get() + 1);
-        Busy(c)
-    }
-}
-
-impl Drop for Busy<'_> {
-    fn drop(&mut self) {
-        self.0.set(self.0.get() - 1);
-    }
-}
-
-/// Whether the kernel still has ublk device `id`.
-pub(super) fn kernel_has(id: u32) -> bool {
-    std::path::Path::new(&format!("/dev/ublkc{id}")).exists() || std::path::Path::new(&format!("/sys/class/ublk-char/ublkc{id}")).exists()
-}
-
 /// Run the daemon: re-attach what a previous one left, serve the control socket, and on
 /// SIGTERM/SIGINT exit the process (0) leaving every device for the next daemon.
-pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
-    use anyhow::Context;
-    std::fs::create_dir_all(&opts.state_dir).with_context(|| format!("creating {}", opts.state_dir.display()))?;
-    std::fs::set_permissions(&opts.state_dir, std::fs::Permissions::from_mode(0o700))?;
+pub fn serve(opts: ServeOptions) -> Result<(), Error> {
+    let ctx = |what: String| move |e: std::io::Error| Error::Control(format!("{what}: {e}"));
+    std::fs::create_dir_all(&opts.state_dir).map_err(ctx(format!("creating {}", opts.state_dir.display())))?;
+    std::fs::set_permissions(&opts.state_dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(ctx(format!("making {} private", opts.state_dir.display())))?;
     if let Some(dir) = opts.control.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(ctx(format!("creating {}", dir.display())))?;
     }
     if opts.control.exists() {
         if std::os::unix::net::UnixStream::connect(&opts.control).is_ok() {
-            anyhow::bail!("another sheepdev daemon is already serving {}", opts.control.display());
+            return Err(Error::Busy(format!("another sheepdev daemon is already serving {}", opts.control.display())));
         }
-        std::fs::remove_file(&opts.control).with_context(|| format!("removing the stale socket {}", opts.control.display()))?;
+        std::fs::remove_file(&opts.control).map_err(ctx(format!("removing the stale socket {}", opts.control.display())))?;
     }
-    super::recover::catch_signals().context("installing the SIGTERM/SIGINT handlers")?;
+    super::recover::catch_signals().map_err(ctx("installing the SIGTERM/SIGINT handlers".into()))?;
     // Every device a previous daemon left is re-attached once the socket is up; those the
     // kernel no longer has are dropped.
     let (mut mappings, gone): (BTreeMap<u32, Mapping>, Vec<Mapping>) = {
@@ -112,14 +55,15 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     crate::runtime::block_on(async move {
         let _metrics = match opts.metrics_addr {
             Some(a) => {
-                let t = crate::metrics::serve_http(a).map_err(anyhow::Error::msg)?;
+                let t = crate::metrics::serve_http(a).map_err(Error::Control)?;
                 eprintln!("sheepdev serve: metrics on http://{a}/metrics");
                 Some(t)
             }
             None => None,
         };
-        let listener = UnixListener::bind(&opts.control).map_err(|e| anyhow::anyhow!("listening on {}: {e}", opts.control.display()))?;
-        std::fs::set_permissions(&opts.control, std::fs::Permissions::from_mode(0o600))?;
+        let listener = UnixListener::bind(&opts.control).map_err(|e| Error::Control(format!("listening on {}: {e}", opts.control.display())))?;
+        std::fs::set_permissions(&opts.control, std::fs::Permissions::from_mode(0o600))
+            .map_err(ctx(format!("making {} private", opts.control.display())))?;
         eprintln!("sheepdev serve: control socket {}", opts.control.display());
         let d = Rc::new(Daemon {
             opts,
@@ -156,7 +100,8 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
                 Err(e) => tracing::warn!("control socket accept failed: {e}"),
             }
         }
-    })?
+    })
+    .map_err(|e| Error::Control(e.to_string()))?
 }
 
 fn state_file(dir: &std::path::Path) -> PathBuf {
@@ -519,30 +464,12 @@ impl Daemon {
     }
 }
 
-pub(super) async fn release(lock: &Option<(Rc<Client>, crate::proto::Vid)>) {
-    if let Some((c, vid)) = lock {
-        if let Err(e) = c.release_vdi(*vid, false).await {
-            tracing::warn!("could not release the lock on vid {vid}: {e}");
-        }
-    }
-}
-
 /// Why the VDI lock did not follow a live snapshot.
 enum LockMove {
     /// No decision: the cluster could not be reached. Try again later.
     Retry(String),
     /// Decided: the new working vid is not locked by this device.
     NotOurs(String),
-}
-
-/// A client for the control-plane requests of a mapping (lock moves and releases), with
-/// short timeouts: the cluster may be gone.
-async fn mapping_client(m: &Mapping) -> Result<Client, Error> {
-    let gateways: Vec<Gateway> = m.gateways.iter().filter_map(|g| g.parse().ok()).collect();
-    let mut cfg = Config::new(gateways);
-    cfg.connect_timeout = Duration::from_secs(2);
-    cfg.request_timeout = Duration::from_secs(10);
-    Client::connect(&cfg).await.map_err(Error::sheep(format!("connecting to {}", m.gateways.join(","))))
 }
 
 /// The device's VDI moved from `m.vid` to the new working vid `new` (a live snapshot):
@@ -568,9 +495,4 @@ async fn move_lock(m: &Mapping, new: u32) -> Result<(), LockMove> {
         tracing::warn!("{}: could not release the lock on the snapshot vid {:x}: {e}", m.name, m.vid);
     }
     r
-}
-
-pub(super) async fn release_by_name(m: &Mapping) -> Result<(), Error> {
-    let c = mapping_client(m).await?;
-    c.release_vdi(crate::proto::Vid(m.vid), false).await.map_err(Error::sheep(format!("releasing vid {:x}", m.vid)))
 }

@@ -15,6 +15,12 @@ bash tests/apt-need.sh build-essential pkg-config libclang-dev curl prometheus p
 echo "== cargo test (unit, property, conformance, cli, shards, allocations)"
 cargo test --release --all-targets 2>&1
 
+# The binary the scripts below run: the product plus the tooling they drive (`bench` for
+# Prometheus, `fault-proxy` in the VM's fault scenarios), which a plain `cargo build
+# --release` leaves out.
+echo "== cargo build --release --features tools"
+cargo build --release --features tools 2>&1
+
 echo "== fuzzing response decoding and the connection demultiplexer, bounded (tests/fuzz/README.md)"
 # cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain take them.
 cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked

@@ -25,7 +25,8 @@
 #                   bench/prefill.json, serve.log, store.log
 #   JOB             bench/fio job names (default: randread-4k-qd1
 #                   randread-4k-qd32 randwrite-4k-qd1 randwrite-4k-qd32)
-# Env: SHEEPDEV_BIN (use this binary, skip `cargo build --release`),
+# Env: SHEEPDEV_BIN (use this binary, built with `--features tools`; skip
+#      `cargo build --release --features tools`),
 #      SHEEPDEV_VM_SKIP_SETUP=1 (skip tests/vm/setup-host.sh), run-vm.sh's
 #      SHEEPDEV_VM_* variables.
 #
@@ -56,13 +57,16 @@ for j in ${jobs[@]+"${jobs[@]}"}; do
     [ -f "bench/fio/$j.fio" ] || { echo "vm-fio: no job bench/fio/$j.fio" >&2; exit 2; }
 done
 
+# `fio-report` (here and in the guest) and `bench` (the guest, with --sheep) are tooling.
 if [ -n "${SHEEPDEV_BIN:-}" ]; then
     bin=$SHEEPDEV_BIN
 else
-    echo "== cargo build --release"
-    cargo build --release
+    echo "== cargo build --release --features tools"
+    cargo build --release --features tools
     bin=target/release/sheepdev
 fi
+"$bin" fio-report --help >/dev/null 2>&1 ||
+    { echo "vm-fio: $bin has no fio-report (cargo build --release --features tools)" >&2; exit 2; }
 [ "${SHEEPDEV_VM_SKIP_SETUP:-0}" = 1 ] || bash tests/vm/setup-host.sh
 out=${out:-target/bench-vm/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$out"

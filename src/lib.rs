@@ -37,16 +37,19 @@
 //! A write refused with READONLY (another client snapshotted the VDI) follows the live
 //! snapshot (`shard/follow.rs`) and is sent again as a COW.
 
+#[cfg(feature = "tools")]
 pub mod bench;
 pub mod block;
 pub mod cli;
 pub mod daemon;
 mod error;
+#[cfg(feature = "tools")]
 pub mod fault;
 mod iov;
 pub mod metrics;
 pub mod net;
 pub mod proto;
+#[cfg(feature = "tools")]
 pub mod report;
 pub mod runtime;
 pub mod shard;

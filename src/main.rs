@@ -13,7 +13,10 @@ fn main() -> ExitCode {
             e.exit()
         }
         Err(e) => {
-            eprintln!("sheepdev: error: {} (see --help)", one_line(&e.to_string()));
+            match sheepdev::cli::without_tools(&e) {
+                Some(line) => eprintln!("sheepdev: error: {line}"),
+                None => eprintln!("sheepdev: error: {} (see --help)", one_line(&e.to_string())),
+            }
             return ExitCode::from(2);
         }
     };

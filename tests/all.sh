@@ -15,6 +15,16 @@ bash tests/apt-need.sh build-essential pkg-config libclang-dev curl prometheus p
 echo "== cargo test (unit, property, conformance, cli, shards, allocations)"
 cargo test --release --all-targets 2>&1
 
+# Two binaries for the scripts below: the product (the kernel scenarios), and the product
+# plus the tooling they drive (`bench` for Prometheus, `fault-proxy` in the VM's fault
+# scenarios), which a plain `cargo build --release` leaves out. `cargo test` builds only
+# the latter; this also proves the product builds without it.
+echo "== cargo build --release --features tools (target/tools/sheepdev), then cargo build --release"
+cargo build --release --features tools 2>&1
+mkdir -p target/tools
+cp target/release/sheepdev target/tools/sheepdev
+cargo build --release 2>&1
+
 echo "== fuzzing response decoding and the connection demultiplexer, bounded (tests/fuzz/README.md)"
 # cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain take them.
 cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
@@ -32,7 +42,7 @@ done
 rm -f "$fuzz_log"
 
 echo "== Prometheus metrics and the Grafana dashboard (a real Prometheus scraping sheepdev bench)"
-SHEEPDEV_BIN=target/release/sheepdev bash tests/prometheus/run.sh
+SHEEPDEV_BIN=target/tools/sheepdev bash tests/prometheus/run.sh
 
 echo "== kernel harness: VM smoke (ublk_drv, io_uring, ext4); installs qemu and the VM kernel if missing"
 bash tests/vm/setup-host.sh
@@ -42,5 +52,5 @@ echo "== kernel scenarios in the VM (ext4, fio verify, snapshots, clone COW, dis
 SHEEPDEV_BIN=target/release/sheepdev SHEEPDEV_VM_SKIP_SETUP=1 bash tests/vm/kernel-tests.sh
 
 echo "== fault scenarios in the VM under fio verify + e2fsck (store restart, failover, live snapshots, resets, I/O timeout)"
-SHEEPDEV_BIN=target/release/sheepdev SHEEPDEV_VM_SKIP_SETUP=1 bash tests/vm/kernel-tests.sh --faults
+SHEEPDEV_BIN=target/tools/sheepdev SHEEPDEV_VM_SKIP_SETUP=1 bash tests/vm/kernel-tests.sh --faults
 echo "== all tests passed"

@@ -1,15 +1,19 @@
 //! The command line: clap definitions and dispatch. Control plane only: it may allocate,
 //! block and use anyhow; every failure reaches `main` as one line and a non-zero exit.
 
+#[cfg(feature = "tools")]
 mod bench;
 mod dev;
+#[cfg(feature = "tools")]
 mod fault;
+#[cfg(feature = "tools")]
 mod report;
 mod store;
 mod vdi;
 
 use std::path::PathBuf;
 
+use clap::error::{ContextKind, ContextValue};
 use clap::{Parser, Subcommand};
 
 /// Sheepdog VDIs as Linux block devices through ublk.
@@ -36,9 +40,11 @@ pub enum Command {
     /// Latency percentiles (p50/p99/p99.9) per device and op, from the daemon.
     Stats(dev::ListArgs),
     /// The no-kernel data-plane benchmark: shards vs the raw protocol, same run.
+    #[cfg(feature = "tools")]
     Bench(bench::BenchArgs),
     /// fio JSON outputs as a markdown table (IOPS, MiB/s, p50/p99/p99.9 per job), optionally
     /// as ratios to a ceiling run of the same jobs (e.g. on a ublk null device).
+    #[cfg(feature = "tools")]
     FioReport(report::FioReportArgs),
     /// Manage VDIs on a Sheepdog cluster or the embedded store (no `dog` needed).
     Vdi(vdi::VdiArgs),
@@ -46,6 +52,7 @@ pub enum Command {
     /// Sheepdog cluster. It speaks sheep's client protocol and keeps objects as files in DIR.
     Store(store::StoreArgs),
     /// A TCP fault proxy between sheepdev and a sheep endpoint (tests; one line per fault).
+    #[cfg(feature = "tools")]
     #[command(hide = true)]
     FaultProxy(fault::FaultProxyArgs),
     /// Print a systemd unit for `sheepdev serve` (crash → restart → devices re-attached).
@@ -62,11 +69,26 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::SystemdUnit(a) => dev::systemd_unit(a),
         Command::List(a) => dev::list(a),
         Command::Stats(a) => dev::stats(a),
+        #[cfg(feature = "tools")]
         Command::Bench(a) => bench::run(a),
+        #[cfg(feature = "tools")]
         Command::FioReport(a) => report::run(a),
         Command::Vdi(a) => vdi::run(a),
         Command::Store(a) => store::run(a),
+        #[cfg(feature = "tools")]
         Command::FaultProxy(a) => fault::run(a),
+    }
+}
+
+/// The line to print when a build without `--features tools` is asked for one of its
+/// subcommands (`bench`, `fio-report`, `fault-proxy`); `None` for any other parse error.
+pub fn without_tools(e: &clap::Error) -> Option<String> {
+    const TOOLS: [&str; 3] = ["bench", "fio-report", "fault-proxy"];
+    match e.get(ContextKind::InvalidSubcommand) {
+        Some(ContextValue::String(s)) if !cfg!(feature = "tools") && TOOLS.contains(&s.as_str()) => {
+            Some(format!("`{s}` is test and benchmark tooling, not in this build (cargo build --release --features tools)"))
+        }
+        _ => None,
     }
 }
 

@@ -13,7 +13,8 @@
 # Needs: apt-get install prometheus prometheus-node-exporter (prometheus brings promtool),
 #        python3, curl.
 # Environment:
-#   SHEEPDEV_BIN=path        the binary to test (default: cargo build --release, target/release/sheepdev)
+#   SHEEPDEV_BIN=path        the binary to test, built with `--features tools` (default:
+#                            cargo build --release --features tools, target/release/sheepdev)
 #   SHEEPDEV_PLOT=out.png    also wait for the bench to end and plot the main panels over the
 #                            run (tests/prometheus/plot.py; needs `pip install matplotlib`)
 #   SHEEPDEV_BENCH_ARGS="…"  replaces the bench's load flags (default below)
@@ -90,13 +91,13 @@ has_data() {
 # ---- the binary (before anything runs: a build can take minutes)
 if [[ -z ${SHEEPDEV_PROM_TARGET:-} ]]; then
     if [[ -z ${SHEEPDEV_BIN:-} ]]; then
-        echo "== cargo build --release"
-        cargo build --release --bin sheepdev 2>&1 | tail -n 5
+        echo "== cargo build --release --features tools"
+        cargo build --release --features tools --bin sheepdev 2>&1 | tail -n 5
         SHEEPDEV_BIN=target/release/sheepdev
     fi
     [[ -x $SHEEPDEV_BIN ]] || fail "$SHEEPDEV_BIN is not an executable"
     "$SHEEPDEV_BIN" bench --help | grep -q -- '--metrics-addr' \
-        || fail "$SHEEPDEV_BIN bench has no --metrics-addr"
+        || fail "$SHEEPDEV_BIN bench has no --metrics-addr (or no bench: cargo build --release --features tools)"
 fi
 
 # ---- what Prometheus scrapes as sheepdev

@@ -7,8 +7,10 @@
 #        SCENARIO: a number or a name of tests/vm/scenarios.sh (default: all)
 #        bash tests/vm/kernel-tests.sh --faults [a b d e f]
 #        the reliability scenarios of tests/vm/faults.sh instead (default: all);
-#        their table (fault | longest write | bytes verified) is printed at the end
+#        their table (fault | longest write | bytes verified) is printed at the end;
+#        they run `sheepdev fault-proxy`, so they build with `--features tools`
 # Env:   SHEEPDEV_BIN            use this sheepdev binary, skip `cargo build --release`
+#                                (with --faults: one built with `--features tools`)
 #        SHEEPDEV_KT_OUT         where the guest's /out goes (default: a new
 #                                /tmp/sheepdev-kt.XXXXXX, kept)
 #        SHEEPDEV_KT_TIMEOUT     VM timeout in seconds (default 900)
@@ -30,13 +32,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
+# The fault scenarios need the tooling's fault proxy; the others run the product alone.
+tools=()
+if [ "${1:-}" = --faults ]; then tools=(--features tools); fi
 if [ -n "${SHEEPDEV_BIN:-}" ]; then
     bin=$SHEEPDEV_BIN
     [ -x "$bin" ] || { echo "kernel-tests: SHEEPDEV_BIN=$bin is not an executable" >&2; exit 2; }
 else
-    echo "== cargo build --release"
-    cargo build --release
+    echo "== cargo build --release ${tools[*]-}"
+    cargo build --release ${tools[@]+"${tools[@]}"}
     bin=target/release/sheepdev
+fi
+if [ ${#tools[@]} -gt 0 ] && ! "$bin" fault-proxy --help >/dev/null 2>&1; then
+    echo "kernel-tests: --faults needs \`sheepdev fault-proxy\`; $bin was built without it (cargo build --release --features tools)" >&2
+    exit 2
 fi
 [ "${SHEEPDEV_VM_SKIP_SETUP:-0}" = 1 ] || bash tests/vm/setup-host.sh
 

@@ -417,6 +417,9 @@ fn read_requests(conn: &Arc<Conn>, tx: &SyncSender<Job>, sh: &Shared) {
     let mut out = Answer::default();
     let mut gathered = 0usize;
     let flush = |out: &mut Answer, gathered: &mut usize| {
+        if *gathered == 0 {
+            return true;
+        }
         let ok = conn.send(out.bytes());
         out.clear(OUT_KEEP);
         sh.inflight.fetch_sub(std::mem::take(gathered), Ordering::Relaxed);

@@ -31,6 +31,11 @@ pub struct StoreArgs {
     /// Worker threads serving requests.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     workers: u16,
+    /// Benchmark tuning knob: each connection's reader answers object reads itself and
+    /// sends a burst of them in one write, instead of handing each to a worker (see
+    /// tuning/README.md, "The embedded store's read path"). Off by default.
+    #[arg(long)]
+    fast_reads: bool,
 }
 
 fn listen_arg(s: &str) -> Result<SocketAddr, String> {
@@ -46,6 +51,7 @@ pub fn run(a: StoreArgs) -> anyhow::Result<()> {
         copies: a.copies,
         workers: usize::from(a.workers),
         object_delay: std::time::Duration::from_millis(a.slow_disk_ms),
+        fast_reads: a.fast_reads,
     };
     let store = Store::start(cfg).with_context(|| format!("starting the store in {}", a.dir.display()))?;
     for addr in store.local_addrs() {

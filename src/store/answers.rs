@@ -1,252 +1,186 @@
-//! Responses gathered for one write: owned bytes (headers and small payloads) interleaved
-//! with ranges of object files' mappings, sent with `writev` so that a data object's bytes
-//! go from the page cache into the socket with one copy (no `pread` into a buffer first).
+//! Response bytes and the buffers they are built in: an [`Answer`] holds one response
+//! (header, then payload) or, on the opt-in fast path ([`super::Config::fast_reads`]),
+//! several, and is sent with one write; a [`Pool`] keeps a few buffers for reuse.
 //!
 //! Contract:
-//! - [`Answers::buf`] is appended to freely; [`Answers::push_mapped`] inserts a mapped
-//!   range at the current end of `buf`. The logical content is `buf` with every mapped
-//!   range spliced in at its position, in order; [`Answers::len`] is its length.
-//! - [`Answers::mark`] and [`Answers::truncate`] drop everything gathered after a mark
-//!   (an error response replaces the payload it had begun).
-//! - [`Answers::send`] writes the logical content whole to a file descriptor, retrying
-//!   partial writes and EINTR, at most [`IOV_MAX`] iovecs per call, then empties itself
-//!   (keeping its capacity). The mapped bytes are read by the kernel only, never through a
-//!   Rust reference, so a concurrent write to the object (another request) is no data
-//!   race; an object file truncated behind the store's back makes the write fail with
-//!   EFAULT, which closes that connection, not the process.
+//! - An [`Answer`]'s content is its first [`Answer::len`] bytes. [`Answer::push`] appends
+//!   bytes, [`Answer::grow`] appends `n` bytes for the caller to overwrite whole (a read
+//!   fills them with pread and zeros). [`Answer::mark`] and [`Answer::truncate`] drop what
+//!   was appended after a mark (an error response replaces the payload it had begun).
+//! - The buffer behind it keeps the length of the most it ever held: bytes past the
+//!   content are initialized, stale and never sent, so growing into them zeroes nothing
+//!   and only growth beyond the high-water mark is zeroed. Everything is safe code.
+//! - [`Pool`] is bounded: at most [`POOL_KEPT`] buffers of at most [`POOL_KEEP_MAX`] bytes
+//!   each; a larger one is dropped when given back. Request payloads and answers share it.
 
-use std::io;
-use std::os::fd::RawFd;
-use std::sync::Arc;
+use std::sync::{Mutex, PoisonError};
 
-use super::objects::Mapping;
+/// Buffers a [`Pool`] keeps, at most.
+pub(super) const POOL_KEPT: usize = 32;
+/// A buffer larger than this is not kept (a huge read or write allocates its own).
+pub(super) const POOL_KEEP_MAX: usize = 1 << 20;
 
-/// The most iovecs one `writev` takes (Linux's UIO_MAXIOV).
-const IOV_MAX: usize = 1024;
-
-struct Mapped {
-    /// Where in `buf` the range goes.
-    at: usize,
-    map: Arc<Mapping>,
-    off: usize,
+/// One or more whole responses being built (module contract).
+#[derive(Default)]
+pub(super) struct Answer {
+    buf: Vec<u8>,
     len: usize,
 }
 
-/// Gathered responses (module contract).
-#[derive(Default)]
-pub(super) struct Answers {
-    pub(super) buf: Vec<u8>,
-    mapped: Vec<Mapped>,
-    mapped_len: usize,
-    iov: Vec<libc::iovec>,
-}
-
-/// A position in an [`Answers`].
+/// A position in an [`Answer`].
 #[derive(Clone, Copy)]
-pub(super) struct Mark {
-    buf: usize,
-    mapped: usize,
-    mapped_len: usize,
-}
+pub(super) struct Mark(usize);
 
-impl Answers {
-    pub(super) fn with_capacity(bytes: usize) -> Answers {
-        Answers { buf: Vec::with_capacity(bytes), ..Answers::default() }
+impl Answer {
+    /// An empty answer built in `buf` (a pooled buffer: its bytes are overwritten before
+    /// they are sent).
+    pub(super) fn from_buf(buf: Vec<u8>) -> Answer {
+        Answer { buf, len: 0 }
     }
 
-    /// Length of the logical content.
+    /// The buffer, for the pool.
+    pub(super) fn into_buf(self) -> Vec<u8> {
+        self.buf
+    }
+
+    /// The content: what is sent.
+    pub(super) fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
     pub(super) fn len(&self) -> usize {
-        self.buf.len() + self.mapped_len
+        self.len
     }
 
-    pub(super) fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// Append `n` bytes and hand them out to be overwritten whole; they hold stale bytes
+    /// (or zeros, where the buffer grew).
+    pub(super) fn grow(&mut self, n: usize) -> &mut [u8] {
+        let at = self.len;
+        let end = at + n;
+        if self.buf.len() < end {
+            self.buf.resize(end, 0);
+        }
+        self.len = end;
+        &mut self.buf[at..end]
     }
 
-    /// Bytes of the buffer of owned bytes it keeps.
-    pub(super) fn capacity(&self) -> usize {
-        self.buf.capacity()
+    pub(super) fn push(&mut self, b: &[u8]) {
+        self.grow(b.len()).copy_from_slice(b);
     }
 
     pub(super) fn mark(&self) -> Mark {
-        Mark { buf: self.buf.len(), mapped: self.mapped.len(), mapped_len: self.mapped_len }
+        Mark(self.len)
     }
 
-    /// Logical bytes gathered since `m`.
+    /// Bytes appended since `m`.
     pub(super) fn since(&self, m: Mark) -> usize {
-        self.len() - (m.buf + m.mapped_len)
+        self.len - m.0
+    }
+
+    /// The `n` bytes at `m`, to overwrite (a header reserved there).
+    pub(super) fn at(&mut self, m: Mark, n: usize) -> &mut [u8] {
+        &mut self.buf[m.0..m.0 + n]
     }
 
     pub(super) fn truncate(&mut self, m: Mark) {
-        self.buf.truncate(m.buf);
-        self.mapped.truncate(m.mapped);
-        self.mapped_len = m.mapped_len;
+        self.len = self.len.min(m.0);
     }
 
-    /// `len` bytes of `map` from `off` (within the mapping: [`Mapping::covers`]) follow.
-    pub(super) fn push_mapped(&mut self, map: Arc<Mapping>, off: usize, len: usize) {
-        debug_assert!(map.covers(off, len));
-        self.mapped_len += len;
-        self.mapped.push(Mapped { at: self.buf.len(), map, off, len });
-    }
-
-    /// Empty it, keeping at most `keep` bytes of owned-buffer capacity.
+    /// Empty it; with `keep`, give the buffer up when it grew past `keep` bytes.
     pub(super) fn clear(&mut self, keep: usize) {
-        self.buf.clear();
-        self.mapped.clear();
-        self.mapped_len = 0;
-        if self.buf.capacity() > keep {
-            self.buf.shrink_to(keep);
+        self.len = 0;
+        if self.buf.len() > keep {
+            self.buf = Vec::new();
+        }
+    }
+}
+
+/// Buffers kept for reuse (module contract).
+#[derive(Default)]
+pub(super) struct Pool(Mutex<Vec<Vec<u8>>>);
+
+impl Pool {
+    /// A buffer of at least `len` bytes whose first `len` the caller overwrites: a kept
+    /// one when there is one (only growth beyond what it held is zeroed), else a new one.
+    pub(super) fn take(&self, len: usize) -> Vec<u8> {
+        let mut b = self.0.lock().unwrap_or_else(PoisonError::into_inner).pop().unwrap_or_default();
+        if b.len() < len {
+            b.resize(len, 0);
+        }
+        b
+    }
+
+    /// Keep `b` for another request when there is room and it is not too large.
+    pub(super) fn give(&self, b: Vec<u8>) {
+        if b.is_empty() || b.len() > POOL_KEEP_MAX {
+            return;
+        }
+        let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if kept.len() < POOL_KEPT {
+            kept.push(b);
         }
     }
 
-    /// Write everything to `fd` (module contract); empties it either way.
-    pub(super) fn send(&mut self, fd: RawFd) -> io::Result<()> {
-        self.iov.clear();
-        let mut from = 0usize;
-        for m in &self.mapped {
-            if m.at > from {
-                self.iov.push(iovec(self.buf[from..m.at].as_ptr(), m.at - from));
-            }
-            if m.len > 0 {
-                self.iov.push(iovec(m.map.ptr_at(m.off), m.len));
-            }
-            from = m.at;
-        }
-        if self.buf.len() > from {
-            self.iov.push(iovec(self.buf[from..].as_ptr(), self.buf.len() - from));
-        }
-        let r = write_all(fd, &mut self.iov);
-        self.iov.clear();
-        self.buf.clear();
-        self.mapped.clear();
-        self.mapped_len = 0;
-        r
+    #[cfg(test)]
+    fn kept(&self) -> Vec<usize> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).iter().map(Vec::len).collect()
     }
 }
 
 #[cfg(test)]
-impl Answers {
-    /// The logical content, sent through a socket pair (small contents only: one socket
-    /// buffer), and empty it.
-    pub(super) fn take_bytes(&mut self) -> Vec<u8> {
-        use std::io::Read;
-        use std::os::fd::AsRawFd;
-        let (mut r, w) = std::os::unix::net::UnixStream::pair().expect("socket pair");
-        self.send(w.as_raw_fd()).expect("send");
-        drop(w);
-        let mut got = Vec::new();
-        r.read_to_end(&mut got).expect("read");
-        got
+impl Answer {
+    /// Bytes of the buffer behind it.
+    fn capacity(&self) -> usize {
+        self.buf.len()
     }
-}
-
-fn iovec(p: *const u8, len: usize) -> libc::iovec {
-    libc::iovec { iov_base: p.cast_mut().cast(), iov_len: len }
-}
-
-/// `writev` until every iovec is written.
-fn write_all(fd: RawFd, iov: &mut [libc::iovec]) -> io::Result<()> {
-    let mut i = 0usize;
-    while i < iov.len() {
-        let n = (iov.len() - i).min(IOV_MAX);
-        // SAFETY: the iovecs describe memory that stays valid and unmodified by us for the
-        // call: `buf` (borrowed by the caller's `&mut self`) and mappings held by `mapped`.
-        // n ≤ IOV_MAX fits a c_int.
-        let w = unsafe { libc::writev(fd, iov[i..].as_ptr(), n as libc::c_int) };
-        if w < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if w == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        i = crate::iov::advance(iov, i, w as usize);
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
-    use std::os::fd::AsRawFd;
 
     #[test]
-    fn splices_mapped_ranges_in_order_and_truncates_to_a_mark() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("obj");
-        let mut f = std::fs::File::create(&path).expect("create");
-        f.write_all(b"0123456789abcdef").expect("write");
-        let f = std::fs::File::open(&path).expect("open");
-        let map = Arc::new(Mapping::new(&f).expect("map").expect("non-empty"));
-        assert!(map.covers(10, 6) && !map.covers(10, 7));
-
-        let mut a = Answers::with_capacity(64);
-        a.buf.extend_from_slice(b"<h1>");
-        a.push_mapped(map.clone(), 2, 3);
-        a.buf.extend_from_slice(b"<h2>");
+    fn content_is_what_was_appended_and_stale_bytes_are_never_sent() {
+        let mut a = Answer::from_buf(vec![0xaa; 16]);
+        assert!(a.bytes().is_empty());
+        a.push(b"<h1>");
         let m = a.mark();
-        a.push_mapped(map.clone(), 0, 16);
-        a.buf.extend_from_slice(b"junk");
-        assert_eq!(a.since(m), 20);
+        a.grow(3).copy_from_slice(b"abc");
+        a.push(b"junk");
+        assert_eq!(a.since(m), 7);
         a.truncate(m);
-        a.push_mapped(map.clone(), 10, 6);
-        a.push_mapped(map, 0, 1);
-        a.buf.extend_from_slice(b"<end>");
-        assert_eq!(a.len(), 4 + 3 + 4 + 6 + 1 + 5);
-
-        let (mut r, w) = std::os::unix::net::UnixStream::pair().expect("pair");
-        a.send(w.as_raw_fd()).expect("send");
-        assert!(a.is_empty());
-        drop(w);
-        let mut got = String::new();
-        r.read_to_string(&mut got).expect("read");
-        assert_eq!(got, "<h1>234<h2>abcdef0<end>");
+        assert_eq!(a.bytes(), b"<h1>");
+        a.grow(2).copy_from_slice(b"xy");
+        a.at(m, 2).copy_from_slice(b"XY");
+        assert_eq!(a.bytes(), b"<h1>XY");
+        // Past the high-water mark: the growth is zeroed.
+        let g = a.grow(20);
+        assert_eq!(&g[10..], [0; 10]);
+        assert_eq!((a.len(), a.capacity()), (26, 26));
+        a.clear(16);
+        assert!(a.bytes().is_empty() && a.capacity() == 0, "a buffer grown past `keep` is given up");
     }
 
     #[test]
-    fn a_file_truncated_under_its_mapping_fails_the_write_without_a_signal() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("obj");
-        std::fs::write(&path, vec![7u8; 64 << 10]).expect("write");
-        let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).expect("open");
-        let map = Arc::new(Mapping::new(&f).expect("map").expect("non-empty"));
-        f.set_len(0).expect("truncate");
-        let mut a = Answers::default();
-        a.buf.extend_from_slice(b"hdr");
-        a.push_mapped(map, 32 << 10, 4096);
-        let (_r, w) = std::os::unix::net::UnixStream::pair().expect("pair");
-        let e = a.send(w.as_raw_fd()).expect_err("the mapped pages are gone");
-        assert_eq!(e.raw_os_error(), Some(libc::EFAULT), "{e}");
-        assert!(a.is_empty());
-    }
-
-    #[test]
-    fn more_iovecs_than_one_writev_takes() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("obj");
-        std::fs::write(&path, b"xy").expect("write");
-        let map = Arc::new(Mapping::new(&std::fs::File::open(&path).expect("open")).expect("map").expect("non-empty"));
-        let mut a = Answers::default();
-        let mut want = Vec::new();
-        for i in 0..3000u32 {
-            a.buf.push(b'a' + (i % 26) as u8);
-            want.push(b'a' + (i % 26) as u8);
-            a.push_mapped(map.clone(), 1, 1);
-            want.push(b'y');
+    fn pool_buffers_are_reused_and_only_grown() {
+        let pool = Pool::default();
+        let mut a = pool.take(8);
+        assert_eq!(a, [0; 8]);
+        a.copy_from_slice(b"abcdefgh");
+        let p = a.as_ptr();
+        pool.give(a);
+        let b = pool.take(4);
+        assert_eq!((b.len(), b.as_ptr()), (8, p), "the kept buffer, as long as it was");
+        pool.give(b);
+        let c = pool.take(12);
+        assert_eq!(&c[8..], [0; 4], "growth is zeroed");
+        pool.give(c);
+        pool.give(vec![0; POOL_KEEP_MAX + 1]);
+        for _ in 0..POOL_KEPT + 1 {
+            pool.give(vec![0; 1]);
         }
-        let (mut r, w) = std::os::unix::net::UnixStream::pair().expect("pair");
-        let reader = std::thread::spawn(move || {
-            let mut got = Vec::new();
-            r.read_to_end(&mut got).expect("read");
-            got
-        });
-        a.send(w.as_raw_fd()).expect("send");
-        drop(w);
-        assert_eq!(reader.join().expect("reader"), want);
+        let kept = pool.kept();
+        assert_eq!(kept.len(), POOL_KEPT, "bounded");
+        assert!(kept.iter().all(|&l| l <= POOL_KEEP_MAX), "no oversized buffer kept");
     }
 }

@@ -54,12 +54,18 @@
 //!   attributes, other store policies (INVALID_PARMS), erasure coding beyond reporting
 //!   `nr_copies = data + parity`.
 //!
+//! - Serving: a reader thread per connection reads requests and hands each one to a
+//!   fixed pool of workers; a worker runs it, `pread`s object data into a pooled buffer
+//!   and writes the response (header and payload) in one write. [`Config::fast_reads`]
+//!   (off by default, and in every conformance test) lets the reader answer READ_OBJ
+//!   itself instead, for benchmarks; see `server.rs`.
 //! - Faults for tests: a slow disk ([`Config::object_delay`], [`Faults::set_object_delay`]),
 //!   error results ([`Faults::fail_next`]) and [`Store::restart`]; see `fault.rs`.
 //!
 //! Files: `server.rs` (listeners, connections, worker pool), `ops.rs` (one request → one
-//! response), `meta.rs` (VDI metadata: lookup, bitmap, locks, reference drop),
-//! `inode.rs` (one cached inode), `objects.rs` (object files), `fault.rs` (faults).
+//! response), `answers.rs` (response buffers and their pool), `meta.rs` (VDI metadata:
+//! lookup, bitmap, locks, reference drop), `inode.rs` (one cached inode), `objects.rs`
+//! (object files), `fault.rs` (faults).
 
 mod answers;
 mod fault;
@@ -88,7 +94,7 @@ pub use server::Store;
 pub const MAX_PAYLOAD: u32 = 64 << 20;
 
 /// Store settings; the CLI is `sheepdev store --dir DIR --listen ADDR [--listen ADDR2]
-/// [--locking] [--no-sync] [--copies N]`.
+/// [--locking] [--no-sync] [--copies N] [--workers N] [--fast-reads]`.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Directory holding `obj/` and `tmp/`; created when missing.
@@ -107,6 +113,11 @@ pub struct Config {
     /// Emulated disk latency: every object read, write and create waits this long before
     /// it runs (a store-side fault for tests; zero in normal use).
     pub object_delay: std::time::Duration,
+    /// Benchmark tuning knob, off by default: each connection's reader answers READ_OBJ
+    /// itself (no hand-off to a worker) and sends the answers of a burst of reads in one
+    /// write. The responses are the same; reads of one connection then complete in
+    /// submission order among themselves. Ignored while `object_delay` is set.
+    pub fast_reads: bool,
 }
 
 impl Default for Config {
@@ -119,6 +130,7 @@ impl Default for Config {
             copies: 3,
             workers: 8,
             object_delay: std::time::Duration::ZERO,
+            fast_reads: false,
         }
     }
 }

@@ -19,25 +19,17 @@
 //!   one is not kept (a generation count), so no stale file is served afterwards; a read or
 //!   write running concurrently with a create of the same object may see either file, as
 //!   two unordered requests may in sheep.
-//! - Data reads are answered from a read-only shared mapping of the object file, kept
-//!   with the open file and forgotten with it ([`Objects::read_answer`]; the bytes go from
-//!   the page cache to the socket with one copy). The mapping covers the file as long as
-//!   it was when mapped; a read beyond that (a file grown by a write past its end, or a
-//!   read crossing the end) is read with `pread` instead. Writes go through the file, so
-//!   reads through the mapping see them (one page cache). On tmpfs, reading a hole through
-//!   a mapping allocates its page (on disk file systems it is a page-cache page only).
+//! - Reads are `pread` into the caller's buffer, which they fill whole: what lies past
+//!   the end of the file is zero-filled.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::mem::MaybeUninit;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use super::answers::Answers;
 use crate::proto::{Oid, ResultCode, SD_RES_EIO, SD_RES_NO_OBJ, SD_RES_NO_SPACE};
 
 /// Linux ENOSPC and EDQUOT: both mean "no space" to a client.
@@ -54,11 +46,10 @@ pub(super) struct Objects {
     max_open: usize,
 }
 
-/// The kept open files and their mappings (module contract).
+/// The kept open files (module contract).
 #[derive(Default)]
 struct OpenFiles {
     map: HashMap<Oid, Arc<File>>,
-    maps: HashMap<Oid, Arc<Mapping>>,
     /// Bumped by every forget: an open that began before it is not kept.
     gen: u64,
 }
@@ -102,39 +93,10 @@ impl Objects {
         if files.gen == gen {
             if files.map.len() >= self.max_open {
                 files.map.clear();
-                files.maps.clear();
             }
             files.map.insert(oid, Arc::clone(&f));
         }
         Ok(f)
-    }
-
-    /// A mapping of `oid`'s file as long as it is now, kept with the open file (module
-    /// contract); `None` when the file is empty or cannot be mapped (the caller reads it).
-    /// Errors are those of opening the file.
-    fn mapping(&self, oid: Oid) -> io::Result<Option<Arc<Mapping>>> {
-        let gen = {
-            let files = self.files();
-            if let Some(m) = files.maps.get(&oid) {
-                return Ok(Some(Arc::clone(m)));
-            }
-            files.gen
-        };
-        let f = self.file(oid)?;
-        let m = match Mapping::new(&f) {
-            Ok(Some(m)) => Arc::new(m),
-            Ok(None) => return Ok(None),
-            Err(e) => {
-                // Out of address space or map count: serve this read with pread.
-                tracing::debug!("cannot map object {oid}: {}; reading it instead", super::describe(&e));
-                return Ok(None);
-            }
-        };
-        let mut files = self.files();
-        if files.gen == gen && files.map.contains_key(&oid) {
-            files.maps.insert(oid, Arc::clone(&m));
-        }
-        Ok(Some(m))
     }
 
     /// Drop the kept file of `oid` after its path changed (module contract).
@@ -142,7 +104,6 @@ impl Objects {
         let mut files = self.files();
         files.gen += 1;
         files.map.remove(&oid);
-        files.maps.remove(&oid);
     }
 
     /// Object files kept open now.
@@ -178,40 +139,12 @@ impl Objects {
     /// Fill `buf` from `off`; zeros past the end of the file.
     pub(super) fn read_raw(&self, oid: Oid, off: u64, buf: &mut [u8]) -> io::Result<()> {
         let f = self.file(oid)?;
-        // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, and `fill_at` writes only
-        // initialized bytes, so `buf` stays initialized.
-        fill_at(&f, off, unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) })
+        fill_at(&f, off, buf)
     }
 
     /// READ_OBJ: NO_OBJ when the object does not exist.
     pub(super) fn read(&self, oid: Oid, off: u64, buf: &mut [u8]) -> Result<(), ResultCode> {
         self.read_raw(oid, off, buf).map_err(|e| failure("read", oid, &e))
-    }
-
-    /// READ_OBJ of a data object: `len` bytes from `off` appended to `out` (zeros past the
-    /// end of the file), read straight into `out`'s spare room — no zero-fill first.
-    pub(super) fn read_append(&self, oid: Oid, off: u64, len: usize, out: &mut Vec<u8>) -> Result<(), ResultCode> {
-        let fail = |e: &io::Error| failure("read", oid, e);
-        let f = self.file(oid).map_err(|e| fail(&e))?;
-        out.reserve(len);
-        fill_at(&f, off, &mut out.spare_capacity_mut()[..len]).map_err(|e| fail(&e))?;
-        // SAFETY: `fill_at` initialized the first `len` bytes of the spare capacity.
-        unsafe { out.set_len(out.len() + len) };
-        Ok(())
-    }
-
-    /// READ_OBJ of a data object: `len` bytes from `off` gathered in `out` — straight from
-    /// the object file's mapping when the range lies inside it, else read into `out.buf`
-    /// (a range past what the mapping covers: the file grew since, or the read crosses its
-    /// end).
-    pub(super) fn read_answer(&self, oid: Oid, off: u64, len: usize, out: &mut Answers) -> Result<(), ResultCode> {
-        if let (Some(m), Ok(o)) = (self.mapping(oid).map_err(|e| failure("read", oid, &e))?, usize::try_from(off)) {
-            if m.covers(o, len) {
-                out.push_mapped(m, o, len);
-                return Ok(());
-            }
-        }
-        self.read_append(oid, off, len, &mut out.buf)
     }
 
     /// WRITE_OBJ: overwrite part of an existing object (NO_OBJ when missing). A write past
@@ -283,81 +216,21 @@ impl Objects {
     }
 }
 
-/// A read-only shared mapping of an object file's first `len` bytes (its length when
-/// mapped), unmapped when the last reference goes. Only the kernel reads it (`writev` in
-/// `answers.rs`): no Rust reference to its bytes is ever made, since other requests write
-/// the file concurrently.
-pub(super) struct Mapping {
-    ptr: *mut libc::c_void,
-    len: usize,
-}
-
-// SAFETY: the mapping is plain memory owned by this value until `drop` unmaps it; it is
-// only handed to the kernel as a pointer, from any thread.
-unsafe impl Send for Mapping {}
-// SAFETY: as above; `&Mapping` gives out pointers only.
-unsafe impl Sync for Mapping {}
-
-impl Mapping {
-    /// Map `f` as long as it is now; `None` when it is empty.
-    pub(super) fn new(f: &File) -> io::Result<Option<Mapping>> {
-        let len = usize::try_from(f.metadata()?.len()).map_err(|_| io::Error::from(io::ErrorKind::FileTooLarge))?;
-        if len == 0 {
-            return Ok(None);
-        }
-        // SAFETY: a fresh read-only shared mapping of a file we hold open; the kernel picks
-        // the address, so no existing memory is affected.
-        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd(), 0) };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Some(Mapping { ptr, len }))
-    }
-
-    /// Whether `off..off + len` lies inside the mapping.
-    pub(super) fn covers(&self, off: usize, len: usize) -> bool {
-        off.checked_add(len).is_some_and(|end| end <= self.len)
-    }
-
-    /// The address of byte `off` (`off` ≤ the mapping's length).
-    pub(super) fn ptr_at(&self, off: usize) -> *const u8 {
-        assert!(off <= self.len, "offset {off} past a mapping of {} bytes", self.len);
-        // SAFETY: within the mapping (or one past its end), as just checked.
-        unsafe { self.ptr.cast::<u8>().add(off) }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` are exactly what mmap returned; no pointer into the mapping
-        // outlives the `Arc`s that keep this value alive.
-        unsafe { libc::munmap(self.ptr, self.len) };
-    }
-}
-
-/// Read `buf.len()` bytes of `f` from `off` into `buf`, zeros past the end of the file;
-/// every byte of `buf` is initialized when it returns `Ok`.
-fn fill_at(f: &File, off: u64, buf: &mut [MaybeUninit<u8>]) -> io::Result<()> {
+/// Read `buf.len()` bytes of `f` from `off` into `buf` (pread until done), zeros past the
+/// end of the file; every byte of `buf` is overwritten when it returns `Ok`.
+fn fill_at(f: &File, off: u64, buf: &mut [u8]) -> io::Result<()> {
     let mut done = 0usize;
     while done < buf.len() {
-        let Some(at) = off.checked_add(done as u64).and_then(|a| libc::off_t::try_from(a).ok()) else { break };
-        // SAFETY: pread writes at most `buf.len() - done` bytes at `buf[done..]`, memory we
-        // hold exclusively; it reads none of it.
-        let n = unsafe { libc::pread(f.as_raw_fd(), buf[done..].as_mut_ptr().cast(), buf.len() - done, at) };
-        match n {
-            0 => break,
-            n if n > 0 => done += n as usize,
-            _ => {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
+        // An offset the kernel cannot take (above i64::MAX) lies past the end of any file.
+        let Some(at) = off.checked_add(done as u64).filter(|&a| i64::try_from(a).is_ok()) else { break };
+        match f.read_at(&mut buf[done..], at) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
-    for b in &mut buf[done..] {
-        b.write(0);
-    }
+    buf[done..].fill(0);
     Ok(())
 }
 
@@ -394,16 +267,16 @@ mod tests {
         // Past the end: zeros, no error.
         objs.read(a, 1 << 20, &mut buf).expect("read past end");
         assert_eq!(buf, [0; 8]);
-        // Appending reads: after what `out` holds, zeros past the end, NO_OBJ when missing.
-        // Spare room full of 0xaa: what is not read must be zeroed, not left as it was.
-        let mut out = vec![0xaau8; 64];
-        out.truncate(4);
-        out.copy_from_slice(b"head");
-        objs.read_append(a, 8, 8, &mut out).expect("read_append");
-        objs.read_append(a, 4092, 8, &mut out).expect("read_append across the end");
-        assert_eq!(&out[..], b"head\0\0hello\0\0\0\0\0\0\0\0\0");
-        assert_eq!(objs.read_append(Oid(7), 0, 8, &mut out), Err(SD_RES_NO_OBJ));
-        assert_eq!(out.len(), 20, "a failed read appends nothing");
+        // A reused buffer full of stale bytes: every byte is overwritten, zeros past the end.
+        let mut stale = [0xaau8; 16];
+        objs.read(a, 4088, &mut stale).expect("read across the end");
+        assert_eq!(stale, [0; 16]);
+        let mut stale = [0xaau8; 16];
+        objs.read(a, 8, &mut stale).expect("read");
+        assert_eq!(&stale, b"\0\0hello\0\0\0\0\0\0\0\0\0");
+        assert_eq!(objs.read(Oid(7), 0, &mut stale), Err(SD_RES_NO_OBJ));
+        objs.read(a, u64::MAX - 4, &mut stale).expect("an offset past what pread takes");
+        assert_eq!(stale, [0; 16]);
         // COW copies the source, then overlays.
         assert_eq!(objs.create(b, 4096, Some(a), 0, b"HE"), Ok(()));
         objs.read(b, 10, &mut buf).expect("read");
@@ -428,36 +301,28 @@ mod tests {
     }
 
     #[test]
-    fn mapped_reads_see_writes_recreates_growth_and_removal() {
+    fn kept_files_see_writes_recreates_growth_and_removal() {
         let dir = tempfile::tempdir().expect("tempdir");
         let objs = Objects::open(dir.path(), false, 8).map_err(|(p, e)| format!("{}: {e}", p.display())).expect("open");
         let a = Oid(0x00a5_d05d_0000_0001);
-        let mut out = Answers::default();
-        assert_eq!(objs.read_answer(a, 0, 4, &mut out), Err(SD_RES_NO_OBJ));
-        assert!(out.is_empty(), "a failed read gathers nothing");
+        let read = |off: u64, len: usize| {
+            let mut b = vec![0xaa; len];
+            objs.read(a, off, &mut b).map(|()| b)
+        };
+        assert_eq!(read(0, 4), Err(SD_RES_NO_OBJ));
         assert_eq!(objs.create(a, 16, None, 0, b"abcd"), Ok(()));
-        out.buf.extend_from_slice(b"h:");
-        objs.read_answer(a, 0, 6, &mut out).expect("read");
-        assert_eq!(out.len(), 8);
-        assert_eq!(out.take_bytes(), b"h:abcd\0\0");
-        assert_eq!(objs.files().maps.len(), 1, "the mapping is kept");
-        // A write through the file is seen through the kept mapping.
+        assert_eq!(read(0, 6).as_deref(), Ok(&b"abcd\0\0"[..]));
+        assert_eq!(objs.kept(), 1, "the open file is kept");
         assert_eq!(objs.write(a, 2, b"XY"), Ok(()));
-        objs.read_answer(a, 0, 4, &mut out).expect("read");
-        assert_eq!(out.take_bytes(), b"abXY");
-        // Grown past the mapping (a write past the end): read, not mapped; zeros past the end.
+        assert_eq!(read(0, 4).as_deref(), Ok(&b"abXY"[..]));
+        // Grown by a write past the end; zeros past the new end.
         assert_eq!(objs.write(a, 16, b"tail"), Ok(()));
-        objs.read_answer(a, 14, 8, &mut out).expect("read across the old end");
-        assert_eq!(out.take_bytes(), b"\0\0tail\0\0");
-        // A re-create replaces the mapping: no stale bytes.
+        assert_eq!(read(14, 8).as_deref(), Ok(&b"\0\0tail\0\0"[..]));
+        // A re-create replaces the kept file: no stale bytes.
         assert_eq!(objs.create(a, 16, None, 8, b"new"), Ok(()));
-        objs.read_answer(a, 0, 12, &mut out).expect("read");
-        assert_eq!(out.take_bytes(), b"\0\0\0\0\0\0\0\0new\0");
-        // A mapping still referenced survives the removal of its file.
-        objs.read_answer(a, 8, 3, &mut out).expect("read");
+        assert_eq!(read(0, 12).as_deref(), Ok(&b"\0\0\0\0\0\0\0\0new\0"[..]));
         assert_eq!(objs.remove(a), Ok(()));
-        assert!(objs.files().maps.is_empty(), "removal forgets the mapping");
-        assert_eq!(out.take_bytes(), b"new");
-        assert_eq!(objs.read_answer(a, 0, 4, &mut out), Err(SD_RES_NO_OBJ));
+        assert_eq!(objs.kept(), 0, "removal forgets the file");
+        assert_eq!(read(0, 4), Err(SD_RES_NO_OBJ));
     }
 }

@@ -18,7 +18,7 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::answers::Answers;
+use super::answers::Answer;
 use super::fault::Faults;
 use super::inode::inode_vid;
 use super::meta::{Meta, NewVdi, Query};
@@ -72,11 +72,12 @@ impl Handler {
     }
 
     /// Execute one request and append its whole response (header, then payload) to `out`,
-    /// which a connection sends as it is, alone or with other responses. `payload` is what
-    /// followed the header on the wire (empty without `SD_FLAG_CMD_WRITE`).
-    pub(super) fn handle(&self, req: &ReqHeader, payload: &[u8], out: &mut Answers) {
-        let start = out.buf.len();
-        out.buf.resize(start + HEADER_LEN, 0);
+    /// which a connection sends as it is (with other responses only on the fast path).
+    /// `payload` is what followed the header on the wire (empty without
+    /// `SD_FLAG_CMD_WRITE`).
+    pub(super) fn handle(&self, req: &ReqHeader, payload: &[u8], out: &mut Answer) {
+        let start = out.mark();
+        out.grow(HEADER_LEN);
         let body = out.mark();
         let mut rsp = RspHeader::reply_to(req, SD_RES_SUCCESS);
         rsp.epoch = EPOCH;
@@ -85,11 +86,11 @@ impl Handler {
             rsp.result = code;
         }
         rsp.data_length = u32::try_from(out.since(body)).unwrap_or(0);
-        out.buf[start..start + HEADER_LEN].copy_from_slice(&rsp.encode());
+        out.at(start, HEADER_LEN).copy_from_slice(&rsp.encode());
     }
 
     /// Execute one request; its response payload, if any, is appended to `out`.
-    fn dispatch(&self, req: &ReqHeader, payload: &[u8], rsp: &mut RspHeader, out: &mut Answers) -> Result<(), ResultCode> {
+    fn dispatch(&self, req: &ReqHeader, payload: &[u8], rsp: &mut RspHeader, out: &mut Answer) -> Result<(), ResultCode> {
         if req.opcode >= FIRST_ADMIN_OPCODE {
             return Err(if req.proto_ver == SD_SHEEP_PROTO_VER { SD_RES_INVALID_PARMS } else { SD_RES_VER_MISMATCH });
         }
@@ -151,7 +152,7 @@ impl Handler {
                 if req.data_length != SD_VDI_BITMAP_LEN {
                     return Err(SD_RES_INVALID_PARMS);
                 }
-                out.buf.extend_from_slice(self.meta().bitmap());
+                out.push(self.meta().bitmap());
                 Ok(())
             }
             // Obsolete in sheep 1.0: clients take INVALID_PARMS as "writes are durable".
@@ -177,18 +178,17 @@ impl Handler {
         self.objs.create(a.oid, size, cow, off, payload)
     }
 
-    /// READ_OBJ: `data_length` bytes appended to `out`.
-    fn read(&self, req: &ReqHeader, out: &mut Answers) -> Result<(), ResultCode> {
+    /// READ_OBJ: `data_length` bytes appended to `out` (pread into the answer's buffer).
+    fn read(&self, req: &ReqHeader, out: &mut Answer) -> Result<(), ResultCode> {
         if req.data_length > MAX_PAYLOAD {
             return Err(SD_RES_INVALID_PARMS);
         }
         let a = req.obj_args();
-        let Some(vid) = inode_vid(a.oid) else {
-            return self.objs.read_answer(a.oid, u64::from(a.offset), req.data_length as usize, out);
-        };
-        let at = out.buf.len();
-        out.buf.resize(at + req.data_length as usize, 0);
-        self.meta().read_inode(&self.objs, vid, u64::from(a.offset), &mut out.buf[at..])
+        let dst = out.grow(req.data_length as usize);
+        match inode_vid(a.oid) {
+            Some(vid) => self.meta().read_inode(&self.objs, vid, u64::from(a.offset), dst),
+            None => self.objs.read(a.oid, u64::from(a.offset), dst),
+        }
     }
 
     fn write(&self, req: &ReqHeader, payload: &[u8]) -> Result<(), ResultCode> {

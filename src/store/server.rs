@@ -6,29 +6,28 @@
 //!   timeout, and a reader thread that reads a header, then `data_length` payload bytes
 //!   only when `SD_FLAG_CMD_WRITE` is set (bounded by [`MAX_PAYLOAD`] *before* anything
 //!   is allocated; a larger one closes the connection with a warning). EOF or a partial
-//!   header or payload closes the connection quietly. Payloads are read into buffers the
-//!   workers hand back when done (at most 32, of at most 1 MiB each), so a stream of
-//!   writes allocates and zeroes no payload buffer.
-//! - The reader takes the socket's bytes through a 256 KiB buffer (a pipelining client's
-//!   queued requests in one syscall) and answers READ_OBJ itself, at once, while no slow
-//!   disk is simulated: a read of a cached object costs less than the hand-off to a worker
-//!   (in the qemu VM, 4k random reads through a ublk device gained 24–48 %; on the host one
-//!   shard's reads 1.3–1.4×). The responses of reads answered so wait in one gather list
-//!   (`answers.rs`: headers in a buffer, data as ranges of the object files' mappings) while
-//!   more requests are already buffered, and go out in one `writev` before the reader could
-//!   block (an empty socket buffer, the worker queue) or once 256 KiB gathered. Every other
-//!   request goes through one bounded queue to `workers` threads, so the requests of one
-//!   connection run concurrently and their responses go out in completion order, like
-//!   sheep's. Responses are written whole (header + payload) under the connection's write
-//!   lock; a failed write closes the connection.
+//!   header or payload closes the connection quietly. The reader takes the socket's bytes
+//!   through a 256 KiB buffer (a pipelining client's queued requests in one syscall) and
+//!   payloads into buffers of the store's [`Pool`] (`answers.rs`).
+//! - Every request, READ_OBJ included, goes through one bounded queue to `workers`
+//!   threads, so the requests of one connection run concurrently and their responses go
+//!   out in completion order, like sheep's. A worker runs the request (`ops.rs`) into an
+//!   [`Answer`] built in a pooled buffer (object data is `pread` into it) and writes the
+//!   whole response, header and payload, with one `write_all` under the connection's
+//!   write lock; a failed write closes the connection.
+//! - Opt-in, for benchmarks only ([`Config::fast_reads`](super::Config::fast_reads), off
+//!   by default and in the conformance suite): the reader runs READ_OBJ itself while no
+//!   slow disk is simulated, gathering the answers of consecutive reads in one buffer
+//!   while more requests are already buffered, and sends them in one write before it could
+//!   block (a socket read, the worker queue) or once 256 KiB gathered. What it saves (a
+//!   hand-off per read, a write per answer) is measured in tuning/README.md.
 //! - [`Store::shutdown`] stops accepting, shuts every connection down, lets the workers
 //!   finish what they hold and joins every thread. It does not wait for idle clients.
 //!   Dropping a `Store` does the same. [`Store::restart`] is a shutdown and a start on the
 //!   same directory and bound addresses.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -38,7 +37,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use super::answers::Answers;
+use super::answers::{Answer, Pool};
 use super::fault::Faults;
 use super::meta::Meta;
 use super::objects::Objects;
@@ -69,15 +68,15 @@ struct Conn {
 }
 
 impl Conn {
-    /// Write what `out` gathered (whole responses, one or many) under the write lock and
-    /// empty it; a failed write closes the connection and answers false.
-    fn send(&self, out: &mut Answers) -> bool {
-        if out.is_empty() {
+    /// Write whole responses (one, or on the fast path several) under the write lock; a
+    /// failed write closes the connection and answers false.
+    fn send(&self, bytes: &[u8]) -> bool {
+        if bytes.is_empty() {
             return true;
         }
         let res = {
             let _g = lock(&self.write_lock);
-            out.send(self.stream.as_raw_fd())
+            (&self.stream).write_all(bytes)
         };
         if let Err(e) = res {
             tracing::debug!("cannot answer {}: {}; closing the connection", self.peer, describe(&e));
@@ -95,7 +94,7 @@ impl Conn {
 struct Job {
     conn: Arc<Conn>,
     req: ReqHeader,
-    /// The payload is `payload[..len]` (the buffer may be longer: see [`PayloadPool`]).
+    /// The payload is `payload[..len]` (a pooled buffer may be longer: see [`Pool`]).
     payload: Vec<u8>,
     len: usize,
 }
@@ -112,43 +111,10 @@ struct Shared {
     peak_inflight: AtomicUsize,
     /// Requests read, over all connections, since the start.
     requests: AtomicU64,
-    /// Write payload buffers the workers gave back, for the readers to fill again.
-    payloads: PayloadPool,
-}
-
-/// Payload buffers kept for reuse, at most.
-const PAYLOADS_KEPT: usize = 32;
-/// A payload buffer larger than this is not kept.
-const PAYLOAD_KEEP_MAX: usize = 1 << 20;
-
-/// Write payload buffers handed from the workers back to the readers, so a write of a
-/// size seen before allocates and zeroes nothing (a bounded number of bounded buffers).
-/// A buffer keeps the length of the largest payload it held; a payload uses its first
-/// bytes, so a small write after a large one zeroes nothing either.
-#[derive(Default)]
-struct PayloadPool(Mutex<Vec<Vec<u8>>>);
-
-impl PayloadPool {
-    /// A buffer of at least `len` bytes whose first `len` the caller overwrites: a kept
-    /// one when there is one (only growth beyond what it held is zeroed), else a new one.
-    fn take(&self, len: usize) -> Vec<u8> {
-        let mut b = lock(&self.0).pop().unwrap_or_default();
-        if b.len() < len {
-            b.resize(len, 0);
-        }
-        b
-    }
-
-    /// Keep `b` for another payload when there is room and it is not too large.
-    fn give(&self, b: Vec<u8>) {
-        if b.is_empty() || b.len() > PAYLOAD_KEEP_MAX {
-            return;
-        }
-        let mut kept = lock(&self.0);
-        if kept.len() < PAYLOADS_KEPT {
-            kept.push(b);
-        }
-    }
+    /// Buffers for request payloads and answers, reused.
+    pool: Pool,
+    /// The reader answers READ_OBJ itself ([`Config::fast_reads`]).
+    fast_reads: bool,
 }
 
 /// A running store; see the module docs of `store` for what it serves.
@@ -201,7 +167,8 @@ impl Store {
             inflight: AtomicUsize::new(0),
             peak_inflight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
-            payloads: PayloadPool::default(),
+            pool: Pool::default(),
+            fast_reads: cfg.fast_reads,
         });
         let addrs: Vec<SocketAddr> = listeners.iter().map(|(a, _)| *a).collect();
         let cfg = Config { listen: addrs.clone(), ..cfg };
@@ -435,37 +402,31 @@ fn serve(sh: &Arc<Shared>, stream: Stream, peer: String) {
 /// Bytes a connection's reader takes from the socket at once: a pipelining client's queued
 /// requests are read with one syscall, not one or two per request.
 const READ_BUF: usize = 256 << 10;
-/// Bytes of gathered READ_OBJ responses that are sent without waiting for more.
+/// Fast path: bytes of gathered READ_OBJ answers that are sent without waiting for more.
 const OUT_FLUSH: usize = 256 << 10;
-/// A response buffer that grew past this (a huge read) is given back after its send.
+/// Fast path: an answer buffer that grew past this (a huge read) is given up after its send.
 const OUT_KEEP: usize = 4 << 20;
 
-/// Send what `out` gathered and empty it; false when the connection failed (and is closed).
-fn flush(conn: &Conn, out: &mut Answers) -> bool {
-    let ok = conn.send(out);
-    if out.capacity() > OUT_KEEP {
-        out.clear(OUT_FLUSH);
-    }
-    ok
-}
-
-/// The connection's reader (module contract). READ_OBJs answered here gather their
-/// responses in one buffer while more requests are already buffered, so a pipelining
-/// client's burst of reads is answered with one write; the buffer is sent before anything
-/// that may block (a socket read, the worker queue) and whenever it holds [`OUT_FLUSH`].
+/// The connection's reader (module contract): every request to the workers, or on the
+/// fast path READ_OBJ run here, its answer gathered in `out` and sent before anything that
+/// may block (a socket read, the worker queue) and whenever `out` holds [`OUT_FLUSH`].
 fn read_requests(conn: &Arc<Conn>, tx: &SyncSender<Job>, sh: &Shared) {
     let mut head = [0u8; HEADER_LEN];
     let mut rd = std::io::BufReader::with_capacity(READ_BUF, &conn.stream);
-    let mut out = Answers::with_capacity(OUT_FLUSH + (64 << 10));
-    // Requests whose responses wait in `out`.
+    // Fast path only (empty otherwise): answers not sent yet, and how many requests.
+    let mut out = Answer::default();
     let mut gathered = 0usize;
-    let flush_gathered = |out: &mut Answers, gathered: &mut usize| {
-        let ok = flush(conn, out);
+    let flush = |out: &mut Answer, gathered: &mut usize| {
+        if *gathered == 0 {
+            return true;
+        }
+        let ok = conn.send(out.bytes());
+        out.clear(OUT_KEEP);
         sh.inflight.fetch_sub(std::mem::take(gathered), Ordering::Relaxed);
         ok
     };
     loop {
-        if rd.buffer().len() < HEADER_LEN && !flush_gathered(&mut out, &mut gathered) {
+        if rd.buffer().len() < HEADER_LEN && !flush(&mut out, &mut gathered) {
             break;
         }
         if let Err(e) = rd.read_exact(&mut head) {
@@ -487,11 +448,11 @@ fn read_requests(conn: &Arc<Conn>, tx: &SyncSender<Job>, sh: &Shared) {
                 );
                 break;
             }
-            if rd.buffer().len() < req.data_length as usize && !flush_gathered(&mut out, &mut gathered) {
+            if rd.buffer().len() < req.data_length as usize && !flush(&mut out, &mut gathered) {
                 break;
             }
             len = req.data_length as usize;
-            payload = sh.payloads.take(len);
+            payload = sh.pool.take(len);
             if let Err(e) = rd.read_exact(&mut payload[..len]) {
                 tracing::debug!("connection from {} ends inside a payload: {}", conn.peer, describe(&e));
                 break;
@@ -500,15 +461,15 @@ fn read_requests(conn: &Arc<Conn>, tx: &SyncSender<Job>, sh: &Shared) {
         sh.requests.fetch_add(1, Ordering::Relaxed);
         let now = sh.inflight.fetch_add(1, Ordering::Relaxed) + 1;
         sh.peak_inflight.fetch_max(now, Ordering::Relaxed);
-        if req.opcode == Opcode::ReadObj as u8 && sh.handler.faults().object_delay().is_zero() {
+        if sh.fast_reads && req.opcode == Opcode::ReadObj as u8 && sh.handler.faults().object_delay().is_zero() {
             respond(sh, &req, &[], &mut out, &conn.peer);
             gathered += 1;
-            if out.len() >= OUT_FLUSH && !flush_gathered(&mut out, &mut gathered) {
+            if out.len() >= OUT_FLUSH && !flush(&mut out, &mut gathered) {
                 break;
             }
             continue;
         }
-        if !flush_gathered(&mut out, &mut gathered) {
+        if !flush(&mut out, &mut gathered) {
             break;
         }
         if tx.send(Job { conn: Arc::clone(conn), req, payload, len }).is_err() {
@@ -516,24 +477,26 @@ fn read_requests(conn: &Arc<Conn>, tx: &SyncSender<Job>, sh: &Shared) {
             break;
         }
     }
-    flush_gathered(&mut out, &mut gathered);
+    flush(&mut out, &mut gathered);
     conn.close();
 }
 
+/// A worker: run a request into an answer in a pooled buffer, send it in one write.
 fn work(sh: &Shared, rx: &Mutex<Receiver<Job>>) {
-    let mut out = Answers::default();
     loop {
         let job = lock(rx).recv();
         let Ok(Job { conn, req, payload, len }) = job else { break };
+        let mut out = Answer::from_buf(sh.pool.take(0));
         respond(sh, &req, &payload[..len], &mut out, &conn.peer);
-        sh.payloads.give(payload);
-        flush(&conn, &mut out);
+        sh.pool.give(payload);
+        conn.send(out.bytes());
+        sh.pool.give(out.into_buf());
         sh.inflight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// Handle one request and append its response to `out` (a system error if it panicked).
-fn respond(sh: &Shared, req: &ReqHeader, payload: &[u8], out: &mut Answers, peer: &str) {
+fn respond(sh: &Shared, req: &ReqHeader, payload: &[u8], out: &mut Answer, peer: &str) {
     let start = out.mark();
     if catch_unwind(AssertUnwindSafe(|| sh.handler.handle(req, payload, out))).is_err() {
         let op = Opcode::try_from(req.opcode).map_or("unknown", Opcode::name);
@@ -541,33 +504,6 @@ fn respond(sh: &Shared, req: &ReqHeader, payload: &[u8], out: &mut Answers, peer
         out.truncate(start);
         let mut rsp = RspHeader::reply_to(req, SD_RES_SYSTEM_ERROR);
         rsp.data_length = 0;
-        out.buf.extend_from_slice(&rsp.encode());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn payload_buffers_are_reused_and_only_grown() {
-        let pool = PayloadPool::default();
-        let mut a = pool.take(8);
-        assert_eq!(a, [0; 8]);
-        a.copy_from_slice(b"abcdefgh");
-        let p = a.as_ptr();
-        pool.give(a);
-        let b = pool.take(4);
-        assert_eq!((b.len(), b.as_ptr()), (8, p), "the kept buffer, as long as it was");
-        pool.give(b);
-        let c = pool.take(12);
-        assert_eq!(&c[8..], [0; 4], "growth is zeroed");
-        pool.give(c);
-        pool.give(vec![0; PAYLOAD_KEEP_MAX + 1]);
-        for _ in 0..PAYLOADS_KEPT + 1 {
-            pool.give(vec![0; 1]);
-        }
-        assert_eq!(lock(&pool.0).len(), PAYLOADS_KEPT, "bounded, and no oversized buffer kept");
-        assert!(lock(&pool.0).iter().all(|b| b.len() <= PAYLOAD_KEEP_MAX));
+        out.push(&rsp.encode());
     }
 }

@@ -24,6 +24,7 @@ fn config(dir: &Path) -> Config {
         copies: 3,
         object_delay: std::time::Duration::ZERO,
         workers: 4,
+        fast_reads: false,
     }
 }
 
@@ -491,6 +492,104 @@ fn pipelined_requests_are_matched_by_id() {
         assert_eq!((r.opcode, r.result, d.len()), (op, result, 0));
     }
     assert_eq!(c.read(Oid(0x10_0000_0000), (4 << 20) - 2, 2), (SD_RES_SUCCESS, vec![0x5a; 2]));
+}
+
+/// A burst of reads (some NO_OBJ, some past the end, more answer bytes than the fast
+/// path gathers at once) and writes, all in flight together on one connection; every
+/// answer carries the bytes asked for. The client sends from its own thread, so neither
+/// side waits on a full socket buffer.
+fn pipelined_reads_return_their_data(fast_reads: bool) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, addr) = start(Config { fast_reads, ..config(dir.path()) });
+    let mut c = Client::connect(addr);
+    let oid = |i: u64| Oid::data(Vid(0x77), i as u32);
+    let pattern = |i: u64, at: usize| (at as u64 * 7 + i * 13) as u8;
+    const OBJ: usize = 256 << 10;
+    for i in 0..4 {
+        let data: Vec<u8> = (0..OBJ).map(|at| pattern(i, at)).collect();
+        assert_eq!(c.create(oid(i), 0, &data), SD_RES_SUCCESS);
+    }
+    let mut want: HashMap<u32, (u8, ResultCode, Vec<u8>)> = HashMap::new();
+    let mut wire = Vec::new();
+    let before = store.requests();
+    for k in 0..160u32 {
+        let id = 1000 + k;
+        let i = u64::from(k % 4);
+        let (len, off) = if k % 16 == 5 { (64usize << 10, (k as usize * 4096) % (OBJ - (64 << 10))) } else { (4096, (k as usize * 4096) % OBJ) };
+        let mut h = match k % 10 {
+            // Writes land in object 3's upper half, which no read touches.
+            9 => ReqHeader::obj(
+                Opcode::WriteObj,
+                SD_FLAG_CMD_WRITE,
+                512,
+                ObjArgs { oid: oid(3), offset: (OBJ as u32) + k * 512, ..Default::default() },
+            ),
+            _ => ReqHeader::obj(Opcode::ReadObj, 0, len as u32, ObjArgs { oid: oid(i), offset: off as u32, ..Default::default() }),
+        };
+        h.id = id;
+        wire.extend_from_slice(&h.encode());
+        if h.opcode == SD_OP_WRITE_OBJ {
+            wire.extend_from_slice(&[k as u8; 512]);
+            want.insert(id, (SD_OP_WRITE_OBJ, SD_RES_SUCCESS, Vec::new()));
+        } else {
+            want.insert(id, (SD_OP_READ_OBJ, SD_RES_SUCCESS, (off..off + len).map(|at| pattern(i, at)).collect()));
+        }
+    }
+    let mut tail = |id: u32, h: ReqHeader, result, data: Vec<u8>| {
+        let mut h = h;
+        h.id = id;
+        wire.extend_from_slice(&h.encode());
+        want.insert(id, (SD_OP_READ_OBJ, result, data));
+    };
+    tail(2000, ReqHeader::obj(Opcode::ReadObj, 0, 4096, ObjArgs { oid: oid(9), ..Default::default() }), SD_RES_NO_OBJ, Vec::new());
+    let mut across = (OBJ - 8..OBJ).map(|at| pattern(2, at)).collect::<Vec<u8>>();
+    across.extend_from_slice(&[0; 8]);
+    tail(
+        2001,
+        ReqHeader::obj(Opcode::ReadObj, 0, 16, ObjArgs { oid: oid(2), offset: (OBJ - 8) as u32, ..Default::default() }),
+        SD_RES_SUCCESS,
+        across,
+    );
+    let n = want.len() as u64;
+    let mut w = c.s.try_clone().expect("clone the socket");
+    let sender = std::thread::spawn(move || w.write_all(&wire).expect("send the burst"));
+    while !want.is_empty() {
+        let (r, d) = c.recv();
+        let (op, result, data) = want.remove(&r.id).expect("a response for an id in flight, once");
+        assert_eq!((r.opcode, r.result, r.data_length as usize), (op, result, data.len()), "request {}", r.id);
+        assert!(d == data, "request {}: the bytes asked for", r.id);
+    }
+    sender.join().expect("sender");
+    assert_eq!(store.requests() - before, n);
+    assert_eq!(c.read(oid(3), OBJ as u32 + 9 * 512, 4), (SD_RES_SUCCESS, vec![9; 4]), "the pipelined writes landed");
+}
+
+#[test]
+fn pipelined_reads_and_writes_return_their_data() {
+    pipelined_reads_return_their_data(false);
+}
+
+/// The opt-in fast path ([`Config::fast_reads`]) answers the same burst the same way.
+#[test]
+fn fast_reads_return_the_same_data() {
+    pipelined_reads_return_their_data(true);
+}
+
+/// The fast path's READ_OBJ answers for the traps a test reads: no bounds check, NO_OBJ,
+/// INVALID_PARMS for a read above the limit, and inode reads.
+#[test]
+fn fast_reads_keep_the_read_semantics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_store, addr) = start(Config { fast_reads: true, ..config(dir.path()) });
+    let mut c = Client::connect(addr);
+    let oid = Oid::data(Vid(0x1234), 5);
+    assert_eq!(c.read(oid, 0, 4).0, SD_RES_NO_OBJ);
+    assert_eq!(c.create(oid, 8, b"BB"), SD_RES_SUCCESS);
+    assert_eq!(c.read(oid, 6, 6), (SD_RES_SUCCESS, b"\0\0BB\0\0".to_vec()));
+    assert_eq!(c.read(oid, 4 << 20, 8), (SD_RES_SUCCESS, vec![0; 8]));
+    assert_eq!(c.read(oid, 0, MAX_PAYLOAD + 1).0, SD_RES_INVALID_PARMS);
+    let vid = c.new_vdi("f", GIB, 0, 0).vdi_id();
+    assert_eq!(c.header(vid).vdi_size, GIB);
 }
 
 #[test]

@@ -167,7 +167,7 @@ if [ "$BACKEND" = sheep ]; then
     wait_for "sheep" "$STORE_PID" "$W/store.log" timeout 10 dog node list -p "${ADDR##*:}"
     timeout 60 dog cluster format -p "${ADDR##*:}" -c 1 >>"$W/store.log" 2>&1 || fail "dog cluster format: $(cat "$W/store.log")"
 else
-    sheepdev store --dir "$W/store" --listen "$ADDR" --no-sync >"$W/store.log" 2>&1 &
+    sheepdev store --dir "$W/store" --listen "$ADDR" --no-sync --fast-reads >"$W/store.log" 2>&1 &
     STORE_PID=$!
 fi
 wait_for "the $BACKEND" "$STORE_PID" "$W/store.log" timeout 10 sheepdev vdi -a "$ADDR" list

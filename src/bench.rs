@@ -43,8 +43,14 @@ pub enum Workload {
 }
 
 impl Workload {
-    pub const ALL: [Workload; 6] =
-        [Workload::RandRead4k, Workload::RandWrite4k, Workload::RandRw64k, Workload::SeqWrite4k, Workload::SeqWrite64k, Workload::SeqWrite1m];
+    pub const ALL: [Workload; 6] = [
+        Workload::RandRead4k,
+        Workload::RandWrite4k,
+        Workload::RandRw64k,
+        Workload::SeqWrite4k,
+        Workload::SeqWrite64k,
+        Workload::SeqWrite1m,
+    ];
     pub fn name(self) -> &'static str {
         match self {
             Workload::RandRead4k => "randread-4k",
@@ -67,10 +73,12 @@ impl Workload {
 impl std::str::FromStr for Workload {
     type Err = String;
     fn from_str(s: &str) -> Result<Workload, String> {
-        Workload::ALL
-            .into_iter()
-            .find(|w| w.name() == s)
-            .ok_or_else(|| format!("unknown workload {s:?}: expected one of {}", Workload::ALL.map(Workload::name).join(", ")))
+        Workload::ALL.into_iter().find(|w| w.name() == s).ok_or_else(|| {
+            format!(
+                "unknown workload {s:?}: expected one of {}",
+                Workload::ALL.map(Workload::name).join(", ")
+            )
+        })
     }
 }
 
@@ -139,7 +147,15 @@ struct ThreadResult {
 }
 
 /// Run one point: `shards` threads × `depth` tasks for `duration`, with coalescing on or off.
-pub fn run_point(t: &Target, w: Workload, driver: Driver, shards: u16, depth: u16, coalesce: bool, duration: Duration) -> Result<Point, String> {
+pub fn run_point(
+    t: &Target,
+    w: Workload,
+    driver: Driver,
+    shards: u16,
+    depth: u16,
+    coalesce: bool,
+    duration: Duration,
+) -> Result<Point, String> {
     if let (Driver::Sheepdev, Some(dm)) = (driver, &t.metrics) {
         // Queues this point does not run show depth 0, not the last point's depth.
         for q in shards..dm.queues() {
@@ -149,19 +165,27 @@ pub fn run_point(t: &Target, w: Workload, driver: Driver, shards: u16, depth: u1
     let start = Instant::now();
     let threads: Vec<_> = (0..shards)
         .map(|s| {
-            let (addr, vol, region, dm, conns) = (t.addr.clone(), t.vol.clone(), t.region, t.metrics.clone(), t.connections);
+            let (addr, vol, region, dm, conns) =
+                (t.addr.clone(), t.vol.clone(), t.region, t.metrics.clone(), t.connections);
             std::thread::Builder::new()
                 .name(format!("bench-shard-{s}"))
-                .spawn(move || shard_thread(addr, conns, vol, region, dm, w, driver, s, shards, depth, coalesce, duration))
+                .spawn(move || {
+                    shard_thread(
+                        addr, conns, vol, region, dm, w, driver, s, shards, depth, coalesce,
+                        duration,
+                    )
+                })
                 .map_err(|e| format!("cannot start a shard thread: {e}"))
         })
         .collect::<Result<_, _>>()?;
-    let mut hist = Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).map_err(|e| e.to_string())?;
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).map_err(|e| e.to_string())?;
     let (mut ios, mut errors, mut bytes, mut merged) = (0, 0, 0, 0);
     for th in threads {
         let r = th.join().map_err(|_| "a shard thread panicked".to_string())??;
         hist.add(&r.hist).map_err(|e| e.to_string())?;
-        (ios, errors, bytes, merged) = (ios + r.ios, errors + r.errors, bytes + r.bytes, merged + r.merged);
+        (ios, errors, bytes, merged) =
+            (ios + r.ios, errors + r.errors, bytes + r.bytes, merged + r.merged);
     }
     let seconds = start.elapsed().as_secs_f64();
     let q = |x: f64| hist.value_at_quantile(x) as f64 / 1000.0;
@@ -219,7 +243,8 @@ fn shard_thread(
 ) -> Result<ThreadResult, String> {
     let bs = w.block_size();
     let slots = usize::from(depth) * 2 + 8;
-    let job = Job { vol: vol.clone(), region, w, s, shards, depth, deadline: Instant::now() + duration };
+    let job =
+        Job { vol: vol.clone(), region, w, s, shards, depth, deadline: Instant::now() + duration };
     if driver == Driver::Raw {
         return raw_thread(addr, slots, job);
     }
@@ -252,20 +277,25 @@ fn shard_thread(
 /// The raw generator's thread: one connection on its own ring, no shard.
 fn raw_thread(addr: Gateway, slots: usize, job: Job) -> Result<ThreadResult, String> {
     let name = format!("bench-raw-{}", job.s);
-    let t = std::thread::Builder::new().name(name).spawn(move || -> Result<ThreadResult, String> {
-        crate::shard::pin_thread(usize::from(job.s));
-        ring::init_thread_ring(u32::from(job.depth) * 4 + 64).map_err(|e| format!("io_uring: {e}"))?;
-        let exe = crate::shard::exec::LocalExecutor::new();
-        let c = RingConn::connect(addr.clone(), Duration::from_secs(3), slots, &exe).map_err(|e| format!("{addr}: {e}"))?;
-        let tasks = run_tags(&exe, Io::Raw(c.clone()), job)?;
-        ring::run_local(&exe, async move {
-            let r = tasks.await;
-            c.shut_down().await;
-            r
-        })
-        .ok_or("the raw generator's io_uring failed")?
-    });
-    t.map_err(|e| format!("cannot start a bench thread: {e}"))?.join().map_err(|_| "a bench thread panicked".to_string())?
+    let t =
+        std::thread::Builder::new().name(name).spawn(move || -> Result<ThreadResult, String> {
+            crate::shard::pin_thread(usize::from(job.s));
+            ring::init_thread_ring(u32::from(job.depth) * 4 + 64)
+                .map_err(|e| format!("io_uring: {e}"))?;
+            let exe = crate::shard::exec::LocalExecutor::new();
+            let c = RingConn::connect(addr.clone(), Duration::from_secs(3), slots, &exe)
+                .map_err(|e| format!("{addr}: {e}"))?;
+            let tasks = run_tags(&exe, Io::Raw(c.clone()), job)?;
+            ring::run_local(&exe, async move {
+                let r = tasks.await;
+                c.shut_down().await;
+                r
+            })
+            .ok_or("the raw generator's io_uring failed")?
+        });
+    t.map_err(|e| format!("cannot start a bench thread: {e}"))?
+        .join()
+        .map_err(|_| "a bench thread panicked".to_string())?
 }
 
 /// Spawn the `depth` tags of one bench thread; the future ends when they all have.
@@ -276,7 +306,9 @@ fn run_tags(
 ) -> Result<impl std::future::Future<Output = Result<ThreadResult, String>> + 'static, String> {
     let (w, s, shards, depth, deadline) = (job.w, job.s, job.shards, job.depth, job.deadline);
     let bs = w.block_size();
-    let hist = Rc::new(RefCell::new(Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).map_err(|e| e.to_string())?));
+    let hist = Rc::new(RefCell::new(
+        Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).map_err(|e| e.to_string())?,
+    ));
     let (ios, errors) = (Rc::new(Cell::new(0u64)), Rc::new(Cell::new(0u64)));
     // Sequential workloads: one cursor per shard, over its own slice of the region.
     let slice = job.region / u64::from(shards);
@@ -286,15 +318,19 @@ fn run_tags(
     let blocks = (job.region / u64::from(bs)).max(1);
     let tasks: Vec<_> = (0..depth)
         .map(|tag| {
-            let (io, hist, ios, errors, cursor) = (io.clone(), hist.clone(), ios.clone(), errors.clone(), cursor.clone());
+            let (io, hist, ios, errors, cursor) =
+                (io.clone(), hist.clone(), ios.clone(), errors.clone(), cursor.clone());
             exe.spawn(async move {
                 let mut buf = vec![0xa5u8; bs as usize];
-                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (u64::from(s) << 32 | u64::from(tag)) | 1);
+                let mut rng =
+                    Rng(0x9e37_79b9_7f4a_7c15 ^ (u64::from(s) << 32 | u64::from(tag)) | 1);
                 while Instant::now() < deadline {
                     let (write, offset) = match w {
                         Workload::RandRead4k => (false, rng.next() % blocks * u64::from(bs)),
                         Workload::RandWrite4k => (true, rng.next() % blocks * u64::from(bs)),
-                        Workload::RandRw64k => (rng.next() & 1 == 0, rng.next() % blocks * u64::from(bs)),
+                        Workload::RandRw64k => {
+                            (rng.next() & 1 == 0, rng.next() % blocks * u64::from(bs))
+                        }
                         Workload::SeqWrite4k | Workload::SeqWrite64k | Workload::SeqWrite1m => {
                             let c = cursor.get();
                             cursor.set((c + u64::from(bs)) % slice.max(u64::from(bs)));
@@ -304,16 +340,37 @@ fn run_tags(
                     let t0 = Instant::now();
                     let ok = match &io {
                         Io::Shard(sh) => {
-                            let d = IoDesc { op: if write { Op::Write } else { Op::Read }, offset, len: bs, tag, fua: false };
+                            let d = IoDesc {
+                                op: if write { Op::Write } else { Op::Read },
+                                offset,
+                                len: bs,
+                                tag,
+                                fua: false,
+                            };
                             sh.handle(d, &mut buf).await.is_ok()
                         }
                         Io::Raw(c) => {
                             let oid = Oid::data(vid, (offset >> bss) as u32);
-                            let args = ObjArgs { oid, offset: (offset & ((1 << bss) - 1)) as u32, ..Default::default() };
+                            let args = ObjArgs {
+                                oid,
+                                offset: (offset & ((1 << bss) - 1)) as u32,
+                                ..Default::default()
+                            };
                             let r = if write {
-                                c.call(ReqHeader::obj(Opcode::WriteObj, SD_FLAG_CMD_WRITE | SD_FLAG_CMD_DIRECT, bs, args), &buf, &mut []).await
+                                c.call(
+                                    ReqHeader::obj(
+                                        Opcode::WriteObj,
+                                        SD_FLAG_CMD_WRITE | SD_FLAG_CMD_DIRECT,
+                                        bs,
+                                        args,
+                                    ),
+                                    &buf,
+                                    &mut [],
+                                )
+                                .await
                             } else {
-                                c.call(ReqHeader::obj(Opcode::ReadObj, 0, bs, args), &[], &mut buf).await
+                                c.call(ReqHeader::obj(Opcode::ReadObj, 0, bs, args), &[], &mut buf)
+                                    .await
                             };
                             r.is_ok_and(|rsp| rsp.result.is_success())
                         }
@@ -356,7 +413,14 @@ pub fn prefill(t: &Target) -> Result<(), String> {
                         }
                         next.set(off + (1 << 20));
                         let len = (size - off).min(1 << 20) as u32;
-                        if shard.handle(IoDesc { op: Op::Write, offset: off, len, tag, fua: false }, &mut buf).await.is_err() {
+                        if shard
+                            .handle(
+                                IoDesc { op: Op::Write, offset: off, len, tag, fua: false },
+                                &mut buf,
+                            )
+                            .await
+                            .is_err()
+                        {
                             failed.set(true);
                         }
                     }

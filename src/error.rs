@@ -70,9 +70,11 @@ mod tests {
         assert!(gone.should_reconnect() && gone.errno() == libc::EIO);
         let bad: Error = crate::daemon::Error::Invalid("x".into()).into();
         assert!(!bad.should_reconnect() && bad.errno() == libc::EINVAL);
-        let sheep: Error =
-            crate::daemon::Error::sheep("locking")(crate::sheep::Error::server(crate::proto::Opcode::LockVdi, crate::proto::SD_RES_VDI_LOCKED))
-                .into();
+        let sheep: Error = crate::daemon::Error::sheep("locking")(crate::sheep::Error::server(
+            crate::proto::Opcode::LockVdi,
+            crate::proto::SD_RES_VDI_LOCKED,
+        ))
+        .into();
         assert!(sheep.to_string().starts_with("locking: "), "{sheep}");
     }
 }

@@ -29,8 +29,10 @@ mod tests {
     #[test]
     fn drops_whole_iovecs_and_moves_into_a_partial_one() {
         let (a, b) = (*b"abcd", *b"efgh");
-        let mut iov =
-            [libc::iovec { iov_base: a.as_ptr().cast_mut().cast(), iov_len: 4 }, libc::iovec { iov_base: b.as_ptr().cast_mut().cast(), iov_len: 4 }];
+        let mut iov = [
+            libc::iovec { iov_base: a.as_ptr().cast_mut().cast(), iov_len: 4 },
+            libc::iovec { iov_base: b.as_ptr().cast_mut().cast(), iov_len: 4 },
+        ];
         assert_eq!(advance(&mut iov, 0, 0), 0);
         assert_eq!(advance(&mut iov, 0, 5), 1);
         assert_eq!((iov[1].iov_base as *const u8, iov[1].iov_len), (b[1..].as_ptr(), 3));

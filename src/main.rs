@@ -9,7 +9,14 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = match sheepdev::cli::Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
             e.exit()
         }
         Err(e) => {
@@ -22,7 +29,10 @@ fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SHEEPDEV_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SHEEPDEV_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .init();
     match sheepdev::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

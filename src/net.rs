@@ -204,7 +204,10 @@ mod tests {
             other => panic!("{s}: {other:?}"),
         };
         let v = parse_gateways("127.0.0.1:7070,127.0.0.1").unwrap_or_default();
-        assert_eq!(v, ["127.0.0.1:7070", "127.0.0.1:7000"].map(|a| Gateway::Tcp(a.parse().expect("addr"))));
+        assert_eq!(
+            v,
+            ["127.0.0.1:7070", "127.0.0.1:7000"].map(|a| Gateway::Tcp(a.parse().expect("addr")))
+        );
         assert_eq!(parse_gateways("[::1]").unwrap_or_default().len(), 1);
         assert_eq!(port("::1"), 7000);
         assert_eq!(port("localhost:7001"), 7001);

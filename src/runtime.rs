@@ -10,6 +10,10 @@ pub fn block_on<T>(fut: impl Future<Output = T>) -> std::io::Result<T> {
         .name("sheepdev-cli")
         .io_memory(512 << 10)
         .make()
-        .map_err(|e| std::io::Error::other(format!("cannot start the glommio executor (is RLIMIT_MEMLOCK at least 512 KiB?): {e}")))?;
+        .map_err(|e| {
+            std::io::Error::other(format!(
+                "cannot start the glommio executor (is RLIMIT_MEMLOCK at least 512 KiB?): {e}"
+            ))
+        })?;
     Ok(ex.run(fut))
 }

@@ -64,7 +64,8 @@ thread_local! {
 /// Allocations, per slot.
 static ALLOCS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
 /// Sizes of the allocations: (size + 1, count); 0 marks a free entry.
-static SIZES: [(AtomicUsize, AtomicUsize); 16] = [const { (AtomicUsize::new(0), AtomicUsize::new(0)) }; 16];
+static SIZES: [(AtomicUsize, AtomicUsize); 16] =
+    [const { (AtomicUsize::new(0), AtomicUsize::new(0)) }; 16];
 static TRACES_LEFT: AtomicUsize = AtomicUsize::new(0);
 static TRACES: Mutex<Vec<(usize, usize, Backtrace)>> = Mutex::new(Vec::new());
 
@@ -125,7 +126,9 @@ fn track(slot: Option<usize>) {
 
 /// Print the backtraces asked for with `SHEEPDEV_ALLOC_BACKTRACES`.
 fn print_traces() {
-    for (slot, size, bt) in TRACES.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain(..) {
+    for (slot, size, bt) in
+        TRACES.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain(..)
+    {
         eprintln!("--- allocation of {size} bytes counted in slot {slot}:\n{bt}");
     }
 }
@@ -229,14 +232,21 @@ impl Phase {
         let page = |k: u64| (k % 256) * 4096;
         match self.kind {
             Kind::Create => io(Op::Write, (s.own + i) * MIB + page(i * 7), 4096, tag),
-            Kind::CreateShared => io(Op::Write, (s.shared_base() + i / 4) * MIB + page(i), 4096, tag),
+            Kind::CreateShared => {
+                io(Op::Write, (s.shared_base() + i / 4) * MIB + page(i), 4096, tag)
+            }
             Kind::Sleep => io(Op::Flush, 0, 0, tag),
             Kind::Cow => io(Op::Write, (s.cow + i) * MIB + page(i * 5), 4096, tag),
             Kind::Read => {
                 let obj = s.own + i % (s.half - 1);
                 match i % 4 {
                     0 => io(Op::Read, obj * MIB + page(i * 3), 4096, tag),
-                    1 => io(Op::Read, (PARENT_READS + i % (PARENT - PARENT_READS)) * MIB + page(i), 4096, tag),
+                    1 => io(
+                        Op::Read,
+                        (PARENT_READS + i % (PARENT - PARENT_READS)) * MIB + page(i),
+                        4096,
+                        tag,
+                    ),
                     2 => io(Op::Read, (HOLES + i % (OBJECTS - HOLES)) * MIB + page(i), 4096, tag),
                     _ => io(Op::Read, (obj + 1) * MIB - 8192, 16384, tag),
                 }
@@ -249,7 +259,9 @@ impl Phase {
                     _ => io(Op::Write, obj * MIB + page(i * 11), 4096, tag),
                 }
             }
-            Kind::SeqWrite => io(Op::Write, (s.own + (i / 256) % (s.half - 1)) * MIB + page(i), 4096, tag),
+            Kind::SeqWrite => {
+                io(Op::Write, (s.own + (i / 256) % (s.half - 1)) * MIB + page(i), 4096, tag)
+            }
             Kind::Flush => io(Op::Flush, 0, 0, tag),
             Kind::Discard => {
                 let obj = s.discard_base() + i;
@@ -259,7 +271,9 @@ impl Phase {
                     io(Op::Discard, obj * MIB, MIB, tag)
                 }
             }
-            Kind::ZeroPartial => io(Op::WriteZeroes, (s.own + i % s.half) * MIB + page(i * 13), 4096, tag),
+            Kind::ZeroPartial => {
+                io(Op::WriteZeroes, (s.own + i % s.half) * MIB + page(i * 13), 4096, tag)
+            }
             Kind::ZeroWhole => {
                 let obj = s.zero_base() + 3 * i;
                 if i % 2 == 0 {
@@ -393,14 +407,25 @@ const CONNECTIONS: usize = 2;
 
 /// Run `plan` on a fresh shard thread for `vol`, counting the allocations of every phase.
 fn run_shard(addr: SocketAddr, vol: Arc<Volume>, plan: Vec<Phase>) -> Vec<Outcome> {
-    let metrics = DeviceMetrics::new(&format!("alloc-{}", vol.vid()), "alloc", "", false, 1, TAGS as u16, vol.size());
+    let metrics = DeviceMetrics::new(
+        &format!("alloc-{}", vol.vid()),
+        "alloc",
+        "",
+        false,
+        1,
+        TAGS as u16,
+        vol.size(),
+    );
     let qm = shard::QueueMetrics { device: metrics.clone(), queue: 0, depth: TAGS as u16 };
-    let cfg = shard::Config { connections: CONNECTIONS, metrics: Some(qm), ..shard::Config::new([addr]) };
+    let cfg =
+        shard::Config { connections: CONNECTIONS, metrics: Some(qm), ..shard::Config::new([addr]) };
     let spawned = shard::spawn("alloc-shard", cfg, vol, move |shard, exe| {
         let plan: Rc<[Phase]> = plan.into();
         assert!(plan.len() < EXECUTOR_SLOT, "one counting slot per phase");
         let gate = Rc::new(Gate::new());
-        let tasks: Vec<_> = (0..TAGS).map(|t| exe.spawn(tag_task(t, shard.clone(), gate.clone(), plan.clone()))).collect();
+        let tasks: Vec<_> = (0..TAGS)
+            .map(|t| exe.spawn(tag_task(t, shard.clone(), gate.clone(), plan.clone())))
+            .collect();
         let mut out = Vec::with_capacity(plan.len());
         async move {
             for (k, phase) in plan.iter().enumerate() {
@@ -408,11 +433,18 @@ fn run_shard(addr: SocketAddr, vol: Arc<Volume>, plan: Vec<Phase>) -> Vec<Outcom
                 track(Some(k));
                 gate.run_phase().await;
                 track(None);
-                let (elapsed, runs, merged) = (t0.elapsed(), ring::tasks_run() - runs, shard.merged() - merged);
+                let (elapsed, runs, merged) =
+                    (t0.elapsed(), ring::tasks_run() - runs, shard.merged() - merged);
                 if let Some((d, e)) = gate.failed.take() {
                     panic!("phase {}: {d:?} failed: {e}", phase.name);
                 }
-                out.push(Outcome { phase: *phase, allocs: ALLOCS[k].load(Relaxed), runs, merged, elapsed });
+                out.push(Outcome {
+                    phase: *phase,
+                    allocs: ALLOCS[k].load(Relaxed),
+                    runs,
+                    merged,
+                    elapsed,
+                });
             }
             for t in tasks {
                 t.await;
@@ -443,19 +475,62 @@ fn the_shard_thread_allocates_nothing_after_warm_up() {
 
     // A parent with PARENT objects, snapshotted and cloned: the clone COW-creates from it.
     let size = OBJECTS * MIB;
-    let base =
-        control(addr, async |c| manage::create(&c, &VdiName::new("base").expect("name"), size, Redundancy::Default, MIB).await.expect("create").vid);
-    let fill = Stage { own: 0, half: PARENT, discards: 0, zero_whole: 0, shared: 0, cow: 0, cows: 0 };
-    run_shard(addr, volume(addr, base), vec![Phase { name: "parent", kind: Kind::Create, count: PARENT, stage: fill, measured: false }]);
+    let base = control(addr, async |c| {
+        manage::create(&c, &VdiName::new("base").expect("name"), size, Redundancy::Default, MIB)
+            .await
+            .expect("create")
+            .vid
+    });
+    let fill =
+        Stage { own: 0, half: PARENT, discards: 0, zero_whole: 0, shared: 0, cow: 0, cows: 0 };
+    run_shard(
+        addr,
+        volume(addr, base),
+        vec![Phase {
+            name: "parent",
+            kind: Kind::Create,
+            count: PARENT,
+            stage: fill,
+            measured: false,
+        }],
+    );
     let child = control(addr, async |c| {
-        manage::snapshot(&c, &VdiName::new("base").expect("name"), Some(&VdiName::new("s").expect("tag"))).await.expect("snapshot");
-        manage::clone(&c, &"base:s".parse().expect("spec"), &VdiName::new("child").expect("name")).await.expect("clone").vid
+        manage::snapshot(
+            &c,
+            &VdiName::new("base").expect("name"),
+            Some(&VdiName::new("s").expect("tag")),
+        )
+        .await
+        .expect("snapshot");
+        manage::clone(&c, &"base:s".parse().expect("spec"), &VdiName::new("child").expect("name"))
+            .await
+            .expect("clone")
+            .vid
     });
     let setup = t0.elapsed();
 
-    let warm = Stage { own: 2048, half: 128, discards: 64, zero_whole: 64, shared: 64, cow: 0, cows: WARM_COWS };
-    let measured = Stage { own: 4096, half: 2048, discards: 1024, zero_whole: 1024, shared: 1024, cow: WARM_COWS, cows: PARENT_READS - WARM_COWS };
-    assert!(warm.shared_base() + warm.shared <= measured.own && measured.shared_base() + measured.shared <= HOLES);
+    let warm = Stage {
+        own: 2048,
+        half: 128,
+        discards: 64,
+        zero_whole: 64,
+        shared: 64,
+        cow: 0,
+        cows: WARM_COWS,
+    };
+    let measured = Stage {
+        own: 4096,
+        half: 2048,
+        discards: 1024,
+        zero_whole: 1024,
+        shared: 1024,
+        cow: WARM_COWS,
+        cows: PARENT_READS - WARM_COWS,
+    };
+    assert!(
+        warm.shared_base() + warm.shared <= measured.own
+            && measured.shared_base() + measured.shared <= HOLES
+    );
     let mut plan = phases(warm, 512, false);
     plan.extend(phases(measured, 4096, true));
     let t1 = Instant::now();
@@ -477,7 +552,11 @@ fn the_shard_thread_allocates_nothing_after_warm_up() {
             o.merged
         );
     }
-    let sizes: Vec<_> = SIZES.iter().filter(|(s, _)| s.load(Relaxed) != 0).map(|(s, n)| (s.load(Relaxed) - 1, n.load(Relaxed))).collect();
+    let sizes: Vec<_> = SIZES
+        .iter()
+        .filter(|(s, _)| s.load(Relaxed) != 0)
+        .map(|(s, n)| (s.load(Relaxed) - 1, n.load(Relaxed)))
+        .collect();
     if !sizes.is_empty() {
         eprintln!("allocations by size (bytes, count), warm-up included: {sizes:?}");
     }
@@ -489,7 +568,10 @@ fn the_shard_thread_allocates_nothing_after_warm_up() {
     assert!((m.cow..m.cow + m.cows).all(|i| entry(i) == child.0), "cow creates");
     assert!((PARENT_READS..PARENT).all(|i| entry(i) == base.0), "parent objects stay the parent's");
     assert!((m.own..m.own + m.half).all(|i| entry(i) == child.0), "creates");
-    assert!((m.shared_base()..m.shared_base() + m.shared).all(|i| entry(i) == child.0), "contended creates");
+    assert!(
+        (m.shared_base()..m.shared_base() + m.shared).all(|i| entry(i) == child.0),
+        "contended creates"
+    );
     assert!((m.discard_base()..m.discard_base() + m.discards).all(|i| entry(i) == 0), "discards");
     for k in 0..m.zero_whole {
         let o = m.zero_base() + 3 * k;
@@ -498,12 +580,23 @@ fn the_shard_thread_allocates_nothing_after_warm_up() {
     }
 
     let measured: Vec<_> = outcomes.iter().filter(|o| o.phase.measured).collect();
-    let ios: u64 = measured.iter().filter(|o| o.phase.kind != Kind::Sleep).map(|o| o.phase.count).sum();
+    let ios: u64 =
+        measured.iter().filter(|o| o.phase.kind != Kind::Sleep).map(|o| o.phase.count).sum();
     let allocs: usize = measured.iter().map(|o| o.allocs).sum();
-    let seq = measured.iter().find(|o| o.phase.kind == Kind::SeqWrite).expect("a measured sequential phase");
-    assert!(seq.merged > 0, "the sequential writes rode on each other (so merging is among what allocates nothing)");
+    let seq = measured
+        .iter()
+        .find(|o| o.phase.kind == Kind::SeqWrite)
+        .expect("a measured sequential phase");
+    assert!(
+        seq.merged > 0,
+        "the sequential writes rode on each other (so merging is among what allocates nothing)"
+    );
     for o in &measured {
-        assert_eq!(o.allocs, 0, "{}: the shard thread allocated {} times in {} I/Os ({} task runs)", o.phase.name, o.allocs, o.phase.count, o.runs);
+        assert_eq!(
+            o.allocs, 0,
+            "{}: the shard thread allocated {} times in {} I/Os ({} task runs)",
+            o.phase.name, o.allocs, o.phase.count, o.runs
+        );
     }
     assert_eq!(allocs, 0, "after warm-up, the shard thread allocated {allocs} times in {ios} I/Os");
 }

@@ -23,7 +23,11 @@ fn start(sync: bool) -> Env {
 
 fn start_with(cfg: Config) -> Env {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = Config { dir: dir.path().to_path_buf(), listen: vec!["127.0.0.1:0".parse().expect("addr")], ..cfg };
+    let cfg = Config {
+        dir: dir.path().to_path_buf(),
+        listen: vec!["127.0.0.1:0".parse().expect("addr")],
+        ..cfg
+    };
     let store = Store::start(cfg).expect("store starts");
     let addr = store.local_addrs()[0];
     Env { store, _dir: dir, addr }
@@ -41,7 +45,12 @@ fn sheepdev_at(addr: &str, args: &[&str], stdin: Option<std::fs::File>) -> Outpu
 }
 
 fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "expected success, got {:?}: {}", o.status, String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "expected success, got {:?}: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -61,7 +70,13 @@ fn names(env: &Env) -> Vec<String> {
         .as_array()
         .expect("an array")
         .iter()
-        .map(|r| format!("{}{}", r["name"].as_str().unwrap_or("?"), if r["snapshot"].as_bool() == Some(true) { "@snap" } else { "" }))
+        .map(|r| {
+            format!(
+                "{}{}",
+                r["name"].as_str().unwrap_or("?"),
+                if r["snapshot"].as_bool() == Some(true) { "@snap" } else { "" }
+            )
+        })
         .collect();
     n.sort();
     n
@@ -77,10 +92,16 @@ fn bad_input_gets_one_clear_line() {
     fails_with(&sheepdev(&env, &["read", "linux:7"]), "no such snapshot tag or id");
     fails_with(&sheepdev(&env, &["create", &"n".repeat(256), "1G"]), "too long");
     fails_with(&sheepdev(&env, &["create", "big", "5T"]), "above the limit");
-    fails_with(&sheepdev(&env, &["create", "big", "1G", "--object-size", "3M"]), "not a power of two");
+    fails_with(
+        &sheepdev(&env, &["create", "big", "1G", "--object-size", "3M"]),
+        "not a power of two",
+    );
     fails_with(&sheepdev(&env, &["create", "zero", "0"]), "size must be above 0");
     fails_with(&sheepdev(&env, &["create", "x", "12Q"]), "bad size");
-    fails_with(&sheepdev(&env, &["create", "x", "1G", "--copies", "3:1"]), "data must be 2, 4, 8 or 16");
+    fails_with(
+        &sheepdev(&env, &["create", "x", "1G", "--copies", "3:1"]),
+        "data must be 2, 4, 8 or 16",
+    );
     fails_with(&sheepdev(&env, &["create", "linux", "1G"]), "vdi exists already");
     fails_with(&sheepdev(&env, &["clone", "linux", "copy"]), "needs a snapshot");
     fails_with(&sheepdev(&env, &["snapshot", "linux", "--tag", "12"]), "all digits");
@@ -88,10 +109,16 @@ fn bad_input_gets_one_clear_line() {
     fails_with(&sheepdev_at("127.0.0.1:99999", &["list"], None), "bad address");
     fails_with(&sheepdev_at("127.0.0.1:", &["list"], None), "bad address");
     fails_with(&sheepdev_at("unix:relative/sock", &["list"], None), "absolute path");
-    fails_with(&sheepdev_at("unix:/nonexistent/sock", &["list"], None), "cannot connect to unix:/nonexistent/sock");
+    fails_with(
+        &sheepdev_at("unix:/nonexistent/sock", &["list"], None),
+        "cannot connect to unix:/nonexistent/sock",
+    );
     // The store's own unix socket, as a sheep's `<dir>/sock`.
     let sock = env.store.unix_socket().expect("DIR/sock").display().to_string();
-    assert!(ok(&sheepdev_at(&format!("unix:{sock}"), &["list"], None)).contains("linux"), "list through unix:{sock}");
+    assert!(
+        ok(&sheepdev_at(&format!("unix:{sock}"), &["list"], None)).contains("linux"),
+        "list through unix:{sock}"
+    );
 
     // Unreachable: a port nobody listens on.
     let closed = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
@@ -100,13 +127,20 @@ fn bad_input_gets_one_clear_line() {
     // A gateway that never answers the handshake: bounded by --connect-timeout.
     let (addr, _hold) = black_hole();
     let t = Instant::now();
-    fails_with(&sheepdev_at(&addr.to_string(), &["--connect-timeout", "1", "list"], None), "no answer within 1000 ms");
+    fails_with(
+        &sheepdev_at(&addr.to_string(), &["--connect-timeout", "1", "list"], None),
+        "no answer within 1000 ms",
+    );
     assert!(t.elapsed() < Duration::from_secs(10), "connect timeout took {:?}", t.elapsed());
 
     // Writing more than the VDI holds is refused before anything is written.
     let file = tempfile::NamedTempFile::new().expect("tmp");
     std::fs::write(file.path(), vec![1u8; 65 << 20]).expect("write tmp");
-    let o = sheepdev_at(&env.addr.to_string(), &["write", "linux"], Some(std::fs::File::open(file.path()).expect("open")));
+    let o = sheepdev_at(
+        &env.addr.to_string(),
+        &["write", "linux"],
+        Some(std::fs::File::open(file.path()).expect("open")),
+    );
     fails_with(&o, "do not fit");
     let mut head = Vec::new();
     Command::new(env!("CARGO_BIN_EXE_sheepdev"))
@@ -210,8 +244,10 @@ fn round_trip_512_mib(env: &Env) -> RoundTrip {
     assert!(out.status.success(), "{log}");
     let read_peak = peak_from_log(&log);
 
-    let (mut x, mut y) =
-        (BufReader::new(std::fs::File::open(src.path()).expect("src")), BufReader::new(std::fs::File::open(dst.path()).expect("dst")));
+    let (mut x, mut y) = (
+        BufReader::new(std::fs::File::open(src.path()).expect("src")),
+        BufReader::new(std::fs::File::open(dst.path()).expect("dst")),
+    );
     let (mut bx, mut by) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
     for i in 0..(LEN >> 20) {
         x.read_exact(&mut bx).expect("src chunk");
@@ -220,8 +256,13 @@ fn round_trip_512_mib(env: &Env) -> RoundTrip {
     }
     assert_eq!(y.read(&mut by).expect("eof"), 0, "no extra bytes");
     // The unaligned start: the 4 KiB before the data are still zeros.
-    let head = Command::new(env!("CARGO_BIN_EXE_sheepdev")).args(["vdi", "-a", &a, "read", "big", "--length", "4K"]).output().expect("runs");
-    assert!(head.status.success() && head.stdout.len() == 4096 && head.stdout.iter().all(|&b| b == 0));
+    let head = Command::new(env!("CARGO_BIN_EXE_sheepdev"))
+        .args(["vdi", "-a", &a, "read", "big", "--length", "4K"])
+        .output()
+        .expect("runs");
+    assert!(
+        head.status.success() && head.stdout.len() == 4096 && head.stdout.iter().all(|&b| b == 0)
+    );
     RoundTrip { write_secs, read_secs, write_peak, read_peak }
 }
 
@@ -229,10 +270,18 @@ fn round_trip_512_mib(env: &Env) -> RoundTrip {
 fn write_then_read_512_mib_keeps_16_requests_in_flight() {
     // A 100 ms disk, so requests queue up as they do on a cluster whose latency is longer
     // than the time the client needs to produce the next request.
-    let env = start_with(Config { sync: true, object_delay: Duration::from_millis(100), workers: 64, ..Default::default() });
+    let env = start_with(Config {
+        sync: true,
+        object_delay: Duration::from_millis(100),
+        workers: 64,
+        ..Default::default()
+    });
     let r = round_trip_512_mib(&env);
     let store_peak = env.store.peak_inflight();
-    eprintln!("in flight with a 100 ms disk: write {}, read {} (client); {store_peak} (store)", r.write_peak, r.read_peak);
+    eprintln!(
+        "in flight with a 100 ms disk: write {}, read {} (client); {store_peak} (store)",
+        r.write_peak, r.read_peak
+    );
     assert!(
         r.write_peak >= 16 && r.read_peak >= 16 && store_peak >= 16,
         "in flight: write {}, read {}, store {store_peak}",
@@ -309,10 +358,25 @@ fn fio_report_against_a_ceiling() {
             bw = iops * 4096.0
         )
     };
-    let (dev, null) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
-    std::fs::write(dev.path().join("randread-4k-qd32.json"), job("randread-4k-qd32", 1000.0, 400000, 0)).expect("write");
-    std::fs::write(null.path().join("randread-4k-qd32.json"), job("randread-4k-qd32", 4000.0, 200000, 0)).expect("write");
-    let run = |args: &[&OsStr]| Command::new(env!("CARGO_BIN_EXE_sheepdev")).arg("fio-report").args(args).output().expect("sheepdev runs");
+    let (dev, null) =
+        (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    std::fs::write(
+        dev.path().join("randread-4k-qd32.json"),
+        job("randread-4k-qd32", 1000.0, 400000, 0),
+    )
+    .expect("write");
+    std::fs::write(
+        null.path().join("randread-4k-qd32.json"),
+        job("randread-4k-qd32", 4000.0, 200000, 0),
+    )
+    .expect("write");
+    let run = |args: &[&OsStr]| {
+        Command::new(env!("CARGO_BIN_EXE_sheepdev"))
+            .arg("fio-report")
+            .args(args)
+            .output()
+            .expect("sheepdev runs")
+    };
     let o = run(&[OsStr::new("--ceiling"), null.path().as_os_str(), dev.path().as_os_str()]);
     let out = ok(&o);
     assert!(
@@ -320,13 +384,20 @@ fn fio_report_against_a_ceiling() {
         "{out}"
     );
 
-    std::fs::write(dev.path().join("randread-4k-qd1.json"), job("randread-4k-qd1", 10.0, 1000, 5)).expect("write");
+    std::fs::write(dev.path().join("randread-4k-qd1.json"), job("randread-4k-qd1", 10.0, 1000, 5))
+        .expect("write");
     let o = run(&[dev.path().as_os_str()]);
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("| randread-4k-qd1 | read | 2 × 32 | 10 |"), "the table is printed: {out}");
+    assert!(
+        out.contains("| randread-4k-qd1 | read | 2 × 32 | 10 |"),
+        "the table is printed: {out}"
+    );
     fails_with(&o, "fio reported errors in randread-4k-qd1");
 
-    let o = Command::new(env!("CARGO_BIN_EXE_sheepdev")).args(["bench", "--plot", "out.svg"]).output().expect("sheepdev runs");
+    let o = Command::new(env!("CARGO_BIN_EXE_sheepdev"))
+        .args(["bench", "--plot", "out.svg"])
+        .output()
+        .expect("sheepdev runs");
     fails_with(&o, "--plot writes a PNG");
 }
 
@@ -340,7 +411,10 @@ fn serve_drops_lost_devices_and_exits_on_sigterm() {
     let bin = env!("CARGO_BIN_EXE_sheepdev");
     let dir = tempfile::tempdir().expect("tempdir");
     let id = 4242;
-    assert!(!std::path::Path::new(&format!("/dev/ublkc{id}")).exists(), "this test needs ublk device {id} not to exist");
+    assert!(
+        !std::path::Path::new(&format!("/dev/ublkc{id}")).exists(),
+        "this test needs ublk device {id} not to exist"
+    );
     let table = format!(
         r#"[{{"device":"/dev/ublkb{id}","id":{id},"vdi":"linux","name":"linux","vid":7,"snapshot":null,"rebased_from":null,
         "gateways":["127.0.0.1:1"],"queues":1,"depth":8,"connections":1,"max_io":524288,"block_size":512,"size":1073741824,
@@ -357,7 +431,9 @@ fn serve_drops_lost_devices_and_exits_on_sigterm() {
         .stderr(log)
         .spawn()
         .expect("serve starts");
-    let cli = |args: &[&str]| Command::new(bin).args(args).env("SHEEPDEV_CONTROL", &sock).output().expect("sheepdev runs");
+    let cli = |args: &[&str]| {
+        Command::new(bin).args(args).env("SHEEPDEV_CONTROL", &sock).output().expect("sheepdev runs")
+    };
     let t = Instant::now();
     let list = loop {
         let o = cli(&["list", "--json"]);
@@ -372,8 +448,15 @@ fn serve_drops_lost_devices_and_exits_on_sigterm() {
         assert!(t.elapsed() < Duration::from_secs(30), "serve did not answer within 30 s");
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&list).expect("JSON"), serde_json::json!([]), "the lost device is dropped");
-    fails_with(&cli(&["recover", "--id", &id.to_string()]), &format!("no mapped device matches device id {id}"));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&list).expect("JSON"),
+        serde_json::json!([]),
+        "the lost device is dropped"
+    );
+    fails_with(
+        &cli(&["recover", "--id", &id.to_string()]),
+        &format!("no mapped device matches device id {id}"),
+    );
     fails_with(&cli(&["recover", "/dev/ublkb4242"]), "no mapped device matches /dev/ublkb4242");
     fails_with(&cli(&["recover"]), "which device?");
     fails_with(&cli(&["recover", "linux:"]), "");
@@ -390,15 +473,33 @@ fn serve_drops_lost_devices_and_exits_on_sigterm() {
     };
     let log = std::fs::read_to_string(dir.path().join("serve.log")).expect("log");
     assert!(status.success(), "serve exits 0 on SIGTERM, got {status:?}: {log}");
-    assert!(log.contains(&format!("/dev/ublkb{id} (linux) no longer exists in the kernel: dropped from the device table")), "{log}");
+    assert!(
+        log.contains(&format!(
+            "/dev/ublkb{id} (linux) no longer exists in the kernel: dropped from the device table"
+        )),
+        "{log}"
+    );
     assert!(log.contains("SIGTERM: exiting; 0 device(s) stay in the kernel"), "{log}");
-    assert_eq!(std::fs::read_to_string(dir.path().join("devices.json")).expect("table").trim(), "[]");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("devices.json")).expect("table").trim(),
+        "[]"
+    );
 
     let unit = ok(&Command::new(bin).arg("systemd-unit").output().expect("sheepdev runs"));
     let exe = std::fs::canonicalize(bin).expect("canonical path");
-    assert!(unit.contains(&format!("\nExecStart={} serve\n", exe.display())) || unit.contains(&format!("\nExecStart={bin} serve\n")), "{unit}");
+    assert!(
+        unit.contains(&format!("\nExecStart={} serve\n", exe.display()))
+            || unit.contains(&format!("\nExecStart={bin} serve\n")),
+        "{unit}"
+    );
     for line in ["Restart=always", "KillMode=mixed", "KillSignal=SIGTERM", "[Install]"] {
         assert!(unit.contains(line), "the unit has {line}: {unit}");
     }
-    fails_with(&Command::new(bin).args(["systemd-unit", "--bin", "relative/sheepdev"]).output().expect("runs"), "absolute path");
+    fails_with(
+        &Command::new(bin)
+            .args(["systemd-unit", "--bin", "relative/sheepdev"])
+            .output()
+            .expect("runs"),
+        "absolute path",
+    );
 }

@@ -62,7 +62,8 @@ impl Ctx {
         if let Ok(rows) = manage::list(&self.client).await {
             for r in rows.iter().rev().filter(|r| r.name.starts_with(&self.prefix)) {
                 let snap = if r.snapshot { SnapSel::Id(r.snap_id) } else { SnapSel::Working };
-                let spec = VdiSpec { name: VdiName::new(&r.name).expect("listed names are valid"), snap };
+                let spec =
+                    VdiSpec { name: VdiName::new(&r.name).expect("listed names are valid"), snap };
                 let _ = manage::delete(&self.client, &spec).await;
             }
         }
@@ -70,7 +71,10 @@ impl Ctx {
 }
 
 fn unique_prefix(case: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     format!("t{}-{nanos:x}-{case}", std::process::id())
 }
 
@@ -116,7 +120,10 @@ where
 /// one node of `SHEEP_ADDR`.
 fn external_nodes(first: SocketAddr) -> Vec<SocketAddr> {
     match std::env::var("SHEEP_NODES") {
-        Ok(list) => list.split(',').map(|a| a.trim().parse().unwrap_or_else(|e| panic!("SHEEP_NODES: {a:?}: {e}"))).collect(),
+        Ok(list) => list
+            .split(',')
+            .map(|a| a.trim().parse().unwrap_or_else(|e| panic!("SHEEP_NODES: {a:?}: {e}")))
+            .collect(),
         Err(_) => vec![first],
     }
 }
@@ -128,14 +135,18 @@ fn nodes_alive(nodes: &[SocketAddr]) -> std::result::Result<(), String> {
         let ask = || -> std::io::Result<RspHeader> {
             let mut s = TcpStream::connect_timeout(&n, Duration::from_secs(5))?;
             s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            s.write_all(&ReqHeader::vdi(Opcode::GetClusterDefault, 0, 0, VdiArgs::default()).encode())?;
+            s.write_all(
+                &ReqHeader::vdi(Opcode::GetClusterDefault, 0, 0, VdiArgs::default()).encode(),
+            )?;
             let mut head = [0u8; HEADER_LEN];
             s.read_exact(&mut head)?;
             Ok(RspHeader::decode(&head))
         };
         match ask() {
             Ok(r) if r.result.is_success() => {}
-            Ok(r) => return Err(format!("sheep {n} answers GET_CLUSTER_DEFAULT with {:?}", r.result)),
+            Ok(r) => {
+                return Err(format!("sheep {n} answers GET_CLUSTER_DEFAULT with {:?}", r.result))
+            }
             Err(e) => return Err(format!("sheep {n} is gone: {e}")),
         }
     }
@@ -153,7 +164,8 @@ where
     let Ok(a) = std::env::var("SHEEP_ADDR") else {
         panic!("SHEEP_ADDR is not set: set it to host:port of a real sheep to run the external conformance suite");
     };
-    let addr = match sheepdev::sheep::parse_gateways(&a).expect("SHEEP_ADDR parses").swap_remove(0) {
+    let addr = match sheepdev::sheep::parse_gateways(&a).expect("SHEEP_ADDR parses").swap_remove(0)
+    {
         sheepdev::sheep::Gateway::Tcp(a) => a,
         g => panic!("SHEEP_ADDR is {g}: the suite speaks raw TCP too, give host:port"),
     };
@@ -162,7 +174,8 @@ where
         panic!("{case}: before the case: {e}");
     }
     let locking = std::env::var("SHEEP_LOCKING").is_ok_and(|v| v == "1");
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_at(addr, locking, case, f)));
+    let r =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_at(addr, locking, case, f)));
     if let Err(e) = nodes_alive(&nodes) {
         panic!("{case}: a sheep died during the case: {e}");
     }
@@ -233,11 +246,13 @@ impl Dev {
     }
     /// One block request at `offset` over `buf` (split at the device's max I/O); the buffer back.
     fn io(&self, op: Op, offset: u64, buf: Vec<u8>) -> Result<Vec<u8>> {
-        common::io(&self.remote, op, offset, buf).map_err(|e| anyhow::anyhow!("{op:?} at {offset}: {e} (errno {})", e.errno()))
+        common::io(&self.remote, op, offset, buf)
+            .map_err(|e| anyhow::anyhow!("{op:?} at {offset}: {e} (errno {})", e.errno()))
     }
     /// A request with no data (discard, write-zeroes, flush).
     fn op(&self, op: Op, offset: u64, len: u32) -> Result<()> {
-        common::op(&self.remote, op, offset, len).map_err(|e| anyhow::anyhow!("{op:?} at {offset}+{len}: {e}"))
+        common::op(&self.remote, op, offset, len)
+            .map_err(|e| anyhow::anyhow!("{op:?} at {offset}+{len}: {e}"))
     }
 }
 
@@ -281,7 +296,12 @@ async fn responses_come_back_out_of_order(cx: Rc<Ctx>) -> Result<()> {
         frame.extend_from_slice(&w.encode());
         frame.extend_from_slice(&big);
         for i in 0..4u32 {
-            let mut r = ReqHeader::obj(Opcode::ReadObj, 0, 512, ObjArgs { oid: Oid::inode(vid), ..Default::default() });
+            let mut r = ReqHeader::obj(
+                Opcode::ReadObj,
+                0,
+                512,
+                ObjArgs { oid: Oid::inode(vid), ..Default::default() },
+            );
             r.id = i;
             frame.extend_from_slice(&r.encode());
         }
@@ -291,7 +311,12 @@ async fn responses_come_back_out_of_order(cx: Rc<Ctx>) -> Result<()> {
             let mut hb = [0u8; HEADER_LEN];
             s.read_exact(&mut hb)?;
             let rsp = RspHeader::decode(&hb);
-            ensure!(rsp.result == SD_RES_SUCCESS, "pipelined request {} failed: {}", rsp.id, rsp.result);
+            ensure!(
+                rsp.result == SD_RES_SUCCESS,
+                "pipelined request {} failed: {}",
+                rsp.id,
+                rsp.result
+            );
             let mut payload = vec![0u8; rsp.data_length as usize];
             s.read_exact(&mut payload)?;
             order.push(rsp.id);
@@ -319,7 +344,10 @@ async fn reads_are_not_bounds_checked(cx: Rc<Ctx>) -> Result<()> {
     let data = cx.client.read_obj(Oid::data(vid, 0), os - 512, 4096).await?;
     ensure!(data.len() == 4096, "read past the object end answers the requested length");
     let r = cx.client.read_obj(Oid::data(vid, 1), 0, 512).await;
-    ensure!(r.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_NO_OBJ), "unwritten object: {r:?}");
+    ensure!(
+        r.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_NO_OBJ),
+        "unwritten object: {r:?}"
+    );
     Ok(())
 }
 
@@ -347,7 +375,9 @@ async fn clone_writes_copy_on_write(cx: Rc<Ctx>) -> Result<()> {
     let mut got = vec![0u8; 8192];
     cv.read(0, &mut got).await?;
     ensure!(
-        got[..4096].iter().all(|&x| x == 0xaa) && got[4096..4608].iter().all(|&x| x == 0xbb) && got[4608..].iter().all(|&x| x == 0xaa),
+        got[..4096].iter().all(|&x| x == 0xaa)
+            && got[4096..4608].iter().all(|&x| x == 0xbb)
+            && got[4608..].iter().all(|&x| x == 0xaa),
         "clone sees parent data overlaid with its write"
     );
     let (_, entries) = cx.client.read_inode(clone).await?;
@@ -369,7 +399,11 @@ async fn created_entries_are_persisted(cx: Rc<Ctx>) -> Result<()> {
         r?;
     }
     let (_, entries) = cx.client.read_inode(vid).await?;
-    ensure!(entries[0..4] == [vid.0; 4] && entries[4] == 0 && entries[5] == vid.0, "entries {:?}", &entries[..6]);
+    ensure!(
+        entries[0..4] == [vid.0; 4] && entries[4] == 0 && entries[5] == vid.0,
+        "entries {:?}",
+        &entries[..6]
+    );
     let again = cx.vol(vid).await?;
     let mut got = vec![0u8; 8 * 4096];
     again.read(5u64 << bss, &mut got).await?;
@@ -387,13 +421,22 @@ async fn vids_come_from_the_bitmap(cx: Rc<Ctx>) -> Result<()> {
     let before = cx.client.read_vdis().await?;
     let expect = first_clear_at_or_above(&before, hash_vid(name.as_str().as_bytes()));
     let vid = cx.create("vid", 4 * MIB).await?;
-    ensure!(vid.0 == expect, "vid {vid} but the first clear bit at or above the hash is {expect:x}");
+    ensure!(
+        vid.0 == expect,
+        "vid {vid} but the first clear bit at or above the hash is {expect:x}"
+    );
     let after = cx.client.read_vdis().await?;
     ensure!(after[(vid.0 / 8) as usize] & (1 << (vid.0 % 8)) != 0, "the new vid's bit is set");
     let (old, new) = manage::snapshot(&cx.client, &name, None).await?;
-    ensure!(old == vid && new.0 == first_clear_at_or_above(&after, hash_vid(name.as_str().as_bytes())), "snapshot's working vid {new}");
+    ensure!(
+        old == vid && new.0 == first_clear_at_or_above(&after, hash_vid(name.as_str().as_bytes())),
+        "snapshot's working vid {new}"
+    );
     let exists = manage::create(&cx.client, &name, 4 * MIB, Redundancy::Default, 0).await;
-    ensure!(exists.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_VDI_EXIST), "second create: {exists:?}");
+    ensure!(
+        exists.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_VDI_EXIST),
+        "second create: {exists:?}"
+    );
     Ok(())
 }
 
@@ -416,11 +459,17 @@ async fn lookups_by_name_id_and_tag(cx: Rc<Ctx>) -> Result<()> {
     let no_tag = c.vdi_info(&name, &SnapSel::Tag(VdiName::new("nope")?)).await;
     ensure!(no_tag.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_NO_TAG), "{no_tag:?}");
     let no_id = c.vdi_info(&name, &SnapSel::Id(3)).await;
-    ensure!(no_id.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_NO_TAG), "id 3 is the working vdi, not a snapshot: {no_id:?}");
+    ensure!(
+        no_id.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_NO_TAG),
+        "id 3 is the working vdi, not a snapshot: {no_id:?}"
+    );
     let no_vdi = c.vdi_info(&cx.name("missing"), &SnapSel::Working).await;
     ensure!(no_vdi.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_NO_VDI), "{no_vdi:?}");
     let no_vdi_tag = c.vdi_info(&cx.name("missing"), &SnapSel::Tag(VdiName::new("first")?)).await;
-    ensure!(no_vdi_tag.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_NO_VDI), "{no_vdi_tag:?}");
+    ensure!(
+        no_vdi_tag.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_NO_VDI),
+        "{no_vdi_tag:?}"
+    );
     Ok(())
 }
 
@@ -436,9 +485,15 @@ async fn snapshot_freezes_the_old_vid(cx: Rc<Ctx>) -> Result<()> {
     ensure!(!nh.is_snapshot() && nh.parent_vdi_id == old.0 && nh.snap_id == h.snap_id + 1);
     // A writer still using the old vid (someone snapshotted under it) gets READONLY.
     let w = cx.client.write_obj(Oid::data(old, 0), 0, &[2u8; 512]).await;
-    ensure!(w.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_READONLY), "write to a snapshot object: {w:?}");
+    ensure!(
+        w.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_READONLY),
+        "write to a snapshot object: {w:?}"
+    );
     let c = cx.client.create_obj(Oid::data(old, 1), None, 0, &[2u8; 512], 0, 0).await;
-    ensure!(c.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_READONLY), "create of a snapshot object: {c:?}");
+    ensure!(
+        c.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_READONLY),
+        "create of a snapshot object: {c:?}"
+    );
     // The snapshot's inode stays writable (tags are set that way) and its snap_ctime is set.
     let ct = cx.client.read_obj(Oid::inode(old), OFF_SNAP_CTIME as u32, 8).await?;
     ensure!(ct != [0u8; 8]);
@@ -480,7 +535,10 @@ async fn rebase_keeps_the_working_vdi(cx: Rc<Ctx>) -> Result<()> {
     ensure!(cx.client.vdi_info(&name, &SnapSel::Working).await?.vid == new.vid);
     let oh = cx.client.read_inode_header(old).await?;
     ensure!(oh.is_snapshot(), "the previous working vdi is now a snapshot");
-    ensure!(cx.client.vdi_info(&name, &SnapSel::Id(oh.snap_id)).await?.vid == old, "and is found by its snapshot id");
+    ensure!(
+        cx.client.vdi_info(&name, &SnapSel::Id(oh.snap_id)).await?.vid == old,
+        "and is found by its snapshot id"
+    );
     let mut got = vec![0u8; 4096];
     cx.vol(new.vid).await?.read(0, &mut got).await?;
     ensure!(got.iter().all(|&x| x == 0xa), "the new working vdi reads the snapshot");
@@ -496,13 +554,19 @@ async fn delete_refuses_silently_until_entries_are_zero(cx: Rc<Ctx>) -> Result<(
     // Bare DEL_VDI: SUCCESS, and nothing happens.
     let deleted = cx.client.del_vdi(&name, &SnapSel::Working).await?;
     ensure!(deleted == vid);
-    ensure!(cx.client.read_obj(Oid::data(vid, 0), 0, 512).await.is_ok(), "the data object is still there");
+    ensure!(
+        cx.client.read_obj(Oid::data(vid, 0), 0, 512).await.is_ok(),
+        "the data object is still there"
+    );
     // The real delete.
     ensure!(manage::delete(&cx.client, &VdiSpec::working(name.clone())).await? == vid);
     let gone = cx.client.vdi_info(&name, &SnapSel::Working).await;
     ensure!(gone.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_NO_VDI), "{gone:?}");
     let obj = cx.client.read_obj(Oid::data(vid, 0), 0, 512).await;
-    ensure!(obj.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_NO_OBJ), "the data object was reclaimed: {obj:?}");
+    ensure!(
+        obj.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_NO_OBJ),
+        "the data object was reclaimed: {obj:?}"
+    );
     Ok(())
 }
 
@@ -517,7 +581,10 @@ async fn deleted_working_vdi_leaves_snapshots(cx: Rc<Ctx>) -> Result<()> {
     ensure!(s.vid == snap);
     let mut got = vec![0u8; 4096];
     cx.ro(snap).await?.read(0, &mut got).await?;
-    ensure!(got.iter().all(|&x| x == 4), "the snapshot's shared object survived the working vdi's delete");
+    ensure!(
+        got.iter().all(|&x| x == 4),
+        "the snapshot's shared object survived the working vdi's delete"
+    );
     Ok(())
 }
 
@@ -538,10 +605,24 @@ async fn locks_are_enforced(cx: Rc<Ctx>) -> Result<()> {
     // Locks do not block I/O.
     cx.vol(vid).await?.write(0, &[1u8; 512]).await?;
     cx.client.release_vdi(vid, false).await?;
-    let r = cx.client.call(ReqHeader::vdi(Opcode::ReleaseVdi, 0, 0, VdiArgs { base_vdi_id: vid.0, ..Default::default() }), &[]).await?;
+    let r = cx
+        .client
+        .call(
+            ReqHeader::vdi(
+                Opcode::ReleaseVdi,
+                0,
+                0,
+                VdiArgs { base_vdi_id: vid.0, ..Default::default() },
+            ),
+            &[],
+        )
+        .await?;
     // sheep 1.0 answers SUCCESS (and logs "unlocking unlocked VDI"); seen on 1 and 3 nodes.
     ensure!(r.0.result == SD_RES_SUCCESS, "release of an unlocked vdi: {}", r.0.result);
-    ensure!(cx.client.lock_vdi(&name, &SnapSel::Working, false).await?.vid == vid, "lockable again after release");
+    ensure!(
+        cx.client.lock_vdi(&name, &SnapSel::Working, false).await?.vid == vid,
+        "lockable again after release"
+    );
     // A snapshot leaves the lock on the old vid; the new working vid is free.
     let (_, new) = manage::snapshot(&cx.client, &name, None).await?;
     ensure!(cx.client.lock_vdi(&name, &SnapSel::Working, false).await?.vid == new);
@@ -556,8 +637,13 @@ async fn locks_follow_the_cluster_setting(cx: Rc<Ctx>) -> Result<()> {
     cx.client.lock_vdi(&name, &SnapSel::Working, false).await?;
     let second = cx.client.lock_vdi(&name, &SnapSel::Working, false).await;
     if cx.locking {
-        ensure!(second.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_VDI_LOCKED), "{second:?}");
-        cx.client.release_vdi(cx.client.vdi_info(&name, &SnapSel::Working).await?.vid, false).await?;
+        ensure!(
+            second.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_VDI_LOCKED),
+            "{second:?}"
+        );
+        cx.client
+            .release_vdi(cx.client.vdi_info(&name, &SnapSel::Working).await?.vid, false)
+            .await?;
     } else {
         ensure!(second.is_ok(), "without locking LOCK_VDI is only a lookup: {second:?}");
     }
@@ -566,7 +652,12 @@ async fn locks_follow_the_cluster_setting(cx: Rc<Ctx>) -> Result<()> {
 
 async fn flush_is_obsolete_and_discard_zeroes(cx: Rc<Ctx>) -> Result<()> {
     let vid = cx.create("discard", 16 * MIB).await?;
-    let flush = ReqHeader::obj(Opcode::FlushVdi, 0, 0, ObjArgs { oid: Oid::inode(vid), ..Default::default() });
+    let flush = ReqHeader::obj(
+        Opcode::FlushVdi,
+        0,
+        0,
+        ObjArgs { oid: Oid::inode(vid), ..Default::default() },
+    );
     ensure!(cx.code(flush, &[]).await? == SD_RES_INVALID_PARMS, "FLUSH_VDI is obsolete");
     let v = cx.vol(vid).await?;
     let os = 1u64 << v.header().block_size_shift;
@@ -582,7 +673,11 @@ async fn flush_is_obsolete_and_discard_zeroes(cx: Rc<Ctx>) -> Result<()> {
         if r.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_NO_OBJ) {
             break;
         }
-        ensure!(std::time::Instant::now() < deadline, "the object of a zeroed entry is still there after 10 s: {:?}", r.map(|d| d.len()));
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the object of a zeroed entry is still there after 10 s: {:?}",
+            r.map(|d| d.len())
+        );
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
     // DISCARD_OBJ: the server clears the entry itself.
@@ -597,12 +692,22 @@ async fn flush_is_obsolete_and_discard_zeroes(cx: Rc<Ctx>) -> Result<()> {
 
 async fn hyper_volumes_are_refused(cx: Rc<Ctx>) -> Result<()> {
     let name = cx.name("hyper");
-    let args = VdiArgs { vdi_size: 8 * MIB, store_policy: 1, block_size_shift: 22, ..Default::default() };
-    let (rsp, _) = cx.client.request(ReqHeader::vdi(Opcode::NewVdi, SD_FLAG_CMD_WRITE, 256, args), &name.to_field()).await?;
+    let args =
+        VdiArgs { vdi_size: 8 * MIB, store_policy: 1, block_size_shift: 22, ..Default::default() };
+    let (rsp, _) = cx
+        .client
+        .request(ReqHeader::vdi(Opcode::NewVdi, SD_FLAG_CMD_WRITE, 256, args), &name.to_field())
+        .await?;
     let vid = Vid(rsp.vdi_id());
     ensure!(cx.client.read_inode_header(vid).await?.store_policy == 1);
     let open = manage::open(&cx.client, &VdiSpec::working(name.clone())).await;
-    ensure!(open.as_ref().err().is_some_and(|e| e.to_string().contains("hyper volumes are not supported")), "{:?}", open.err());
+    ensure!(
+        open.as_ref()
+            .err()
+            .is_some_and(|e| e.to_string().contains("hyper volumes are not supported")),
+        "{:?}",
+        open.err()
+    );
     let vol = load_volume(&cx.client, vid, true).await;
     ensure!(vol.is_err(), "a hyper volume cannot be opened for i/o");
     // Its inode is not a flat array: delete it with DEL_VDI alone.
@@ -613,7 +718,12 @@ async fn hyper_volumes_are_refused(cx: Rc<Ctx>) -> Result<()> {
 async fn wrong_payload_lengths_are_invalid(cx: Rc<Ctx>) -> Result<()> {
     let name = cx.name("len");
     let field = name.to_field();
-    let short = ReqHeader::vdi(Opcode::NewVdi, SD_FLAG_CMD_WRITE, 255, VdiArgs { vdi_size: MIB, ..Default::default() });
+    let short = ReqHeader::vdi(
+        Opcode::NewVdi,
+        SD_FLAG_CMD_WRITE,
+        255,
+        VdiArgs { vdi_size: MIB, ..Default::default() },
+    );
     ensure!(cx.code(short, &field[..255]).await? == SD_RES_INVALID_PARMS, "NEW_VDI with 255 bytes");
     let mut long = field.to_vec();
     long.extend_from_slice(&[0u8; 44]);
@@ -622,7 +732,10 @@ async fn wrong_payload_lengths_are_invalid(cx: Rc<Ctx>) -> Result<()> {
     let vdis = ReqHeader::vdi(Opcode::ReadVdis, 0, 4096, VdiArgs::default());
     ensure!(cx.code(vdis, &[]).await? == SD_RES_INVALID_PARMS, "READ_VDIS of 4096 bytes");
     let gone = cx.client.vdi_info(&name, &SnapSel::Working).await;
-    ensure!(gone.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_NO_VDI), "nothing was created: {gone:?}");
+    ensure!(
+        gone.as_ref().err().and_then(|e| e.code()) == Some(SD_RES_NO_VDI),
+        "nothing was created: {gone:?}"
+    );
     Ok(())
 }
 
@@ -649,12 +762,18 @@ async fn discard_and_write_zeroes_through_the_shard(cx: Rc<Ctx>) -> Result<()> {
     ensure!(got[..2 * os].iter().all(|&b| b == 0), "discarded objects read as zeros");
     let o2 = &got[2 * os..3 * os];
     ensure!(
-        o2[..4096].iter().all(|&b| b == 5) && o2[4096..12288].iter().all(|&b| b == 0) && o2[12288..].iter().all(|&b| b == 5),
+        o2[..4096].iter().all(|&b| b == 5)
+            && o2[4096..12288].iter().all(|&b| b == 0)
+            && o2[12288..].iter().all(|&b| b == 5),
         "partial write-zeroes"
     );
     ensure!(got[3 * os..].iter().all(|&b| b == 0), "a whole-object write-zeroes");
     let (_, entries) = cx.client.read_inode(working).await?;
-    ensure!(entries[0] == 0 && entries[1] == 0, "discard cleared the inode entries: {:?}", &entries[..4]);
+    ensure!(
+        entries[0] == 0 && entries[1] == 0,
+        "discard cleared the inode entries: {:?}",
+        &entries[..4]
+    );
     // Reopened (the entries come from the cluster), and the snapshot untouched.
     let mut again = vec![1u8; 4 * os];
     cx.vol(working).await?.read(0, &mut again).await?;
@@ -681,14 +800,24 @@ async fn live_snapshot_is_followed_by_the_shard(cx: Rc<Ctx>) -> Result<()> {
     ensure!(now == new, "the shard now writes vid {:#x}, not the new working {:#x}", now.0, new.0);
     let mut got = vec![0u8; 8192];
     cx.ro(new).await?.read(0, &mut got).await?;
-    ensure!(got[..4096].iter().all(|&b| b == 1) && got[4096..].iter().all(|&b| b == 2), "the new working vdi has both writes");
+    ensure!(
+        got[..4096].iter().all(|&b| b == 1) && got[4096..].iter().all(|&b| b == 2),
+        "the new working vdi has both writes"
+    );
     let mut o1 = vec![0u8; 4096];
     cx.ro(new).await?.read(os, &mut o1).await?;
     ensure!(o1.iter().all(|&b| b == 3));
     cx.ro(old).await?.read(0, &mut got).await?;
-    ensure!(got[..4096].iter().all(|&b| b == 1) && got[4096..].iter().all(|&b| b == 0), "the snapshot has only the first write");
+    ensure!(
+        got[..4096].iter().all(|&b| b == 1) && got[4096..].iter().all(|&b| b == 0),
+        "the snapshot has only the first write"
+    );
     let (_, entries) = cx.client.read_inode(new).await?;
-    ensure!(entries[0] == new.0 && entries[1] == new.0, "the new inode owns both objects: {:?}", &entries[..2]);
+    ensure!(
+        entries[0] == new.0 && entries[1] == new.0,
+        "the new inode owns both objects: {:?}",
+        &entries[..2]
+    );
     Ok(())
 }
 
@@ -709,7 +838,11 @@ async fn shards_race_to_create_the_same_objects(cx: Rc<Ctx>) -> Result<()> {
         workers.push(std::thread::spawn(move || -> Result<()> {
             barrier.wait();
             for obj in 0..OBJECTS {
-                dev.io(Op::Write, obj * os + k as u64 * 4096, vec![(obj as u8) << 4 | k as u8; 4096])?;
+                dev.io(
+                    Op::Write,
+                    obj * os + k as u64 * 4096,
+                    vec![(obj as u8) << 4 | k as u8; 4096],
+                )?;
             }
             Ok(())
         }));
@@ -718,14 +851,20 @@ async fn shards_race_to_create_the_same_objects(cx: Rc<Ctx>) -> Result<()> {
         w.join().map_err(|_| anyhow::anyhow!("a racing shard panicked"))??;
     }
     let (_, entries) = cx.client.read_inode(vid).await?;
-    ensure!(entries[..OBJECTS as usize].iter().all(|&e| e == vid.0), "every object is allocated to the vdi");
+    ensure!(
+        entries[..OBJECTS as usize].iter().all(|&e| e == vid.0),
+        "every object is allocated to the vdi"
+    );
     let fresh = cx.ro(vid).await?;
     for obj in 0..OBJECTS {
         let mut got = vec![0u8; SHARDS * 4096];
         fresh.read(obj * os, &mut got).await?;
         for k in 0..SHARDS {
             let want = (obj as u8) << 4 | k as u8;
-            ensure!(got[k * 4096..(k + 1) * 4096].iter().all(|&b| b == want), "object {obj}: shard {k}'s write was lost (a second create wiped it?)");
+            ensure!(
+                got[k * 4096..(k + 1) * 4096].iter().all(|&b| b == want),
+                "object {obj}: shard {k}'s write was lost (a second create wiped it?)"
+            );
         }
     }
     Ok(())
@@ -743,7 +882,16 @@ async fn an_empty_cow_create_copies_the_whole_object(cx: Rc<Ctx>) -> Result<()> 
     v.write(0, &data).await?;
     let (snap, working) = manage::snapshot(&cx.client, &name, None).await?;
     let h = cx.client.read_inode_header(working).await?;
-    cx.client.create_obj(Oid::data(working, 0), Some(Oid::data(snap, 0)), 0, &[], h.nr_copies, h.copy_policy).await?;
+    cx.client
+        .create_obj(
+            Oid::data(working, 0),
+            Some(Oid::data(snap, 0)),
+            0,
+            &[],
+            h.nr_copies,
+            h.copy_policy,
+        )
+        .await?;
     let copy = cx.client.read_obj(Oid::data(working, 0), 0, os as u32).await?;
     ensure!(copy == data, "the empty COW create copied the whole object");
     let src = cx.client.read_obj(Oid::data(snap, 0), 0, os as u32).await?;

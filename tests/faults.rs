@@ -37,7 +37,12 @@ const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Block `i`'s contents in round `r`.
 fn block(i: u64, r: u64) -> Vec<u8> {
-    (0..BLOCK as u64).map(|k| (i.wrapping_mul(131).wrapping_add(r.wrapping_mul(7919)).wrapping_add(k / 61) % 251) as u8).collect()
+    (0..BLOCK as u64)
+        .map(|k| {
+            (i.wrapping_mul(131).wrapping_add(r.wrapping_mul(7919)).wrapping_add(k / 61) % 251)
+                as u8
+        })
+        .collect()
 }
 
 struct Rig {
@@ -151,7 +156,13 @@ async fn until_ok(sh: &Shard, st: &Stats, d: IoDesc, buf: &mut [u8]) {
 
 /// Tag `t`: write each of its blocks and read it back, round after round, until `stop`
 /// (always ending a whole round); returns the rounds done.
-async fn tag(sh: Rc<Shard>, st: Rc<Stats>, t: u64, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) -> u64 {
+async fn tag(
+    sh: Rc<Shard>,
+    st: Rc<Stats>,
+    t: u64,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+) -> u64 {
     let mut buf = vec![0u8; BLOCK];
     let mut round = 0;
     loop {
@@ -159,12 +170,21 @@ async fn tag(sh: Rc<Shard>, st: Rc<Stats>, t: u64, stop: Arc<AtomicBool>, done: 
             let i = t * PER_TAG + k;
             let want = block(i, round);
             buf.copy_from_slice(&want);
-            let d = IoDesc { op: Op::Write, offset: i * BLOCK as u64, len: BLOCK as u32, tag: t as u16, fua: false };
+            let d = IoDesc {
+                op: Op::Write,
+                offset: i * BLOCK as u64,
+                len: BLOCK as u32,
+                tag: t as u16,
+                fua: false,
+            };
             until_ok(&sh, &st, d, &mut buf).await;
             done.fetch_add(1, Ordering::SeqCst);
             buf.fill(0);
             until_ok(&sh, &st, IoDesc { op: Op::Read, ..d }, &mut buf).await;
-            assert!(buf == want, "block {i} read back in round {round} differs from what was just written");
+            assert!(
+                buf == want,
+                "block {i} read back in round {round} differs from what was just written"
+            );
             done.fetch_add(1, Ordering::SeqCst);
         }
         round += 1;
@@ -182,7 +202,9 @@ fn start_load(vol: Arc<Volume>, gateway: SocketAddr) -> Load {
     let cfg = shard::Config { io_timeout: PATIENCE, ..common::shard_config(gateway) };
     let thread = shard::spawn("test-shard", cfg, vol, move |sh, exe| {
         let st = Rc::new(Stats::default());
-        let tasks: Vec<_> = (0..TAGS).map(|t| exe.spawn(tag(sh.clone(), st.clone(), t, stop2.clone(), done2.clone()))).collect();
+        let tasks: Vec<_> = (0..TAGS)
+            .map(|t| exe.spawn(tag(sh.clone(), st.clone(), t, stop2.clone(), done2.clone())))
+            .collect();
         async move {
             let mut rounds = Vec::new();
             for t in tasks {
@@ -194,7 +216,13 @@ fn start_load(vol: Arc<Volume>, gateway: SocketAddr) -> Load {
                 ring::sleep(Duration::from_millis(5)).await;
             }
             let reconnects = sh.reconnects();
-            Run { rounds, errors: st.errors.take(), longest_gap: st.gap.get(), slowest: st.slowest.get(), reconnects }
+            Run {
+                rounds,
+                errors: st.errors.take(),
+                longest_gap: st.gap.get(),
+                slowest: st.slowest.get(),
+                reconnects,
+            }
         }
     })
     .expect("the shard connects");
@@ -263,10 +291,19 @@ fn a_stall_longer_than_the_watchdog() {
         // Nothing completes during the stall, apart from what was already on its way.
         let before = load.done();
         std::thread::sleep(stall - Duration::from_millis(500));
-        assert!(load.done() <= before + 2 * TAGS, "I/O went on during the stall: {} -> {}", before, load.done());
+        assert!(
+            load.done() <= before + 2 * TAGS,
+            "I/O went on during the stall: {} -> {}",
+            before,
+            load.done()
+        );
     });
     assert!(run.errors.is_empty(), "{:?}", run.errors);
-    assert!(run.longest_gap >= Duration::from_secs(5) && run.longest_gap < PATIENCE, "stalled {:?}", run.longest_gap);
+    assert!(
+        run.longest_gap >= Duration::from_secs(5) && run.longest_gap < PATIENCE,
+        "stalled {:?}",
+        run.longest_gap
+    );
     assert!(run.reconnects >= 1, "the shard's 5 s watchdog broke the stalled connections");
 }
 
@@ -339,7 +376,10 @@ fn store_error_results_fail_requests_with_their_errno() {
     let mut want = vec![EIO, EIO, EIO, ENOSPC, ENOSPC];
     want.sort_unstable();
     assert_eq!(errnos, want, "{:?}", run.errors);
-    assert!(run.errors.iter().all(|e| matches!(e, Error::Server(c) if *c == SD_RES_EIO || *c == SD_RES_NO_SPACE)));
+    assert!(run
+        .errors
+        .iter()
+        .all(|e| matches!(e, Error::Server(c) if *c == SD_RES_EIO || *c == SD_RES_NO_SPACE)));
     assert!(run.errors.iter().all(|e| !e.should_reconnect()));
 }
 
@@ -348,7 +388,8 @@ fn store_restarts() {
     let run = under("store restart", false, |rig, load| {
         for _ in 0..2 {
             let store = rig.store.take().expect("store");
-            rig.store = Some(store.restart().expect("the store restarts on the same address at once"));
+            rig.store =
+                Some(store.restart().expect("the store restarts on the same address at once"));
             load.wait_past(load.done(), ROUND / 4, "after a restart");
         }
         // Down for a second this time.
@@ -360,7 +401,11 @@ fn store_restarts() {
     });
     assert!(run.errors.is_empty(), "{:?}", run.errors);
     assert!(run.reconnects >= 3, "{} reconnects", run.reconnects);
-    assert!(run.longest_gap >= Duration::from_secs(1), "the store was down for a second, yet I/O stalled only {:?}", run.longest_gap);
+    assert!(
+        run.longest_gap >= Duration::from_secs(1),
+        "the store was down for a second, yet I/O stalled only {:?}",
+        run.longest_gap
+    );
 }
 
 /// `sheepdev fault-proxy` with bad flags: one line on stderr, exit status 2.
@@ -368,12 +413,25 @@ fn store_restarts() {
 fn fault_proxy_cli_refuses_bad_flags() {
     let bin = env!("CARGO_BIN_EXE_sheepdev");
     for (args, says) in [
-        (&["--listen", "127.0.0.1:0", "--target", "127.0.0.1:7000", "--reset-every", "5"][..], "bad duration"),
-        (&["--listen", "127.0.0.1:0", "--target", "127.0.0.1:7000", "--stall-every", "1s"][..], "--stall-for"),
+        (
+            &["--listen", "127.0.0.1:0", "--target", "127.0.0.1:7000", "--reset-every", "5"][..],
+            "bad duration",
+        ),
+        (
+            &["--listen", "127.0.0.1:0", "--target", "127.0.0.1:7000", "--stall-every", "1s"][..],
+            "--stall-for",
+        ),
         (&["--listen", "nowhere", "--target", "127.0.0.1:7000"][..], "bad address"),
-        (&["--listen", "127.0.0.1:0", "--target", "127.0.0.1:7000", "--drop-every", "0s"][..], "at least 1ms"),
+        (
+            &["--listen", "127.0.0.1:0", "--target", "127.0.0.1:7000", "--drop-every", "0s"][..],
+            "at least 1ms",
+        ),
     ] {
-        let out = std::process::Command::new(bin).arg("fault-proxy").args(args).output().expect("run sheepdev");
+        let out = std::process::Command::new(bin)
+            .arg("fault-proxy")
+            .args(args)
+            .output()
+            .expect("run sheepdev");
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
@@ -391,14 +449,26 @@ fn fault_proxy_cli_resets_on_schedule() {
 
     let rig = rig();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sheepdev"))
-        .args(["fault-proxy", "--listen", "127.0.0.1:0", "--target", &rig.store_addr.to_string(), "--reset-every", "100ms"])
+        .args([
+            "fault-proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--target",
+            &rig.store_addr.to_string(),
+            "--reset-every",
+            "100ms",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start sheepdev fault-proxy");
     let mut banner = String::new();
     BufReader::new(child.stderr.take().expect("stderr")).read_line(&mut banner).expect("banner");
-    let addr: SocketAddr = banner.split_whitespace().nth(3).and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("no address in {banner:?}"));
+    let addr: SocketAddr = banner
+        .split_whitespace()
+        .nth(3)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {banner:?}"));
     let (tx, rx) = std::sync::mpsc::channel();
     let stdout = child.stdout.take().expect("stdout");
     std::thread::spawn(move || {
@@ -445,7 +515,10 @@ fn fault_proxy_cli_resets_on_schedule() {
     println!("fault-proxy CLI: {resets:?}; {answered} answers, {broken} broken connections");
     for l in &resets {
         let ts = l.split(' ').next().unwrap_or("");
-        assert!(ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "timestamp first: {l}");
+        assert!(
+            ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+            "timestamp first: {l}"
+        );
         assert!(l.contains("mid-header"), "header-only responses are cut in their header: {l}");
     }
     assert!(broken >= 3 && answered > broken, "{answered} answers, {broken} broken connections");

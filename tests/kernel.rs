@@ -9,10 +9,17 @@ use std::process::Command;
 #[test]
 #[ignore = "needs ublk_drv and root; on other hosts the same scenarios run in the qemu VM (tests/vm/kernel-tests.sh)"]
 fn scenarios_on_this_host() {
-    assert!(std::path::Path::new("/dev/ublk-control").exists(), "/dev/ublk-control is missing: modprobe ublk_drv (as root)");
+    assert!(
+        std::path::Path::new("/dev/ublk-control").exists(),
+        "/dev/ublk-control is missing: modprobe ublk_drv (as root)"
+    );
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_sheepdev"));
     let dir = bin.parent().expect("the binary has a directory");
     let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
-    let status = Command::new("sh").arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vm/scenarios.sh")).env("PATH", path).status().expect("sh runs");
+    let status = Command::new("sh")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vm/scenarios.sh"))
+        .env("PATH", path)
+        .status()
+        .expect("sh runs");
     assert!(status.success(), "kernel scenarios failed: {status}");
 }

@@ -49,9 +49,18 @@ fn writes_survive_connections_cut_again_and_again() {
                         for k in 0..16u64 {
                             let i = t * 16 + k;
                             buf.copy_from_slice(&block(i + rounds));
-                            sh.handle(IoDesc { op: Op::Write, offset: i * 65536, len: 65536, tag: t as u16, fua: false }, &mut buf)
-                                .await
-                                .expect("writes succeed across reconnects");
+                            sh.handle(
+                                IoDesc {
+                                    op: Op::Write,
+                                    offset: i * 65536,
+                                    len: 65536,
+                                    tag: t as u16,
+                                    fua: false,
+                                },
+                                &mut buf,
+                            )
+                            .await
+                            .expect("writes succeed across reconnects");
                         }
                         rounds += 1;
                         if stop.load(Ordering::SeqCst) {
@@ -85,7 +94,11 @@ fn writes_survive_connections_cut_again_and_again() {
         for k in 0..16u64 {
             let i = t * 16 + k;
             let got = &all[i as usize * 65536..(i as usize + 1) * 65536];
-            assert!(got == block(i + rounds[t as usize] - 1), "block {i} (tag {t}, round {}) differs", rounds[t as usize] - 1);
+            assert!(
+                got == block(i + rounds[t as usize] - 1),
+                "block {i} (tag {t}, round {}) differs",
+                rounds[t as usize] - 1
+            );
         }
     }
 }
@@ -96,11 +109,18 @@ fn a_cluster_gone_past_the_io_timeout_fails_requests_then_recovers() {
     let proxy = Proxy::start("127.0.0.1:0".parse().expect("addr"), addr).expect("proxy");
     let vol = volume(addr, vid, false);
     let (p2, paddr) = (proxy.handle(), proxy.addr());
-    let cfg = shard::Config { connections: 1, slots: 16, io_timeout: Duration::from_millis(400), ..common::shard_config(paddr) };
+    let cfg = shard::Config {
+        connections: 1,
+        slots: 16,
+        io_timeout: Duration::from_millis(400),
+        ..common::shard_config(paddr)
+    };
     common::on_shard(cfg, vol, async move |sh| {
         let mut buf = vec![7u8; 4096];
         let w = |sh: Rc<Shard>, mut b: Vec<u8>| async move {
-            let r = sh.handle(IoDesc { op: Op::Write, offset: 0, len: 4096, tag: 0, fua: false }, &mut b).await;
+            let r = sh
+                .handle(IoDesc { op: Op::Write, offset: 0, len: 4096, tag: 0, fua: false }, &mut b)
+                .await;
             (r, b)
         };
         let (r, b) = w(sh.clone(), buf).await;
@@ -112,7 +132,10 @@ fn a_cluster_gone_past_the_io_timeout_fails_requests_then_recovers() {
         let (r, b) = w(sh.clone(), b).await;
         let waited = t0.elapsed();
         assert!(r.is_err(), "a write with the cluster gone fails");
-        assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(5), "failed after {waited:?}");
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
+            "failed after {waited:?}"
+        );
         // It comes back: the same shard serves again.
         p2.set_accepting(true);
         let t0 = Instant::now();
@@ -127,7 +150,9 @@ fn a_cluster_gone_past_the_io_timeout_fails_requests_then_recovers() {
         }
         buf = b;
         let mut back = vec![0u8; 4096];
-        sh.handle(IoDesc { op: Op::Read, offset: 0, len: 4096, tag: 0, fua: false }, &mut back).await.expect("read after recovery");
+        sh.handle(IoDesc { op: Op::Read, offset: 0, len: 4096, tag: 0, fua: false }, &mut back)
+            .await
+            .expect("read after recovery");
         assert_eq!(back, buf);
     })
     .join()

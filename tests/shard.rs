@@ -16,7 +16,11 @@ mod common;
 use common::{control, create, pattern, read_all, store, volume, MIB};
 
 /// Run `f` on a fresh shard thread (two connections, coalescing on).
-fn on_shard<T: Send + 'static>(addr: impl Into<Gateway>, vol: Arc<Volume>, f: impl AsyncFnOnce(Rc<Shard>) -> T + Send + 'static) -> Spawned<T> {
+fn on_shard<T: Send + 'static>(
+    addr: impl Into<Gateway>,
+    vol: Arc<Volume>,
+    f: impl AsyncFnOnce(Rc<Shard>) -> T + Send + 'static,
+) -> Spawned<T> {
     common::on_shard(common::shard_config(addr), vol, f)
 }
 
@@ -28,7 +32,11 @@ fn on_shard_with<T: Send + 'static>(
     coalesce: bool,
     f: impl AsyncFnOnce(Rc<Shard>) -> T + Send + 'static,
 ) -> Spawned<T> {
-    common::on_shard(shard::Config { connections: conns, coalesce, ..common::shard_config(addr) }, vol, f)
+    common::on_shard(
+        shard::Config { connections: conns, coalesce, ..common::shard_config(addr) },
+        vol,
+        f,
+    )
 }
 
 fn io(op: Op, offset: u64, len: u32, tag: u16) -> IoDesc {
@@ -52,7 +60,10 @@ fn writes_read_back_across_object_boundaries() {
         sh.handle(io(Op::Read, 32 * MIB, 4096, 0), &mut hole).await.expect("read hole");
         assert!(hole.iter().all(|&b| b == 0), "unwritten objects read as zeros");
         let mut past = vec![0u8; 4096];
-        assert_eq!(sh.handle(io(Op::Read, 64 * MIB - 2048, 4096, 0), &mut past).await, Err(Error::OutOfRange));
+        assert_eq!(
+            sh.handle(io(Op::Read, 64 * MIB - 2048, 4096, 0), &mut past).await,
+            Err(Error::OutOfRange)
+        );
         sh.handle(io(Op::Flush, 0, 0, 0), &mut past).await.expect("flush");
         back
     })
@@ -107,7 +118,9 @@ fn two_shards_writing_the_same_new_objects_lose_nothing() {
                             for k in 0..32u64 {
                                 let block = (k * 16 + t) * 2 + s; // 1024 blocks of 4 KiB = 4 MiB
                                 buf.copy_from_slice(&pattern(block, 4096));
-                                sh.handle(io(Op::Write, block * 4096, 4096, t as u16), &mut buf).await.expect("write");
+                                sh.handle(io(Op::Write, block * 4096, 4096, t as u16), &mut buf)
+                                    .await
+                                    .expect("write");
                             }
                         }
                     })
@@ -123,7 +136,10 @@ fn two_shards_writing_the_same_new_objects_lose_nothing() {
     }
     let all = read_all(addr, vid, 0, 4 * MIB as usize);
     for block in 0..1024u64 {
-        assert!(all[block as usize * 4096..][..4096] == pattern(block, 4096)[..], "block {block} lost");
+        assert!(
+            all[block as usize * 4096..][..4096] == pattern(block, 4096)[..],
+            "block {block} lost"
+        );
     }
     let entries = control(addr, async |c| c.read_inode(vid).await.expect("inode").1);
     assert_eq!(&entries[..4], &[vid.0; 4], "every created object is in the inode");
@@ -140,9 +156,13 @@ fn discard_and_write_zeroes() {
             sh.handle(io(Op::Write, i * MIB, MIB as u32, 0), &mut buf).await.expect("write");
         }
         // Whole objects 1 and 2 plus half of 0: the half is ignored by DISCARD.
-        sh.handle(io(Op::Discard, MIB / 2, (2 * MIB + MIB / 2) as u32, 0), &mut buf).await.expect("discard");
+        sh.handle(io(Op::Discard, MIB / 2, (2 * MIB + MIB / 2) as u32, 0), &mut buf)
+            .await
+            .expect("discard");
         // WRITE_ZEROES over the last quarter of object 3: real zeros.
-        sh.handle(io(Op::WriteZeroes, 3 * MIB + 3 * MIB / 4, (MIB / 4) as u32, 0), &mut buf).await.expect("write zeroes");
+        sh.handle(io(Op::WriteZeroes, 3 * MIB + 3 * MIB / 4, (MIB / 4) as u32, 0), &mut buf)
+            .await
+            .expect("write zeroes");
     })
     .join()
     .expect("shard");
@@ -168,9 +188,24 @@ fn clone_writes_cow_and_snapshots_refuse_writes() {
     .expect("shard");
     let (snap, clone) = control(addr, async |c| {
         let name = VdiName::new("base").expect("name");
-        let (snap, _) = manage::snapshot(&c, &name, Some(&VdiName::new("s").expect("tag"))).await.expect("snapshot");
-        let clone = manage::clone(&c, &"base:s".parse().expect("spec"), &VdiName::new("child").expect("name")).await.expect("clone").vid;
-        assert_eq!(c.vdi_info(&name, &SnapSel::Tag(VdiName::new("s").expect("tag"))).await.expect("lookup").vid, snap);
+        let (snap, _) = manage::snapshot(&c, &name, Some(&VdiName::new("s").expect("tag")))
+            .await
+            .expect("snapshot");
+        let clone = manage::clone(
+            &c,
+            &"base:s".parse().expect("spec"),
+            &VdiName::new("child").expect("name"),
+        )
+        .await
+        .expect("clone")
+        .vid;
+        assert_eq!(
+            c.vdi_info(&name, &SnapSel::Tag(VdiName::new("s").expect("tag")))
+                .await
+                .expect("lookup")
+                .vid,
+            snap
+        );
         (snap, clone)
     });
     on_shard(addr, volume(addr, clone, false), async move |sh| {
@@ -181,12 +216,20 @@ fn clone_writes_cow_and_snapshots_refuse_writes() {
     .expect("shard");
     on_shard(addr, volume(addr, snap, false), async move |sh| {
         let mut buf = vec![1u8; 512];
-        assert_eq!(sh.handle(io(Op::Write, 0, 512, 0), &mut buf).await, Err(Error::ReadOnly), "a snapshot volume is read-only");
+        assert_eq!(
+            sh.handle(io(Op::Write, 0, 512, 0), &mut buf).await,
+            Err(Error::ReadOnly),
+            "a snapshot volume is read-only"
+        );
     })
     .join()
     .expect("shard");
     let c = read_all(addr, clone, 0, 8192);
-    assert!(c[..4096].iter().all(|&b| b == 0xaa) && c[4096..4608].iter().all(|&b| b == 0xbb) && c[4608..].iter().all(|&b| b == 0xaa));
+    assert!(
+        c[..4096].iter().all(|&b| b == 0xaa)
+            && c[4096..4608].iter().all(|&b| b == 0xbb)
+            && c[4608..].iter().all(|&b| b == 0xaa)
+    );
     assert!(read_all(addr, snap, 0, 8192).iter().all(|&b| b == 0xaa), "the parent is unchanged");
 }
 
@@ -219,9 +262,12 @@ fn live_snapshots_are_followed_without_an_error() {
                                 for obj in 0..32u64 {
                                     let block = obj * 256 + w;
                                     buf.copy_from_slice(&pattern(block * 1000 + round, 4096));
-                                    sh.handle(io(Op::Write, block * 4096, 4096, t as u16), &mut buf)
-                                        .await
-                                        .expect("a write racing a live snapshot succeeds");
+                                    sh.handle(
+                                        io(Op::Write, block * 4096, 4096, t as u16),
+                                        &mut buf,
+                                    )
+                                    .await
+                                    .expect("a write racing a live snapshot succeeds");
                                 }
                                 if snaps.load(Ordering::SeqCst) == 2 {
                                     after += 1;
@@ -243,11 +289,14 @@ fn live_snapshots_are_followed_without_an_error() {
     for k in 0..2 {
         std::thread::sleep(std::time::Duration::from_millis(60));
         let tag = VdiName::new(&format!("s{k}")).expect("tag");
-        taken.push(control(addr, async |c| manage::snapshot(&c, &name, Some(&tag)).await.expect("snapshot")));
+        taken.push(control(addr, async |c| {
+            manage::snapshot(&c, &name, Some(&tag)).await.expect("snapshot")
+        }));
         snaps.fetch_add(1, Ordering::SeqCst);
     }
     let last: Vec<(u64, u64)> = shards.into_iter().flat_map(|s| s.join().expect("shard")).collect();
-    let working = control(addr, async |c| c.vdi_info(&name, &SnapSel::Working).await.expect("lookup").vid);
+    let working =
+        control(addr, async |c| c.vdi_info(&name, &SnapSel::Working).await.expect("lookup").vid);
     assert_eq!(working, taken[1].1, "the second snapshot's new working vdi is the working one");
     assert_eq!(vol.vid(), working, "the shards followed both snapshots");
     // Read through the working VDI's inode as stored (a fresh open, as after a restart):
@@ -256,12 +305,18 @@ fn live_snapshots_are_followed_without_an_error() {
     for (w, round) in last {
         for obj in 0..32u64 {
             let block = obj * 256 + w;
-            assert!(all[block as usize * 4096..][..4096] == pattern(block * 1000 + round, 4096)[..], "block {block}: round {round} lost");
+            assert!(
+                all[block as usize * 4096..][..4096] == pattern(block * 1000 + round, 4096)[..],
+                "block {block}: round {round} lost"
+            );
         }
     }
     // The snapshots stay readable and frozen: each block holds some round that was written.
     let first = read_all(addr, taken[0].0, 0, 32 * MIB as usize);
-    assert!(first.chunks(4096).any(|b| b.iter().any(|&x| x != 0)), "the first snapshot kept the data written before it");
+    assert!(
+        first.chunks(4096).any(|b| b.iter().any(|&x| x != 0)),
+        "the first snapshot kept the data written before it"
+    );
 }
 
 /// The race a live snapshot leaves behind: a request created its objects before the
@@ -283,25 +338,42 @@ fn entries_persisted_into_the_snapshot_are_carried_to_the_new_working_vdi() {
     let sh = on_shard(addr, vol.clone(), async move |sh| {
         let mut buf = pattern(7, 2 * MIB as usize);
         tx.send(()).expect("signal");
-        sh.handle(io(Op::Write, MIB, 2 * MIB as u32, 0), &mut buf).await.expect("write racing the snapshot");
+        sh.handle(io(Op::Write, MIB, 2 * MIB as u32, 0), &mut buf)
+            .await
+            .expect("write racing the snapshot");
         // A new object after the snapshot: READONLY, follow, COW into the new vid.
         let mut b2 = pattern(8, 4096);
-        sh.handle(io(Op::Write, 3 * MIB, 4096, 1), &mut b2).await.expect("write after the snapshot");
+        sh.handle(io(Op::Write, 3 * MIB, 4096, 1), &mut b2)
+            .await
+            .expect("write after the snapshot");
     });
     rx.recv().expect("shard started");
     std::thread::sleep(std::time::Duration::from_millis(50));
-    let (old, new) = control(addr, async |c| manage::snapshot(&c, &name, None).await.expect("snapshot"));
+    let (old, new) =
+        control(addr, async |c| manage::snapshot(&c, &name, None).await.expect("snapshot"));
     sh.join().expect("shard");
     assert_eq!((old, vol.vid()), (vid, new), "the device follows the snapshot");
     let old_entries = control(addr, async |c| c.read_inode(old).await.expect("inode").1);
     let new_entries = control(addr, async |c| c.read_inode(new).await.expect("inode").1);
-    assert_eq!(&old_entries[1..3], &[vid.0, vid.0], "the race happened: the update landed in the snapshot's inode");
+    assert_eq!(
+        &old_entries[1..3],
+        &[vid.0, vid.0],
+        "the race happened: the update landed in the snapshot's inode"
+    );
     // Carried as copies, not as pointers to the snapshot's objects (sheep would not count
     // such a pointer, and the snapshot's objects would go at the next COW of them).
-    assert_eq!(&new_entries[1..4], &[new.0, new.0, new.0], "the new working inode owns every entry");
+    assert_eq!(
+        &new_entries[1..4],
+        &[new.0, new.0, new.0],
+        "the new working inode owns every entry"
+    );
     assert_eq!(read_all(addr, new, MIB, 2 * MIB as usize), pattern(7, 2 * MIB as usize));
     assert_eq!(read_all(addr, new, 3 * MIB, 4096), pattern(8, 4096));
-    assert_eq!(read_all(addr, old, MIB, 2 * MIB as usize), pattern(7, 2 * MIB as usize), "the snapshot keeps its objects");
+    assert_eq!(
+        read_all(addr, old, MIB, 2 * MIB as usize),
+        pattern(7, 2 * MIB as usize),
+        "the snapshot keeps its objects"
+    );
 }
 
 /// Poll every future in turn until all are done (so they are in flight together, as the
@@ -342,7 +414,9 @@ async fn seq_write(sh: &Rc<Shard>, tags: u16, base: u64, count: u64, len: u32, s
                 }
                 next.set(k + 1);
                 buf.copy_from_slice(&pattern(seed + k, len as usize));
-                sh.handle(io(Op::Write, base + k * u64::from(len), len, tag), &mut buf).await.expect("write");
+                sh.handle(io(Op::Write, base + k * u64::from(len), len, tag), &mut buf)
+                    .await
+                    .expect("write");
             }
         }
     });
@@ -377,7 +451,10 @@ fn sequential_writes_are_merged_into_fewer_requests_and_read_back_exact() {
         let mut model = seq_model(1024, 4096, 0);
         model[2048..2048 + 1023 * 4096].copy_from_slice(&seq_model(1023, 4096, 5000));
         assert!(merged.1 == model, "coalesce {coalesce}: the shard reads back what was written");
-        assert!(read_all(addr, vid, 0, 4 * MIB as usize) == model, "coalesce {coalesce}: a fresh client reads the same");
+        assert!(
+            read_all(addr, vid, 0, 4 * MIB as usize) == model,
+            "coalesce {coalesce}: a fresh client reads the same"
+        );
         let entries = control(addr, async |c| c.read_inode(vid).await.expect("inode").1);
         assert_eq!(&entries[..5], &[vid.0, vid.0, vid.0, vid.0, 0]);
         // 2047 block writes (+ 4 creates' inode updates + the read's 4 requests).
@@ -386,7 +463,10 @@ fn sequential_writes_are_merged_into_fewer_requests_and_read_back_exact() {
             assert!(requests < 1024, "{requests} sheep requests for 2047 block writes");
         } else {
             assert_eq!(merged.0, 0);
-            assert!(requests >= 2047, "{requests} sheep requests for 2047 block writes without coalescing");
+            assert!(
+                requests >= 2047,
+                "{requests} sheep requests for 2047 block writes without coalescing"
+            );
         }
     }
 }
@@ -404,8 +484,17 @@ fn merged_writes_cow_into_a_clone_with_discards_interleaved() {
     .join()
     .expect("shard");
     let clone = control(addr, async |c| {
-        manage::snapshot(&c, &VdiName::new("cbase").expect("name"), Some(&VdiName::new("s").expect("tag"))).await.expect("snapshot");
-        manage::clone(&c, &"cbase:s".parse().expect("spec"), &VdiName::new("cchild").expect("name")).await.expect("clone").vid
+        manage::snapshot(
+            &c,
+            &VdiName::new("cbase").expect("name"),
+            Some(&VdiName::new("s").expect("tag")),
+        )
+        .await
+        .expect("snapshot");
+        manage::clone(&c, &"cbase:s".parse().expect("spec"), &VdiName::new("cchild").expect("name"))
+            .await
+            .expect("clone")
+            .vid
     });
     // Objects 0..3 get 4 KiB writes from 32 tags (COW creates, then merged writes); object 6
     // 64 KiB writes from 8 more; meanwhile objects 4 and 5 are discarded, several times.
@@ -415,12 +504,17 @@ fn merged_writes_cow_into_a_clone_with_discards_interleaved() {
             async move {
                 let mut buf = vec![0u8; 4096];
                 for _ in 0..8 {
-                    sh.handle(io(Op::Discard, 4 * MIB, 2 * MIB as u32, 999), &mut buf).await.expect("discard");
+                    sh.handle(io(Op::Discard, 4 * MIB, 2 * MIB as u32, 999), &mut buf)
+                        .await
+                        .expect("discard");
                     ring::sleep(std::time::Duration::from_micros(200)).await;
                 }
             }
         };
-        let (a, b) = (seq_write(&sh, 32, 0, 1024, 4096, 100), seq_write(&sh, 8, 6 * MIB, 12, 64 << 10, 9000));
+        let (a, b) = (
+            seq_write(&sh, 32, 0, 1024, 4096, 100),
+            seq_write(&sh, 8, 6 * MIB, 12, 64 << 10, 9000),
+        );
         futures_lite::future::zip(discards, futures_lite::future::zip(a, b)).await;
         sh.merged()
     })
@@ -432,9 +526,16 @@ fn merged_writes_cow_into_a_clone_with_discards_interleaved() {
     model[4 * MIB as usize..6 * MIB as usize].fill(0);
     model[6 * MIB as usize..][..12 << 16].copy_from_slice(&seq_model(12, 64 << 10, 9000));
     assert!(read_all(addr, clone, 0, 8 * MIB as usize) == model, "the clone reads back exact");
-    assert!(read_all(addr, base, 0, 8 * MIB as usize).iter().all(|&b| b == 0x11), "the snapshot is unchanged");
+    assert!(
+        read_all(addr, base, 0, 8 * MIB as usize).iter().all(|&b| b == 0x11),
+        "the snapshot is unchanged"
+    );
     let entries = control(addr, async |c| c.read_inode(clone).await.expect("inode").1);
-    assert_eq!(&entries[..8], &[clone.0, clone.0, clone.0, clone.0, 0, 0, clone.0, base.0], "COW entries and discards persisted");
+    assert_eq!(
+        &entries[..8],
+        &[clone.0, clone.0, clone.0, clone.0, 0, 0, clone.0, base.0],
+        "COW entries and discards persisted"
+    );
 }
 
 #[test]
@@ -472,7 +573,11 @@ fn an_error_on_a_merged_write_fails_every_block_request_it_carries() {
     .join()
     .expect("shard");
     assert_eq!(got.1, 7, "the eight writes went as one request");
-    assert_eq!(got.0, vec![Err(Error::Server(SD_RES_EIO)); 8], "each block request of the failed request failed");
+    assert_eq!(
+        got.0,
+        vec![Err(Error::Server(SD_RES_EIO)); 8],
+        "each block request of the failed request failed"
+    );
     assert_eq!(s.faults().failed(), 1);
     assert_eq!(got.2, vec![Ok(4096); 8]);
     assert!(read_all(addr, vid, 0, 8 * 4096) == seq_model(8, 4096, 0));
@@ -503,7 +608,10 @@ fn inode_updates_of_concurrent_creates_of_neighbouring_objects_are_merged() {
     .expect("shard");
     let requests = s.requests() - before;
     s.faults().set_object_delay(std::time::Duration::ZERO);
-    assert!(merged > 0 && requests == 128 - merged, "{requests} sheep requests for 64 creates and their inode updates, {merged} merged");
+    assert!(
+        merged > 0 && requests == 128 - merged,
+        "{requests} sheep requests for 64 creates and their inode updates, {merged} merged"
+    );
     let entries = control(addr, async |c| c.read_inode(vid).await.expect("inode").1);
     assert_eq!(&entries[..64], &[vid.0; 64][..], "every entry persisted");
     for k in 0..64u64 {

@@ -23,7 +23,11 @@ pub struct BenchArgs {
     address: Option<String>,
     /// Workloads, comma-separated: randread-4k, randwrite-4k, randrw-64k, seqwrite-4k,
     /// seqwrite-64k, seqwrite-1m.
-    #[arg(long, value_delimiter = ',', default_value = "randread-4k,randwrite-4k,randrw-64k,seqwrite-1m")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "randread-4k,randwrite-4k,randrw-64k,seqwrite-1m"
+    )]
     workloads: Vec<Workload>,
     /// Requests in flight per shard, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,8,32,128", value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -132,7 +136,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             (Some(s), addr)
         }
     };
-    let name = VdiName::new(&format!("sheepdev-bench-{}", std::process::id())).map_err(anyhow::Error::msg)?;
+    let name = VdiName::new(&format!("sheepdev-bench-{}", std::process::id()))
+        .map_err(anyhow::Error::msg)?;
     let (size, object_size) = (a.size, a.object_size.unwrap_or(0));
     let vol = crate::runtime::block_on({
         let (name, addr) = (name.clone(), addr.clone());
@@ -160,13 +165,31 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 tracing::error!("metrics server: {e}");
             }
         })?;
-        rx.recv().map_err(|_| anyhow::anyhow!("the metrics server did not start"))?.map_err(anyhow::Error::msg)?;
+        rx.recv()
+            .map_err(|_| anyhow::anyhow!("the metrics server did not start"))?
+            .map_err(anyhow::Error::msg)?;
         eprintln!("bench: metrics on http://{maddr}/metrics");
     }
     let max_shards = a.shards.iter().copied().max().unwrap_or(1);
     let max_depth = a.depths.iter().copied().max().unwrap_or(1);
-    let metrics = (!a.no_metrics).then(|| crate::metrics::DeviceMetrics::new("bench", name.as_str(), "", false, max_shards, max_depth, size));
-    let target = bench::Target { addr: addr.clone(), vol: Arc::new(vol), region: size, metrics, connections: usize::from(a.connections) };
+    let metrics = (!a.no_metrics).then(|| {
+        crate::metrics::DeviceMetrics::new(
+            "bench",
+            name.as_str(),
+            "",
+            false,
+            max_shards,
+            max_depth,
+            size,
+        )
+    });
+    let target = bench::Target {
+        addr: addr.clone(),
+        vol: Arc::new(vol),
+        region: size,
+        metrics,
+        connections: usize::from(a.connections),
+    };
     eprintln!("bench: prefilling {} MiB of {name} on {addr}", size >> 20);
     bench::prefill(&target).map_err(anyhow::Error::msg)?;
     let dur = Duration::from_secs_f64(a.seconds);
@@ -177,19 +200,32 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         "| workload | shards | depth | coalesce | merged % | sheepdev IOPS | MiB/s | p50 µs | p99 µs | p99.9 µs | raw IOPS | raw p99 µs | IOPS ratio | p99 ratio |{}",
         if a.metrics_overhead { " metrics off IOPS | on/off |" } else { "" }
     );
-    println!("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{}", if a.metrics_overhead { "---:|---:|" } else { "" });
+    println!(
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{}",
+        if a.metrics_overhead { "---:|---:|" } else { "" }
+    );
     let mut pairs: Vec<String> = Vec::new();
     // Per point: the sheepdev/raw ratios of each repetition (against the raw run next to
     // it), and for seqwrite-1m the MiB/s ÷ one request at a time.
     let mut goals: Vec<Goal> = Vec::new();
-    let run = |w, d, shards, depth, co| bench::run_point(&target, w, d, shards, depth, co, dur).map_err(anyhow::Error::msg);
+    let run = |w, d, shards, depth, co| {
+        bench::run_point(&target, w, d, shards, depth, co, dur).map_err(anyhow::Error::msg)
+    };
     for &w in &a.workloads {
         // What `dog vdi write` does: one request at a time (seqwrite-1m only).
         let vs_one = w == Workload::SeqWrite1m && !a.no_raw;
         for &shards in &a.shards {
             for &depth in &a.depths {
                 let (mut on, mut off) = (Vec::new(), Vec::new());
-                let mut goal = Goal { workload: w, shards, depth, iops: Vec::new(), p99: Vec::new(), vs_one: Vec::new(), one_mib_s: Vec::new() };
+                let mut goal = Goal {
+                    workload: w,
+                    shards,
+                    depth,
+                    iops: Vec::new(),
+                    p99: Vec::new(),
+                    vs_one: Vec::new(),
+                    one_mib_s: Vec::new(),
+                };
                 for rep in 0..a.repeat {
                     // The baselines run before sheepdev in even repetitions, after it in
                     // odd ones, so drift of the machine does not favour either side.
@@ -212,7 +248,11 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                     let mut measured = Vec::new();
                     for &co in &order {
                         let p = run(w, driver, shards, depth, co)?;
-                        let moff = if a.metrics_overhead { Some(run(w, Driver::SheepdevNoMetrics, shards, depth, co)?) } else { None };
+                        let moff = if a.metrics_overhead {
+                            Some(run(w, Driver::SheepdevNoMetrics, shards, depth, co)?)
+                        } else {
+                            None
+                        };
                         measured.push((p, moff));
                     }
                     let (raw, one) = match before {
@@ -222,7 +262,11 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                     for (p, moff) in measured {
                         print_row(&p, raw.as_ref(), moff.as_ref());
                         if p.errors > 0 {
-                            eprintln!("bench: {} errors in {} shards={shards} depth={depth}", p.errors, w.name());
+                            eprintln!(
+                                "bench: {} errors in {} shards={shards} depth={depth}",
+                                p.errors,
+                                w.name()
+                            );
                         }
                         // The goals count the first coalesce setting given (the default, on).
                         if a.coalesce.first() == Some(&p.coalesce) {
@@ -244,8 +288,13 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 if both {
                     let iops = |v: &[Point]| median(v.iter().map(|p| p.iops).collect());
                     let p99 = |v: &[Point]| median(v.iter().map(|p| p.p99_us).collect());
-                    let each: Vec<String> = on.iter().zip(&off).map(|(x, y)| format!("{:.2}", x.iops / y.iops.max(1e-9))).collect();
-                    let merged = on.iter().map(|p| p.merged).sum::<u64>() as f64 / on.iter().map(|p| p.ios).sum::<u64>().max(1) as f64;
+                    let each: Vec<String> = on
+                        .iter()
+                        .zip(&off)
+                        .map(|(x, y)| format!("{:.2}", x.iops / y.iops.max(1e-9)))
+                        .collect();
+                    let merged = on.iter().map(|p| p.merged).sum::<u64>() as f64
+                        / on.iter().map(|p| p.ios).sum::<u64>().max(1) as f64;
                     pairs.push(format!(
                         "| {} | {shards} | {depth} | {:.0} | {:.0} | **{:.2}** | {:.2} | {:.0} | {} |",
                         w.name(),
@@ -268,7 +317,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         pairs.iter().for_each(|l| println!("{l}"));
     }
     if let Some(path) = &a.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&points)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec_pretty(&points)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &a.plot {
         let title = format!(
@@ -280,7 +330,11 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 format!(
                     ", store {}{}",
                     if a.store_sync { "fdatasync on" } else { "sync off" },
-                    if a.store_latency_ms > 0 { format!(", +{} ms per object I/O", a.store_latency_ms) } else { String::new() }
+                    if a.store_latency_ms > 0 {
+                        format!(", +{} ms per object I/O", a.store_latency_ms)
+                    } else {
+                        String::new()
+                    }
                 )
             } else {
                 String::new()
@@ -318,7 +372,8 @@ struct Goal {
 
 /// `median (min–max)` of `v`, or `-` when empty.
 fn spread(v: &[f64]) -> String {
-    let (lo, hi) = v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &x| (l.min(x), h.max(x)));
+    let (lo, hi) =
+        v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &x| (l.min(x), h.max(x)));
     match v.len() {
         0 => "-".into(),
         1 => format!("{:.2}", v[0]),
@@ -337,7 +392,15 @@ fn print_goals(goals: &[Goal], repeat: u32) {
     println!("| workload | shards | depth | IOPS ÷ raw | p99 ÷ raw p99 | MiB/s ÷ one request at a time |");
     println!("|---|---:|---:|---|---|---|");
     for g in goals {
-        println!("| {} | {} | {} | {} | {} | {} |", g.workload.name(), g.shards, g.depth, spread(&g.iops), spread(&g.p99), spread(&g.vs_one));
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            g.workload.name(),
+            g.shards,
+            g.depth,
+            spread(&g.iops),
+            spread(&g.p99),
+            spread(&g.vs_one)
+        );
     }
     if let Some(g) = best_vs_one(goals) {
         println!(
@@ -353,7 +416,10 @@ fn print_goals(goals: &[Goal], repeat: u32) {
 
 /// The seqwrite-1m point with the best median ratio against one request at a time.
 fn best_vs_one(goals: &[Goal]) -> Option<&Goal> {
-    goals.iter().filter(|g| !g.vs_one.is_empty()).max_by(|x, y| median(x.vs_one.clone()).total_cmp(&median(y.vs_one.clone())))
+    goals
+        .iter()
+        .filter(|g| !g.vs_one.is_empty())
+        .max_by(|x, y| median(x.vs_one.clone()).total_cmp(&median(y.vs_one.clone())))
 }
 
 /// One table row: a sheepdev point against the raw ceiling (and metrics off).
@@ -367,7 +433,8 @@ fn print_row(p: &Point, raw: Option<&Point>, off: Option<&Point>) {
         ),
         None => ("-".into(), "-".into(), "-".into(), "-".into()),
     };
-    let overhead = off.map_or(String::new(), |o| format!(" {:.0} | {:.3} |", o.iops, p.iops / o.iops.max(1e-9)));
+    let overhead = off
+        .map_or(String::new(), |o| format!(" {:.0} | {:.3} |", o.iops, p.iops / o.iops.max(1e-9)));
     println!(
         "| {} | {} | {} | {} | {:.0} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {rio} | {rp99} | {ratio} | {pratio} |{overhead}",
         p.workload.name(),
@@ -388,7 +455,15 @@ mod tests {
     use super::*;
 
     fn goal(depth: u16, vs_one: &[f64]) -> Goal {
-        Goal { workload: Workload::SeqWrite1m, shards: 2, depth, iops: vec![1.0], p99: vec![1.0], vs_one: vs_one.to_vec(), one_mib_s: vec![700.0] }
+        Goal {
+            workload: Workload::SeqWrite1m,
+            shards: 2,
+            depth,
+            iops: vec![1.0],
+            p99: vec![1.0],
+            vs_one: vs_one.to_vec(),
+            one_mib_s: vec![700.0],
+        }
     }
 
     #[test]

@@ -124,7 +124,8 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
 }
 
 fn call(req: &Request) -> anyhow::Result<daemon::Response> {
-    let r = daemon::request(&daemon::control_path(), req, Duration::from_secs(180)).map_err(anyhow::Error::msg)?;
+    let r = daemon::request(&daemon::control_path(), req, Duration::from_secs(180))
+        .map_err(anyhow::Error::msg)?;
     for w in &r.warnings {
         eprintln!("sheepdev: warning: {w}");
     }
@@ -161,7 +162,8 @@ pub fn add(a: AddArgs) -> anyhow::Result<()> {
         queues: a.queues.unwrap_or(cores.clamp(1, 64)),
         depth: a.depth,
         connections: a.connections,
-        max_io: u32::try_from(a.max_io).map_err(|_| anyhow::anyhow!("max-io {} is too large", a.max_io))?,
+        max_io: u32::try_from(a.max_io)
+            .map_err(|_| anyhow::anyhow!("max-io {} is too large", a.max_io))?,
         block_size: a.block_size,
         read_only: a.read_only,
         shared: a.shared,
@@ -184,7 +186,9 @@ fn target(t: Option<String>, id: Option<u32>, cmd: &str) -> anyhow::Result<Targe
             t.parse::<crate::vdi::VdiSpec>().map_err(anyhow::Error::msg)?;
             Target::Vdi(t)
         }
-        (None, None) => bail!("which device? usage: sheepdev {cmd} VDI[:SNAP] | /dev/ublkbN | --id N"),
+        (None, None) => {
+            bail!("which device? usage: sheepdev {cmd} VDI[:SNAP] | /dev/ublkbN | --id N")
+        }
     })
 }
 
@@ -210,10 +214,16 @@ pub fn systemd_unit(a: SystemdUnitArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     let bin = match a.bin {
         Some(b) => b,
-        None => std::env::current_exe().context("finding this binary's path (give it with --bin)")?,
+        None => {
+            std::env::current_exe().context("finding this binary's path (give it with --bin)")?
+        }
     };
-    let bin = bin.to_str().filter(|b| b.starts_with('/') && !b.contains(char::is_whitespace) && !b.contains('%'));
-    let Some(bin) = bin else { bail!("the unit needs an absolute path without spaces or '%' for the binary (give one with --bin)") };
+    let bin = bin
+        .to_str()
+        .filter(|b| b.starts_with('/') && !b.contains(char::is_whitespace) && !b.contains('%'));
+    let Some(bin) = bin else {
+        bail!("the unit needs an absolute path without spaces or '%' for the binary (give one with --bin)")
+    };
     print!("{}", daemon::SYSTEMD_UNIT.replace("@SHEEPDEV@", bin));
     Ok(())
 }
@@ -224,10 +234,16 @@ pub fn stats(a: ListArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&r.stats)?);
         return Ok(());
     }
-    println!("{:<14} {:<20} {:<13} {:>12} {:>10} {:>10} {:>10}", "device", "vdi", "op", "requests", "p50 µs", "p99 µs", "p99.9 µs");
+    println!(
+        "{:<14} {:<20} {:<13} {:>12} {:>10} {:>10} {:>10}",
+        "device", "vdi", "op", "requests", "p50 µs", "p99 µs", "p99.9 µs"
+    );
     for d in &r.stats {
         for o in d.ops.iter().filter(|o| o.count > 0) {
-            println!("{:<14} {:<20} {:<13} {:>12} {:>10.1} {:>10.1} {:>10.1}", d.device, d.vdi, o.op, o.count, o.p50_us, o.p99_us, o.p999_us);
+            println!(
+                "{:<14} {:<20} {:<13} {:>12} {:>10.1} {:>10.1} {:>10.1}",
+                d.device, d.vdi, o.op, o.count, o.p50_us, o.p99_us, o.p999_us
+            );
         }
     }
     Ok(())
@@ -239,7 +255,10 @@ pub fn list(a: ListArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&r.mappings)?);
         return Ok(());
     }
-    println!("{:<14} {:<20} {:>8} {:<10} {:<22} {:>6} {:>6} {:<8}", "device", "vdi", "vid", "snapshot", "gateways", "queues", "depth", "state");
+    println!(
+        "{:<14} {:<20} {:>8} {:<10} {:<22} {:>6} {:>6} {:<8}",
+        "device", "vdi", "vid", "snapshot", "gateways", "queues", "depth", "state"
+    );
     for m in &r.mappings {
         println!(
             "{:<14} {:<20} {:>8x} {:<10} {:<22} {:>6} {:>6} {:<8}",

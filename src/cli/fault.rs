@@ -47,7 +47,11 @@ fn addr_arg(s: &str) -> Result<SocketAddr, String> {
 
 /// A duration with a unit: `250ms`, `2s`, `1.5s`, `1m`, `100us`.
 pub(crate) fn duration_arg(s: &str) -> Result<Duration, String> {
-    let bad = || format!("bad duration {s:?}: expected a number with a unit (us, ms, s, m), e.g. 500ms or 2s");
+    let bad = || {
+        format!(
+            "bad duration {s:?}: expected a number with a unit (us, ms, s, m), e.g. 500ms or 2s"
+        )
+    };
     let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
     let (num, unit) = s.split_at(split);
     let n: f64 = num.parse().map_err(|_| bad())?;
@@ -84,13 +88,20 @@ fn timestamp(t: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem / 60 % 60, rem % 60, d.subsec_millis())
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        d.subsec_millis()
+    )
 }
 
 type Action = Box<dyn Fn(&Handle) + Send>;
 
 pub fn run(a: FaultProxyArgs) -> anyhow::Result<()> {
-    let proxy = Proxy::start(a.listen, a.target).with_context(|| format!("listening on {}", a.listen))?;
+    let proxy =
+        Proxy::start(a.listen, a.target).with_context(|| format!("listening on {}", a.listen))?;
     let h = proxy.handle();
     let events = h.events();
     eprintln!("sheepdev fault-proxy: relaying {} to {}", proxy.addr(), a.target);
@@ -117,7 +128,10 @@ pub fn run(a: FaultProxyArgs) -> anyhow::Result<()> {
     }
     if !plan.is_empty() {
         let h = h.clone();
-        thread::Builder::new().name("fault-schedule".into()).spawn(move || schedule(&h, plan)).context("starting the fault schedule")?;
+        thread::Builder::new()
+            .name("fault-schedule".into())
+            .spawn(move || schedule(&h, plan))
+            .context("starting the fault schedule")?;
     }
     let mut out = std::io::stdout();
     for ev in events {
@@ -162,7 +176,13 @@ mod tests {
     #[test]
     fn timestamps_are_utc_rfc3339() {
         assert_eq!(timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        assert_eq!(timestamp(UNIX_EPOCH + Duration::from_millis(1_796_035_437_123)), "2026-11-30T10:43:57.123Z");
-        assert_eq!(timestamp(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00.000Z");
+        assert_eq!(
+            timestamp(UNIX_EPOCH + Duration::from_millis(1_796_035_437_123)),
+            "2026-11-30T10:43:57.123Z"
+        );
+        assert_eq!(
+            timestamp(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00.000Z"
+        );
     }
 }

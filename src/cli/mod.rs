@@ -101,7 +101,9 @@ pub(crate) fn metrics_addr(s: &str) -> Result<dev::MetricsAddr, String> {
     if s == "off" {
         return Ok(dev::MetricsAddr(None));
     }
-    s.parse().map(|a| dev::MetricsAddr(Some(a))).map_err(|_| format!("bad metrics address {s:?}: expected IP:PORT (e.g. 127.0.0.1:9477) or off"))
+    s.parse().map(|a| dev::MetricsAddr(Some(a))).map_err(|_| {
+        format!("bad metrics address {s:?}: expected IP:PORT (e.g. 127.0.0.1:9477) or off")
+    })
 }
 
 pub(crate) fn path_arg(s: &str) -> Result<PathBuf, String> {

@@ -32,7 +32,10 @@ pub fn run(a: FioReportArgs) -> anyhow::Result<()> {
     print!("{}", fio::markdown(&jobs, ceiling.as_deref()));
     let bad: Vec<&str> = jobs.iter().filter(|j| j.errors() > 0).map(|j| j.name.as_str()).collect();
     if !bad.is_empty() {
-        bail!("fio reported errors in {}: these figures are not a clean measurement", bad.join(", "));
+        bail!(
+            "fio reported errors in {}: these figures are not a clean measurement",
+            bad.join(", ")
+        );
     }
     Ok(())
 }
@@ -57,10 +60,18 @@ fn load(path: &Path) -> anyhow::Result<Vec<Job>> {
     let mut jobs: Vec<Job> = Vec::new();
     let mut from: Vec<&Path> = Vec::new();
     for f in &files {
-        let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-        for j in fio::parse(&text).with_context(|| format!("{} is not fio JSON output", f.display()))? {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        for j in
+            fio::parse(&text).with_context(|| format!("{} is not fio JSON output", f.display()))?
+        {
             if let Some(i) = jobs.iter().position(|o| o.name == j.name) {
-                bail!("job {:?} is in both {} and {}: one file per job name", j.name, from[i].display(), f.display());
+                bail!(
+                    "job {:?} is in both {} and {}: one file per job name",
+                    j.name,
+                    from[i].display(),
+                    f.display()
+                );
             }
             jobs.push(j);
             from.push(f);
@@ -103,9 +114,24 @@ mod tests {
 
     #[test]
     fn natural_order() {
-        let mut v = vec!["randread-4k-qd32.json", "randread-4k-qd128.json", "randread-4k-qd1.json", "randwrite-4k-qd1.json", "a.json"];
+        let mut v = vec![
+            "randread-4k-qd32.json",
+            "randread-4k-qd128.json",
+            "randread-4k-qd1.json",
+            "randwrite-4k-qd1.json",
+            "a.json",
+        ];
         v.sort_by(|a, b| natural_cmp(a, b));
-        assert_eq!(v, vec!["a.json", "randread-4k-qd1.json", "randread-4k-qd32.json", "randread-4k-qd128.json", "randwrite-4k-qd1.json"]);
+        assert_eq!(
+            v,
+            vec![
+                "a.json",
+                "randread-4k-qd1.json",
+                "randread-4k-qd32.json",
+                "randread-4k-qd128.json",
+                "randwrite-4k-qd1.json"
+            ]
+        );
         assert_eq!(natural_cmp("x007", "x7"), Ordering::Equal);
         assert_eq!(natural_cmp("x", "x1"), Ordering::Less);
     }

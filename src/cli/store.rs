@@ -39,7 +39,8 @@ pub struct StoreArgs {
 }
 
 fn listen_arg(s: &str) -> Result<SocketAddr, String> {
-    s.parse().map_err(|_| format!("bad listen address {s:?}: expected IP:PORT, e.g. 127.0.0.1:7000"))
+    s.parse()
+        .map_err(|_| format!("bad listen address {s:?}: expected IP:PORT, e.g. 127.0.0.1:7000"))
 }
 
 pub fn run(a: StoreArgs) -> anyhow::Result<()> {
@@ -53,7 +54,8 @@ pub fn run(a: StoreArgs) -> anyhow::Result<()> {
         object_delay: std::time::Duration::from_millis(a.slow_disk_ms),
         fast_reads: a.fast_reads,
     };
-    let store = Store::start(cfg).with_context(|| format!("starting the store in {}", a.dir.display()))?;
+    let store =
+        Store::start(cfg).with_context(|| format!("starting the store in {}", a.dir.display()))?;
     for addr in store.local_addrs() {
         eprintln!("sheepdev store: serving {} on {addr}", a.dir.display());
     }

@@ -121,8 +121,12 @@ pub fn run(a: VdiArgs) -> anyhow::Result<()> {
     })??;
     match data {
         None => Ok(()),
-        Some(Data::Write { spec, o, offset, depth }) => write(o, offset, depth).with_context(|| format!("writing {spec}")),
-        Some(Data::Read { spec, o, offset, length, depth }) => read(o, offset, length, depth).with_context(|| format!("reading {spec}")),
+        Some(Data::Write { spec, o, offset, depth }) => {
+            write(o, offset, depth).with_context(|| format!("writing {spec}"))
+        }
+        Some(Data::Read { spec, o, offset, length, depth }) => {
+            read(o, offset, length, depth).with_context(|| format!("reading {spec}"))
+        }
     }
 }
 
@@ -153,9 +157,15 @@ impl Plan {
                     if !os.is_power_of_two() {
                         bail!("object size {os} is not a power of two");
                     }
-                    manage::check_size(size, os.trailing_zeros() as u8).with_context(|| format!("vdi {n}"))?;
+                    manage::check_size(size, os.trailing_zeros() as u8)
+                        .with_context(|| format!("vdi {n}"))?;
                 }
-                Plan::Create { name, size, redundancy: copies.unwrap_or(Redundancy::Default), object_size: object_size.unwrap_or(0) }
+                Plan::Create {
+                    name,
+                    size,
+                    redundancy: copies.unwrap_or(Redundancy::Default),
+                    object_size: object_size.unwrap_or(0),
+                }
             }
             VdiCmd::List { json } => Plan::List { json },
             VdiCmd::Snapshot { name: n, tag } => {
@@ -170,15 +180,21 @@ impl Plan {
             VdiCmd::Clone { src, new } => Plan::Clone { src: spec(&src)?, new: name(&new)? },
             VdiCmd::Rebase { src } => Plan::Rebase { src: spec(&src)? },
             VdiCmd::Delete { spec: s } => Plan::Delete { spec: spec(&s)? },
-            VdiCmd::Write { spec: s, offset, depth } => Plan::Write { spec: spec(&s)?, offset, depth: depth.into() },
-            VdiCmd::Read { spec: s, offset, length, depth } => Plan::Read { spec: spec(&s)?, offset, length, depth: depth.into() },
+            VdiCmd::Write { spec: s, offset, depth } => {
+                Plan::Write { spec: spec(&s)?, offset, depth: depth.into() }
+            }
+            VdiCmd::Read { spec: s, offset, length, depth } => {
+                Plan::Read { spec: spec(&s)?, offset, length, depth: depth.into() }
+            }
         })
     }
 
     async fn run(self, c: Rc<Client>, all: &[Gateway]) -> anyhow::Result<Option<Data>> {
         match self {
             Plan::Create { name, size, redundancy, object_size } => {
-                let info = manage::create(&c, &name, size, redundancy, object_size).await.with_context(|| format!("creating vdi {name}"))?;
+                let info = manage::create(&c, &name, size, redundancy, object_size)
+                    .await
+                    .with_context(|| format!("creating vdi {name}"))?;
                 eprintln!("created {name} (vid {})", info.vid);
             }
             Plan::List { json } => {
@@ -190,28 +206,37 @@ impl Plan {
                 }
             }
             Plan::Snapshot { name, tag } => {
-                let (old, new) = manage::snapshot(&c, &name, tag.as_ref()).await.with_context(|| format!("snapshotting {name}"))?;
+                let (old, new) = manage::snapshot(&c, &name, tag.as_ref())
+                    .await
+                    .with_context(|| format!("snapshotting {name}"))?;
                 let snap_id = c.read_inode_header(old).await?.snap_id;
                 eprintln!("snapshot {name}:{snap_id} (vid {old}); working vdi is now vid {new}");
             }
             Plan::Clone { src, new } => {
-                let info = manage::clone(&c, &src, &new).await.with_context(|| format!("cloning {src} to {new}"))?;
+                let info = manage::clone(&c, &src, &new)
+                    .await
+                    .with_context(|| format!("cloning {src} to {new}"))?;
                 eprintln!("cloned {src} to {new} (vid {})", info.vid);
             }
             Plan::Rebase { src } => {
-                let (old, new) = manage::rebase(&c, &src).await.with_context(|| format!("rebasing {} on {src}", src.name))?;
+                let (old, new) = manage::rebase(&c, &src)
+                    .await
+                    .with_context(|| format!("rebasing {} on {src}", src.name))?;
                 eprintln!("{} is now vid {} made from {src}; the previous working vdi (vid {old}) is kept as a snapshot", src.name, new.vid);
             }
             Plan::Delete { spec } => {
-                let vid = manage::delete(&c, &spec).await.with_context(|| format!("deleting {spec}"))?;
+                let vid =
+                    manage::delete(&c, &spec).await.with_context(|| format!("deleting {spec}"))?;
                 eprintln!("deleted {spec} (vid {vid})");
             }
             Plan::Write { spec, offset, depth } => {
-                let o = open(&c, all, &spec, false).await.with_context(|| format!("writing {spec}"))?;
+                let o =
+                    open(&c, all, &spec, false).await.with_context(|| format!("writing {spec}"))?;
                 return Ok(Some(Data::Write { spec, o, offset, depth }));
             }
             Plan::Read { spec, offset, length, depth } => {
-                let o = open(&c, all, &spec, true).await.with_context(|| format!("reading {spec}"))?;
+                let o =
+                    open(&c, all, &spec, true).await.with_context(|| format!("reading {spec}"))?;
                 return Ok(Some(Data::Read { spec, o, offset, length, depth }));
             }
         }
@@ -220,7 +245,10 @@ impl Plan {
 }
 
 fn print_table(rows: &[manage::Listed]) {
-    println!("{:<2} {:<24} {:>5} {:>10} {:>10} {:>10} {:>8} {:<16}", "", "Name", "Id", "Size", "Used", "Shared", "Vid", "Tag");
+    println!(
+        "{:<2} {:<24} {:>5} {:>10} {:>10} {:>10} {:>8} {:<16}",
+        "", "Name", "Id", "Size", "Used", "Shared", "Vid", "Tag"
+    );
     for r in rows {
         println!(
             "{:<2} {:<24} {:>5} {:>10} {:>10} {:>10} {:>8x} {:<16}",
@@ -259,7 +287,9 @@ fn progress(total: Option<u64>) -> indicatif::ProgressBar {
         Some(t) => indicatif::ProgressBar::new(t),
         None => indicatif::ProgressBar::new_spinner(),
     };
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}") {
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    ) {
         pb.set_style(style);
     }
     pb
@@ -281,7 +311,12 @@ struct Opened {
     gateways: Vec<Gateway>,
 }
 
-async fn open(c: &Client, all: &[Gateway], spec: &VdiSpec, read_only: bool) -> anyhow::Result<Opened> {
+async fn open(
+    c: &Client,
+    all: &[Gateway],
+    spec: &VdiSpec,
+    read_only: bool,
+) -> anyhow::Result<Opened> {
     let info = c.vdi_info(&spec.name, &spec.snap).await?;
     if !read_only && spec.snap.is_snapshot() {
         bail!("{spec} is a snapshot and cannot be written (clone it, or rebase onto it)");
@@ -292,8 +327,13 @@ async fn open(c: &Client, all: &[Gateway], spec: &VdiSpec, read_only: bool) -> a
 
 /// The shard that carries the bytes: requests of up to [`CHUNK`], `depth` at once.
 fn shard_for(o: &Opened, depth: usize) -> anyhow::Result<Remote> {
-    let cfg = shard::Config { slots: depth * 2 + 8, max_io: CHUNK as usize, ..shard::Config::new(o.gateways.clone()) };
-    Remote::start(cfg, o.vol.clone(), depth).with_context(|| format!("connecting to {}", o.gateways[0]))
+    let cfg = shard::Config {
+        slots: depth * 2 + 8,
+        max_io: CHUNK as usize,
+        ..shard::Config::new(o.gateways.clone())
+    };
+    Remote::start(cfg, o.vol.clone(), depth)
+        .with_context(|| format!("connecting to {}", o.gateways[0]))
 }
 
 /// Wait for one request of `remote`; its buffer back, or the error naming its offset.
@@ -345,11 +385,17 @@ fn write(o: Opened, offset: u64, depth: usize) -> anyhow::Result<()> {
             break;
         }
         if pos + got as u64 > size {
-            failed = Some(format!("input goes beyond the end of the vdi ({size} bytes) at offset {pos}"));
+            failed = Some(format!(
+                "input goes beyond the end of the vdi ({size} bytes) at offset {pos}"
+            ));
             break;
         }
         buf.truncate(got);
-        remote.submit(Job { id: pos, desc: IoDesc { op: Op::Write, offset: pos, len: got as u32, tag: 0, fua: false }, buf })?;
+        remote.submit(Job {
+            id: pos,
+            desc: IoDesc { op: Op::Write, offset: pos, len: got as u32, tag: 0, fua: false },
+            buf,
+        })?;
         (pos, inflight) = (pos + got as u64, inflight + 1);
         peak = peak.max(inflight);
         pb.set_position(pos - offset);
@@ -390,7 +436,11 @@ fn read(o: Opened, offset: u64, length: Option<u64>, depth: usize) -> anyhow::Re
             let n = chunk_len(pos, bss, end - pos);
             let mut buf = free.pop().unwrap_or_default();
             buf.resize(n as usize, 0);
-            remote.submit(Job { id: pos, desc: IoDesc { op: Op::Read, offset: pos, len: n as u32, tag: 0, fua: false }, buf })?;
+            remote.submit(Job {
+                id: pos,
+                desc: IoDesc { op: Op::Read, offset: pos, len: n as u32, tag: 0, fua: false },
+                buf,
+            })?;
             pending.push_back(pos);
             peak = peak.max(pending.len());
             pos += n;
@@ -414,5 +464,7 @@ fn read(o: Opened, offset: u64, length: Option<u64>, depth: usize) -> anyhow::Re
 fn report(what: &str, bytes: u64, started: Instant, peak: usize) {
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     let mibs = bytes as f64 / secs / (1 << 20) as f64;
-    tracing::info!("{what} {bytes} bytes in {secs:.2} s ({mibs:.1} MiB/s), up to {peak} requests in flight");
+    tracing::info!(
+        "{what} {bytes} bytes in {secs:.2} s ({mibs:.1} MiB/s), up to {peak} requests in flight"
+    );
 }

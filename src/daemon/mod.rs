@@ -47,7 +47,9 @@ pub const DEFAULT_CONTROL: &str = "/run/sheepdev/control.sock";
 
 /// The control socket path: `SHEEPDEV_CONTROL` or [`DEFAULT_CONTROL`].
 pub fn control_path() -> PathBuf {
-    std::env::var_os("SHEEPDEV_CONTROL").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL))
+    std::env::var_os("SHEEPDEV_CONTROL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL))
 }
 
 /// `add` as the CLI sends it (already validated by clap; the daemon checks again).
@@ -156,14 +158,20 @@ pub struct Response {
 /// Send one request to the daemon at `socket` and wait for its answer (up to `timeout`).
 pub fn request(socket: &Path, req: &Request, timeout: Duration) -> Result<Response, Error> {
     let c = |msg: String| Error::Control(msg);
-    let mut s = UnixStream::connect(socket)
-        .map_err(|e| c(format!("cannot reach the sheepdev daemon at {} ({e}): is `sheepdev serve` running?", socket.display())))?;
+    let mut s = UnixStream::connect(socket).map_err(|e| {
+        c(format!(
+            "cannot reach the sheepdev daemon at {} ({e}): is `sheepdev serve` running?",
+            socket.display()
+        ))
+    })?;
     s.set_read_timeout(Some(timeout)).map_err(|e| c(e.to_string()))?;
     let mut line = serde_json::to_string(req).map_err(|e| c(e.to_string()))?;
     line.push('\n');
     s.write_all(line.as_bytes()).map_err(|e| c(format!("talking to the daemon: {e}")))?;
     let mut answer = String::new();
-    BufReader::new(&s).read_line(&mut answer).map_err(|e| c(format!("waiting for the daemon: {e}")))?;
+    BufReader::new(&s)
+        .read_line(&mut answer)
+        .map_err(|e| c(format!("waiting for the daemon: {e}")))?;
     if answer.is_empty() {
         return Err(c("the daemon closed the connection without answering (see its log)".into()));
     }
@@ -186,12 +194,24 @@ mod tests {
 
     #[test]
     fn the_unit_restarts_the_daemon_and_keeps_the_host_mount_namespace() {
-        let active: Vec<&str> = SYSTEMD_UNIT.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).collect();
-        for want in ["ExecStart=@SHEEPDEV@ serve", "Restart=always", "KillMode=mixed", "KillSignal=SIGTERM", "TimeoutStopSec=90"] {
+        let active: Vec<&str> =
+            SYSTEMD_UNIT.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).collect();
+        for want in [
+            "ExecStart=@SHEEPDEV@ serve",
+            "Restart=always",
+            "KillMode=mixed",
+            "KillSignal=SIGTERM",
+            "TimeoutStopSec=90",
+        ] {
             assert!(active.contains(&want), "the unit lacks {want}");
         }
         for l in &active {
-            assert!(!l.starts_with("Private") && !l.starts_with("Protect") && !l.starts_with("RuntimeDirectory"), "{l}");
+            assert!(
+                !l.starts_with("Private")
+                    && !l.starts_with("Protect")
+                    && !l.starts_with("RuntimeDirectory"),
+                "{l}"
+            );
         }
     }
 }

@@ -77,14 +77,22 @@ impl Daemon {
             eprintln!("sheepdev serve: {name}: {} control requests still under way after {} s; exiting anyway", self.busy.get(), EXIT_WAIT.as_secs());
         }
         self.persist();
-        let (kept, lost): (Vec<Mapping>, Vec<Mapping>) = self.mappings.borrow().values().cloned().partition(|m| m.recoverable || m.state != "live");
+        let (kept, lost): (Vec<Mapping>, Vec<Mapping>) = self
+            .mappings
+            .borrow()
+            .values()
+            .cloned()
+            .partition(|m| m.recoverable || m.state != "live");
         eprintln!(
             "sheepdev serve: {name}: exiting; {} device(s) stay in the kernel with their I/O held until the next `sheepdev serve` re-attaches them{}",
             kept.len(),
             if kept.is_empty() { String::new() } else { format!(" ({})", kept.iter().map(|m| m.device.as_str()).collect::<Vec<_>>().join(", ")) }
         );
         for m in &lost {
-            eprintln!("sheepdev serve: {} ({}) has no user recovery: the kernel stops it now", m.device, m.vdi);
+            eprintln!(
+                "sheepdev serve: {} ({}) has no user recovery: the kernel stops it now",
+                m.device, m.vdi
+            );
         }
         // No destructor may run: dropping a device's control would delete the device.
         std::process::exit(0);
@@ -102,7 +110,11 @@ impl Daemon {
                 break;
             }
             let _busy = Busy::new(&self.busy);
-            let Some((dev, vdi)) = self.mappings.borrow().get(&id).map(|m| (m.device.clone(), m.vdi.clone())) else { continue };
+            let Some((dev, vdi)) =
+                self.mappings.borrow().get(&id).map(|m| (m.device.clone(), m.vdi.clone()))
+            else {
+                continue;
+            };
             let t0 = Instant::now();
             match self.reattach(id).await {
                 Ok(_) => eprintln!("sheepdev serve: re-attached {dev} ({vdi}) in {:.1} s", t0.elapsed().as_secs_f64()),
@@ -117,15 +129,25 @@ impl Daemon {
     async fn release_stale_lock(&self, m: &Mapping) {
         if m.locked {
             match release_by_name(m).await {
-                Ok(()) => eprintln!("sheepdev serve: released the lock on {} (vid {:x})", m.name, m.vid),
-                Err(e) => eprintln!("sheepdev serve: could not release the lock on {} (vid {:x}): {e}", m.name, m.vid),
+                Ok(()) => {
+                    eprintln!("sheepdev serve: released the lock on {} (vid {:x})", m.name, m.vid)
+                }
+                Err(e) => eprintln!(
+                    "sheepdev serve: could not release the lock on {} (vid {:x}): {e}",
+                    m.name, m.vid
+                ),
             }
         }
     }
 
     /// Serve device `id`, which a previous daemon left, again.
     pub(super) async fn reattach(&self, id: u32) -> Result<Mapping, Error> {
-        let mut m = self.mappings.borrow().get(&id).cloned().ok_or_else(|| Error::NotFound(format!("no mapped device has id {id}")))?;
+        let mut m = self
+            .mappings
+            .borrow()
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("no mapped device has id {id}")))?;
         if self.live.borrow().contains_key(&id) {
             return Err(Error::Busy(format!("{} is already served by this daemon", m.device)));
         }
@@ -133,7 +155,10 @@ impl Daemon {
             self.mappings.borrow_mut().remove(&id);
             self.persist();
             self.release_stale_lock(&m).await;
-            return Err(Error::NotFound(format!("{} no longer exists in the kernel: dropped it from the device table", m.device)));
+            return Err(Error::NotFound(format!(
+                "{} no longer exists in the kernel: dropped it from the device table",
+                m.device
+            )));
         }
         self.set_state(id, "recovering");
         let r = self.reattach_as(&m).await;
@@ -205,11 +230,19 @@ async fn sheep_target(m: &Mapping) -> Result<(ublk::Target, Option<(Rc<Client>, 
     let gateways: Vec<Gateway> = m
         .gateways
         .iter()
-        .map(|g| g.parse().map_err(|_| Error::Invalid(format!("bad gateway address {g:?} in the device table"))))
+        .map(|g| {
+            g.parse().map_err(|_| {
+                Error::Invalid(format!("bad gateway address {g:?} in the device table"))
+            })
+        })
         .collect::<Result<_, _>>()?;
     let mut cfg = Config::new(gateways.iter().cloned());
     cfg.connect_timeout = Duration::from_secs(3);
-    let c = Rc::new(Client::connect(&cfg).await.map_err(Error::sheep(format!("connecting to {}", m.gateways.join(","))))?);
+    let c = Rc::new(
+        Client::connect(&cfg)
+            .await
+            .map_err(Error::sheep(format!("connecting to {}", m.gateways.join(","))))?,
+    );
     let mut lock = None;
     if m.locked {
         let name = VdiName::new(&m.name).map_err(|e| Error::Invalid(format!("{}: {e}", m.name)))?;
@@ -247,5 +280,12 @@ async fn sheep_target(m: &Mapping) -> Result<(ublk::Target, Option<(Rc<Client>, 
         }
     };
     let gws = c.reachable_first(&gateways);
-    Ok((ublk::Target::Sheep { vol: Arc::new(vol), gateways: gws, connections: usize::from(m.connections) }, lock))
+    Ok((
+        ublk::Target::Sheep {
+            vol: Arc::new(vol),
+            gateways: gws,
+            connections: usize::from(m.connections),
+        },
+        lock,
+    ))
 }

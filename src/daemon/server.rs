@@ -12,7 +12,10 @@ use std::time::Duration;
 use futures_lite::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use glommio::net::UnixListener;
 
-use super::state::{kernel_has, mapping_client, release, release_by_name, Busy, Daemon, Launched, Live, ServeOptions};
+use super::state::{
+    kernel_has, mapping_client, release, release_by_name, Busy, Daemon, Launched, Live,
+    ServeOptions,
+};
 use super::{AddRequest, Error, Mapping, Request, Response, Target};
 use crate::proto::SD_RES_VDI_LOCKED;
 use crate::sheep::{load_volume, manage, Client, Config, Gateway};
@@ -29,7 +32,8 @@ const VID_WATCH: Duration = Duration::from_millis(500);
 /// SIGTERM/SIGINT exit the process (0) leaving every device for the next daemon.
 pub fn serve(opts: ServeOptions) -> Result<(), Error> {
     let ctx = |what: String| move |e: std::io::Error| Error::Control(format!("{what}: {e}"));
-    std::fs::create_dir_all(&opts.state_dir).map_err(ctx(format!("creating {}", opts.state_dir.display())))?;
+    std::fs::create_dir_all(&opts.state_dir)
+        .map_err(ctx(format!("creating {}", opts.state_dir.display())))?;
     std::fs::set_permissions(&opts.state_dir, std::fs::Permissions::from_mode(0o700))
         .map_err(ctx(format!("making {} private", opts.state_dir.display())))?;
     if let Some(dir) = opts.control.parent() {
@@ -37,15 +41,21 @@ pub fn serve(opts: ServeOptions) -> Result<(), Error> {
     }
     if opts.control.exists() {
         if std::os::unix::net::UnixStream::connect(&opts.control).is_ok() {
-            return Err(Error::Busy(format!("another sheepdev daemon is already serving {}", opts.control.display())));
+            return Err(Error::Busy(format!(
+                "another sheepdev daemon is already serving {}",
+                opts.control.display()
+            )));
         }
-        std::fs::remove_file(&opts.control).map_err(ctx(format!("removing the stale socket {}", opts.control.display())))?;
+        std::fs::remove_file(&opts.control)
+            .map_err(ctx(format!("removing the stale socket {}", opts.control.display())))?;
     }
-    super::recover::catch_signals().map_err(ctx("installing the SIGTERM/SIGINT handlers".into()))?;
+    super::recover::catch_signals()
+        .map_err(ctx("installing the SIGTERM/SIGINT handlers".into()))?;
     // Every device a previous daemon left is re-attached once the socket is up; those the
     // kernel no longer has are dropped.
     let (mut mappings, gone): (BTreeMap<u32, Mapping>, Vec<Mapping>) = {
-        let (keep, gone): (Vec<_>, Vec<_>) = load_state(&opts.state_dir).into_values().partition(|m| kernel_has(m.id));
+        let (keep, gone): (Vec<_>, Vec<_>) =
+            load_state(&opts.state_dir).into_values().partition(|m| kernel_has(m.id));
         (keep.into_iter().map(|m| (m.id, m)).collect(), gone)
     };
     for m in mappings.values_mut() {
@@ -61,7 +71,8 @@ pub fn serve(opts: ServeOptions) -> Result<(), Error> {
             }
             None => None,
         };
-        let listener = UnixListener::bind(&opts.control).map_err(|e| Error::Control(format!("listening on {}: {e}", opts.control.display())))?;
+        let listener = UnixListener::bind(&opts.control)
+            .map_err(|e| Error::Control(format!("listening on {}: {e}", opts.control.display())))?;
         std::fs::set_permissions(&opts.control, std::fs::Permissions::from_mode(0o600))
             .map_err(ctx(format!("making {} private", opts.control.display())))?;
         eprintln!("sheepdev serve: control socket {}", opts.control.display());
@@ -88,9 +99,13 @@ pub fn serve(opts: ServeOptions) -> Result<(), Error> {
                         }
                         let resp = match serde_json::from_str::<Request>(&line) {
                             Ok(req) => d.handle(req).await,
-                            Err(e) => Response { error: Some(format!("bad request: {e}")), ..Default::default() },
+                            Err(e) => Response {
+                                error: Some(format!("bad request: {e}")),
+                                ..Default::default()
+                            },
                         };
-                        let mut out = serde_json::to_string(&resp).unwrap_or_else(|_| "{\"error\":\"cannot encode the answer\"}".into());
+                        let mut out = serde_json::to_string(&resp)
+                            .unwrap_or_else(|_| "{\"error\":\"cannot encode the answer\"}".into());
                         out.push('\n');
                         let mut stream = rd.into_inner();
                         let _ = stream.write_all(out.as_bytes()).await;
@@ -135,19 +150,35 @@ impl Daemon {
 
     async fn handle(&self, req: Request) -> Response {
         let _busy = match req {
-            Request::Add(_) | Request::Del { .. } | Request::Recover { .. } if self.stopping.get() => {
-                return Response { error: Some("the daemon is shutting down (SIGTERM): try again once it is back".into()), ..Default::default() };
+            Request::Add(_) | Request::Del { .. } | Request::Recover { .. }
+                if self.stopping.get() =>
+            {
+                return Response {
+                    error: Some(
+                        "the daemon is shutting down (SIGTERM): try again once it is back".into(),
+                    ),
+                    ..Default::default()
+                };
             }
-            Request::Add(_) | Request::Del { .. } | Request::Recover { .. } => Some(Busy::new(&self.busy)),
+            Request::Add(_) | Request::Del { .. } | Request::Recover { .. } => {
+                Some(Busy::new(&self.busy))
+            }
             Request::List | Request::Stats => None,
         };
         match req {
-            Request::List => Response { mappings: self.mappings.borrow().values().cloned().collect(), ..Default::default() },
+            Request::List => Response {
+                mappings: self.mappings.borrow().values().cloned().collect(),
+                ..Default::default()
+            },
             Request::Stats => {
                 let devices: Vec<_> = {
                     let live = self.live.borrow();
                     let maps = self.mappings.borrow();
-                    live.iter().filter_map(|(id, l)| Some((maps.get(id)?.clone(), l.metrics.as_ref()?.percentiles.clone()))).collect()
+                    live.iter()
+                        .filter_map(|(id, l)| {
+                            Some((maps.get(id)?.clone(), l.metrics.as_ref()?.percentiles.clone()))
+                        })
+                        .collect()
                 };
                 let mut stats = Vec::new();
                 for (m, p) in devices {
@@ -165,8 +196,13 @@ impl Daemon {
                 Err(e) => Response { error: Some(e.to_string()), ..Default::default() },
             },
             Request::Recover { target } => match self.find(&target) {
-                Ok(id) if self.mappings.borrow().get(&id).is_some_and(|m| m.state == "recovering") => {
-                    Response { error: Some(format!("/dev/ublkb{id} is being re-attached already")), ..Default::default() }
+                Ok(id)
+                    if self.mappings.borrow().get(&id).is_some_and(|m| m.state == "recovering") =>
+                {
+                    Response {
+                        error: Some(format!("/dev/ublkb{id} is being re-attached already")),
+                        ..Default::default()
+                    }
                 }
                 Ok(id) => match self.reattach(id).await {
                     Ok(m) => Response { mapping: Some(m), ..Default::default() },
@@ -178,23 +214,36 @@ impl Daemon {
     }
 
     async fn add(&self, a: AddRequest) -> Result<Mapping, Error> {
-        if !(1..=64).contains(&a.queues) || !(1..=4096).contains(&a.depth) || !(1..=16).contains(&a.connections) {
-            return Err(Error::Invalid("queues must be 1..64, depth 1..4096, connections 1..16".into()));
+        if !(1..=64).contains(&a.queues)
+            || !(1..=4096).contains(&a.depth)
+            || !(1..=16).contains(&a.connections)
+        {
+            return Err(Error::Invalid(
+                "queues must be 1..64, depth 1..4096, connections 1..16".into(),
+            ));
         }
         if a.block_size != 512 && a.block_size != 4096 {
             return Err(Error::Invalid(format!("block size {} is not 512 or 4096", a.block_size)));
         }
         if a.max_io < a.block_size || a.max_io > (1 << 20) {
-            return Err(Error::Invalid(format!("max-io {} must be between the block size and 1M", a.max_io)));
+            return Err(Error::Invalid(format!(
+                "max-io {} must be between the block size and 1M",
+                a.max_io
+            )));
         }
         if let Some(id) = a.id {
-            if self.mappings.borrow().contains_key(&id) || std::path::Path::new(&format!("/dev/ublkc{id}")).exists() {
+            if self.mappings.borrow().contains_key(&id)
+                || std::path::Path::new(&format!("/dev/ublkc{id}")).exists()
+            {
                 return Err(Error::Busy(format!("ublk device id {id} is already in use")));
             }
         }
         ublk::available()?;
-        let gateways: Vec<Gateway> =
-            a.gateways.iter().map(|g| g.parse().map_err(|_| Error::Invalid(format!("bad gateway address {g:?}")))).collect::<Result<_, _>>()?;
+        let gateways: Vec<Gateway> = a
+            .gateways
+            .iter()
+            .map(|g| g.parse().map_err(|_| Error::Invalid(format!("bad gateway address {g:?}"))))
+            .collect::<Result<_, _>>()?;
         let mut m = Mapping {
             device: String::new(),
             id: 0,
@@ -221,7 +270,9 @@ impl Daemon {
         let mut lock: Option<(Rc<Client>, crate::proto::Vid)> = None;
         if let Some(size) = a.null_size {
             if size == 0 || size % u64::from(a.block_size) != 0 {
-                return Err(Error::Invalid(format!("null device size {size} must be a non-zero multiple of the block size")));
+                return Err(Error::Invalid(format!(
+                    "null device size {size} must be a non-zero multiple of the block size"
+                )));
             }
             (m.vdi, m.name, m.size) = ("null".into(), "null".into(), size);
             target = ublk::Target::Null { size };
@@ -240,23 +291,39 @@ impl Daemon {
             };
             let vid = match (&spec.snap, a.read_only) {
                 (SnapSel::Working, false) if !a.shared => {
-                    let v = c.lock_vdi(&spec.name, &SnapSel::Working, false).await.map_err(|e| in_use(e, &a.vdi))?.vid;
+                    let v = c
+                        .lock_vdi(&spec.name, &SnapSel::Working, false)
+                        .await
+                        .map_err(|e| in_use(e, &a.vdi))?
+                        .vid;
                     lock = Some((c.clone(), v));
                     v
                 }
-                (SnapSel::Working, _) => c.vdi_info(&spec.name, &SnapSel::Working).await.map_err(Error::sheep(&a.vdi))?.vid,
+                (SnapSel::Working, _) => {
+                    c.vdi_info(&spec.name, &SnapSel::Working)
+                        .await
+                        .map_err(Error::sheep(&a.vdi))?
+                        .vid
+                }
                 (_, true) => {
                     m.snapshot = Some(spec.snap.to_string().trim_start_matches(':').to_string());
                     c.vdi_info(&spec.name, &spec.snap).await.map_err(Error::sheep(&a.vdi))?.vid
                 }
                 (_, false) => {
                     // The seed's semantics: a new writable VDI from the snapshot, by rebase.
-                    let (_, new) = manage::rebase(&c, &spec).await.map_err(Error::sheep(format!("making {} writable from {}", spec.name, a.vdi)))?;
-                    m.rebased_from = Some(spec.snap.to_string().trim_start_matches(':').to_string());
+                    let (_, new) = manage::rebase(&c, &spec).await.map_err(Error::sheep(
+                        format!("making {} writable from {}", spec.name, a.vdi),
+                    ))?;
+                    m.rebased_from =
+                        Some(spec.snap.to_string().trim_start_matches(':').to_string());
                     if a.shared {
                         new.vid
                     } else {
-                        let v = c.lock_vdi(&spec.name, &SnapSel::Working, false).await.map_err(|e| in_use(e, spec.name.as_str()))?.vid;
+                        let v = c
+                            .lock_vdi(&spec.name, &SnapSel::Working, false)
+                            .await
+                            .map_err(|e| in_use(e, spec.name.as_str()))?
+                            .vid;
                         lock = Some((c.clone(), v));
                         v
                     }
@@ -275,7 +342,11 @@ impl Daemon {
                 m.read_only = true;
             }
             let gws = c.reachable_first(&gateways);
-            target = ublk::Target::Sheep { vol: Arc::new(vol), gateways: gws, connections: usize::from(a.connections) };
+            target = ublk::Target::Sheep {
+                vol: Arc::new(vol),
+                gateways: gws,
+                connections: usize::from(a.connections),
+            };
         }
         let labels = (m.vdi.clone(), m.snapshot.clone().unwrap_or_default());
         let spec = ublk::Spec {
@@ -332,10 +403,15 @@ impl Daemon {
                             tracing::warn!("{}: {e}", m.device);
                             continue;
                         }
-                        Err(LockMove::NotOurs(e)) => eprintln!("sheepdev serve: {} ({}): {e}", m.device, m.name),
+                        Err(LockMove::NotOurs(e)) => {
+                            eprintln!("sheepdev serve: {} ({}): {e}", m.device, m.name)
+                        }
                     }
                 }
-                eprintln!("sheepdev serve: {} ({}) follows a live snapshot: vid {:x} -> {new:x}", m.device, m.name, m.vid);
+                eprintln!(
+                    "sheepdev serve: {} ({}) follows a live snapshot: vid {:x} -> {new:x}",
+                    m.device, m.name, m.vid
+                );
                 if let Some(e) = self.mappings.borrow_mut().get_mut(&m.id) {
                     e.vid = new;
                 }
@@ -368,11 +444,19 @@ impl Daemon {
             })
             .map_err(|e| Error::Control(format!("cannot start a device thread: {e}")))?;
         // A re-attach may first wait up to 30 s for the kernel to quiesce the device.
-        let started = glommio::executor().spawn_blocking(move || started_rx.recv_timeout(DEVICE_WAIT)).await;
+        let started =
+            glommio::executor().spawn_blocking(move || started_rx.recv_timeout(DEVICE_WAIT)).await;
         match started {
-            Ok(Ok(st)) => Ok(Launched { id: st.id, recoverable: st.recoverable, live: Live { abort, metrics: st.metrics, ended: ended_rx, vol } }),
+            Ok(Ok(st)) => Ok(Launched {
+                id: st.id,
+                recoverable: st.recoverable,
+                live: Live { abort, metrics: st.metrics, ended: ended_rx, vol },
+            }),
             Ok(Err(e)) => Err(e.into()),
-            Err(_) => Err(Error::Control(format!("the ublk device did not come up within {} s", DEVICE_WAIT.as_secs()))),
+            Err(_) => Err(Error::Control(format!(
+                "the ublk device did not come up within {} s",
+                DEVICE_WAIT.as_secs()
+            ))),
         }
     }
 
@@ -384,7 +468,10 @@ impl Daemon {
             Target::Vdi(v) => {
                 let exact: Vec<u32> = maps.values().filter(|m| &m.vdi == v).map(|m| m.id).collect();
                 if exact.is_empty() {
-                    maps.values().filter(|m| &m.name == v && m.snapshot.is_none()).map(|m| m.id).collect()
+                    maps.values()
+                        .filter(|m| &m.name == v && m.snapshot.is_none())
+                        .map(|m| m.id)
+                        .collect()
                 } else {
                     exact
                 }
@@ -407,9 +494,17 @@ impl Daemon {
 
     async fn del(&self, t: Target, force: bool) -> Result<(Mapping, Vec<String>), Error> {
         let id = self.find(&t)?;
-        let m = self.mappings.borrow().get(&id).cloned().ok_or_else(|| Error::NotFound("the device vanished".into()))?;
+        let m = self
+            .mappings
+            .borrow()
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound("the device vanished".into()))?;
         if m.state == "recovering" {
-            return Err(Error::Busy(format!("{} is being re-attached; try again once `sheepdev list` shows it live", m.device)));
+            return Err(Error::Busy(format!(
+                "{} is being re-attached; try again once `sheepdev list` shows it live",
+                m.device
+            )));
         }
         let live = self.live.borrow_mut().remove(&id);
         let mut warnings = Vec::new();
@@ -432,8 +527,11 @@ impl Daemon {
             dm.remove();
         }
         if let Some(l) = live {
-            let ended =
-                glommio::executor().spawn_blocking(move || l.ended.recv_timeout(if force { Duration::from_secs(10) } else { DEVICE_WAIT })).await;
+            let ended = glommio::executor()
+                .spawn_blocking(move || {
+                    l.ended.recv_timeout(if force { Duration::from_secs(10) } else { DEVICE_WAIT })
+                })
+                .await;
             if ended.is_err() {
                 warnings.push(format!("device {id} did not finish stopping in time; its queue threads may still be draining"));
             }
@@ -441,7 +539,10 @@ impl Daemon {
             // Left by an earlier daemon: remove the kernel device too.
             let r = glommio::executor()
                 .spawn_blocking(move || {
-                    libublk::ctrl::UblkCtrl::new_simple(id as i32).and_then(|c| c.del_dev()).map(|_| ()).map_err(|e| e.to_string())
+                    libublk::ctrl::UblkCtrl::new_simple(id as i32)
+                        .and_then(|c| c.del_dev())
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
                 })
                 .await;
             if let Err(e) = r {
@@ -454,7 +555,9 @@ impl Daemon {
                 if !force {
                     warnings.push(w);
                 } else {
-                    warnings.push(format!("{w}; release it later with a client that can reach the cluster"));
+                    warnings.push(format!(
+                        "{w}; release it later with a client that can reach the cluster"
+                    ));
                 }
             }
         }
@@ -475,7 +578,9 @@ enum LockMove {
 /// The device's VDI moved from `m.vid` to the new working vid `new` (a live snapshot):
 /// LOCK_VDI the working VDI by name, then give back the lock of the old vid.
 async fn move_lock(m: &Mapping, new: u32) -> Result<(), LockMove> {
-    let c = mapping_client(m).await.map_err(|e| LockMove::Retry(format!("moving the VDI lock after a live snapshot: {e}")))?;
+    let c = mapping_client(m)
+        .await
+        .map_err(|e| LockMove::Retry(format!("moving the VDI lock after a live snapshot: {e}")))?;
     let name = crate::proto::VdiName::new(&m.name).map_err(|e| LockMove::NotOurs(e.to_string()))?;
     let r = match c.lock_vdi(&name, &SnapSel::Working, false).await {
         Ok(info) if info.vid.0 == new => Ok(()),
@@ -492,7 +597,11 @@ async fn move_lock(m: &Mapping, new: u32) -> Result<(), LockMove> {
         Err(e) => return Err(LockMove::Retry(format!("locking the new working vid {new:x}: {e}"))),
     };
     if let Err(e) = c.release_vdi(crate::proto::Vid(m.vid), false).await {
-        tracing::warn!("{}: could not release the lock on the snapshot vid {:x}: {e}", m.name, m.vid);
+        tracing::warn!(
+            "{}: could not release the lock on the snapshot vid {:x}: {e}",
+            m.name,
+            m.vid
+        );
     }
     r
 }

@@ -69,7 +69,8 @@ impl Drop for Busy<'_> {
 
 /// Whether the kernel still has ublk device `id`.
 pub(super) fn kernel_has(id: u32) -> bool {
-    std::path::Path::new(&format!("/dev/ublkc{id}")).exists() || std::path::Path::new(&format!("/sys/class/ublk-char/ublkc{id}")).exists()
+    std::path::Path::new(&format!("/dev/ublkc{id}")).exists()
+        || std::path::Path::new(&format!("/sys/class/ublk-char/ublkc{id}")).exists()
 }
 
 pub(super) async fn release(lock: &Option<(Rc<Client>, crate::proto::Vid)>) {
@@ -87,10 +88,14 @@ pub(super) async fn mapping_client(m: &Mapping) -> Result<Client, Error> {
     let mut cfg = Config::new(gateways);
     cfg.connect_timeout = Duration::from_secs(2);
     cfg.request_timeout = Duration::from_secs(10);
-    Client::connect(&cfg).await.map_err(Error::sheep(format!("connecting to {}", m.gateways.join(","))))
+    Client::connect(&cfg)
+        .await
+        .map_err(Error::sheep(format!("connecting to {}", m.gateways.join(","))))
 }
 
 pub(super) async fn release_by_name(m: &Mapping) -> Result<(), Error> {
     let c = mapping_client(m).await?;
-    c.release_vdi(crate::proto::Vid(m.vid), false).await.map_err(Error::sheep(format!("releasing vid {:x}", m.vid)))
+    c.release_vdi(crate::proto::Vid(m.vid), false)
+        .await
+        .map_err(Error::sheep(format!("releasing vid {:x}", m.vid)))
 }

@@ -80,7 +80,13 @@ impl Framer {
                 } else {
                     ((header_end - HEADER_LEN as u64 / 2).max(start), false)
                 };
-                return Some(CutPoint { at, start: header_end - HEADER_LEN as u64, in_payload, id: rsp.id, data_length: rsp.data_length });
+                return Some(CutPoint {
+                    at,
+                    start: header_end - HEADER_LEN as u64,
+                    in_payload,
+                    id: rsp.id,
+                    data_length: rsp.data_length,
+                });
             }
         }
         None
@@ -93,7 +99,15 @@ mod tests {
     use crate::proto::{ReqHeader, SD_RES_SUCCESS};
 
     fn response(id: u32, len: u32) -> Vec<u8> {
-        let req = ReqHeader { proto_ver: 2, opcode: 2, flags: 0, epoch: 0, id, data_length: len, args: [0; 32] };
+        let req = ReqHeader {
+            proto_ver: 2,
+            opcode: 2,
+            flags: 0,
+            epoch: 0,
+            id,
+            data_length: len,
+            args: [0; 32],
+        };
         let mut r = RspHeader::reply_to(&req, SD_RES_SUCCESS);
         r.data_length = len;
         let mut v = r.encode().to_vec();
@@ -122,7 +136,16 @@ mod tests {
             }
             assert_eq!(seen, 3, "chunk {chunk}");
             let cut = cut.expect("the third response is cut");
-            assert_eq!(cut, CutPoint { at: third + HEADER_LEN as u64 + 2048, start: third, in_payload: true, id: 3, data_length: 4096 });
+            assert_eq!(
+                cut,
+                CutPoint {
+                    at: third + HEADER_LEN as u64 + 2048,
+                    start: third,
+                    in_payload: true,
+                    id: 3,
+                    data_length: 4096
+                }
+            );
         }
     }
 

@@ -199,7 +199,9 @@ impl Handle {
 
     /// Sleep `d` before forwarding each chunk (zero: no delay).
     pub fn set_delay(&self, d: Duration) {
-        self.faults.delay_ns.store(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.faults
+            .delay_ns
+            .store(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
         self.faults.record(Fault::Delay { delay: d });
     }
 

@@ -43,7 +43,9 @@ impl Proxy {
         let handle = Handle { faults: Arc::new(Faults::new()) };
         let relays: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let (f, r) = (Arc::clone(&handle.faults), Arc::clone(&relays));
-        let acceptor = thread::Builder::new().name("fault-accept".into()).spawn(move || accept(&l, target, &f, &r))?;
+        let acceptor = thread::Builder::new()
+            .name("fault-accept".into())
+            .spawn(move || accept(&l, target, &f, &r))?;
         Ok(Proxy { addr, handle, acceptor: Some(acceptor), relays })
     }
 
@@ -64,7 +66,11 @@ impl Drop for Proxy {
         if let Some(h) = self.acceptor.take() {
             let mut wake = self.addr;
             if wake.ip().is_unspecified() {
-                wake.set_ip(if wake.is_ipv4() { Ipv4Addr::LOCALHOST.into() } else { Ipv6Addr::LOCALHOST.into() });
+                wake.set_ip(if wake.is_ipv4() {
+                    Ipv4Addr::LOCALHOST.into()
+                } else {
+                    Ipv6Addr::LOCALHOST.into()
+                });
             }
             if h.is_finished() || TcpStream::connect_timeout(&wake, CONNECT_TIMEOUT).is_ok() {
                 let _ = h.join();
@@ -76,7 +82,12 @@ impl Drop for Proxy {
     }
 }
 
-fn accept(l: &TcpListener, target: SocketAddr, f: &Arc<Faults>, relays: &Mutex<Vec<JoinHandle<()>>>) {
+fn accept(
+    l: &TcpListener,
+    target: SocketAddr,
+    f: &Arc<Faults>,
+    relays: &Mutex<Vec<JoinHandle<()>>>,
+) {
     let next = AtomicU64::new(0);
     for client in l.incoming() {
         if f.stop.load(Ordering::SeqCst) {
@@ -168,7 +179,11 @@ fn would_block(e: &io::Error) -> bool {
 
 /// Relay one pair until either side ends, a drop, a cut or the proxy stops.
 fn relay(f: &Faults, id: u64, gen: u64, client: TcpStream, server: TcpStream) {
-    let setup = client.set_nodelay(true).and(server.set_nodelay(true)).and(client.set_nonblocking(true)).and(server.set_nonblocking(true));
+    let setup = client
+        .set_nodelay(true)
+        .and(server.set_nodelay(true))
+        .and(client.set_nonblocking(true))
+        .and(server.set_nonblocking(true));
     if let Err(e) = setup {
         tracing::warn!("fault proxy: cannot set up connection {id}: {e}");
         return close(&client, &server);
@@ -189,10 +204,20 @@ fn relay(f: &Faults, id: u64, gen: u64, client: TcpStream, server: TcpStream) {
                 return end_with_cut(f, id, how, cp, client, server);
             }
         }
-        let ev = |read: bool, write: bool| (if read { libc::POLLIN } else { 0 }) | (if write { libc::POLLOUT } else { 0 });
+        let ev = |read: bool, write: bool| {
+            (if read { libc::POLLIN } else { 0 }) | (if write { libc::POLLOUT } else { 0 })
+        };
         let mut fds = [
-            libc::pollfd { fd: client.as_raw_fd(), events: ev(up.is_empty(), !down.is_empty()), revents: 0 },
-            libc::pollfd { fd: server.as_raw_fd(), events: ev(down.is_empty() && cut.is_none(), !up.is_empty()), revents: 0 },
+            libc::pollfd {
+                fd: client.as_raw_fd(),
+                events: ev(up.is_empty(), !down.is_empty()),
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: server.as_raw_fd(),
+                events: ev(down.is_empty() && cut.is_none(), !up.is_empty()),
+                revents: 0,
+            },
         ];
         // SAFETY: `fds` is a valid array of two pollfd for the duration of the call.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, TICK.as_millis() as libc::c_int) };
@@ -205,7 +230,10 @@ fn relay(f: &Faults, id: u64, gen: u64, client: TcpStream, server: TcpStream) {
             return close(&client, &server);
         }
         let bad = libc::POLLERR | libc::POLLHUP | libc::POLLNVAL;
-        if (fds[0].revents | fds[1].revents) & bad != 0 && fds[0].revents & libc::POLLIN == 0 && fds[1].revents & libc::POLLIN == 0 {
+        if (fds[0].revents | fds[1].revents) & bad != 0
+            && fds[0].revents & libc::POLLIN == 0
+            && fds[1].revents & libc::POLLIN == 0
+        {
             return close(&client, &server);
         }
         let mut moved = false;
@@ -275,7 +303,10 @@ fn end_with_cut(f: &Faults, id: u64, how: Cut, cp: CutPoint, client: TcpStream, 
                 )
             };
             if rc != 0 {
-                tracing::warn!("fault proxy: SO_LINGER on connection {id}: {}", io::Error::last_os_error());
+                tracing::warn!(
+                    "fault proxy: SO_LINGER on connection {id}: {}",
+                    io::Error::last_os_error()
+                );
             }
             // Closing the only descriptor of a socket with a zero linger sends an RST.
             drop(client);
@@ -284,7 +315,14 @@ fn end_with_cut(f: &Faults, id: u64, how: Cut, cp: CutPoint, client: TcpStream, 
             let _ = client.shutdown(Shutdown::Both);
         }
     }
-    f.record(Fault::Cut { how, connection: id, id: cp.id, data_length: cp.data_length, sent: cp.at - cp.start, in_payload: cp.in_payload });
+    f.record(Fault::Cut {
+        how,
+        connection: id,
+        id: cp.id,
+        data_length: cp.data_length,
+        sent: cp.at - cp.start,
+        in_payload: cp.in_payload,
+    });
 }
 
 /// Bytes the kernel still holds for `s` (not yet sent or not yet acknowledged).
@@ -319,7 +357,8 @@ mod tests {
                     let mut s = s;
                     let mut head = [0u8; HEADER_LEN];
                     while s.read_exact(&mut head).is_ok() {
-                        let mut rsp = RspHeader::reply_to(&ReqHeader::decode(&head), SD_RES_SUCCESS);
+                        let mut rsp =
+                            RspHeader::reply_to(&ReqHeader::decode(&head), SD_RES_SUCCESS);
                         rsp.data_length = len;
                         let mut out = rsp.encode().to_vec();
                         out.extend((0..len).map(|i| i as u8));
@@ -334,7 +373,15 @@ mod tests {
     }
 
     fn ask(c: &mut TcpStream, id: u32) -> io::Result<Vec<u8>> {
-        let req = ReqHeader { proto_ver: 2, opcode: 2, flags: 0, epoch: 0, id, data_length: 0, args: [0; 32] };
+        let req = ReqHeader {
+            proto_ver: 2,
+            opcode: 2,
+            flags: 0,
+            epoch: 0,
+            id,
+            data_length: 0,
+            args: [0; 32],
+        };
         c.write_all(&req.encode())?;
         let mut got = Vec::new();
         let mut buf = [0u8; 4096];
@@ -343,7 +390,9 @@ mod tests {
                 Ok(0) => return Ok(got),
                 Ok(n) => got.extend_from_slice(&buf[..n]),
                 Err(e) if got.is_empty() => return Err(e),
-                Err(e) => return Err(io::Error::new(e.kind(), format!("after {} bytes: {e}", got.len()))),
+                Err(e) => {
+                    return Err(io::Error::new(e.kind(), format!("after {} bytes: {e}", got.len())))
+                }
             }
         }
     }
@@ -360,7 +409,15 @@ mod tests {
         let mut c = TcpStream::connect(p.addr()).expect("connect");
         c.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
         // A whole response goes through untouched.
-        let req = ReqHeader { proto_ver: 2, opcode: 2, flags: 0, epoch: 0, id: 7, data_length: 0, args: [0; 32] };
+        let req = ReqHeader {
+            proto_ver: 2,
+            opcode: 2,
+            flags: 0,
+            epoch: 0,
+            id: 7,
+            data_length: 0,
+            args: [0; 32],
+        };
         c.write_all(&req.encode()).expect("send");
         let mut whole = vec![0u8; HEADER_LEN + 1000];
         c.read_exact(&mut whole).expect("a whole response");
@@ -368,7 +425,17 @@ mod tests {
         h.cut_next(Cut::Truncate, Which::WithPayload);
         let got = ask(&mut c, 8).expect("part of a response, then EOF");
         assert_eq!(got.len(), HEADER_LEN + 500);
-        assert_eq!(cut_event(&rx), Fault::Cut { how: Cut::Truncate, connection: 0, id: 8, data_length: 1000, sent: 548, in_payload: true });
+        assert_eq!(
+            cut_event(&rx),
+            Fault::Cut {
+                how: Cut::Truncate,
+                connection: 0,
+                id: 8,
+                data_length: 1000,
+                sent: 548,
+                in_payload: true
+            }
+        );
         assert_eq!(h.injected(), 1);
     }
 
@@ -382,7 +449,10 @@ mod tests {
         h.cut_next(Cut::Reset, Which::Any);
         let e = ask(&mut c, 1).expect_err("the connection is reset");
         assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}");
-        assert!(matches!(cut_event(&rx), Fault::Cut { how: Cut::Reset, sent: 24, in_payload: false, .. }));
+        assert!(matches!(
+            cut_event(&rx),
+            Fault::Cut { how: Cut::Reset, sent: 24, in_payload: false, .. }
+        ));
     }
 
     #[test]
@@ -391,7 +461,15 @@ mod tests {
         let h = p.handle();
         let mut c = TcpStream::connect(p.addr()).expect("connect");
         c.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-        let req = ReqHeader { proto_ver: 2, opcode: 2, flags: 0, epoch: 0, id: 1, data_length: 0, args: [0; 32] };
+        let req = ReqHeader {
+            proto_ver: 2,
+            opcode: 2,
+            flags: 0,
+            epoch: 0,
+            id: 1,
+            data_length: 0,
+            args: [0; 32],
+        };
         c.write_all(&req.encode()).expect("send");
         let mut r = [0u8; HEADER_LEN + 10];
         c.read_exact(&mut r).expect("answer");

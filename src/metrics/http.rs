@@ -13,7 +13,8 @@ const MAX_HEAD: usize = 8192;
 
 /// Serve `/metrics` on `addr` until the executor ends. Binding errors are returned at once.
 pub fn serve_http(addr: SocketAddr) -> Result<glommio::Task<()>, String> {
-    let listener = TcpListener::bind(addr).map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+    let listener =
+        TcpListener::bind(addr).map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
     Ok(glommio::spawn_local(async move {
         loop {
             match listener.accept().await {
@@ -50,7 +51,9 @@ async fn handle(mut stream: glommio::net::TcpStream) {
             Ok(httparse::Status::Complete(_)) => {
                 break match (req.method, req.path.map(|p| p.split('?').next().unwrap_or(p))) {
                     (Some("GET"), Some("/metrics")) => ("200 OK", super::render()),
-                    (Some("GET"), Some("/")) => ("200 OK", "sheepdev: metrics at /metrics\n".into()),
+                    (Some("GET"), Some("/")) => {
+                        ("200 OK", "sheepdev: metrics at /metrics\n".into())
+                    }
                     (Some("GET"), _) => ("404 Not Found", "not found\n".into()),
                     _ => ("405 Method Not Allowed", "only GET\n".into()),
                 };

@@ -25,7 +25,9 @@ use std::time::Duration;
 use hdrhistogram::Histogram as Hdr;
 use prometheus::core::Collector;
 use prometheus::local::{LocalHistogram, LocalIntCounter};
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 use serde::Serialize;
 
 pub use http::serve_http;
@@ -33,8 +35,13 @@ pub use http::serve_http;
 use crate::block::Op;
 
 /// Block ops in label order.
-pub const OPS: [(Op, &str); 5] =
-    [(Op::Read, "read"), (Op::Write, "write"), (Op::Flush, "flush"), (Op::Discard, "discard"), (Op::WriteZeroes, "write_zeroes")];
+pub const OPS: [(Op, &str); 5] = [
+    (Op::Read, "read"),
+    (Op::Write, "write"),
+    (Op::Flush, "flush"),
+    (Op::Discard, "discard"),
+    (Op::WriteZeroes, "write_zeroes"),
+];
 
 /// Backend request kinds, in label order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +54,8 @@ pub enum Backend {
     /// GET_VDI_INFO after a live snapshot (READONLY): the new working vid.
     VdiLookup = 5,
 }
-pub const BACKEND_LABELS: [&str; 6] = ["read_obj", "write_obj", "create_and_write", "cow_create", "inode_update", "vdi_lookup"];
+pub const BACKEND_LABELS: [&str; 6] =
+    ["read_obj", "write_obj", "create_and_write", "cow_create", "inode_update", "vdi_lookup"];
 
 /// 10 µs × 2^k, k = 0..20: 10 µs … ~10.5 s.
 pub fn latency_buckets() -> Vec<f64> {
@@ -84,10 +92,18 @@ fn reg<C: Collector + Clone + 'static>(r: &Registry, c: C) -> C {
 impl Families {
     fn new() -> Families {
         let r = Registry::new();
-        let g = |n: &str, h: &str, l: &[&str]| reg(&r, IntGaugeVec::new(Opts::new(n, h), l).expect("valid gauge"));
-        let c = |n: &str, h: &str, l: &[&str]| reg(&r, IntCounterVec::new(Opts::new(n, h), l).expect("valid counter"));
+        let g = |n: &str, h: &str, l: &[&str]| {
+            reg(&r, IntGaugeVec::new(Opts::new(n, h), l).expect("valid gauge"))
+        };
+        let c = |n: &str, h: &str, l: &[&str]| {
+            reg(&r, IntCounterVec::new(Opts::new(n, h), l).expect("valid counter"))
+        };
         let hist = |n: &str, h: &str, l: &[&str]| {
-            reg(&r, HistogramVec::new(HistogramOpts::new(n, h).buckets(latency_buckets()), l).expect("valid histogram"))
+            reg(
+                &r,
+                HistogramVec::new(HistogramOpts::new(n, h).buckets(latency_buckets()), l)
+                    .expect("valid histogram"),
+            )
         };
         let dq = &["device", "queue"];
         let f = Families {
@@ -98,30 +114,76 @@ impl Families {
                 &["device", "vdi", "snapshot", "read_only", "queues", "depth"],
             ),
             device_size: g("sheepdev_device_size_bytes", "Size of the device.", &["device"]),
-            io_requests: c("sheepdev_io_requests_total", "Block requests completed, by op and result.", &["device", "queue", "op", "result"]),
-            io_bytes: c("sheepdev_io_bytes_total", "Bytes of completed block requests.", &["device", "queue", "op"]),
+            io_requests: c(
+                "sheepdev_io_requests_total",
+                "Block requests completed, by op and result.",
+                &["device", "queue", "op", "result"],
+            ),
+            io_bytes: c(
+                "sheepdev_io_bytes_total",
+                "Bytes of completed block requests.",
+                &["device", "queue", "op"],
+            ),
             io_latency: hist(
                 "sheepdev_io_latency_seconds",
                 "Block request latency, from arrival at the shard to completion.",
                 &["device", "queue", "op"],
             ),
-            queue_inflight: g("sheepdev_queue_inflight", "Block requests in progress on the queue.", dq),
+            queue_inflight: g(
+                "sheepdev_queue_inflight",
+                "Block requests in progress on the queue.",
+                dq,
+            ),
             queue_depth: g("sheepdev_queue_depth", "Depth of the queue.", dq),
-            backend_latency: hist("sheepdev_backend_request_latency_seconds", "Sheep request latency by opcode.", &["device", "queue", "opcode"]),
-            backend_errors: c("sheepdev_backend_errors_total", "Sheep requests that failed, by result.", &["device", "queue", "opcode", "result"]),
-            backend_inflight: g("sheepdev_backend_inflight", "Sheep requests in flight per connection.", &["device", "queue", "conn"]),
-            connection_up: g("sheepdev_backend_connection_up", "Whether a sheep connection is up.", &["device", "queue", "conn", "gateway"]),
-            reconnects: c("sheepdev_backend_reconnects_total", "Reconnections to a gateway.", &["device", "gateway"]),
-            coalesced: c("sheepdev_coalesced_merges_total", "Requests merged into another sheep request.", dq),
+            backend_latency: hist(
+                "sheepdev_backend_request_latency_seconds",
+                "Sheep request latency by opcode.",
+                &["device", "queue", "opcode"],
+            ),
+            backend_errors: c(
+                "sheepdev_backend_errors_total",
+                "Sheep requests that failed, by result.",
+                &["device", "queue", "opcode", "result"],
+            ),
+            backend_inflight: g(
+                "sheepdev_backend_inflight",
+                "Sheep requests in flight per connection.",
+                &["device", "queue", "conn"],
+            ),
+            connection_up: g(
+                "sheepdev_backend_connection_up",
+                "Whether a sheep connection is up.",
+                &["device", "queue", "conn", "gateway"],
+            ),
+            reconnects: c(
+                "sheepdev_backend_reconnects_total",
+                "Reconnections to a gateway.",
+                &["device", "gateway"],
+            ),
+            coalesced: c(
+                "sheepdev_coalesced_merges_total",
+                "Requests merged into another sheep request.",
+                dq,
+            ),
             cow_writes: c("sheepdev_cow_writes_total", "Copy-on-write creates.", dq),
-            create_waits: c("sheepdev_create_waits_total", "Writes held because their object was being created.", dq),
-            inode_reloads: c("sheepdev_inode_reloads_total", "Inode header reloads (live snapshots).", dq),
+            create_waits: c(
+                "sheepdev_create_waits_total",
+                "Writes held because their object was being created.",
+                dq,
+            ),
+            inode_reloads: c(
+                "sheepdev_inode_reloads_total",
+                "Inode header reloads (live snapshots).",
+                dq,
+            ),
             registry: r,
         };
         f.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         #[cfg(target_os = "linux")]
         {
-            let _ = f.registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+            let _ = f
+                .registry
+                .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
         }
         f
     }
@@ -182,7 +244,13 @@ impl Percentiles {
                     let _ = h.add(&*s[i].lock().unwrap_or_else(std::sync::PoisonError::into_inner));
                 }
                 let q = |x: f64| h.value_at_quantile(x) as f64 / 1000.0;
-                OpStats { op: (*name).to_string(), count: h.len(), p50_us: q(0.5), p99_us: q(0.99), p999_us: q(0.999) }
+                OpStats {
+                    op: (*name).to_string(),
+                    count: h.len(),
+                    p50_us: q(0.5),
+                    p99_us: q(0.99),
+                    p999_us: q(0.999),
+                }
             })
             .collect()
     }
@@ -212,7 +280,9 @@ type Tracked = Arc<Mutex<Vec<(Fam, Vec<String>)>>>;
 
 fn track(t: &Tracked, fam: Fam, labels: &[&str]) {
     let mut t = t.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !t.iter().any(|(f, l)| *f as u8 == fam as u8 && l.iter().map(String::as_str).eq(labels.iter().copied())) {
+    if !t.iter().any(|(f, l)| {
+        *f as u8 == fam as u8 && l.iter().map(String::as_str).eq(labels.iter().copied())
+    }) {
         t.push((fam, labels.iter().map(|s| s.to_string()).collect()));
     }
 }
@@ -229,9 +299,24 @@ pub struct DeviceMetrics {
 
 impl DeviceMetrics {
     /// Register a device: its info and size series, and its percentile recorders.
-    pub fn new(device: &str, vdi: &str, snapshot: &str, read_only: bool, queues: u16, depth: u16, size: u64) -> DeviceMetrics {
+    pub fn new(
+        device: &str,
+        vdi: &str,
+        snapshot: &str,
+        read_only: bool,
+        queues: u16,
+        depth: u16,
+        size: u64,
+    ) -> DeviceMetrics {
         let f = global();
-        let info = vec![device.to_string(), vdi.to_string(), snapshot.to_string(), read_only.to_string(), queues.to_string(), depth.to_string()];
+        let info = vec![
+            device.to_string(),
+            vdi.to_string(),
+            snapshot.to_string(),
+            read_only.to_string(),
+            queues.to_string(),
+            depth.to_string(),
+        ];
         f.device_info.with_label_values(&info).set(1);
         f.device_size.with_label_values(&[device]).set(size as i64);
         DeviceMetrics {
@@ -264,14 +349,22 @@ impl DeviceMetrics {
         let conn_labels: Vec<String> = (0..conns).map(|c| c.to_string()).collect();
         ShardMetrics {
             ok: OPS.map(|(_, n)| c(&f.io_requests, Fam::IoRequests, &[d, &qs, n, "ok"]).local()),
-            err: OPS.map(|(_, n)| c(&f.io_requests, Fam::IoRequests, &[d, &qs, n, "error"]).local()),
+            err: OPS
+                .map(|(_, n)| c(&f.io_requests, Fam::IoRequests, &[d, &qs, n, "error"]).local()),
             bytes: OPS.map(|(_, n)| c(&f.io_bytes, Fam::IoBytes, &[d, &qs, n]).local()),
             latency: OPS.map(|(_, n)| h(&f.io_latency, Fam::IoLatency, &[d, &qs, n]).local()),
             inflight: 0,
             inflight_gauge: g(&f.queue_inflight, Fam::QueueInflight, &[d, &qs]),
-            backend: BACKEND_LABELS.map(|n| h(&f.backend_latency, Fam::BackendLatency, &[d, &qs, n]).local()),
-            conn_inflight: conn_labels.iter().map(|cl| g(&f.backend_inflight, Fam::BackendInflight, &[d, &qs, cl])).collect(),
-            conn_up: conn_labels.iter().map(|cl| g(&f.connection_up, Fam::ConnectionUp, &[d, &qs, cl, gateway])).collect(),
+            backend: BACKEND_LABELS
+                .map(|n| h(&f.backend_latency, Fam::BackendLatency, &[d, &qs, n]).local()),
+            conn_inflight: conn_labels
+                .iter()
+                .map(|cl| g(&f.backend_inflight, Fam::BackendInflight, &[d, &qs, cl]))
+                .collect(),
+            conn_up: conn_labels
+                .iter()
+                .map(|cl| g(&f.connection_up, Fam::ConnectionUp, &[d, &qs, cl, gateway]))
+                .collect(),
             reconnects: c(&f.reconnects, Fam::Reconnects, &[d, gateway]),
             coalesced: c(&f.coalesced, Fam::Coalesced, &[d, &qs]),
             cow: c(&f.cow_writes, Fam::CowWrites, &[d, &qs]),
@@ -280,7 +373,11 @@ impl DeviceMetrics {
             hdr: OPS.map(|_| new_hdr()),
             published: {
                 let p: Arc<ShardHdr> = Arc::new(OPS.map(|_| Mutex::new(new_hdr())));
-                self.percentiles.shards.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(p.clone());
+                self.percentiles
+                    .shards
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(p.clone());
                 p
             },
             device: d.to_string(),
@@ -309,7 +406,9 @@ impl DeviceMetrics {
         let info: Vec<&str> = self.info.iter().map(String::as_str).collect();
         let _ = f.device_info.remove_label_values(&info);
         let _ = f.device_size.remove_label_values(&[self.device.as_str()]);
-        let tracked = std::mem::take(&mut *self.tracked.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let tracked = std::mem::take(
+            &mut *self.tracked.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         for (fam, labels) in tracked {
             let l: Vec<&str> = labels.iter().map(String::as_str).collect();
             let _ = match fam {
@@ -441,7 +540,10 @@ mod tests {
         let needle = format!("device=\"{dev}\"");
         text.lines()
             .filter(|l| {
-                l.starts_with(&format!("{fam}_bucket{{")) && l.contains(&needle) && l.contains("op=\"read\"") && l.contains(&format!("le=\"{le}\""))
+                l.starts_with(&format!("{fam}_bucket{{"))
+                    && l.contains(&needle)
+                    && l.contains("op=\"read\"")
+                    && l.contains(&format!("le=\"{le}\""))
             })
             .find_map(|l| l.rsplit(' ').next()?.parse().ok())
     }
@@ -459,12 +561,18 @@ mod tests {
         let mut m = dm.shard(0, 4, 1, "127.0.0.1:7000");
         m.begin_io();
         m.io(Op::Read, 4096, true, Duration::from_micros(150));
-        assert_eq!(bucket_count("sheepdev_io_latency_seconds", "test-bucket", "0.00016"), Some(0), "published only by flush");
+        assert_eq!(
+            bucket_count("sheepdev_io_latency_seconds", "test-bucket", "0.00016"),
+            Some(0),
+            "published only by flush"
+        );
         m.flush();
         // Buckets are 10 µs × 2^k: 150 µs is above 80 µs and below 160 µs.
         assert_eq!(bucket_count("sheepdev_io_latency_seconds", "test-bucket", "0.00008"), Some(0));
         assert_eq!(bucket_count("sheepdev_io_latency_seconds", "test-bucket", "0.00016"), Some(1));
-        assert!(render().contains("sheepdev_io_bytes_total{device=\"test-bucket\",op=\"read\",queue=\"0\"} 4096"));
+        assert!(render().contains(
+            "sheepdev_io_bytes_total{device=\"test-bucket\",op=\"read\",queue=\"0\"} 4096"
+        ));
         let s = dm.percentiles.snapshot();
         let read = s.iter().find(|o| o.op == "read").expect("read stats");
         assert_eq!(read.count, 1);

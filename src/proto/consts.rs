@@ -39,7 +39,8 @@ pub const SD_INODE_DATA_INDEX: u32 = 1 << 20;
 /// Bytes of the inode before `data_vdi_id`.
 pub const SD_INODE_HEADER_SIZE: u32 = 4664;
 /// Size of the whole inode object (`struct sd_inode`).
-pub const SD_INODE_SIZE: u32 = SD_INODE_HEADER_SIZE + 4 * SD_INODE_DATA_INDEX + 8 * SD_INODE_DATA_INDEX;
+pub const SD_INODE_SIZE: u32 =
+    SD_INODE_HEADER_SIZE + 4 * SD_INODE_DATA_INDEX + 8 * SD_INODE_DATA_INDEX;
 /// Default `block_size_shift` (4 MiB objects).
 pub const SD_DEFAULT_BLOCK_SIZE_SHIFT: u8 = 22;
 /// Smallest and largest `block_size_shift` dog accepts.
@@ -93,7 +94,15 @@ opcodes! {
 impl Opcode {
     /// Whether requests with this opcode use the object layout of bytes 16..48 (else the VDI one).
     pub fn is_object_op(self) -> bool {
-        matches!(self, Opcode::CreateAndWriteObj | Opcode::ReadObj | Opcode::WriteObj | Opcode::RemoveObj | Opcode::DiscardObj | Opcode::FlushVdi)
+        matches!(
+            self,
+            Opcode::CreateAndWriteObj
+                | Opcode::ReadObj
+                | Opcode::WriteObj
+                | Opcode::RemoveObj
+                | Opcode::DiscardObj
+                | Opcode::FlushVdi
+        )
     }
 }
 

@@ -90,7 +90,11 @@ impl Demux {
     /// returns how many bytes of `input` that consumed (the caller drops them before the
     /// next call). `in_flight(slot)` says what request is in flight in a slot (none: `None`);
     /// it is asked at most once, when a whole header is there.
-    pub fn feed<'a>(&mut self, input: &'a [u8], in_flight: impl FnOnce(usize) -> Option<InFlight>) -> (usize, Event<'a>) {
+    pub fn feed<'a>(
+        &mut self,
+        input: &'a [u8],
+        in_flight: impl FnOnce(usize) -> Option<InFlight>,
+    ) -> (usize, Event<'a>) {
         if let Some(b) = self.broken {
             return (0, Event::Break(b));
         }
@@ -105,7 +109,11 @@ impl Demux {
         let verdict = match in_flight(slot) {
             None => Err(Broken::NotInFlight { id: rsp.id }),
             Some(f) if f.gen != gen => Err(Broken::StaleGeneration { id: rsp.id, current: f.gen }),
-            Some(f) => rsp.check_len(f.bound).map_err(|_| Broken::Oversize { id: rsp.id, len: rsp.data_length, bound: f.bound }),
+            Some(f) => rsp.check_len(f.bound).map_err(|_| Broken::Oversize {
+                id: rsp.id,
+                len: rsp.data_length,
+                bound: f.bound,
+            }),
         };
         if let Err(b) = verdict {
             self.broken = Some(b);
@@ -185,7 +193,9 @@ mod tests {
                     Event::Payload { slot, offset, data } => {
                         assert_eq!(offset, seen.dest[slot].len());
                         seen.dest[slot].extend_from_slice(data);
-                        assert!(seen.dest[slot].len() <= table[slot].map_or(0, |f| f.bound as usize));
+                        assert!(
+                            seen.dest[slot].len() <= table[slot].map_or(0, |f| f.bound as usize)
+                        );
                     }
                     Event::Complete { slot, rsp } => {
                         assert_eq!(rsp.data_length as usize, seen.dest[slot].len());
@@ -193,7 +203,11 @@ mod tests {
                         seen.complete.push(slot);
                     }
                     Event::Break(b) => {
-                        assert_eq!(d.feed(&buf[head..], |_| None), (0, Event::Break(b)), "a break is final");
+                        assert_eq!(
+                            d.feed(&buf[head..], |_| None),
+                            (0, Event::Break(b)),
+                            "a break is final"
+                        );
                         seen.broken = Some(b);
                         return seen;
                     }
@@ -219,7 +233,9 @@ mod tests {
     fn many_responses_in_one_buffer_in_any_order() {
         let mut t = table(4, 1, 4096);
         let mut s = Vec::new();
-        for (slot, len, fill) in [(2u16, 4096u32, 0xa2u8), (0, 0, 0), (3, 17, 0xa3), (1, 4096, 0xa1)] {
+        for (slot, len, fill) in
+            [(2u16, 4096u32, 0xa2u8), (0, 0, 0), (3, 17, 0xa3), (1, 4096, 0xa1)]
+        {
             s.extend(response(slot, 1, len, fill));
         }
         let seen = drive(&mut t, &s, s.len());
@@ -237,7 +253,11 @@ mod tests {
         s.extend(response(2, 9, 3, 0x22));
         for chunk in 1..=s.len() {
             let seen = drive(&mut table(3, 9, 100), &s, chunk);
-            assert_eq!((seen.broken, &seen.complete[..]), (None, &[0, 1, 2][..]), "reads of {chunk}");
+            assert_eq!(
+                (seen.broken, &seen.complete[..]),
+                (None, &[0, 1, 2][..]),
+                "reads of {chunk}"
+            );
             assert_eq!(seen.dest[0], vec![0x11; 100]);
             assert_eq!(seen.dest[2], vec![0x22; 3]);
         }
@@ -247,8 +267,14 @@ mod tests {
     fn a_partial_header_waits() {
         let s = response(0, 1, 0, 0);
         let mut d = Demux::new();
-        assert_eq!(d.feed(&s[..HEADER_LEN - 1], |_| panic!("looked up before the header is whole")), (0, Event::NeedMore));
-        assert!(matches!(d.feed(&s, |_| Some(InFlight { gen: 1, bound: 0 })), (HEADER_LEN, Event::Complete { slot: 0, .. })));
+        assert_eq!(
+            d.feed(&s[..HEADER_LEN - 1], |_| panic!("looked up before the header is whole")),
+            (0, Event::NeedMore)
+        );
+        assert!(matches!(
+            d.feed(&s, |_| Some(InFlight { gen: 1, bound: 0 })),
+            (HEADER_LEN, Event::Complete { slot: 0, .. })
+        ));
         assert_eq!(d.feed(&[], |_| None), (0, Event::NeedMore));
     }
 
@@ -258,11 +284,17 @@ mod tests {
         assert_eq!(seen.broken, Some(Broken::NotInFlight { id: wire_id(5, 1) }));
         // A slot that exists but has nothing in flight, and a second answer to one request.
         let mut t = vec![Some(InFlight { gen: 1, bound: 64 }), None];
-        assert_eq!(drive(&mut t, &response(1, 1, 0, 0), 48).broken, Some(Broken::NotInFlight { id: wire_id(1, 1) }));
+        assert_eq!(
+            drive(&mut t, &response(1, 1, 0, 0), 48).broken,
+            Some(Broken::NotInFlight { id: wire_id(1, 1) })
+        );
         let mut s = response(0, 1, 8, 0);
         s.extend(response(0, 1, 8, 0));
         let seen = drive(&mut table(1, 1, 64), &s, 7);
-        assert_eq!((seen.complete, seen.broken), (vec![0], Some(Broken::NotInFlight { id: wire_id(0, 1) })));
+        assert_eq!(
+            (seen.complete, seen.broken),
+            (vec![0], Some(Broken::NotInFlight { id: wire_id(0, 1) }))
+        );
     }
 
     #[test]
@@ -278,7 +310,10 @@ mod tests {
         assert_eq!(seen.broken, None, "exactly the bound is fine");
         let mut t = table(1, 1, 4096);
         let seen = drive(&mut t, &response(0, 1, 4097, 1), 10_000);
-        assert_eq!(seen.broken, Some(Broken::Oversize { id: wire_id(0, 1), len: 4097, bound: 4096 }));
+        assert_eq!(
+            seen.broken,
+            Some(Broken::Oversize { id: wire_id(0, 1), len: 4097, bound: 4096 })
+        );
         assert!(seen.dest[0].is_empty(), "no payload reported");
         // A write (bound 0) whose answer announces u32::MAX bytes.
         let seen = drive(&mut table(1, 1, 0), &header(0, 1, u32::MAX), 48);

@@ -88,7 +88,15 @@ pub struct ReqHeader {
 
 impl ReqHeader {
     fn base(op: Opcode, flags: u16, data_length: u32) -> Self {
-        ReqHeader { proto_ver: SD_PROTO_VER, opcode: op as u8, flags, epoch: 0, id: 0, data_length, args: [0; 32] }
+        ReqHeader {
+            proto_ver: SD_PROTO_VER,
+            opcode: op as u8,
+            flags,
+            epoch: 0,
+            id: 0,
+            data_length,
+            args: [0; 32],
+        }
     }
 
     /// A request with the object layout.
@@ -197,7 +205,16 @@ pub struct RspHeader {
 impl RspHeader {
     /// A response to `req` with `result`, no payload and zeroed specifics.
     pub fn reply_to(req: &ReqHeader, result: ResultCode) -> Self {
-        RspHeader { proto_ver: req.proto_ver, opcode: req.opcode, flags: 0, epoch: 0, id: req.id, data_length: 0, result, args: [0; 28] }
+        RspHeader {
+            proto_ver: req.proto_ver,
+            opcode: req.opcode,
+            flags: 0,
+            epoch: 0,
+            id: req.id,
+            data_length: 0,
+            result,
+            args: [0; 28],
+        }
     }
 
     /// VDI responses: vid @24.
@@ -311,7 +328,15 @@ mod tests {
             Opcode::NewVdi,
             SD_FLAG_CMD_WRITE,
             256,
-            VdiArgs { vdi_size: 1 << 30, base_vdi_id: 0xa5d05d, copies: 2, block_size_shift: 22, snapid: 1, lock_type: 1, ..Default::default() },
+            VdiArgs {
+                vdi_size: 1 << 30,
+                base_vdi_id: 0xa5d05d,
+                copies: 2,
+                block_size_shift: 22,
+                snapid: 1,
+                lock_type: 1,
+                ..Default::default()
+            },
         );
         let b = v.encode();
         assert_eq!(&b[16..24], &(1u64 << 30).to_le_bytes());
@@ -349,7 +374,10 @@ mod tests {
         rsp.data_length = 4096;
         assert!(rsp.check_len(response_bound(&req)).is_ok());
         rsp.data_length = 4097;
-        assert!(matches!(rsp.check_len(response_bound(&req)), Err(Error::Oversize { len: 4097, bound: 4096, .. })));
+        assert!(matches!(
+            rsp.check_len(response_bound(&req)),
+            Err(Error::Oversize { len: 4097, bound: 4096, .. })
+        ));
         let w = ReqHeader::obj(Opcode::WriteObj, SD_FLAG_CMD_WRITE, 4096, ObjArgs::default());
         rsp.data_length = 1;
         assert!(rsp.check_len(response_bound(&w)).is_err());

@@ -46,7 +46,10 @@ impl VdiName {
             return Err(Error::BadName("a vdi name or tag cannot be empty".into()));
         }
         if s.len() >= SD_MAX_VDI_LEN {
-            return Err(Error::BadName(format!("vdi name or tag of {} bytes is too long (must be below {SD_MAX_VDI_LEN})", s.len())));
+            return Err(Error::BadName(format!(
+                "vdi name or tag of {} bytes is too long (must be below {SD_MAX_VDI_LEN})",
+                s.len()
+            )));
         }
         if s.as_bytes().contains(&0) {
             return Err(Error::BadName("a vdi name or tag cannot contain a NUL byte".into()));
@@ -177,17 +180,21 @@ impl InodeHeader {
         b[OFF_TAG..OFF_TAG + SD_MAX_VDI_TAG_LEN].copy_from_slice(&self.tag);
         b[OFF_CREATE_TIME..OFF_CREATE_TIME + 8].copy_from_slice(&self.create_time.to_le_bytes());
         b[OFF_SNAP_CTIME..OFF_SNAP_CTIME + 8].copy_from_slice(&self.snap_ctime.to_le_bytes());
-        b[OFF_VM_CLOCK_NSEC..OFF_VM_CLOCK_NSEC + 8].copy_from_slice(&self.vm_clock_nsec.to_le_bytes());
+        b[OFF_VM_CLOCK_NSEC..OFF_VM_CLOCK_NSEC + 8]
+            .copy_from_slice(&self.vm_clock_nsec.to_le_bytes());
         b[OFF_VDI_SIZE..OFF_VDI_SIZE + 8].copy_from_slice(&self.vdi_size.to_le_bytes());
-        b[OFF_VM_STATE_SIZE..OFF_VM_STATE_SIZE + 8].copy_from_slice(&self.vm_state_size.to_le_bytes());
+        b[OFF_VM_STATE_SIZE..OFF_VM_STATE_SIZE + 8]
+            .copy_from_slice(&self.vm_state_size.to_le_bytes());
         b[OFF_COPY_POLICY] = self.copy_policy;
         b[OFF_STORE_POLICY] = self.store_policy;
         b[OFF_NR_COPIES] = self.nr_copies;
         b[OFF_BLOCK_SIZE_SHIFT] = self.block_size_shift;
         b[OFF_SNAP_ID..OFF_SNAP_ID + 4].copy_from_slice(&self.snap_id.to_le_bytes());
         b[OFF_VDI_ID..OFF_VDI_ID + 4].copy_from_slice(&self.vdi_id.to_le_bytes());
-        b[OFF_PARENT_VDI_ID..OFF_PARENT_VDI_ID + 4].copy_from_slice(&self.parent_vdi_id.to_le_bytes());
-        b[OFF_BTREE_COUNTER..OFF_BTREE_COUNTER + 4].copy_from_slice(&self.btree_counter.to_le_bytes());
+        b[OFF_PARENT_VDI_ID..OFF_PARENT_VDI_ID + 4]
+            .copy_from_slice(&self.parent_vdi_id.to_le_bytes());
+        b[OFF_BTREE_COUNTER..OFF_BTREE_COUNTER + 4]
+            .copy_from_slice(&self.btree_counter.to_le_bytes());
     }
 
     pub fn name_bytes(&self) -> &[u8] {
@@ -227,10 +234,16 @@ impl InodeHeader {
             return Err(Error::HyperVolume);
         }
         if !(SD_MIN_BLOCK_SIZE_SHIFT..=SD_MAX_BLOCK_SIZE_SHIFT).contains(&self.block_size_shift) {
-            return Err(Error::BadInode(format!("block_size_shift {} out of range", self.block_size_shift)));
+            return Err(Error::BadInode(format!(
+                "block_size_shift {} out of range",
+                self.block_size_shift
+            )));
         }
         if nr_objects_u64(self.vdi_size, self.block_size_shift) > u64::from(SD_INODE_DATA_INDEX) {
-            return Err(Error::BadInode(format!("size {} needs more than {SD_INODE_DATA_INDEX} objects", self.vdi_size)));
+            return Err(Error::BadInode(format!(
+                "size {} needs more than {SD_INODE_DATA_INDEX} objects",
+                self.vdi_size
+            )));
         }
         Ok(())
     }
@@ -263,7 +276,9 @@ pub fn encode_entries(entries: &[u32], out: &mut Vec<u8>) {
 /// An erasure-coding policy byte from `data:parity` (§14).
 pub fn ec_policy(data: u8, parity: u8) -> Result<u8, Error> {
     if !matches!(data, 2 | 4 | 8 | 16) || !(1..=15).contains(&parity) {
-        return Err(Error::BadRedundancy(format!("{data}:{parity}: data must be 2, 4, 8 or 16 and parity 1..15")));
+        return Err(Error::BadRedundancy(format!(
+            "{data}:{parity}: data must be 2, 4, 8 or 16 and parity 1..15"
+        )));
     }
     Ok(((data / 2) << 4) | parity)
 }

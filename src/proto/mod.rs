@@ -15,7 +15,10 @@ mod oid;
 pub use consts::*;
 pub use header::{response_bound, ObjArgs, ReqHeader, RspHeader, VdiArgs, HEADER_LEN};
 pub use inode::{lookup_field, InodeHeader, VdiName};
-pub use oid::{fnv_64a, hash_vid, Oid, Vid, FNV1A_64_INIT, LEDGER_BIT, VDI_ATTR_BIT, VDI_BIT, VDI_BTREE_BIT, VMSTATE_BIT};
+pub use oid::{
+    fnv_64a, hash_vid, Oid, Vid, FNV1A_64_INIT, LEDGER_BIT, VDI_ATTR_BIT, VDI_BIT, VDI_BTREE_BIT,
+    VMSTATE_BIT,
+};
 
 /// Errors of the wire codec. Small and `Copy`-free only where a message is needed; the hot
 /// path sees only the variants without `String`.

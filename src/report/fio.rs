@@ -196,7 +196,15 @@ impl RawDir {
             (None, None) => (None, None),
         };
         let at = |q: f64| pct.and_then(|p| percentile(p, q));
-        Dir { ios: self.total_ios, iops: self.iops, bw_bytes: self.bw_bytes, p50_ns: at(50.0), p99_ns: at(99.0), p999_ns: at(99.9), lat_source: src }
+        Dir {
+            ios: self.total_ios,
+            iops: self.iops,
+            bw_bytes: self.bw_bytes,
+            p50_ns: at(50.0),
+            p99_ns: at(99.0),
+            p999_ns: at(99.9),
+            lat_source: src,
+        }
     }
 }
 
@@ -207,10 +215,16 @@ fn pick(l: &Option<RawLat>) -> Option<&BTreeMap<String, f64>> {
 
 /// The value of fio's percentile key for `q` (keys are formatted `"99.900000"`).
 fn percentile(p: &BTreeMap<String, f64>, q: f64) -> Option<f64> {
-    p.iter().find(|(k, _)| k.trim().parse::<f64>().is_ok_and(|x| (x - q).abs() < 1e-6)).map(|(_, &v)| v)
+    p.iter()
+        .find(|(k, _)| k.trim().parse::<f64>().is_ok_and(|x| (x - q).abs() < 1e-6))
+        .map(|(_, &v)| v)
 }
 
-fn option_u32(job: &BTreeMap<String, serde_json::Value>, global: &BTreeMap<String, serde_json::Value>, key: &str) -> Option<Option<u32>> {
+fn option_u32(
+    job: &BTreeMap<String, serde_json::Value>,
+    global: &BTreeMap<String, serde_json::Value>,
+    key: &str,
+) -> Option<Option<u32>> {
     let v = job.get(key).or_else(|| global.get(key))?;
     Some(match v {
         serde_json::Value::String(s) => s.trim().parse().ok(),
@@ -234,7 +248,8 @@ fn json_start(text: &str) -> Option<&str> {
 /// Parse one fio output (see the module contract).
 pub fn parse(text: &str) -> Result<Vec<Job>, Error> {
     let json = json_start(text).ok_or(Error::NoJson)?;
-    let out: RawOutput = serde_json::Deserializer::from_str(json).into_iter().next().ok_or(Error::NoJson)??;
+    let out: RawOutput =
+        serde_json::Deserializer::from_str(json).into_iter().next().ok_or(Error::NoJson)??;
     if out.jobs.is_empty() {
         return Err(Error::NoJobs);
     }
@@ -313,11 +328,14 @@ pub fn markdown(jobs: &[Job], ceiling: Option<&[Job]>) -> String {
         s.push_str("| job | op | jobs × QD | IOPS | ceiling IOPS | IOPS/ceil | MiB/s | MiB/s/ceil | p50 µs | p50/ceil | p99 µs | p99/ceil | p99.9 µs | p99.9/ceil | errors |\n");
         s.push_str("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     } else {
-        s.push_str("| job | op | jobs × QD | IOPS | MiB/s | p50 µs | p99 µs | p99.9 µs | errors |\n");
+        s.push_str(
+            "| job | op | jobs × QD | IOPS | MiB/s | p50 µs | p99 µs | p99.9 µs | errors |\n",
+        );
         s.push_str("|---|---|---|---:|---:|---:|---:|---:|---:|\n");
     }
     for j in jobs {
-        let ops: Vec<Option<Op>> = if j.ops().next().is_none() { vec![None] } else { j.ops().map(Some).collect() };
+        let ops: Vec<Option<Op>> =
+            if j.ops().next().is_none() { vec![None] } else { j.ops().map(Some).collect() };
         for op in ops {
             let none = Dir::default();
             let d = op.map_or(&none, |op| j.dir(op));
@@ -330,7 +348,12 @@ pub fn markdown(jobs: &[Job], ceiling: Option<&[Job]>) -> String {
             } else {
                 j.errors().to_string()
             };
-            let head = format!("| {} | {}{mark} | {} × {qd} ", j.name, op.map_or("-", Op::name), j.numjobs);
+            let head = format!(
+                "| {} | {}{mark} | {} × {qd} ",
+                j.name,
+                op.map_or("-", Op::name),
+                j.numjobs
+            );
             match ceiling {
                 None => {
                     let _ = writeln!(
@@ -344,7 +367,9 @@ pub fn markdown(jobs: &[Job], ceiling: Option<&[Job]>) -> String {
                     );
                 }
                 Some(c) => {
-                    let cd = op.and_then(|op| c.iter().find(|cj| cj.name == j.name).map(|cj| cj.dir(op))).filter(|cd| cd.active());
+                    let cd = op
+                        .and_then(|op| c.iter().find(|cj| cj.name == j.name).map(|cj| cj.dir(op)))
+                        .filter(|cd| cd.active());
                     let cf = |f: fn(&Dir) -> Option<f64>| cd.and_then(f);
                     let _ = writeln!(
                         s,
@@ -439,11 +464,17 @@ mod tests {
         let jobs = parse(GROUPED).expect("parses");
         assert_eq!(jobs.len(), 1);
         let j = &jobs[0];
-        assert_eq!((j.name.as_str(), j.group, j.entries, j.numjobs, j.iodepth), ("randread-4k-qd32", 0, 1, 2, Some(32)));
+        assert_eq!(
+            (j.name.as_str(), j.group, j.entries, j.numjobs, j.iodepth),
+            ("randread-4k-qd32", 0, 1, 2, Some(32))
+        );
         assert_eq!(j.read.ios, 95712);
         assert!((j.read.iops - 47855.9).abs() < 1e-9);
         assert!((j.read.mib_s() - 186.94).abs() < 0.01);
-        assert_eq!((j.read.p50_ns, j.read.p99_ns, j.read.p999_ns), (Some(569344.0), Some(1531904.0), Some(5013504.0)));
+        assert_eq!(
+            (j.read.p50_ns, j.read.p99_ns, j.read.p999_ns),
+            (Some(569344.0), Some(1531904.0), Some(5013504.0))
+        );
         assert_eq!(j.read.lat_source, Some(LatSource::Clat));
         assert!(!j.write.active());
         assert_eq!(j.write.p99_ns, None, "a direction without I/O has no percentiles");
@@ -454,15 +485,24 @@ mod tests {
     #[test]
     fn sums_entries_and_takes_the_worst_percentile() {
         let jobs = parse(UNGROUPED).expect("parses");
-        assert_eq!(jobs.iter().map(|j| (j.name.as_str(), j.group, j.entries)).collect::<Vec<_>>(), vec![("rw", 0, 2), ("seq", 1, 1)]);
+        assert_eq!(
+            jobs.iter().map(|j| (j.name.as_str(), j.group, j.entries)).collect::<Vec<_>>(),
+            vec![("rw", 0, 2), ("seq", 1, 1)]
+        );
         let rw = &jobs[0];
         assert_eq!((rw.numjobs, rw.iodepth), (2, Some(1)), "iodepth defaults to fio's 1");
         assert_eq!(rw.read.ios, 2100);
         assert!((rw.read.iops - 1050.0).abs() < 1e-9);
         assert!((rw.read.bw_bytes - 4300800.0).abs() < 1e-9);
-        assert_eq!((rw.read.p50_ns, rw.read.p99_ns, rw.read.p999_ns), (Some(1500.0), Some(5000.0), Some(9000.0)));
+        assert_eq!(
+            (rw.read.p50_ns, rw.read.p99_ns, rw.read.p999_ns),
+            (Some(1500.0), Some(5000.0), Some(9000.0))
+        );
         assert!((rw.write.iops - 500.0).abs() < 1e-9);
-        assert_eq!((rw.write.p50_ns, rw.write.p99_ns, rw.write.p999_ns), (Some(2000.0), Some(6000.0), Some(20000.0)));
+        assert_eq!(
+            (rw.write.p50_ns, rw.write.p99_ns, rw.write.p999_ns),
+            (Some(2000.0), Some(6000.0), Some(20000.0))
+        );
         assert_eq!(rw.ops().collect::<Vec<_>>(), vec![Op::Read, Op::Write]);
     }
 
@@ -475,7 +515,10 @@ mod tests {
         assert_eq!(seq.write.lat_source, Some(LatSource::Lat));
         assert_eq!(seq.write.p99_ns, Some(200000.0));
         let md = markdown(&jobs, None);
-        assert!(md.contains("| seq | write* | 1 × 8 | 5 | 5.0 | 100 | 200 | 300 | 4 (errno 5) |"), "{md}");
+        assert!(
+            md.contains("| seq | write* | 1 × 8 | 5 | 5.0 | 100 | 200 | 300 | 4 (errno 5) |"),
+            "{md}"
+        );
         assert!(md.contains("lat_percentiles=1"), "{md}");
     }
 
@@ -485,7 +528,10 @@ mod tests {
         assert!(matches!(parse(""), Err(Error::NoJson)));
         assert!(matches!(parse("{ \"jobs\" : [] }"), Err(Error::NoJobs)));
         assert!(matches!(parse("{ \"jobs\" : [ { \"jobname\" : \"x\" "), Err(Error::Json(_))));
-        let e = parse(r#"{ "jobs" : [ { "jobname" : "x", "read" : { "iops" : 1, "bw_bytes" : 1 } } ] }"#).expect_err("no write section");
+        let e = parse(
+            r#"{ "jobs" : [ { "jobname" : "x", "read" : { "iops" : 1, "bw_bytes" : 1 } } ] }"#,
+        )
+        .expect_err("no write section");
         assert!(e.to_string().contains("missing field `write`"), "{e}");
     }
 
@@ -500,7 +546,10 @@ mod tests {
         let jobs = parse(UNGROUPED).expect("parses");
         let md = markdown(&jobs, None);
         let lines: Vec<&str> = md.lines().collect();
-        assert_eq!(lines[0], "| job | op | jobs × QD | IOPS | MiB/s | p50 µs | p99 µs | p99.9 µs | errors |");
+        assert_eq!(
+            lines[0],
+            "| job | op | jobs × QD | IOPS | MiB/s | p50 µs | p99 µs | p99.9 µs | errors |"
+        );
         assert_eq!(lines[2], "| rw | read | 2 × 1 | 1050 | 4.1 | 1.50 | 5.00 | 9.00 | 0 |");
         assert_eq!(lines[3], "| rw | write | 2 × 1 | 500 | 2.0 | 2.00 | 6.00 | 20.0 | 0 |");
     }
@@ -518,7 +567,10 @@ mod tests {
         assert_eq!(row, "| randread-4k-qd32 | read | 2 × 32 | 47856 | 191424 | 0.25 | 186.9 | 0.25 | 569 | 2.00 | 1532 | - | 5014 | 1.00 | 0 |");
         let other = parse(UNGROUPED).expect("parses");
         let md = markdown(&other, Some(&null));
-        assert!(md.lines().nth(2).expect("a row").starts_with("| rw | read | 2 × 1 | 1050 | - | - |"), "{md}");
+        assert!(
+            md.lines().nth(2).expect("a row").starts_with("| rw | read | 2 × 1 | 1050 | - | - |"),
+            "{md}"
+        );
     }
 
     #[test]

@@ -31,8 +31,14 @@ const FAMILY: &str = "sans-serif";
 const PANEL: (u32, u32) = (620, 380);
 const TITLE_H: u32 = 50;
 /// One colour per shard count (1, 2, …), cycling.
-const COLOURS: [RGBColor; 6] =
-    [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189), RGBColor(255, 127, 14), RGBColor(23, 190, 207)];
+const COLOURS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(23, 190, 207),
+];
 
 /// Why the plot could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -130,10 +136,18 @@ pub fn series(points: &[Point], metric: Metric) -> Vec<Series> {
         if !v.is_finite() || (metric != Metric::Iops && v <= 0.0) {
             continue;
         }
-        let s = match out.iter_mut().find(|s| s.workload == p.workload && s.driver == p.driver && s.shards == p.shards) {
+        let s = match out
+            .iter_mut()
+            .find(|s| s.workload == p.workload && s.driver == p.driver && s.shards == p.shards)
+        {
             Some(s) => s,
             None => {
-                out.push(Series { workload: p.workload, driver: p.driver, shards: p.shards, points: Vec::new() });
+                out.push(Series {
+                    workload: p.workload,
+                    driver: p.driver,
+                    shards: p.shards,
+                    points: Vec::new(),
+                });
                 let last = out.len() - 1;
                 &mut out[last]
             }
@@ -201,7 +215,8 @@ pub fn load_font() -> Result<(), Error> {
     let bytes = std::fs::read(&path).map_err(|err| Error::FontRead { path: path.clone(), err })?;
     // plotters keeps `&'static` font data; the font is loaded once per process.
     let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-    plotters::style::register_font(FAMILY, FontStyle::Normal, bytes).map_err(|_| Error::FontBad { path })?;
+    plotters::style::register_font(FAMILY, FontStyle::Normal, bytes)
+        .map_err(|_| Error::FontBad { path })?;
     let _ = LOADED.set(());
     Ok(())
 }
@@ -226,7 +241,8 @@ pub fn draw(points: &[Point], title: &str, path: &Path) -> Result<(), Error> {
     let panels = body.split_evenly((rows.len(), Metric::ALL.len()));
     for (r, &w) in rows.iter().enumerate() {
         for (c, &m) in Metric::ALL.iter().enumerate() {
-            let lines: Vec<Series> = series(points, m).into_iter().filter(|s| s.workload == w).collect();
+            let lines: Vec<Series> =
+                series(points, m).into_iter().filter(|s| s.workload == w).collect();
             panel(&panels[r * Metric::ALL.len() + c], w, m, &lines).map_err(|e| err(&e))?;
         }
     }
@@ -235,11 +251,13 @@ pub fn draw(points: &[Point], title: &str, path: &Path) -> Result<(), Error> {
 }
 
 type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
-type DrawResult<'a> = Result<(), DrawingAreaErrorKind<<BitMapBackend<'a> as DrawingBackend>::ErrorType>>;
+type DrawResult<'a> =
+    Result<(), DrawingAreaErrorKind<<BitMapBackend<'a> as DrawingBackend>::ErrorType>>;
 
 fn panel<'a>(area: &Area<'a>, w: Workload, m: Metric, lines: &[Series]) -> DrawResult<'a> {
     let depths = lines.iter().flat_map(|s| s.points.iter().map(|&(d, _)| f64::from(d).log2()));
-    let (x0, x1) = depths.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(x), b.max(x)));
+    let (x0, x1) =
+        depths.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(x), b.max(x)));
     let (x0, x1) = if x0.is_finite() && x1 > x0 {
         (x0 - 0.2, x1 + 0.2)
     } else if x0.is_finite() {
@@ -271,7 +289,8 @@ fn panel<'a>(area: &Area<'a>, w: Workload, m: Metric, lines: &[Series]) -> DrawR
     for s in lines {
         let colour = COLOURS[usize::from(s.shards.saturating_sub(1)) % COLOURS.len()];
         let style = ShapeStyle { color: colour.to_rgba(), filled: false, stroke_width: 2 };
-        let pts: Vec<(f64, f64)> = s.points.iter().map(|&(d, v)| (f64::from(d).log2(), y_of(m, v))).collect();
+        let pts: Vec<(f64, f64)> =
+            s.points.iter().map(|&(d, v)| (f64::from(d).log2(), y_of(m, v))).collect();
         let (dash, gap) = match s.driver {
             Driver::Sheepdev => (0, 0),
             Driver::Raw => (9, 6),
@@ -286,7 +305,8 @@ fn panel<'a>(area: &Area<'a>, w: Workload, m: Metric, lines: &[Series]) -> DrawR
             if dash == 0 {
                 PathElement::new(vec![(x, y), (x + 24, y)], style).into_dyn()
             } else {
-                DashedPathElement::new(vec![(x, y), (x + 24, y)], dash / 2 + 1, gap / 2 + 1, style).into_dyn()
+                DashedPathElement::new(vec![(x, y), (x + 24, y)], dash / 2 + 1, gap / 2 + 1, style)
+                    .into_dyn()
             }
         });
         chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, style.filled())))?;
@@ -309,7 +329,15 @@ fn panel<'a>(area: &Area<'a>, w: Workload, m: Metric, lines: &[Series]) -> DrawR
 mod tests {
     use super::*;
 
-    fn pt(workload: Workload, driver: Driver, shards: u16, depth: u16, iops: f64, p50: f64, p99: f64) -> Point {
+    fn pt(
+        workload: Workload,
+        driver: Driver,
+        shards: u16,
+        depth: u16,
+        iops: f64,
+        p50: f64,
+        p99: f64,
+    ) -> Point {
         Point {
             workload,
             driver,
@@ -388,7 +416,10 @@ mod tests {
     #[test]
     fn workloads_in_measured_order() {
         assert_eq!(workloads(&sample()), vec![Workload::RandRead4k, Workload::SeqWrite1m]);
-        assert!(matches!(draw(&[], "t", Path::new("/nonexistent/x.png")), Err(Error::Empty) | Err(Error::FontRead { .. })));
+        assert!(matches!(
+            draw(&[], "t", Path::new("/nonexistent/x.png")),
+            Err(Error::Empty) | Err(Error::FontRead { .. })
+        ));
     }
 
     /// Needs the font (Debian's fonts-dejavu-core; tests/all.sh installs it): fails, with the
@@ -397,7 +428,8 @@ mod tests {
     fn draws_a_png() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let path = dir.path().join("bench.png");
-        draw(&sample(), "sheepdev bench (test)", &path).expect("drawing (is fonts-dejavu-core installed?)");
+        draw(&sample(), "sheepdev bench (test)", &path)
+            .expect("drawing (is fonts-dejavu-core installed?)");
         let png = std::fs::read(&path).expect("the PNG");
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
         assert!(png.len() > 10_000, "{} bytes: an empty picture?", png.len());

@@ -92,11 +92,18 @@ impl Chains {
 
 /// Of the most recently queued requests (`recent`: newest first, at most [`MERGE_SCAN`]
 /// looked at), the one `h` may ride on (module contract).
-pub fn find_lead<'h>(recent: impl Iterator<Item = (usize, &'h ReqHeader)>, chains: &Chains, h: &ReqHeader) -> Option<usize> {
+pub fn find_lead<'h>(
+    recent: impl Iterator<Item = (usize, &'h ReqHeader)>,
+    chains: &Chains,
+    h: &ReqHeader,
+) -> Option<usize> {
     if !may_ride(h) {
         return None;
     }
-    recent.take(MERGE_SCAN).find(|&(lead, lh)| rides_on(lh, chains.riders(lead), h)).map(|(lead, _)| lead)
+    recent
+        .take(MERGE_SCAN)
+        .find(|&(lead, lh)| rides_on(lh, chains.riders(lead), h))
+        .map(|(lead, _)| lead)
 }
 
 /// The most requests that ride on one queued WRITE_OBJ.
@@ -144,15 +151,34 @@ mod tests {
         assert!(!rides_on(&lead, 0, &req(Opcode::WriteObj, W, 7, 8192, 4096)), "an overlap");
         assert!(!rides_on(&lead, 0, &req(Opcode::WriteObj, W, 7, 0, 4096)), "before the lead");
         assert!(!rides_on(&lead, 0, &req(Opcode::WriteObj, W, 8, 12288, 4096)), "another object");
-        assert!(!rides_on(&lead, 0, &req(Opcode::CreateAndWriteObj, W, 7, 12288, 4096)), "a create");
-        assert!(!rides_on(&req(Opcode::CreateAndWriteObj, W, 7, 4096, 8192), 0, &req(Opcode::WriteObj, W, 7, 12288, 4096)), "onto a create");
-        assert!(!rides_on(&lead, 0, &req(Opcode::WriteObj, W | SD_FLAG_CMD_COW, 7, 12288, 4096)), "other flags");
+        assert!(
+            !rides_on(&lead, 0, &req(Opcode::CreateAndWriteObj, W, 7, 12288, 4096)),
+            "a create"
+        );
+        assert!(
+            !rides_on(
+                &req(Opcode::CreateAndWriteObj, W, 7, 4096, 8192),
+                0,
+                &req(Opcode::WriteObj, W, 7, 12288, 4096)
+            ),
+            "onto a create"
+        );
+        assert!(
+            !rides_on(&lead, 0, &req(Opcode::WriteObj, W | SD_FLAG_CMD_COW, 7, 12288, 4096)),
+            "other flags"
+        );
         assert!(!rides_on(&lead, 0, &req(Opcode::ReadObj, 0, 7, 12288, 4096)), "a read");
         assert!(!rides_on(&lead, 0, &req(Opcode::WriteObj, W, 7, 12288, 0)), "no payload");
-        assert!(!rides_on(&lead, MAX_RIDERS, &req(Opcode::WriteObj, W, 7, 12288, 4096)), "a full chain");
+        assert!(
+            !rides_on(&lead, MAX_RIDERS, &req(Opcode::WriteObj, W, 7, 12288, 4096)),
+            "a full chain"
+        );
         let big = req(Opcode::WriteObj, W, 7, 0, MAX_MERGED - 4096);
         assert!(rides_on(&big, 0, &req(Opcode::WriteObj, W, 7, MAX_MERGED - 4096, 4096)));
-        assert!(!rides_on(&big, 0, &req(Opcode::WriteObj, W, 7, MAX_MERGED - 4096, 4097)), "past MAX_MERGED");
+        assert!(
+            !rides_on(&big, 0, &req(Opcode::WriteObj, W, 7, MAX_MERGED - 4096, 4097)),
+            "past MAX_MERGED"
+        );
         let mut copies = req(Opcode::WriteObj, W, 7, 12288, 4096);
         copies.args[16] = 3;
         assert!(!rides_on(&lead, 0, &copies), "other copies");
@@ -167,7 +193,11 @@ mod tests {
         c.attach(0, 2);
         c.attach(0, 1);
         assert_eq!((c.riders(0), c.is_carried(0), c.is_carried(2)), (2, false, true));
-        assert_eq!((c.next(0), c.next(2), c.next(1)), (Some(2), Some(1), None), "payload order is join order");
+        assert_eq!(
+            (c.next(0), c.next(2), c.next(1)),
+            (Some(2), Some(1), None),
+            "payload order is join order"
+        );
         assert_eq!(c.take_next(0), Some(2));
         assert_eq!(c.next(0), None, "taken");
         c.clear(2);
@@ -176,13 +206,29 @@ mod tests {
 
     #[test]
     fn the_lead_is_the_newest_queued_request_the_rule_allows() {
-        let (a, b, c) = (req(Opcode::WriteObj, W, 7, 0, 4096), req(Opcode::ReadObj, 0, 7, 4096, 4096), req(Opcode::WriteObj, W, 8, 0, 4096));
+        let (a, b, c) = (
+            req(Opcode::WriteObj, W, 7, 0, 4096),
+            req(Opcode::ReadObj, 0, 7, 4096, 4096),
+            req(Opcode::WriteObj, W, 8, 0, 4096),
+        );
         let chains = Chains::new(MERGE_SCAN + 1);
         let queued = [(0, &a), (1, &b), (2, &c)];
         let h = req(Opcode::WriteObj, W, 7, 4096, 4096);
         assert_eq!(find_lead(queued.iter().rev().copied(), &chains, &h), Some(0));
-        assert_eq!(find_lead(queued.iter().rev().copied(), &chains, &req(Opcode::CreateAndWriteObj, W, 7, 4096, 4096)), None);
-        let many: Vec<_> = std::iter::once((0, &a)).chain((1..=MERGE_SCAN).map(|i| (i, &c))).collect();
-        assert_eq!(find_lead(many.iter().rev().copied(), &chains, &h), None, "only the last MERGE_SCAN are looked at");
+        assert_eq!(
+            find_lead(
+                queued.iter().rev().copied(),
+                &chains,
+                &req(Opcode::CreateAndWriteObj, W, 7, 4096, 4096)
+            ),
+            None
+        );
+        let many: Vec<_> =
+            std::iter::once((0, &a)).chain((1..=MERGE_SCAN).map(|i| (i, &c))).collect();
+        assert_eq!(
+            find_lead(many.iter().rev().copied(), &chains, &h),
+            None,
+            "only the last MERGE_SCAN are looked at"
+        );
     }
 }

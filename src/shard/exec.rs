@@ -157,7 +157,11 @@ impl<'a> LocalExecutor<'a> {
         //   `RunQueue::schedule` on the owner thread; a foreign thread never drops one;
         // - the future borrows only what lives for 'a, and `Drop for LocalExecutor` (which
         //   runs within 'a) cancels every task still alive, dropping its future.
-        let (runnable, task) = unsafe { Builder::new().propagate_panic(true).spawn_unchecked(move |()| fut, move |r| queue.schedule(r)) };
+        let (runnable, task) = unsafe {
+            Builder::new()
+                .propagate_panic(true)
+                .spawn_unchecked(move |()| fut, move |r| queue.schedule(r))
+        };
         {
             let mut active = self.active.borrow_mut();
             active.retain(|a| !a.done.get());
@@ -229,7 +233,9 @@ mod tests {
         while exe.try_tick() {}
         assert!(t.is_finished());
         assert_eq!(futures_lite::future::block_on(ok), 1);
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| futures_lite::future::block_on(t)));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            futures_lite::future::block_on(t)
+        }));
         assert!(r.is_err(), "the panic comes out where the task is awaited");
     }
 

@@ -13,9 +13,21 @@ impl Shard {
     /// A write of an object of `stale` got READONLY: someone snapshotted the VDI. One
     /// request (of any shard of the device) looks the new working vid up and switches the
     /// shared `Volume` to it; the others park until that is done and plan again.
-    pub(super) async fn follow_snapshot(&self, stale: Vid, dl: Option<Instant>) -> Result<(), Error> {
+    pub(super) async fn follow_snapshot(
+        &self,
+        stale: Vid,
+        dl: Option<Instant>,
+    ) -> Result<(), Error> {
         if !self.vol.begin_follow(stale) {
-            return self.park_until(|| if self.aborted() { Err(Error::Closed) } else { Ok((!self.vol.is_following()).then_some(())) }).await;
+            return self
+                .park_until(|| {
+                    if self.aborted() {
+                        Err(Error::Closed)
+                    } else {
+                        Ok((!self.vol.is_following()).then_some(()))
+                    }
+                })
+                .await;
         }
         let r = self.follow_inner(stale, dl).await;
         self.vol.end_follow();
@@ -42,7 +54,12 @@ impl Shard {
     async fn follow_inner(&self, stale: Vid, dl: Option<Instant>) -> Result<Vid, Error> {
         // Name + zeroed tag, as every lookup (SD_LOOKUP_LEN): the working VDI.
         let payload = crate::proto::lookup_field(&self.vol.header().name, None);
-        let hdr = ReqHeader::vdi(Opcode::GetVdiInfo, SD_FLAG_CMD_WRITE, payload.len() as u32, VdiArgs::default());
+        let hdr = ReqHeader::vdi(
+            Opcode::GetVdiInfo,
+            SD_FLAG_CMD_WRITE,
+            payload.len() as u32,
+            VdiArgs::default(),
+        );
         let rsp = self.call(Backend::VdiLookup, hdr, &payload, &mut [], dl).await?;
         let new = match Vid::new(rsp.vdi_id()) {
             Some(v) if v != stale => v,
@@ -51,11 +68,20 @@ impl Shard {
             _ => return Err(Error::Server(SD_RES_READONLY)),
         };
         let mut head = vec![0u8; crate::proto::inode::INODE_HEADER_PARSE_LEN];
-        let rh = ReqHeader::obj(Opcode::ReadObj, 0, head.len() as u32, ObjArgs { oid: Oid::inode(new), ..Default::default() });
+        let rh = ReqHeader::obj(
+            Opcode::ReadObj,
+            0,
+            head.len() as u32,
+            ObjArgs { oid: Oid::inode(new), ..Default::default() },
+        );
         self.call(Backend::ReadObj, rh, &[], &mut head, dl).await?;
         let h = InodeHeader::parse(&head).map_err(|_| Error::Protocol)?;
         let old = self.vol.header();
-        if h.is_snapshot() || h.vdi_id != new.0 || h.block_size_shift != old.block_size_shift || h.vdi_size < old.vdi_size {
+        if h.is_snapshot()
+            || h.vdi_id != new.0
+            || h.block_size_shift != old.block_size_shift
+            || h.vdi_size < old.vdi_size
+        {
             return Err(Error::Server(SD_RES_READONLY));
         }
         self.vol.follow(stale, new);
@@ -73,7 +99,11 @@ impl Shard {
             while lo < nr {
                 let hi = (lo + CHUNK).min(nr);
                 let buf = &mut inode[..4 * (hi - lo) as usize];
-                let args = ObjArgs { oid: Oid::inode(new), offset: entry_offset(lo), ..Default::default() };
+                let args = ObjArgs {
+                    oid: Oid::inode(new),
+                    offset: entry_offset(lo),
+                    ..Default::default()
+                };
                 let rh = ReqHeader::obj(Opcode::ReadObj, 0, buf.len() as u32, args);
                 self.call(Backend::ReadObj, rh, &[], buf, dl).await?;
                 for idx in lo..hi {
@@ -86,7 +116,10 @@ impl Shard {
                     let Some(claim) = self.vol.try_claim(idx)? else { continue };
                     match self.vol.entry(idx).unwrap_or(0) {
                         m if m == there || m == new.0 => {}
-                        0 => self.write_inode(new, entry_offset(idx), &0u32.to_le_bytes(), dl).await?,
+                        0 => {
+                            self.write_inode(new, entry_offset(idx), &0u32.to_le_bytes(), dl)
+                                .await?
+                        }
                         m => self.carry(idx, Vid(m), new, dl).await?,
                     }
                     drop(claim);

@@ -109,10 +109,20 @@ impl Shard {
     /// With `cfg.metrics`, the shard records into that device's queue and its ticker task
     /// ([`Shard::tick`]) is spawned on `exe`; `cfg.abort` fails every request at once when
     /// raised (forced delete).
-    pub fn start(cfg: &Config, vol: Arc<Volume>, exe: &exec::LocalExecutor<'_>) -> std::io::Result<Rc<Shard>> {
+    pub fn start(
+        cfg: &Config,
+        vol: Arc<Volume>,
+        exe: &exec::LocalExecutor<'_>,
+    ) -> std::io::Result<Rc<Shard>> {
         let mut conns: Vec<Rc<RingConn>> = Vec::with_capacity(cfg.connections.max(1));
         for _ in 0..cfg.connections.max(1) {
-            match RingConn::connect_supervised(&cfg.gateways, Duration::from_secs(3), cfg.slots, STALL, exe) {
+            match RingConn::connect_supervised(
+                &cfg.gateways,
+                Duration::from_secs(3),
+                cfg.slots,
+                STALL,
+                exe,
+            ) {
                 Ok(c) => {
                     c.set_coalesce(cfg.coalesce);
                     conns.push(c)
@@ -229,7 +239,14 @@ impl Shard {
     /// connection is back or `deadline` passes. Resending is safe: a create is resent only
     /// while this request still holds the object's claim, so nobody else wrote the object
     /// and the entry is unchanged — the same CREATE (or COW) gives the same object.
-    async fn call(&self, kind: Backend, hdr: ReqHeader, payload: &[u8], dest: &mut [u8], deadline: Option<Instant>) -> Result<RspHeader, Error> {
+    async fn call(
+        &self,
+        kind: Backend,
+        hdr: ReqHeader,
+        payload: &[u8],
+        dest: &mut [u8],
+        deadline: Option<Instant>,
+    ) -> Result<RspHeader, Error> {
         loop {
             let r = self.call_once(kind, hdr, payload, dest).await;
             match r {
@@ -251,20 +268,38 @@ impl Shard {
     }
 
     /// One attempt on the least busy connection that is up, with metrics.
-    async fn call_once(&self, kind: Backend, hdr: ReqHeader, payload: &[u8], dest: &mut [u8]) -> Result<RspHeader, Error> {
+    async fn call_once(
+        &self,
+        kind: Backend,
+        hdr: ReqHeader,
+        payload: &[u8],
+        dest: &mut [u8],
+    ) -> Result<RspHeader, Error> {
         let n = self.conns.len();
         let start = self.next.get();
         self.next.set((start + 1) % n);
         // A write that can ride on a queued neighbour goes to that connection (coalescing);
         // anything else to the least busy connection that is up.
-        let ride = if n > 1 { (0..n).find(|&k| self.conns[k].is_up() && self.conns[k].can_ride(&hdr)) } else { None };
-        let i =
-            ride.unwrap_or_else(|| (0..n).map(|k| (start + k) % n).min_by_key(|&k| (!self.conns[k].is_up(), self.conns[k].inflight())).unwrap_or(0));
+        let ride = if n > 1 {
+            (0..n).find(|&k| self.conns[k].is_up() && self.conns[k].can_ride(&hdr))
+        } else {
+            None
+        };
+        let i = ride.unwrap_or_else(|| {
+            (0..n)
+                .map(|k| (start + k) % n)
+                .min_by_key(|&k| (!self.conns[k].is_up(), self.conns[k].inflight()))
+                .unwrap_or(0)
+        });
         let Some(m) = &self.metrics else {
-            return self.conns[i].call(hdr, payload, dest).await.and_then(|rsp| check(&rsp).map(|()| rsp));
+            return self.conns[i]
+                .call(hdr, payload, dest)
+                .await
+                .and_then(|rsp| check(&rsp).map(|()| rsp));
         };
         let t0 = ring::now();
-        let r = self.conns[i].call(hdr, payload, dest).await.and_then(|rsp| check(&rsp).map(|()| rsp));
+        let r =
+            self.conns[i].call(hdr, payload, dest).await.and_then(|rsp| check(&rsp).map(|()| rsp));
         let m = m.borrow();
         m.backend(kind, ring::now().saturating_duration_since(t0));
         if let Err(e) = r {
@@ -294,7 +329,13 @@ impl Shard {
             Op::Read => {
                 let buf = buf.get_mut(..len).ok_or(Error::OutOfRange)?;
                 for p in split(d.offset, u64::from(d.len), self.vol.block_size_shift()) {
-                    self.read_piece(p.idx, p.obj_off, &mut buf[p.buf_off..p.buf_off + p.len as usize], dl).await?;
+                    self.read_piece(
+                        p.idx,
+                        p.obj_off,
+                        &mut buf[p.buf_off..p.buf_off + p.len as usize],
+                        dl,
+                    )
+                    .await?;
                 }
             }
             Op::Write => {
@@ -307,11 +348,22 @@ impl Shard {
         Ok(d.len)
     }
 
-    async fn read_piece(&self, idx: u32, obj_off: u32, out: &mut [u8], dl: Option<Instant>) -> Result<(), Error> {
+    async fn read_piece(
+        &self,
+        idx: u32,
+        obj_off: u32,
+        out: &mut [u8],
+        dl: Option<Instant>,
+    ) -> Result<(), Error> {
         match self.vol.plan_read(idx)? {
             ReadPlan::Zero => out.fill(0),
             ReadPlan::Read(oid) => {
-                let hdr = ReqHeader::obj(Opcode::ReadObj, 0, out.len() as u32, ObjArgs { oid, offset: obj_off, ..Default::default() });
+                let hdr = ReqHeader::obj(
+                    Opcode::ReadObj,
+                    0,
+                    out.len() as u32,
+                    ObjArgs { oid, offset: obj_off, ..Default::default() },
+                );
                 let rsp = self.call(Backend::ReadObj, hdr, &[], out, dl).await?;
                 if rsp.data_length as usize != out.len() {
                     return Err(Error::Protocol);

@@ -109,7 +109,8 @@ pub fn answer_doorbell(exe: &super::exec::LocalExecutor<'_>) -> std::io::Result<
     if new {
         exe.spawn(async move {
             loop {
-                let r = submit(opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32).build()).await;
+                let r =
+                    submit(opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32).build()).await;
                 if r < 0 && r != -libc::EINTR {
                     tracing::error!("shard doorbell: poll failed (errno {})", -r);
                     return;
@@ -127,7 +128,10 @@ pub fn answer_doorbell(exe: &super::exec::LocalExecutor<'_>) -> std::io::Result<
 
 /// Run `fut` (and whatever it spawns on `exe`) on this thread's ring until it completes;
 /// `None` if the ring itself failed first.
-pub fn run_local<'a, T: 'a>(exe: &super::exec::LocalExecutor<'a>, fut: impl Future<Output = T> + 'a) -> Option<T> {
+pub fn run_local<'a, T: 'a>(
+    exe: &super::exec::LocalExecutor<'a>,
+    fut: impl Future<Output = T> + 'a,
+) -> Option<T> {
     if let Err(e) = answer_doorbell(exe) {
         tracing::error!("shard doorbell: {e}");
         return None;
@@ -140,7 +144,8 @@ pub fn run_local<'a, T: 'a>(exe: &super::exec::LocalExecutor<'a>, fut: impl Futu
         }
         let r = libublk::io::with_task_io_ring_mut(|r| {
             r.submit_and_wait(1)?;
-            ublk_reap_events_with_handler(r, |cqe| ublk_wake_task(cqe.user_data(), cqe)).map_err(|e| std::io::Error::other(e.to_string()))
+            ublk_reap_events_with_handler(r, |cqe| ublk_wake_task(cqe.user_data(), cqe))
+                .map_err(|e| std::io::Error::other(e.to_string()))
         });
         if let Err(e) = r {
             if e.raw_os_error() != Some(libc::EINTR) {

@@ -73,7 +73,10 @@ pub struct QueueMetrics {
 
 impl std::fmt::Debug for QueueMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QueueMetrics").field("queue", &self.queue).field("depth", &self.depth).finish_non_exhaustive()
+        f.debug_struct("QueueMetrics")
+            .field("queue", &self.queue)
+            .field("depth", &self.depth)
+            .finish_non_exhaustive()
     }
 }
 
@@ -120,7 +123,12 @@ impl<T> Spawned<T> {
 /// Start a shard on a new thread named `name` and run `drive(shard, executor)` there: it may
 /// spawn tasks on the executor and returns the future whose output [`Spawned::join`] gives.
 /// When that future is done the shard is shut down (connections closed, their tasks ended).
-pub fn spawn<T, F, Fut>(name: &str, cfg: Config, vol: Arc<Volume>, drive: F) -> io::Result<Spawned<T>>
+pub fn spawn<T, F, Fut>(
+    name: &str,
+    cfg: Config,
+    vol: Arc<Volume>,
+    drive: F,
+) -> io::Result<Spawned<T>>
 where
     T: Send + 'static,
     F: FnOnce(Rc<Shard>, &LocalExecutor<'static>) -> Fut + Send + 'static,
@@ -280,7 +288,10 @@ async fn feed(bell: &OwnedFd, jobs: &mpsc::Receiver<Job>, inbox: &Inbox) {
     let mut count = [0u8; 8];
     loop {
         // `count` lives in this future until the read completes.
-        let r = ring::submit(opcode::Read::new(types::Fd(bell.as_raw_fd()), count.as_mut_ptr(), 8).build()).await;
+        let r = ring::submit(
+            opcode::Read::new(types::Fd(bell.as_raw_fd()), count.as_mut_ptr(), 8).build(),
+        )
+        .await;
         if r < 0 && r != -libc::EINTR && r != -libc::EAGAIN {
             tracing::error!("shard inbox: reading its eventfd failed (errno {})", -r);
             break;

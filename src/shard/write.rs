@@ -56,7 +56,10 @@ impl<'v> Created<'v> {
 impl Shard {
     /// Wait until `ready` answers something, parked on the volume's wakers (a claim
     /// released, a follow ended) between looks.
-    pub(super) async fn park_until<T>(&self, mut ready: impl FnMut() -> Result<Option<T>, Error>) -> Result<T, Error> {
+    pub(super) async fn park_until<T>(
+        &self,
+        mut ready: impl FnMut() -> Result<Option<T>, Error>,
+    ) -> Result<T, Error> {
         if let Some(t) = ready()? {
             return Ok(t);
         }
@@ -99,7 +102,12 @@ impl Shard {
     /// Write `data` at `offset`, then persist the entries it created (one inode write per
     /// [`MAX_CREATED`]). The first failed piece ends the request; what was created before
     /// it is still persisted.
-    pub(super) async fn write(&self, offset: u64, data: &[u8], dl: Option<Instant>) -> Result<(), Error> {
+    pub(super) async fn write(
+        &self,
+        offset: u64,
+        data: &[u8],
+        dl: Option<Instant>,
+    ) -> Result<(), Error> {
         let mut created = Created::new();
         let mut result = Ok(());
         for p in split(offset, data.len() as u64, self.vol.block_size_shift()) {
@@ -121,22 +129,48 @@ impl Shard {
     /// One object's piece: WRITE_OBJ, CREATE or COW CREATE as the volume decides. A piece
     /// refused with READONLY (a live snapshot) follows the snapshot and goes again, planned
     /// against the new working vid (so a COW).
-    async fn write_piece<'v>(&'v self, p: Piece, piece: &[u8], created: &mut Created<'v>, dl: Option<Instant>) -> Result<(), Error> {
+    async fn write_piece<'v>(
+        &'v self,
+        p: Piece,
+        piece: &[u8],
+        created: &mut Created<'v>,
+        dl: Option<Instant>,
+    ) -> Result<(), Error> {
         let (copies, copy_policy) = (self.vol.header().nr_copies, self.vol.header().copy_policy);
-        let args = |oid, cow_oid| ObjArgs { oid, cow_oid, copies, copy_policy, offset: p.obj_off, ..Default::default() };
+        let args = |oid, cow_oid| ObjArgs {
+            oid,
+            cow_oid,
+            copies,
+            copy_policy,
+            offset: p.obj_off,
+            ..Default::default()
+        };
         let flags = SD_FLAG_CMD_WRITE | SD_FLAG_CMD_DIRECT;
         let mut refused = 0;
         loop {
             let (kind, hdr, oid, claim) = match self.plan_write(p.idx).await? {
-                WritePlan::Write(oid) => (Backend::WriteObj, ReqHeader::obj(Opcode::WriteObj, flags, p.len, args(oid, Oid(0))), oid, None),
-                WritePlan::Create { oid, claim } => {
-                    (Backend::CreateAndWrite, ReqHeader::obj(Opcode::CreateAndWriteObj, flags, p.len, args(oid, Oid(0))), oid, Some(claim))
-                }
+                WritePlan::Write(oid) => (
+                    Backend::WriteObj,
+                    ReqHeader::obj(Opcode::WriteObj, flags, p.len, args(oid, Oid(0))),
+                    oid,
+                    None,
+                ),
+                WritePlan::Create { oid, claim } => (
+                    Backend::CreateAndWrite,
+                    ReqHeader::obj(Opcode::CreateAndWriteObj, flags, p.len, args(oid, Oid(0))),
+                    oid,
+                    Some(claim),
+                ),
                 WritePlan::Cow { oid, cow, claim } => {
                     if let Some(m) = &self.metrics {
                         m.borrow().cow.inc();
                     }
-                    let hdr = ReqHeader::obj(Opcode::CreateAndWriteObj, flags | SD_FLAG_CMD_COW, p.len, args(oid, cow));
+                    let hdr = ReqHeader::obj(
+                        Opcode::CreateAndWriteObj,
+                        flags | SD_FLAG_CMD_COW,
+                        p.len,
+                        args(oid, cow),
+                    );
                     (Backend::CowCreate, hdr, oid, Some(claim))
                 }
                 WritePlan::Wait => unreachable!("plan_write parks until the plan is not Wait"),
@@ -149,7 +183,9 @@ impl Shard {
                 }
                 (Ok(_), None) => return Ok(()),
                 // The claim (if any) is dropped: the next plan sees the new vid.
-                (Err(Error::Server(code)), _) if code == SD_RES_READONLY && refused < READONLY_RETRIES => {
+                (Err(Error::Server(code)), _)
+                    if code == SD_RES_READONLY && refused < READONLY_RETRIES =>
+                {
                     refused += 1;
                     self.follow_snapshot(oid.vid(), dl).await?;
                 }
@@ -167,7 +203,8 @@ impl Shard {
         let count = (hi - lo + 1) as usize;
         let r = if count <= MAX_CREATED {
             for (k, idx) in (lo..=hi).enumerate() {
-                bytes[4 * k..4 * k + 4].copy_from_slice(&self.vol.entry(idx).unwrap_or(0).to_le_bytes());
+                bytes[4 * k..4 * k + 4]
+                    .copy_from_slice(&self.vol.entry(idx).unwrap_or(0).to_le_bytes());
             }
             let vid = self.vol.vid();
             match self.write_inode(vid, entry_offset(lo), &bytes[..4 * count], dl).await {
@@ -206,11 +243,27 @@ impl Shard {
     /// write is not counted, and when either drops it later sheep removes the object from
     /// under the other (seen on sheep 1.0: a snapshot lost its object after the working
     /// VDI rewrote an unchanged shared entry and then copied-on-write it).
-    pub(super) async fn carry(&self, idx: u32, from: Vid, to: Vid, dl: Option<Instant>) -> Result<(), Error> {
+    pub(super) async fn carry(
+        &self,
+        idx: u32,
+        from: Vid,
+        to: Vid,
+        dl: Option<Instant>,
+    ) -> Result<(), Error> {
         let h = self.vol.header();
-        let args =
-            ObjArgs { oid: Oid::data(to, idx), cow_oid: Oid::data(from, idx), copies: h.nr_copies, copy_policy: h.copy_policy, ..Default::default() };
-        let hdr = ReqHeader::obj(Opcode::CreateAndWriteObj, SD_FLAG_CMD_WRITE | SD_FLAG_CMD_DIRECT | SD_FLAG_CMD_COW, 0, args);
+        let args = ObjArgs {
+            oid: Oid::data(to, idx),
+            cow_oid: Oid::data(from, idx),
+            copies: h.nr_copies,
+            copy_policy: h.copy_policy,
+            ..Default::default()
+        };
+        let hdr = ReqHeader::obj(
+            Opcode::CreateAndWriteObj,
+            SD_FLAG_CMD_WRITE | SD_FLAG_CMD_DIRECT | SD_FLAG_CMD_COW,
+            0,
+            args,
+        );
         self.call(Backend::CowCreate, hdr, &[], &mut [], dl).await?;
         self.vol.set_entry(idx, to.0)?;
         self.write_inode(to, entry_offset(idx), &to.0.to_le_bytes(), dl).await
@@ -221,7 +274,12 @@ impl Shard {
     /// in the snapshot's inode: when the own vid moved meanwhile, the zeros go to the new
     /// one too (dropping a reference is always counted right; see `carry` for why entries
     /// that point at objects are never written twice).
-    async fn write_zeroed_entries(&self, offset: u32, zeros: &[u8], dl: Option<Instant>) -> Result<(), Error> {
+    async fn write_zeroed_entries(
+        &self,
+        offset: u32,
+        zeros: &[u8],
+        dl: Option<Instant>,
+    ) -> Result<(), Error> {
         debug_assert!(zeros.iter().all(|&b| b == 0));
         let mut vid = self.vol.vid();
         loop {
@@ -234,15 +292,31 @@ impl Shard {
         }
     }
 
-    pub(super) async fn write_inode(&self, vid: Vid, offset: u32, bytes: &[u8], dl: Option<Instant>) -> Result<(), Error> {
+    pub(super) async fn write_inode(
+        &self,
+        vid: Vid,
+        offset: u32,
+        bytes: &[u8],
+        dl: Option<Instant>,
+    ) -> Result<(), Error> {
         let args = ObjArgs { oid: Oid::inode(vid), offset, ..Default::default() };
-        let hdr = ReqHeader::obj(Opcode::WriteObj, SD_FLAG_CMD_WRITE | SD_FLAG_CMD_DIRECT, bytes.len() as u32, args);
+        let hdr = ReqHeader::obj(
+            Opcode::WriteObj,
+            SD_FLAG_CMD_WRITE | SD_FLAG_CMD_DIRECT,
+            bytes.len() as u32,
+            args,
+        );
         self.call(Backend::InodeUpdate, hdr, bytes, &mut [], dl).await.map(|_| ())
     }
 
     /// DISCARD / WRITE_ZEROES (see the module contract). `scratch` is the tag's buffer,
     /// unused by these ops, which carries the zeroed entries.
-    pub(super) async fn zero_range(&self, d: IoDesc, scratch: &mut [u8], dl: Option<Instant>) -> Result<(), Error> {
+    pub(super) async fn zero_range(
+        &self,
+        d: IoDesc,
+        scratch: &mut [u8],
+        dl: Option<Instant>,
+    ) -> Result<(), Error> {
         if self.vol.is_read_only() {
             return Err(Error::ReadOnly);
         }

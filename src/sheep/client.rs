@@ -74,11 +74,21 @@ impl Client {
         }
         let mut failures = Vec::new();
         for addr in &cfg.gateways {
-            match Connection::connect(addr, cfg.connect_timeout, cfg.request_timeout, cfg.depth).await {
+            match Connection::connect(addr, cfg.connect_timeout, cfg.request_timeout, cfg.depth)
+                .await
+            {
                 Ok(first) => {
                     let mut conns = vec![first];
                     for _ in 1..cfg.connections.max(1) {
-                        conns.push(Connection::connect(addr, cfg.connect_timeout, cfg.request_timeout, cfg.depth).await?);
+                        conns.push(
+                            Connection::connect(
+                                addr,
+                                cfg.connect_timeout,
+                                cfg.request_timeout,
+                                cfg.depth,
+                            )
+                            .await?,
+                        );
                     }
                     return Ok(Client { conns });
                 }
@@ -109,7 +119,11 @@ impl Client {
 
     /// Send a request and return the response, whatever its result code.
     pub async fn call(&self, hdr: ReqHeader, payload: &[u8]) -> Result<Response, Error> {
-        let conn = self.conns.iter().min_by_key(|c| c.inflight()).expect("a client always has a connection");
+        let conn = self
+            .conns
+            .iter()
+            .min_by_key(|c| c.inflight())
+            .expect("a client always has a connection");
         conn.call(hdr, payload).await
     }
 
@@ -123,12 +137,20 @@ impl Client {
         Ok((rsp, data))
     }
 
-    async fn lookup_op(&self, op: Opcode, name: &VdiName, snap: &SnapSel, lock_type: u32) -> Result<VdiInfo, Error> {
+    async fn lookup_op(
+        &self,
+        op: Opcode,
+        name: &VdiName,
+        snap: &SnapSel,
+        lock_type: u32,
+    ) -> Result<VdiInfo, Error> {
         let (payload, snapid) = snap.lookup_payload(name);
         let args = VdiArgs { snapid, lock_type, ..Default::default() };
         let hdr = ReqHeader::vdi(op, SD_FLAG_CMD_WRITE, payload.len() as u32, args);
         let (rsp, _) = self.request(hdr, &payload).await?;
-        let vid = Vid::new(rsp.vdi_id()).ok_or_else(|| Error::Invalid(format!("{}: server answered vid {:#x}", op.name(), rsp.vdi_id())))?;
+        let vid = Vid::new(rsp.vdi_id()).ok_or_else(|| {
+            Error::Invalid(format!("{}: server answered vid {:#x}", op.name(), rsp.vdi_id()))
+        })?;
         Ok(VdiInfo { vid, copies: rsp.vdi_copies(), block_size_shift: rsp.vdi_block_size_shift() })
     }
 
@@ -138,13 +160,28 @@ impl Client {
     }
 
     /// LOCK_VDI: look up and lock (exclusive unless `shared`).
-    pub async fn lock_vdi(&self, name: &VdiName, snap: &SnapSel, shared: bool) -> Result<VdiInfo, Error> {
-        self.lookup_op(Opcode::LockVdi, name, snap, if shared { LOCK_TYPE_SHARED } else { LOCK_TYPE_NORMAL }).await
+    pub async fn lock_vdi(
+        &self,
+        name: &VdiName,
+        snap: &SnapSel,
+        shared: bool,
+    ) -> Result<VdiInfo, Error> {
+        self.lookup_op(
+            Opcode::LockVdi,
+            name,
+            snap,
+            if shared { LOCK_TYPE_SHARED } else { LOCK_TYPE_NORMAL },
+        )
+        .await
     }
 
     /// RELEASE_VDI of `vid`. VDI_NOT_LOCKED is not an error (nothing to release).
     pub async fn release_vdi(&self, vid: Vid, shared: bool) -> Result<(), Error> {
-        let args = VdiArgs { base_vdi_id: vid.0, lock_type: if shared { LOCK_TYPE_SHARED } else { LOCK_TYPE_NORMAL }, ..Default::default() };
+        let args = VdiArgs {
+            base_vdi_id: vid.0,
+            lock_type: if shared { LOCK_TYPE_SHARED } else { LOCK_TYPE_NORMAL },
+            ..Default::default()
+        };
         match self.request(ReqHeader::vdi(Opcode::ReleaseVdi, 0, 0, args), &[]).await {
             Err(e) if e.code() == Some(SD_RES_VDI_NOT_LOCKED) => Ok(()),
             r => r.map(|_| ()),
@@ -164,8 +201,15 @@ impl Client {
             lock_type: 0,
         };
         let payload = n.name.to_field();
-        let (rsp, _) = self.request(ReqHeader::vdi(Opcode::NewVdi, SD_FLAG_CMD_WRITE, payload.len() as u32, args), &payload).await?;
-        let vid = Vid::new(rsp.vdi_id()).ok_or_else(|| Error::Invalid(format!("new_vdi: server answered vid {:#x}", rsp.vdi_id())))?;
+        let (rsp, _) = self
+            .request(
+                ReqHeader::vdi(Opcode::NewVdi, SD_FLAG_CMD_WRITE, payload.len() as u32, args),
+                &payload,
+            )
+            .await?;
+        let vid = Vid::new(rsp.vdi_id()).ok_or_else(|| {
+            Error::Invalid(format!("new_vdi: server answered vid {:#x}", rsp.vdi_id()))
+        })?;
         Ok(VdiInfo { vid, copies: rsp.vdi_copies(), block_size_shift: rsp.vdi_block_size_shift() })
     }
 
@@ -174,7 +218,12 @@ impl Client {
     pub async fn del_vdi(&self, name: &VdiName, snap: &SnapSel) -> Result<Vid, Error> {
         let (payload, snapid) = snap.lookup_payload(name);
         let args = VdiArgs { snapid, ..Default::default() };
-        let (rsp, _) = self.request(ReqHeader::vdi(Opcode::DelVdi, SD_FLAG_CMD_WRITE, payload.len() as u32, args), &payload).await?;
+        let (rsp, _) = self
+            .request(
+                ReqHeader::vdi(Opcode::DelVdi, SD_FLAG_CMD_WRITE, payload.len() as u32, args),
+                &payload,
+            )
+            .await?;
         Ok(Vid(rsp.vdi_id()))
     }
 
@@ -183,45 +232,82 @@ impl Client {
         let hdr = ReqHeader::vdi(Opcode::ReadVdis, 0, SD_VDI_BITMAP_LEN, VdiArgs::default());
         let (_, data) = self.request(hdr, &[]).await?;
         if data.len() != SD_VDI_BITMAP_LEN as usize {
-            return Err(Error::Invalid(format!("read_vdis: got {} bytes, expected {SD_VDI_BITMAP_LEN}", data.len())));
+            return Err(Error::Invalid(format!(
+                "read_vdis: got {} bytes, expected {SD_VDI_BITMAP_LEN}",
+                data.len()
+            )));
         }
         Ok(data)
     }
 
     /// GET_CLUSTER_DEFAULT: (copies, copy_policy, block_size_shift).
     pub async fn cluster_default(&self) -> Result<(u8, u8, u8), Error> {
-        let (rsp, _) = self.request(ReqHeader::vdi(Opcode::GetClusterDefault, 0, 0, VdiArgs::default()), &[]).await?;
+        let (rsp, _) = self
+            .request(ReqHeader::vdi(Opcode::GetClusterDefault, 0, 0, VdiArgs::default()), &[])
+            .await?;
         Ok(rsp.cluster_default())
     }
 
     /// READ_OBJ of `len` bytes at `offset`.
     pub async fn read_obj(&self, oid: Oid, offset: u32, len: u32) -> Result<Vec<u8>, Error> {
-        let hdr = ReqHeader::obj(Opcode::ReadObj, 0, len, ObjArgs { oid, offset, ..Default::default() });
+        let hdr =
+            ReqHeader::obj(Opcode::ReadObj, 0, len, ObjArgs { oid, offset, ..Default::default() });
         let (_, data) = self.request(hdr, &[]).await?;
         if data.len() != len as usize {
-            return Err(Error::Invalid(format!("read_obj {oid}: got {} bytes, asked for {len}", data.len())));
+            return Err(Error::Invalid(format!(
+                "read_obj {oid}: got {} bytes, asked for {len}",
+                data.len()
+            )));
         }
         Ok(data)
     }
 
     /// WRITE_OBJ of `data` at `offset` of an existing object.
     pub async fn write_obj(&self, oid: Oid, offset: u32, data: &[u8]) -> Result<(), Error> {
-        let hdr =
-            ReqHeader::obj(Opcode::WriteObj, SD_FLAG_CMD_WRITE | SD_FLAG_CMD_DIRECT, len32(data)?, ObjArgs { oid, offset, ..Default::default() });
+        let hdr = ReqHeader::obj(
+            Opcode::WriteObj,
+            SD_FLAG_CMD_WRITE | SD_FLAG_CMD_DIRECT,
+            len32(data)?,
+            ObjArgs { oid, offset, ..Default::default() },
+        );
         self.request(hdr, data).await.map(|_| ())
     }
 
     /// CREATE_AND_WRITE_OBJ, with COW from `cow` when given. Never call it twice for one
     /// oid while the first is in flight (the VDI layer serialises this).
-    pub async fn create_obj(&self, oid: Oid, cow: Option<Oid>, offset: u32, data: &[u8], copies: u8, copy_policy: u8) -> Result<(), Error> {
-        let flags = SD_FLAG_CMD_WRITE | SD_FLAG_CMD_DIRECT | if cow.is_some() { SD_FLAG_CMD_COW } else { 0 };
-        let args = ObjArgs { oid, cow_oid: cow.unwrap_or_default(), copies, copy_policy, offset, ..Default::default() };
-        self.request(ReqHeader::obj(Opcode::CreateAndWriteObj, flags, len32(data)?, args), data).await.map(|_| ())
+    pub async fn create_obj(
+        &self,
+        oid: Oid,
+        cow: Option<Oid>,
+        offset: u32,
+        data: &[u8],
+        copies: u8,
+        copy_policy: u8,
+    ) -> Result<(), Error> {
+        let flags = SD_FLAG_CMD_WRITE
+            | SD_FLAG_CMD_DIRECT
+            | if cow.is_some() { SD_FLAG_CMD_COW } else { 0 };
+        let args = ObjArgs {
+            oid,
+            cow_oid: cow.unwrap_or_default(),
+            copies,
+            copy_policy,
+            offset,
+            ..Default::default()
+        };
+        self.request(ReqHeader::obj(Opcode::CreateAndWriteObj, flags, len32(data)?, args), data)
+            .await
+            .map(|_| ())
     }
 
     /// REMOVE_OBJ.
     pub async fn remove_obj(&self, oid: Oid) -> Result<(), Error> {
-        self.request(ReqHeader::obj(Opcode::RemoveObj, 0, 0, ObjArgs { oid, ..Default::default() }), &[]).await.map(|_| ())
+        self.request(
+            ReqHeader::obj(Opcode::RemoveObj, 0, 0, ObjArgs { oid, ..Default::default() }),
+            &[],
+        )
+        .await
+        .map(|_| ())
     }
 
     /// DISCARD_OBJ of object `idx` of `vid` (clears the entry and removes the object).
@@ -249,7 +335,12 @@ impl Client {
     }
 
     /// Persist `data_vdi_id[first..first + entries.len()]` of `vid`.
-    pub async fn write_inode_entries(&self, vid: Vid, first: u32, entries: &[u32]) -> Result<(), Error> {
+    pub async fn write_inode_entries(
+        &self,
+        vid: Vid,
+        first: u32,
+        entries: &[u32],
+    ) -> Result<(), Error> {
         let mut b = Vec::with_capacity(entries.len() * 4);
         crate::proto::inode::encode_entries(entries, &mut b);
         self.write_obj(Oid::inode(vid), entry_offset(first), &b).await
@@ -263,5 +354,6 @@ impl Client {
 }
 
 fn len32(data: &[u8]) -> Result<u32, Error> {
-    u32::try_from(data.len()).map_err(|_| Error::Invalid(format!("payload of {} bytes is too large", data.len())))
+    u32::try_from(data.len())
+        .map_err(|_| Error::Invalid(format!("payload of {} bytes is too large", data.len())))
 }

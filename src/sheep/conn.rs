@@ -39,7 +39,11 @@ enum Socket {
 }
 
 impl AsyncRead for Socket {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
@@ -48,7 +52,11 @@ impl AsyncRead for Socket {
 }
 
 impl AsyncWrite for Socket {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
@@ -121,16 +129,27 @@ pub struct Connection {
 impl Connection {
     /// Connect to `addr` within `connect_timeout`; allow `depth` requests in flight, each
     /// answered within `timeout` (zero: wait forever).
-    pub async fn connect(addr: &Gateway, connect_timeout: Duration, timeout: Duration, depth: usize) -> Result<Connection, Error> {
+    pub async fn connect(
+        addr: &Gateway,
+        connect_timeout: Duration,
+        timeout: Duration,
+        depth: usize,
+    ) -> Result<Connection, Error> {
         let addr = addr.clone();
         let ms = connect_timeout.as_millis() as u64;
         let connected = match &addr {
-            Gateway::Tcp(a) => TcpStream::connect_timeout(*a, connect_timeout.max(Duration::from_millis(1))).await.map(Socket::Tcp),
+            Gateway::Tcp(a) => {
+                TcpStream::connect_timeout(*a, connect_timeout.max(Duration::from_millis(1)))
+                    .await
+                    .map(Socket::Tcp)
+            }
             Gateway::Unix(p) => UnixStream::connect(p).await.map(Socket::Unix),
         };
         let stream = match connected {
             Ok(s) => s,
-            Err(glommio::GlommioError::TimedOut(_)) => return Err(Error::ConnectTimeout { addr, ms }),
+            Err(glommio::GlommioError::TimedOut(_)) => {
+                return Err(Error::ConnectTimeout { addr, ms })
+            }
             Err(e) => {
                 let source: io::Error = e.into();
                 if source.kind() == io::ErrorKind::TimedOut {
@@ -140,7 +159,8 @@ impl Connection {
             }
         };
         if let Socket::Tcp(t) = &stream {
-            t.set_nodelay(true).map_err(|source| Error::Io { addr: addr.clone(), source: source.into() })?;
+            t.set_nodelay(true)
+                .map_err(|source| Error::Io { addr: addr.clone(), source: source.into() })?;
         }
         let depth = depth.clamp(1, u16::MAX as usize);
         let (rd, wr) = futures_lite::io::split(stream);
@@ -180,7 +200,11 @@ impl Connection {
         let inner = &self.inner;
         inner.check()?;
         if hdr.has_payload() && payload.len() != hdr.data_length as usize {
-            return Err(Error::Invalid(format!("payload of {} bytes for a header announcing {}", payload.len(), hdr.data_length)));
+            return Err(Error::Invalid(format!(
+                "payload of {} bytes for a header announcing {}",
+                payload.len(),
+                hdr.data_length
+            )));
         }
         let _permit = inner.depth.acquire_permit(1).await.map_err(|_| inner.broken_error())?;
         inner.check()?;
@@ -215,7 +239,9 @@ impl Connection {
         match glommio::timer::timeout(inner.timeout, async { Ok(wait.await) }).await {
             Ok(r) => r,
             Err(_) => {
-                let op = crate::proto::Opcode::try_from(hdr.opcode).map(|o| o.name()).unwrap_or("request");
+                let op = crate::proto::Opcode::try_from(hdr.opcode)
+                    .map(|o| o.name())
+                    .unwrap_or("request");
                 let ms = inner.timeout.as_millis() as u64;
                 inner.fail_all(Broken::Io(io::ErrorKind::TimedOut, format!("{op} timed out")));
                 Err(Error::Timeout { addr: inner.addr.clone(), op, ms })
@@ -226,7 +252,10 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        self.inner.fail_all(Broken::Io(io::ErrorKind::NotConnected, "connection closed by client".into()));
+        self.inner.fail_all(Broken::Io(
+            io::ErrorKind::NotConnected,
+            "connection closed by client".into(),
+        ));
     }
 }
 
@@ -239,7 +268,12 @@ struct SlotGuard<'a> {
 
 impl<'a> SlotGuard<'a> {
     fn take(inner: &'a Inner, bound: u32) -> Result<SlotGuard<'a>, Error> {
-        let idx = inner.free.borrow_mut().pop().ok_or_else(|| Error::Invalid("no free request slot".into()))? as usize;
+        let idx = inner
+            .free
+            .borrow_mut()
+            .pop()
+            .ok_or_else(|| Error::Invalid("no free request slot".into()))?
+            as usize;
         let mut slots = inner.slots.borrow_mut();
         let s = &mut slots[idx];
         s.gen = s.gen.wrapping_add(1);
@@ -253,10 +287,12 @@ impl<'a> SlotGuard<'a> {
         let mut slots = self.inner.slots.borrow_mut();
         let s = &mut slots[self.idx];
         match &mut s.state {
-            State::Done(_) => match std::mem::replace(&mut s.state, State::Abandoned { bound: 0 }) {
-                State::Done(r) => Poll::Ready(r),
-                _ => unreachable!("state was just matched as Done"),
-            },
+            State::Done(_) => {
+                match std::mem::replace(&mut s.state, State::Abandoned { bound: 0 }) {
+                    State::Done(r) => Poll::Ready(r),
+                    _ => unreachable!("state was just matched as Done"),
+                }
+            }
             State::Waiting { waker: w, .. } => {
                 *w = Some(waker.clone());
                 Poll::Pending
@@ -271,7 +307,9 @@ impl Drop for SlotGuard<'_> {
         let mut slots = self.inner.slots.borrow_mut();
         let s = &mut slots[self.idx];
         match s.state {
-            State::Waiting { bound, .. } if self.inner.broken.borrow().is_none() => s.state = State::Abandoned { bound },
+            State::Waiting { bound, .. } if self.inner.broken.borrow().is_none() => {
+                s.state = State::Abandoned { bound }
+            }
             _ => {
                 s.state = State::Free;
                 self.inner.free.borrow_mut().push(self.idx as u16);
@@ -285,7 +323,10 @@ impl Inner {
     /// What `proto::demux` needs to judge a response to slot `idx`.
     fn in_flight(&self, idx: usize) -> Option<InFlight> {
         match self.slots.borrow().get(idx) {
-            Some(Slot { gen, state: State::Waiting { bound, .. } | State::Abandoned { bound } }) => Some(InFlight { gen: *gen, bound: *bound }),
+            Some(Slot {
+                gen,
+                state: State::Waiting { bound, .. } | State::Abandoned { bound },
+            }) => Some(InFlight { gen: *gen, bound: *bound }),
             _ => None,
         }
     }
@@ -322,7 +363,9 @@ impl Inner {
     fn broken_error(&self) -> Error {
         match self.broken.borrow().clone() {
             None | Some(Broken::Eof) => Error::Closed(self.addr.clone()),
-            Some(Broken::Io(kind, msg)) => Error::Io { addr: self.addr.clone(), source: io::Error::new(kind, msg) },
+            Some(Broken::Io(kind, msg)) => {
+                Error::Io { addr: self.addr.clone(), source: io::Error::new(kind, msg) }
+            }
             Some(Broken::Stream(source)) => Error::Stream { addr: self.addr.clone(), source },
         }
     }
@@ -373,9 +416,14 @@ async fn read_loop(inner: Rc<Inner>, mut rd: ReadHalf<Socket>) {
             match ev {
                 Event::NeedMore => break,
                 Event::Payload { data, .. } => payload.extend_from_slice(data),
-                Event::Complete { slot, rsp } => inner.complete(slot, rsp, std::mem::take(&mut payload)),
+                Event::Complete { slot, rsp } => {
+                    inner.complete(slot, rsp, std::mem::take(&mut payload))
+                }
                 Event::Break(source) => {
-                    tracing::warn!("{}; closing the connection", Error::Stream { addr: inner.addr.clone(), source });
+                    tracing::warn!(
+                        "{}; closing the connection",
+                        Error::Stream { addr: inner.addr.clone(), source }
+                    );
                     inner.fail_all(Broken::Stream(source));
                     return;
                 }
@@ -411,7 +459,10 @@ mod tests {
     use crate::proto::{Opcode, VdiArgs, HEADER_LEN, SD_RES_SUCCESS};
 
     /// A one-connection server that answers each request with `answer(request)`.
-    fn fake_sheep(answer: fn(ReqHeader) -> Vec<u8>, requests: usize) -> (Gateway, std::thread::JoinHandle<()>) {
+    fn fake_sheep(
+        answer: fn(ReqHeader) -> Vec<u8>,
+        requests: usize,
+    ) -> (Gateway, std::thread::JoinHandle<()>) {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = l.local_addr().expect("addr");
         let t = std::thread::spawn(move || {
@@ -429,7 +480,8 @@ mod tests {
 
     fn ask(addr: &Gateway) -> Result<Response, Error> {
         crate::runtime::block_on(async {
-            let c = Connection::connect(addr, Duration::from_secs(1), Duration::from_secs(5), 4).await?;
+            let c = Connection::connect(addr, Duration::from_secs(1), Duration::from_secs(5), 4)
+                .await?;
             c.call(ReqHeader::vdi(Opcode::GetClusterDefault, 0, 0, VdiArgs::default()), &[]).await
         })
         .expect("executor")
@@ -437,20 +489,38 @@ mod tests {
 
     #[test]
     fn answers_are_matched_by_id_and_a_stray_id_breaks_the_connection() {
-        let (addr, t) = fake_sheep(|req| RspHeader::reply_to(&req, SD_RES_SUCCESS).encode().to_vec(), 1);
+        let (addr, t) =
+            fake_sheep(|req| RspHeader::reply_to(&req, SD_RES_SUCCESS).encode().to_vec(), 1);
         let (rsp, data) = ask(&addr).expect("answered");
         assert!(rsp.result.is_success() && data.is_empty());
         t.join().expect("server");
 
-        let (addr, t) = fake_sheep(|req| RspHeader { id: req.id ^ 0x1_0000, ..RspHeader::reply_to(&req, SD_RES_SUCCESS) }.encode().to_vec(), 1);
+        let (addr, t) = fake_sheep(
+            |req| {
+                RspHeader { id: req.id ^ 0x1_0000, ..RspHeader::reply_to(&req, SD_RES_SUCCESS) }
+                    .encode()
+                    .to_vec()
+            },
+            1,
+        );
         let e = ask(&addr).expect_err("a stale generation is not our answer");
         assert!(matches!(e, Error::Stream { .. }) && e.should_reconnect(), "{e}");
         t.join().expect("server");
 
         // Payload on an answer whose request takes none: oversize, before it is read.
-        let (addr, t) = fake_sheep(|req| RspHeader { data_length: 8, ..RspHeader::reply_to(&req, SD_RES_SUCCESS) }.encode().to_vec(), 1);
+        let (addr, t) = fake_sheep(
+            |req| {
+                RspHeader { data_length: 8, ..RspHeader::reply_to(&req, SD_RES_SUCCESS) }
+                    .encode()
+                    .to_vec()
+            },
+            1,
+        );
         let e = ask(&addr).expect_err("oversize");
-        assert!(matches!(e, Error::Stream { source: crate::proto::demux::Broken::Oversize { .. }, .. }), "{e}");
+        assert!(
+            matches!(e, Error::Stream { source: crate::proto::demux::Broken::Oversize { .. }, .. }),
+            "{e}"
+        );
         t.join().expect("server");
     }
 }

@@ -58,6 +58,13 @@ impl Error {
     /// Whether the connection is broken or untrusted and in-flight requests must be resent
     /// on a new one.
     pub fn should_reconnect(&self) -> bool {
-        matches!(self, Error::Io { .. } | Error::Closed(_) | Error::Timeout { .. } | Error::Protocol { .. } | Error::Stream { .. })
+        matches!(
+            self,
+            Error::Io { .. }
+                | Error::Closed(_)
+                | Error::Timeout { .. }
+                | Error::Protocol { .. }
+                | Error::Stream { .. }
+        )
     }
 }

@@ -27,14 +27,18 @@ impl std::str::FromStr for Redundancy {
     type Err = String;
     fn from_str(s: &str) -> Result<Redundancy, String> {
         if let Some((d, p)) = s.split_once(':') {
-            let data = d.parse::<u8>().map_err(|_| format!("bad redundancy {s:?}: expected N or D:P"))?;
-            let parity = p.parse::<u8>().map_err(|_| format!("bad redundancy {s:?}: expected N or D:P"))?;
+            let data =
+                d.parse::<u8>().map_err(|_| format!("bad redundancy {s:?}: expected N or D:P"))?;
+            let parity =
+                p.parse::<u8>().map_err(|_| format!("bad redundancy {s:?}: expected N or D:P"))?;
             ec_policy(data, parity).map_err(|e| e.to_string())?;
             return Ok(Redundancy::Erasure { data, parity });
         }
         match s.parse::<u8>() {
             Ok(n @ 1..=31) => Ok(Redundancy::Copies(n)),
-            _ => Err(format!("bad redundancy {s:?}: copies must be 1..31, or D:P for erasure coding")),
+            _ => Err(format!(
+                "bad redundancy {s:?}: copies must be 1..31, or D:P for erasure coding"
+            )),
         }
     }
 }
@@ -45,7 +49,9 @@ impl Redundancy {
         match self {
             Redundancy::Default => (0, 0),
             Redundancy::Copies(n) => (n, 0),
-            Redundancy::Erasure { data, parity } => (data + parity, ec_policy(data, parity).unwrap_or(0)),
+            Redundancy::Erasure { data, parity } => {
+                (data + parity, ec_policy(data, parity).unwrap_or(0))
+            }
         }
     }
 }
@@ -53,7 +59,9 @@ impl Redundancy {
 /// Check a size and object size the way dog does, before anything is sent.
 pub fn check_size(size: u64, block_size_shift: u8) -> Result<(), Error> {
     if !(SD_MIN_BLOCK_SIZE_SHIFT..=SD_MAX_BLOCK_SIZE_SHIFT).contains(&block_size_shift) {
-        return Err(Error::Invalid(format!("object size 2^{block_size_shift} is out of range: it must be 1M..2G (a power of two)")));
+        return Err(Error::Invalid(format!(
+            "object size 2^{block_size_shift} is out of range: it must be 1M..2G (a power of two)"
+        )));
     }
     if size == 0 {
         return Err(Error::Invalid("vdi size must be above 0".into()));
@@ -71,7 +79,11 @@ pub fn check_size(size: u64, block_size_shift: u8) -> Result<(), Error> {
 
 /// Read the inode of `vid` (header and used entries) into a [`Volume`]; refuses hyper
 /// volumes. Snapshots are always read-only.
-pub async fn load_volume(client: &Client, vid: crate::proto::Vid, read_only: bool) -> Result<Volume, Error> {
+pub async fn load_volume(
+    client: &Client,
+    vid: crate::proto::Vid,
+    read_only: bool,
+) -> Result<Volume, Error> {
     let (h, entries) = client.read_inode(vid).await?;
     h.check_usable().map_err(|e| Error::Invalid(format!("vdi {vid}: {e}")))?;
     let read_only = read_only || h.is_snapshot();
@@ -79,7 +91,13 @@ pub async fn load_volume(client: &Client, vid: crate::proto::Vid, read_only: boo
 }
 
 /// Create a fresh VDI. `object_size` 0 means the cluster's default.
-pub async fn create(c: &Client, name: &VdiName, size: u64, redundancy: Redundancy, object_size: u64) -> Result<VdiInfo, Error> {
+pub async fn create(
+    c: &Client,
+    name: &VdiName,
+    size: u64,
+    redundancy: Redundancy,
+    object_size: u64,
+) -> Result<VdiInfo, Error> {
     let bss = if object_size == 0 {
         c.cluster_default().await?.2
     } else if object_size.is_power_of_two() {
@@ -89,7 +107,16 @@ pub async fn create(c: &Client, name: &VdiName, size: u64, redundancy: Redundanc
     };
     check_size(size, bss)?;
     let (copies, copy_policy) = redundancy.wire();
-    c.new_vdi(&NewVdi { name: name.clone(), size, base: 0, copies, copy_policy, block_size_shift: bss, snapid: 0 }).await
+    c.new_vdi(&NewVdi {
+        name: name.clone(),
+        size,
+        base: 0,
+        copies,
+        copy_policy,
+        block_size_shift: bss,
+        snapid: 0,
+    })
+    .await
 }
 
 /// Look up a spec and read its inode header; refuses hyper volumes.
@@ -101,7 +128,11 @@ pub async fn open(c: &Client, spec: &VdiSpec) -> Result<(VdiInfo, InodeHeader), 
 }
 
 /// Snapshot the working VDI `name` with an optional tag. Returns (snapshot vid, new working vid).
-pub async fn snapshot(c: &Client, name: &VdiName, tag: Option<&VdiName>) -> Result<(Vid, Vid), Error> {
+pub async fn snapshot(
+    c: &Client,
+    name: &VdiName,
+    tag: Option<&VdiName>,
+) -> Result<(Vid, Vid), Error> {
     let (info, h) = open(c, &VdiSpec::working(name.clone())).await?;
     if let Some(t) = tag {
         if c.vdi_info(name, &SnapSel::Tag(t.clone())).await.is_ok() {
@@ -126,7 +157,9 @@ pub async fn snapshot(c: &Client, name: &VdiName, tag: Option<&VdiName>) -> Resu
 /// Clone snapshot `src` (must name a snapshot) to a new working VDI `new`.
 pub async fn clone(c: &Client, src: &VdiSpec, new: &VdiName) -> Result<VdiInfo, Error> {
     if !src.snap.is_snapshot() {
-        return Err(Error::Invalid(format!("clone needs a snapshot (NAME:ID or NAME:TAG), not the working vdi {src}")));
+        return Err(Error::Invalid(format!(
+            "clone needs a snapshot (NAME:ID or NAME:TAG), not the working vdi {src}"
+        )));
     }
     let (info, h) = open(c, src).await?;
     c.new_vdi(&NewVdi {
@@ -176,17 +209,23 @@ pub async fn delete(c: &Client, spec: &VdiSpec) -> Result<Vid, Error> {
     let zeros = [0u32; DELETE_BATCH];
     for (i, chunk) in entries.chunks(DELETE_BATCH).enumerate() {
         if chunk.iter().any(|&e| e != 0) {
-            c.write_inode_entries(info.vid, (i * DELETE_BATCH) as u32, &zeros[..chunk.len()]).await?;
+            c.write_inode_entries(info.vid, (i * DELETE_BATCH) as u32, &zeros[..chunk.len()])
+                .await?;
         }
     }
     let deleted = c.del_vdi(&spec.name, &spec.snap).await?;
     if deleted != info.vid {
-        return Err(Error::Invalid(format!("{spec}: the server deleted vid {deleted}, expected {}", info.vid)));
+        return Err(Error::Invalid(format!(
+            "{spec}: the server deleted vid {deleted}, expected {}",
+            info.vid
+        )));
     }
     match c.vdi_info(&spec.name, &spec.snap).await {
         Err(e) if matches!(e.code(), Some(SD_RES_NO_VDI) | Some(SD_RES_NO_TAG)) => Ok(info.vid),
         Ok(still) if still.vid != info.vid => Ok(info.vid),
-        Ok(_) => Err(Error::Invalid(format!("{spec}: the server accepted the delete but the vdi is still there"))),
+        Ok(_) => Err(Error::Invalid(format!(
+            "{spec}: the server accepted the delete but the vdi is still there"
+        ))),
         Err(e) => Err(e),
     }
 }
@@ -215,11 +254,16 @@ pub struct Listed {
 /// Every live VDI and snapshot, in vid order.
 pub async fn list(c: &Client) -> Result<Vec<Listed>, Error> {
     let bitmap = c.read_vdis().await?;
-    let vids: Vec<Vid> = (1..SD_NR_VDIS).filter(|&v| bitmap[(v / 8) as usize] & (1 << (v % 8)) != 0).map(Vid).collect();
+    let vids: Vec<Vid> = (1..SD_NR_VDIS)
+        .filter(|&v| bitmap[(v / 8) as usize] & (1 << (v % 8)) != 0)
+        .map(Vid)
+        .collect();
     let mut out = Vec::with_capacity(vids.len());
     // Read inodes a few at a time: pipelined, bounded.
     for chunk in vids.chunks(16) {
-        let done = join_all(chunk.iter().map(|&v| async move { (v, c.read_inode(v).await) }).collect()).await;
+        let done =
+            join_all(chunk.iter().map(|&v| async move { (v, c.read_inode(v).await) }).collect())
+                .await;
         for (vid, r) in done {
             let (h, entries) = match r {
                 Ok(x) => x,

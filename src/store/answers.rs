@@ -158,7 +158,10 @@ mod tests {
         assert_eq!(&g[10..], [0; 10]);
         assert_eq!((a.len(), a.capacity()), (26, 26));
         a.clear(16);
-        assert!(a.bytes().is_empty() && a.capacity() == 0, "a buffer grown past `keep` is given up");
+        assert!(
+            a.bytes().is_empty() && a.capacity() == 0,
+            "a buffer grown past `keep` is given up"
+        );
     }
 
     #[test]

@@ -49,7 +49,8 @@ impl Faults {
 
     /// Answer the next `n` requests of opcode `only` (`None`: object requests) with `code`.
     pub fn fail_next(&self, n: u32, only: Option<Opcode>, code: ResultCode) {
-        *self.st.rule.lock().unwrap_or_else(PoisonError::into_inner) = (n > 0).then_some(Rule { code, left: n, only });
+        *self.st.rule.lock().unwrap_or_else(PoisonError::into_inner) =
+            (n > 0).then_some(Rule { code, left: n, only });
     }
 
     /// Requests answered with an injected error so far.
@@ -72,7 +73,14 @@ impl Faults {
         let r = rule.as_mut()?;
         let hit = match r.only {
             Some(o) => o == op,
-            None => matches!(op, Opcode::CreateAndWriteObj | Opcode::ReadObj | Opcode::WriteObj | Opcode::RemoveObj | Opcode::DiscardObj),
+            None => matches!(
+                op,
+                Opcode::CreateAndWriteObj
+                    | Opcode::ReadObj
+                    | Opcode::WriteObj
+                    | Opcode::RemoveObj
+                    | Opcode::DiscardObj
+            ),
         };
         if !hit {
             return None;
@@ -116,8 +124,17 @@ mod tests {
     fn new_vdi(s: &mut TcpStream) -> RspHeader {
         let mut name = [0u8; SD_MAX_VDI_LEN];
         name[..1].copy_from_slice(b"v");
-        call(s, ReqHeader::vdi(Opcode::NewVdi, SD_FLAG_CMD_WRITE, SD_MAX_VDI_LEN as u32, VdiArgs { vdi_size: 1 << 22, ..Default::default() }), &name)
-            .0
+        call(
+            s,
+            ReqHeader::vdi(
+                Opcode::NewVdi,
+                SD_FLAG_CMD_WRITE,
+                SD_MAX_VDI_LEN as u32,
+                VdiArgs { vdi_size: 1 << 22, ..Default::default() },
+            ),
+            &name,
+        )
+        .0
     }
 
     #[test]
@@ -135,7 +152,14 @@ mod tests {
         let mut c = connect(addr);
         let vid = new_vdi(&mut c).vdi_id();
         let oid = Oid::data(Vid(vid), 0);
-        let write = |len: u32| ReqHeader::obj(Opcode::CreateAndWriteObj, SD_FLAG_CMD_WRITE, len, ObjArgs { oid, ..Default::default() });
+        let write = |len: u32| {
+            ReqHeader::obj(
+                Opcode::CreateAndWriteObj,
+                SD_FLAG_CMD_WRITE,
+                len,
+                ObjArgs { oid, ..Default::default() },
+            )
+        };
         let read = ReqHeader::obj(Opcode::ReadObj, 0, 4, ObjArgs { oid, ..Default::default() });
         store.faults().fail_next(2, Some(Opcode::CreateAndWriteObj), SD_RES_EIO);
         // Other opcodes pass; the next two creates fail and change nothing.

@@ -54,7 +54,11 @@ pub(super) struct Inode {
 }
 
 impl Inode {
-    pub(super) fn new(head: [u8; INODE_HEADER_PARSE_LEN], entries: Vec<u32>, readonly: bool) -> Inode {
+    pub(super) fn new(
+        head: [u8; INODE_HEADER_PARSE_LEN],
+        entries: Vec<u32>,
+        readonly: bool,
+    ) -> Inode {
         let hdr = InodeHeader::parse(&head).unwrap_or_default();
         Inode { head, hdr, entries, readonly, uncounted: BTreeSet::new() }
     }
@@ -100,7 +104,12 @@ impl Inode {
     /// uncounted)` of every entry whose non-zero value changed. `refcounted`: the write
     /// lies inside `data_vdi_id`, where sheep keeps reference counts: every entry it covers
     /// that points at another vid's object becomes uncounted (see [`Inode::uncounted`]).
-    pub(super) fn patch(&mut self, off: u64, data: &[u8], refcounted: bool) -> Vec<(u32, u32, bool)> {
+    pub(super) fn patch(
+        &mut self,
+        off: u64,
+        data: &[u8],
+        refcounted: bool,
+    ) -> Vec<(u32, u32, bool)> {
         let end = off + data.len() as u64;
         let head_len = INODE_HEADER_PARSE_LEN as u64;
         if off < head_len {
@@ -147,13 +156,22 @@ impl Inode {
 }
 
 /// Read an inode file into a cache entry; `buf` is scratch of [`ENTRIES_LEN`] bytes.
-pub(super) fn read_inode_file(objs: &Objects, oid: Oid, buf: &mut Vec<u8>, readonly: bool) -> io::Result<Inode> {
+pub(super) fn read_inode_file(
+    objs: &Objects,
+    oid: Oid,
+    buf: &mut Vec<u8>,
+    readonly: bool,
+) -> io::Result<Inode> {
     let mut head = [0u8; INODE_HEADER_PARSE_LEN];
     objs.read_raw(oid, 0, &mut head)?;
     buf.resize(ENTRIES_LEN, 0);
     objs.read_raw(oid, u64::from(OFF_DATA_VDI_ID), buf)?;
     let used = buf.chunks_exact(4).rposition(|c| c != [0; 4]).map_or(0, |p| p + 1);
-    let entries = buf.chunks_exact(4).take(used).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let entries = buf
+        .chunks_exact(4)
+        .take(used)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     let mut ino = Inode::new(head, entries, readonly);
     if !readonly {
         ino.readonly = ino.hdr.is_snapshot();
@@ -176,15 +194,20 @@ pub(super) fn hyper_own_objects(objs: &Objects, words: &[u32], vid: u32) -> Vec<
         own.extend(pairs.filter(|&(_, v)| v == vid).map(|(idx, _)| Oid::data(Vid(vid), idx)));
     };
     match head >> 16 {
-        1 => take_pairs(&mut (0..n.min((ENTRIES_LEN - 8) / 8)).map(|k| (word(2 + 2 * k), word(3 + 2 * k)))),
+        1 => take_pairs(
+            &mut (0..n.min((ENTRIES_LEN - 8) / 8)).map(|k| (word(2 + 2 * k), word(3 + 2 * k))),
+        ),
         2 => {
             for k in 0..n.min((ENTRIES_LEN - 8) / 16) {
                 let node = Oid(u64::from(word(4 + 4 * k)) | u64::from(word(5 + 4 * k)) << 32);
                 let mut nh = [0u8; 8];
-                if objs.read_raw(node, 0, &mut nh).is_err() || u32::from(u16::from_le_bytes([nh[0], nh[1]])) != BTREE_MAGIC {
+                if objs.read_raw(node, 0, &mut nh).is_err()
+                    || u32::from(u16::from_le_bytes([nh[0], nh[1]])) != BTREE_MAGIC
+                {
                     continue;
                 }
-                let m = (u32::from_le_bytes([nh[4], nh[5], nh[6], nh[7]]) as usize).min((BTREE_NODE_LEN - 8) / 8);
+                let m = (u32::from_le_bytes([nh[4], nh[5], nh[6], nh[7]]) as usize)
+                    .min((BTREE_NODE_LEN - 8) / 8);
                 let mut body = vec![0u8; 8 * m];
                 if objs.read_raw(node, 8, &mut body).is_ok() {
                     let le = |c: &[u8]| u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
@@ -251,9 +274,13 @@ mod tests {
     #[test]
     fn hyper_walk_finds_own_objects_of_a_depth_1_root() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let objs = Objects::open(dir.path(), false, 64).map_err(|(_, e)| e.to_string()).expect("open");
+        let objs =
+            Objects::open(dir.path(), false, 64).map_err(|(_, e)| e.to_string()).expect("open");
         let words = [HYPER_EMPTY_ROOT, 3, 1, 7, 2, 8, 9, 7];
-        assert_eq!(hyper_own_objects(&objs, &words, 7), vec![Oid::data(Vid(7), 1), Oid::data(Vid(7), 9)]);
+        assert_eq!(
+            hyper_own_objects(&objs, &words, 7),
+            vec![Oid::data(Vid(7), 1), Oid::data(Vid(7), 9)]
+        );
         assert!(hyper_own_objects(&objs, &[0, 3, 1, 7], 7).is_empty());
         // A count larger than the root is bounded, not trusted.
         assert!(hyper_own_objects(&objs, &[HYPER_EMPTY_ROOT, u32::MAX], 7).is_empty());

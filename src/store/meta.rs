@@ -22,13 +22,20 @@
 
 use std::collections::HashMap;
 
-use super::inode::{hyper_own_objects, inode_vid, read_inode_file, Inode, DEFAULT_OBJECT_SIZE, HYPER_EMPTY_ROOT};
+use super::inode::{
+    hyper_own_objects, inode_vid, read_inode_file, Inode, DEFAULT_OBJECT_SIZE, HYPER_EMPTY_ROOT,
+};
 use super::objects::{failure, Objects};
-use crate::proto::inode::{field_str, nr_objects, INODE_HEADER_PARSE_LEN, OFF_DATA_VDI_ID, OFF_GREF, OFF_NAME, OFF_SNAP_CTIME, OFF_VDI_SIZE};
+use crate::proto::inode::{
+    field_str, nr_objects, INODE_HEADER_PARSE_LEN, OFF_DATA_VDI_ID, OFF_GREF, OFF_NAME,
+    OFF_SNAP_CTIME, OFF_VDI_SIZE,
+};
 use crate::proto::{
-    hash_vid, InodeHeader, Oid, ResultCode, Vid, LOCK_TYPE_NORMAL, LOCK_TYPE_SHARED, SD_INODE_DATA_INDEX, SD_INODE_SIZE, SD_MAX_VDI_LEN, SD_NR_VDIS,
-    SD_RES_BASE_VDI_READ, SD_RES_BASE_VDI_WRITE, SD_RES_FULL_VDI, SD_RES_INVALID_PARMS, SD_RES_NO_OBJ, SD_RES_NO_TAG, SD_RES_NO_VDI,
-    SD_RES_VDI_EXIST, SD_RES_VDI_LOCKED, SD_RES_VDI_WRITE, SD_VDI_BITMAP_LEN, VDI_ATTR_BIT, VMSTATE_BIT,
+    hash_vid, InodeHeader, Oid, ResultCode, Vid, LOCK_TYPE_NORMAL, LOCK_TYPE_SHARED,
+    SD_INODE_DATA_INDEX, SD_INODE_SIZE, SD_MAX_VDI_LEN, SD_NR_VDIS, SD_RES_BASE_VDI_READ,
+    SD_RES_BASE_VDI_WRITE, SD_RES_FULL_VDI, SD_RES_INVALID_PARMS, SD_RES_NO_OBJ, SD_RES_NO_TAG,
+    SD_RES_NO_VDI, SD_RES_VDI_EXIST, SD_RES_VDI_LOCKED, SD_RES_VDI_WRITE, SD_VDI_BITMAP_LEN,
+    VDI_ATTR_BIT, VMSTATE_BIT,
 };
 
 /// Size of a VDI attribute object (`struct sheepdog_vdi_attr`).
@@ -97,16 +104,17 @@ pub(super) struct Meta {
 impl Meta {
     /// Rebuild the metadata from the inode files in `objs`.
     pub(super) fn load(objs: &Objects) -> Result<Meta, super::Error> {
-        let mut meta = Meta { bitmap: vec![0; SD_VDI_BITMAP_LEN as usize], inodes: HashMap::new(), locks: HashMap::new() };
+        let mut meta = Meta {
+            bitmap: vec![0; SD_VDI_BITMAP_LEN as usize],
+            inodes: HashMap::new(),
+            locks: HashMap::new(),
+        };
         let oids = objs.list().map_err(|(path, e)| super::Error::dir(path, e))?;
         let mut buf = Vec::new();
         for oid in oids {
             let Some(vid) = inode_vid(oid) else { continue };
-            let ino = read_inode_file(objs, oid, &mut buf, false).map_err(|io| super::Error::Inode {
-                oid,
-                path: objs.path(oid),
-                reason: super::describe(&io),
-                io,
+            let ino = read_inode_file(objs, oid, &mut buf, false).map_err(|io| {
+                super::Error::Inode { oid, path: objs.path(oid), reason: super::describe(&io), io }
             })?;
             meta.set_bit(vid);
             meta.inodes.insert(vid, ino);
@@ -171,7 +179,9 @@ impl Meta {
         } else {
             let r = if 1 < right { self.scan(1, right, q, &mut w) } else { Err(SD_RES_NO_VDI) };
             match r {
-                Err(c) if c == SD_RES_NO_VDI || c == SD_RES_NO_TAG => self.scan(left, SD_NR_VDIS, q, &mut w),
+                Err(c) if c == SD_RES_NO_VDI || c == SD_RES_NO_TAG => {
+                    self.scan(left, SD_NR_VDIS, q, &mut w)
+                }
                 other => other,
             }
         };
@@ -216,7 +226,8 @@ impl Meta {
     }
 
     fn found(&self, vid: u32) -> Found {
-        let (copies, block_size_shift) = self.inodes.get(&vid).map_or((0, 0), |i| (i.hdr.nr_copies, i.hdr.block_size_shift));
+        let (copies, block_size_shift) =
+            self.inodes.get(&vid).map_or((0, 0), |i| (i.hdr.nr_copies, i.hdr.block_size_shift));
         Found { vid, copies, block_size_shift }
     }
 
@@ -254,17 +265,31 @@ impl Meta {
         }
         let cur = res?;
         let (entries, fail) = if r.base == cur {
-            (self.inodes.get(&cur).map(|i| i.entries.clone()).unwrap_or_default(), SD_RES_BASE_VDI_WRITE)
+            (
+                self.inodes.get(&cur).map(|i| i.entries.clone()).unwrap_or_default(),
+                SD_RES_BASE_VDI_WRITE,
+            )
         } else {
-            (self.inodes.get(&r.base).ok_or(SD_RES_BASE_VDI_READ)?.entries.clone(), SD_RES_VDI_WRITE)
+            (
+                self.inodes.get(&r.base).ok_or(SD_RES_BASE_VDI_READ)?.entries.clone(),
+                SD_RES_VDI_WRITE,
+            )
         };
-        self.write_inode(objs, cur, OFF_SNAP_CTIME as u64, &r.time.to_le_bytes()).map_err(|_| fail)?;
+        self.write_inode(objs, cur, OFF_SNAP_CTIME as u64, &r.time.to_le_bytes())
+            .map_err(|_| fail)?;
         self.mark_readonly(cur);
         self.create_vdi_inode(objs, r, w.free_bit, w.next_snapid, entries)?;
         Ok(w.free_bit)
     }
 
-    fn create_vdi_inode(&mut self, objs: &Objects, r: &NewVdi<'_>, vid: u32, snap_id: u32, entries: Vec<u32>) -> Result<(), ResultCode> {
+    fn create_vdi_inode(
+        &mut self,
+        objs: &Objects,
+        r: &NewVdi<'_>,
+        vid: u32,
+        snap_id: u32,
+        entries: Vec<u32>,
+    ) -> Result<(), ResultCode> {
         let mut hdr = InodeHeader::default();
         let n = r.name.len().min(SD_MAX_VDI_LEN - 1);
         hdr.name[..n].copy_from_slice(&r.name[..n]);
@@ -282,12 +307,18 @@ impl Meta {
         for (dst, e) in buf[OFF_DATA_VDI_ID as usize..].chunks_exact_mut(4).zip(&entries) {
             dst.copy_from_slice(&e.to_le_bytes());
         }
-        objs.create(Oid::inode(Vid(vid)), u64::from(SD_INODE_SIZE), None, 0, &buf).map_err(|_| SD_RES_VDI_WRITE)?;
+        objs.create(Oid::inode(Vid(vid)), u64::from(SD_INODE_SIZE), None, 0, &buf)
+            .map_err(|_| SD_RES_VDI_WRITE)?;
         let mut head = [0u8; INODE_HEADER_PARSE_LEN];
         head.copy_from_slice(&buf[..INODE_HEADER_PARSE_LEN]);
         self.inodes.insert(vid, Inode::new(head, entries, false));
         self.set_bit(vid);
-        tracing::info!("new vdi {} {:x} (snap_id {snap_id}, parent {:x})", String::from_utf8_lossy(&r.name[..n]), vid, r.base);
+        tracing::info!(
+            "new vdi {} {:x} (snap_id {snap_id}, parent {:x})",
+            String::from_utf8_lossy(&r.name[..n]),
+            vid,
+            r.base
+        );
         Ok(())
     }
 
@@ -296,7 +327,8 @@ impl Meta {
     pub(super) fn del_vdi(&mut self, objs: &Objects, q: &Query<'_>) -> Result<u32, ResultCode> {
         let vid = self.walk(q).0?;
         let Some(ino) = self.inodes.get(&vid) else { return Err(SD_RES_NO_OBJ) };
-        let nr = nr_objects(ino.hdr.vdi_size, ino.hdr.block_size_shift).min(SD_INODE_DATA_INDEX) as usize;
+        let nr = nr_objects(ino.hdr.vdi_size, ino.hdr.block_size_shift).min(SD_INODE_DATA_INDEX)
+            as usize;
         if ino.flat() && ino.entries.iter().take(nr).any(|&e| e != 0) {
             tracing::info!("vdi {vid:x} still has objects: del_vdi answers success and deletes nothing, as sheep 1.0 does");
             return Ok(vid);
@@ -322,18 +354,34 @@ impl Meta {
     /// (read-only for data writes, object size) of the object `oid`.
     pub(super) fn data_target(&self, oid: Oid) -> (bool, u64) {
         let ino = self.inodes.get(&oid.vid().0);
-        let size = if oid.0 & VDI_ATTR_BIT != 0 { SD_ATTR_OBJ_SIZE } else { ino.map_or(DEFAULT_OBJECT_SIZE, Inode::object_size) };
+        let size = if oid.0 & VDI_ATTR_BIT != 0 {
+            SD_ATTR_OBJ_SIZE
+        } else {
+            ino.map_or(DEFAULT_OBJECT_SIZE, Inode::object_size)
+        };
         (is_data_like(oid) && ino.is_some_and(|i| i.readonly), size)
     }
 
     /// READ_OBJ of an inode object.
-    pub(super) fn read_inode(&self, objs: &Objects, vid: u32, off: u64, buf: &mut [u8]) -> Result<(), ResultCode> {
+    pub(super) fn read_inode(
+        &self,
+        objs: &Objects,
+        vid: u32,
+        off: u64,
+        buf: &mut [u8],
+    ) -> Result<(), ResultCode> {
         objs.read(Oid::inode(Vid(vid)), off, buf)
     }
 
     /// WRITE_OBJ of an inode object: always allowed (tags, entries, resize). Updates the
     /// cache and drops references for writes inside `data_vdi_id`.
-    pub(super) fn write_inode(&mut self, objs: &Objects, vid: u32, off: u64, data: &[u8]) -> Result<(), ResultCode> {
+    pub(super) fn write_inode(
+        &mut self,
+        objs: &Objects,
+        vid: u32,
+        off: u64,
+        data: &[u8],
+    ) -> Result<(), ResultCode> {
         if !self.inodes.contains_key(&vid) {
             return Err(SD_RES_NO_OBJ);
         }
@@ -375,11 +423,19 @@ impl Meta {
 
     /// CREATE_AND_WRITE_OBJ of an inode object (sheep allows it; clients never do it).
     /// The cache is reloaded from the new file; the bitmap is not touched, as in sheep.
-    pub(super) fn create_inode(&mut self, objs: &Objects, vid: u32, cow: Option<Oid>, off: u64, data: &[u8]) -> Result<(), ResultCode> {
+    pub(super) fn create_inode(
+        &mut self,
+        objs: &Objects,
+        vid: u32,
+        cow: Option<Oid>,
+        off: u64,
+        data: &[u8],
+    ) -> Result<(), ResultCode> {
         let oid = Oid::inode(Vid(vid));
         objs.create(oid, u64::from(SD_INODE_SIZE), cow, off, data)?;
         let readonly = self.inodes.get(&vid).is_some_and(|i| i.readonly);
-        let ino = read_inode_file(objs, oid, &mut Vec::new(), readonly).map_err(|e| failure("load", oid, &e))?;
+        let ino = read_inode_file(objs, oid, &mut Vec::new(), readonly)
+            .map_err(|e| failure("load", oid, &e))?;
         self.inodes.insert(vid, ino);
         Ok(())
     }
@@ -464,10 +520,15 @@ mod tests {
     }
 
     fn meta_with(inodes: &[(u32, &[u8], u64, u32)]) -> Meta {
-        let mut m = Meta { bitmap: vec![0; SD_VDI_BITMAP_LEN as usize], inodes: HashMap::new(), locks: HashMap::new() };
+        let mut m = Meta {
+            bitmap: vec![0; SD_VDI_BITMAP_LEN as usize],
+            inodes: HashMap::new(),
+            locks: HashMap::new(),
+        };
         for &(vid, name, ctime, snap_id) in inodes {
             m.set_bit(vid);
-            m.inodes.insert(vid, Inode::new(head_with(name, ctime, snap_id), Vec::new(), ctime != 0));
+            m.inodes
+                .insert(vid, Inode::new(head_with(name, ctime, snap_id), Vec::new(), ctime != 0));
         }
         m
     }

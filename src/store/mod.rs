@@ -159,7 +159,10 @@ impl Error {
     pub fn errno(&self) -> i32 {
         match self {
             Error::NoListen | Error::Config(_) => EINVAL,
-            Error::Dir { io, .. } | Error::Inode { io, .. } | Error::Listen { io, .. } | Error::Thread { io, .. } => io.raw_os_error().unwrap_or(EIO),
+            Error::Dir { io, .. }
+            | Error::Inode { io, .. }
+            | Error::Listen { io, .. }
+            | Error::Thread { io, .. } => io.raw_os_error().unwrap_or(EIO),
         }
     }
 

@@ -58,7 +58,11 @@ impl Objects {
     /// Create `dir/obj` and `dir/tmp` when missing and empty `dir/tmp` of creates a crash
     /// interrupted. The error names the path that failed.
     /// At most `max_open` object files are kept open (at least one).
-    pub(super) fn open(dir: &Path, sync: bool, max_open: usize) -> Result<Objects, (PathBuf, io::Error)> {
+    pub(super) fn open(
+        dir: &Path,
+        sync: bool,
+        max_open: usize,
+    ) -> Result<Objects, (PathBuf, io::Error)> {
         let obj = dir.join("obj");
         let tmp = dir.join("tmp");
         for d in [&obj, &tmp] {
@@ -69,10 +73,21 @@ impl Objects {
             let entry = entry.map_err(|e| (tmp.clone(), e))?;
             let path = entry.path();
             if let Err(e) = fs::remove_file(&path) {
-                tracing::warn!("cannot remove leftover temporary file {}: {}", path.display(), super::describe(&e));
+                tracing::warn!(
+                    "cannot remove leftover temporary file {}: {}",
+                    path.display(),
+                    super::describe(&e)
+                );
             }
         }
-        Ok(Objects { obj, tmp, sync, seq: AtomicU64::new(0), files: Mutex::default(), max_open: max_open.max(1) })
+        Ok(Objects {
+            obj,
+            tmp,
+            sync,
+            seq: AtomicU64::new(0),
+            files: Mutex::default(),
+            max_open: max_open.max(1),
+        })
     }
 
     fn files(&self) -> MutexGuard<'_, OpenFiles> {
@@ -161,9 +176,19 @@ impl Objects {
     /// CREATE_AND_WRITE_OBJ: a new object of at least `size` bytes holding `cow`'s content
     /// (NO_OBJ when `cow` is missing) or zeros, with `data` at `off`, replacing any object
     /// of that oid atomically.
-    pub(super) fn create(&self, oid: Oid, size: u64, cow: Option<Oid>, off: u64, data: &[u8]) -> Result<(), ResultCode> {
+    pub(super) fn create(
+        &self,
+        oid: Oid,
+        size: u64,
+        cow: Option<Oid>,
+        off: u64,
+        data: &[u8],
+    ) -> Result<(), ResultCode> {
         let src = match cow {
-            Some(c) => Some(File::open(self.path(c)).map_err(|e| failure("read copy-on-write source of", c, &e))?),
+            Some(c) => Some(
+                File::open(self.path(c))
+                    .map_err(|e| failure("read copy-on-write source of", c, &e))?,
+            ),
             None => None,
         };
         let tmp = self.tmp.join(format!("{oid}.{}", self.seq.fetch_add(1, Ordering::Relaxed)));
@@ -174,9 +199,18 @@ impl Objects {
         res
     }
 
-    fn build(&self, tmp: &Path, oid: Oid, src: Option<File>, size: u64, off: u64, data: &[u8]) -> Result<(), ResultCode> {
+    fn build(
+        &self,
+        tmp: &Path,
+        oid: Oid,
+        src: Option<File>,
+        size: u64,
+        off: u64,
+        data: &[u8],
+    ) -> Result<(), ResultCode> {
         let fail = |e: io::Error| failure("create", oid, &e);
-        let mut f = OpenOptions::new().read(true).write(true).create_new(true).open(tmp).map_err(fail)?;
+        let mut f =
+            OpenOptions::new().read(true).write(true).create_new(true).open(tmp).map_err(fail)?;
         if let Some(mut s) = src {
             io::copy(&mut s, &mut f).map_err(fail)?;
         }
@@ -211,7 +245,9 @@ impl Objects {
         match r {
             Ok(()) => tracing::debug!("reclaimed unreferenced object {oid}"),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!("cannot remove unreferenced object {oid}: {}", super::describe(&e)),
+            Err(e) => {
+                tracing::warn!("cannot remove unreferenced object {oid}: {}", super::describe(&e))
+            }
         }
     }
 }
@@ -222,7 +258,9 @@ fn fill_at(f: &File, off: u64, buf: &mut [u8]) -> io::Result<()> {
     let mut done = 0usize;
     while done < buf.len() {
         // An offset the kernel cannot take (above i64::MAX) lies past the end of any file.
-        let Some(at) = off.checked_add(done as u64).filter(|&a| i64::try_from(a).is_ok()) else { break };
+        let Some(at) = off.checked_add(done as u64).filter(|&a| i64::try_from(a).is_ok()) else {
+            break;
+        };
         match f.read_at(&mut buf[done..], at) {
             Ok(0) => break,
             Ok(n) => done += n,
@@ -254,7 +292,9 @@ mod tests {
     #[test]
     fn create_replace_cow_and_sparse_reads() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let objs = Objects::open(dir.path(), true, 2).map_err(|(p, e)| format!("{}: {e}", p.display())).expect("open");
+        let objs = Objects::open(dir.path(), true, 2)
+            .map_err(|(p, e)| format!("{}: {e}", p.display()))
+            .expect("open");
         let a = Oid(0x00a5_d05d_0000_0001);
         let b = Oid(0x00a5_d05e_0000_0001);
         let mut buf = [1u8; 8];
@@ -293,7 +333,11 @@ mod tests {
         assert_eq!(fs::metadata(objs.path(a)).map(|m| m.len()).ok(), Some(4097));
         assert!(objs.kept() <= 2, "at most max_open files kept");
         assert_eq!(objs.remove(a), Ok(()));
-        assert_eq!(objs.read(a, 0, &mut buf), Err(SD_RES_NO_OBJ), "no kept file outlives its removal");
+        assert_eq!(
+            objs.read(a, 0, &mut buf),
+            Err(SD_RES_NO_OBJ),
+            "no kept file outlives its removal"
+        );
         assert_eq!(objs.remove(a), Err(SD_RES_NO_OBJ));
         let listed = objs.list().map_err(|(_, e)| e.to_string()).expect("list");
         assert_eq!(listed, vec![b]);
@@ -303,7 +347,9 @@ mod tests {
     #[test]
     fn kept_files_see_writes_recreates_growth_and_removal() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let objs = Objects::open(dir.path(), false, 8).map_err(|(p, e)| format!("{}: {e}", p.display())).expect("open");
+        let objs = Objects::open(dir.path(), false, 8)
+            .map_err(|(p, e)| format!("{}: {e}", p.display()))
+            .expect("open");
         let a = Oid(0x00a5_d05d_0000_0001);
         let read = |off: u64, len: usize| {
             let mut b = vec![0xaa; len];

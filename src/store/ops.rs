@@ -26,8 +26,9 @@ use super::objects::Objects;
 use super::MAX_PAYLOAD;
 use crate::proto::inode::{ec_split, field_str};
 use crate::proto::{
-    Opcode, ReqHeader, ResultCode, RspHeader, HEADER_LEN, SD_DEFAULT_BLOCK_SIZE_SHIFT, SD_FLAG_CMD_COW, SD_LOOKUP_LEN, SD_MAX_VDI_LEN, SD_PROTO_VER,
-    SD_RES_INVALID_PARMS, SD_RES_READONLY, SD_RES_SUCCESS, SD_RES_VER_MISMATCH, SD_VDI_BITMAP_LEN,
+    Opcode, ReqHeader, ResultCode, RspHeader, HEADER_LEN, SD_DEFAULT_BLOCK_SIZE_SHIFT,
+    SD_FLAG_CMD_COW, SD_LOOKUP_LEN, SD_MAX_VDI_LEN, SD_PROTO_VER, SD_RES_INVALID_PARMS,
+    SD_RES_READONLY, SD_RES_SUCCESS, SD_RES_VER_MISMATCH, SD_VDI_BITMAP_LEN,
 };
 
 /// proto_ver that admin and internal opcodes (≥ 0x80) must carry.
@@ -56,7 +57,13 @@ pub(super) struct Handler {
 }
 
 impl Handler {
-    pub(super) fn new(meta: Meta, objs: Objects, locking: bool, copies: u8, faults: Faults) -> Handler {
+    pub(super) fn new(
+        meta: Meta,
+        objs: Objects,
+        locking: bool,
+        copies: u8,
+        faults: Faults,
+    ) -> Handler {
         Handler { meta: Mutex::new(meta), objs, locking, copies, faults }
     }
 
@@ -90,9 +97,19 @@ impl Handler {
     }
 
     /// Execute one request; its response payload, if any, is appended to `out`.
-    fn dispatch(&self, req: &ReqHeader, payload: &[u8], rsp: &mut RspHeader, out: &mut Answer) -> Result<(), ResultCode> {
+    fn dispatch(
+        &self,
+        req: &ReqHeader,
+        payload: &[u8],
+        rsp: &mut RspHeader,
+        out: &mut Answer,
+    ) -> Result<(), ResultCode> {
         if req.opcode >= FIRST_ADMIN_OPCODE {
-            return Err(if req.proto_ver == SD_SHEEP_PROTO_VER { SD_RES_INVALID_PARMS } else { SD_RES_VER_MISMATCH });
+            return Err(if req.proto_ver == SD_SHEEP_PROTO_VER {
+                SD_RES_INVALID_PARMS
+            } else {
+                SD_RES_VER_MISMATCH
+            });
         }
         if req.proto_ver > SD_PROTO_VER {
             return Err(SD_RES_VER_MISMATCH);
@@ -102,7 +119,9 @@ impl Handler {
             return Err(code);
         }
         let delay = self.faults.object_delay();
-        if !delay.is_zero() && matches!(op, Opcode::CreateAndWriteObj | Opcode::ReadObj | Opcode::WriteObj) {
+        if !delay.is_zero()
+            && matches!(op, Opcode::CreateAndWriteObj | Opcode::ReadObj | Opcode::WriteObj)
+        {
             std::thread::sleep(delay);
         }
         match op {
@@ -138,7 +157,10 @@ impl Handler {
                 if self.locking {
                     let a = req.vdi_args();
                     if !self.meta().release(a.base_vdi_id, a.lock_type) {
-                        tracing::debug!("release of vid {:#x}, which holds no such lock (SUCCESS, as sheep)", a.base_vdi_id);
+                        tracing::debug!(
+                            "release of vid {:#x}, which holds no such lock (SUCCESS, as sheep)",
+                            a.base_vdi_id
+                        );
                     }
                 }
                 Ok(())
@@ -203,17 +225,24 @@ impl Handler {
         self.objs.write(a.oid, off, payload)
     }
 
-    fn new_vdi(&self, req: &ReqHeader, payload: &[u8], rsp: &mut RspHeader) -> Result<(), ResultCode> {
+    fn new_vdi(
+        &self,
+        req: &ReqHeader,
+        payload: &[u8],
+        rsp: &mut RspHeader,
+    ) -> Result<(), ResultCode> {
         if payload.len() != SD_MAX_VDI_LEN {
             return Err(SD_RES_INVALID_PARMS);
         }
         let a = req.vdi_args();
-        let (mut copies, copy_policy) = if a.copies == 0 { (self.copies, 0) } else { (a.copies, a.copy_policy) };
+        let (mut copies, copy_policy) =
+            if a.copies == 0 { (self.copies, 0) } else { (a.copies, a.copy_policy) };
         if copy_policy != 0 {
             let (data, parity) = ec_split(copy_policy);
             copies = data.saturating_add(parity);
         }
-        let block_size_shift = if a.block_size_shift == 0 { SD_DEFAULT_BLOCK_SIZE_SHIFT } else { a.block_size_shift };
+        let block_size_shift =
+            if a.block_size_shift == 0 { SD_DEFAULT_BLOCK_SIZE_SHIFT } else { a.block_size_shift };
         rsp.set_vdi(0, copies, block_size_shift);
         let name = field_str(payload);
         // sheep would create an unnamed (deleted-looking) inode, an unknown kind of inode,

@@ -79,7 +79,11 @@ impl Conn {
             (&self.stream).write_all(bytes)
         };
         if let Err(e) = res {
-            tracing::debug!("cannot answer {}: {}; closing the connection", self.peer, describe(&e));
+            tracing::debug!(
+                "cannot answer {}: {}; closing the connection",
+                self.peer,
+                describe(&e)
+            );
             self.close();
             return false;
         }
@@ -155,12 +159,19 @@ impl Store {
             listeners.push((local, l));
         }
         // Bound first: a store that cannot listen leaves the directory alone.
-        let objs = Objects::open(&cfg.dir, cfg.sync, open_files_budget()).map_err(|(path, e)| Error::dir(path, e))?;
+        let objs = Objects::open(&cfg.dir, cfg.sync, open_files_budget())
+            .map_err(|(path, e)| Error::dir(path, e))?;
         let meta = Meta::load(&objs)?;
         let nr_inodes = meta.nr_inodes();
         let (tx, rx) = mpsc::sync_channel(cfg.workers.saturating_mul(QUEUE_PER_WORKER));
         let shared = Arc::new(Shared {
-            handler: Handler::new(meta, objs, cfg.locking, cfg.copies, Faults::new(cfg.object_delay)),
+            handler: Handler::new(
+                meta,
+                objs,
+                cfg.locking,
+                cfg.copies,
+                Faults::new(cfg.object_delay),
+            ),
             stop: AtomicBool::new(false),
             jobs: Mutex::new(Some(tx)),
             conns: Mutex::new(Vec::new()),
@@ -172,16 +183,28 @@ impl Store {
         });
         let addrs: Vec<SocketAddr> = listeners.iter().map(|(a, _)| *a).collect();
         let cfg = Config { listen: addrs.clone(), ..cfg };
-        let mut store = Store { addrs, shared, acceptors: Vec::new(), unix: None, workers: Vec::new(), stopped: false, cfg };
+        let mut store = Store {
+            addrs,
+            shared,
+            acceptors: Vec::new(),
+            unix: None,
+            workers: Vec::new(),
+            stopped: false,
+            cfg,
+        };
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..store.cfg.workers {
             let (sh, rx) = (Arc::clone(&store.shared), Arc::clone(&rx));
-            let h = thread::Builder::new().name(format!("store-worker-{i}")).spawn(move || work(&sh, &rx));
+            let h = thread::Builder::new()
+                .name(format!("store-worker-{i}"))
+                .spawn(move || work(&sh, &rx));
             store.workers.push(h.map_err(thread_error)?);
         }
         for (addr, l) in listeners {
             let sh = Arc::clone(&store.shared);
-            let h = thread::Builder::new().name(format!("store-accept-{addr}")).spawn(move || accept(&sh, &l, addr));
+            let h = thread::Builder::new()
+                .name(format!("store-accept-{addr}"))
+                .spawn(move || accept(&sh, &l, addr));
             store.acceptors.push((addr, h.map_err(thread_error)?));
         }
         // Like sheep: clients on this host may also come through `DIR/sock`.
@@ -190,10 +213,16 @@ impl Store {
         match UnixListener::bind(&sock) {
             Ok(l) => {
                 let (sh, path) = (Arc::clone(&store.shared), sock.clone());
-                let h = thread::Builder::new().name("store-accept-unix".into()).spawn(move || accept_unix(&sh, &l, &path));
+                let h = thread::Builder::new()
+                    .name("store-accept-unix".into())
+                    .spawn(move || accept_unix(&sh, &l, &path));
                 store.unix = Some((sock, h.map_err(thread_error)?));
             }
-            Err(e) => tracing::warn!("cannot listen on {}: {}; clients come over TCP only", sock.display(), describe(&e)),
+            Err(e) => tracing::warn!(
+                "cannot listen on {}: {}; clients come over TCP only",
+                sock.display(),
+                describe(&e)
+            ),
         }
         tracing::info!(
             "store serving {} ({} inodes, locking {}, sync {}) on {:?}",
@@ -275,7 +304,8 @@ impl Store {
         // Readers get senders from here only; from now on, readers hold the last ones.
         lock(&self.shared.jobs).take();
         for (addr, h) in self.acceptors.drain(..) {
-            if h.is_finished() || TcpStream::connect_timeout(&wake_addr(addr), WAKE_TIMEOUT).is_ok() {
+            if h.is_finished() || TcpStream::connect_timeout(&wake_addr(addr), WAKE_TIMEOUT).is_ok()
+            {
                 let _ = h.join();
             } else {
                 tracing::warn!("cannot wake the acceptor on {addr}; leaving it behind");
@@ -385,7 +415,10 @@ fn serve(sh: &Arc<Shared>, stream: Stream, peer: String) {
     }
     let conn = Arc::new(Conn { stream, peer, write_lock: Mutex::new(()) });
     let (c, counters) = (Arc::clone(&conn), Arc::clone(sh));
-    match thread::Builder::new().name("store-conn".into()).spawn(move || read_requests(&c, &tx, &counters)) {
+    match thread::Builder::new()
+        .name("store-conn".into())
+        .spawn(move || read_requests(&c, &tx, &counters))
+    {
         Ok(h) => {
             let mut conns = lock(&sh.conns);
             conns.retain(|(_, other)| !other.is_finished());
@@ -454,14 +487,21 @@ fn read_requests(conn: &Arc<Conn>, tx: &SyncSender<Job>, sh: &Shared) {
             len = req.data_length as usize;
             payload = sh.pool.take(len);
             if let Err(e) = rd.read_exact(&mut payload[..len]) {
-                tracing::debug!("connection from {} ends inside a payload: {}", conn.peer, describe(&e));
+                tracing::debug!(
+                    "connection from {} ends inside a payload: {}",
+                    conn.peer,
+                    describe(&e)
+                );
                 break;
             }
         }
         sh.requests.fetch_add(1, Ordering::Relaxed);
         let now = sh.inflight.fetch_add(1, Ordering::Relaxed) + 1;
         sh.peak_inflight.fetch_max(now, Ordering::Relaxed);
-        if sh.fast_reads && req.opcode == Opcode::ReadObj as u8 && sh.handler.faults().object_delay().is_zero() {
+        if sh.fast_reads
+            && req.opcode == Opcode::ReadObj as u8
+            && sh.handler.faults().object_delay().is_zero()
+        {
             respond(sh, &req, &[], &mut out, &conn.peer);
             gathered += 1;
             if out.len() >= OUT_FLUSH && !flush(&mut out, &mut gathered) {

@@ -80,7 +80,14 @@ impl Client {
         self.call(ReqHeader::vdi(Opcode::NewVdi, SD_FLAG_CMD_WRITE, 256, a), &field(name)).0
     }
 
-    fn vdi_op(&mut self, op: Opcode, name: &str, tag: Option<&str>, snapid: u32, lock_type: u32) -> RspHeader {
+    fn vdi_op(
+        &mut self,
+        op: Opcode,
+        name: &str,
+        tag: Option<&str>,
+        snapid: u32,
+        lock_type: u32,
+    ) -> RspHeader {
         let mut p = field(name);
         if let Some(t) = tag {
             p.extend_from_slice(&field(t));
@@ -105,7 +112,14 @@ impl Client {
     }
 
     /// An object request; `len` is `data_length` (the payload's length for writes).
-    fn obj(&mut self, op: Opcode, flags: u16, a: ObjArgs, data: &[u8], len: u32) -> (ResultCode, Vec<u8>) {
+    fn obj(
+        &mut self,
+        op: Opcode,
+        flags: u16,
+        a: ObjArgs,
+        data: &[u8],
+        len: u32,
+    ) -> (ResultCode, Vec<u8>) {
         let (r, d) = self.call(ReqHeader::obj(op, flags, len, a), data);
         (r.result, d)
     }
@@ -116,16 +130,37 @@ impl Client {
     }
 
     fn create(&mut self, oid: Oid, off: u32, data: &[u8]) -> ResultCode {
-        self.obj(Opcode::CreateAndWriteObj, SD_FLAG_CMD_WRITE, ObjArgs { oid, offset: off, ..Default::default() }, data, data.len() as u32).0
+        self.obj(
+            Opcode::CreateAndWriteObj,
+            SD_FLAG_CMD_WRITE,
+            ObjArgs { oid, offset: off, ..Default::default() },
+            data,
+            data.len() as u32,
+        )
+        .0
     }
 
     fn create_cow(&mut self, oid: Oid, cow: Oid, off: u32, data: &[u8]) -> ResultCode {
         let a = ObjArgs { oid, cow_oid: cow, offset: off, ..Default::default() };
-        self.obj(Opcode::CreateAndWriteObj, SD_FLAG_CMD_WRITE | SD_FLAG_CMD_COW, a, data, data.len() as u32).0
+        self.obj(
+            Opcode::CreateAndWriteObj,
+            SD_FLAG_CMD_WRITE | SD_FLAG_CMD_COW,
+            a,
+            data,
+            data.len() as u32,
+        )
+        .0
     }
 
     fn write(&mut self, oid: Oid, off: u32, data: &[u8]) -> ResultCode {
-        self.obj(Opcode::WriteObj, SD_FLAG_CMD_WRITE, ObjArgs { oid, offset: off, ..Default::default() }, data, data.len() as u32).0
+        self.obj(
+            Opcode::WriteObj,
+            SD_FLAG_CMD_WRITE,
+            ObjArgs { oid, offset: off, ..Default::default() },
+            data,
+            data.len() as u32,
+        )
+        .0
     }
 
     fn read(&mut self, oid: Oid, off: u32, len: u32) -> (ResultCode, Vec<u8>) {
@@ -177,19 +212,29 @@ fn create_lookup_and_double_create() {
     let again = c.new_vdi("linux", GIB, 0, 0);
     assert_eq!(again.result, SD_RES_VDI_EXIST);
     let h = c.header(0xa5d05d);
-    assert_eq!((h.name_bytes(), h.vdi_size, h.snap_id, h.nr_copies, h.snap_ctime), (&b"linux"[..], GIB, 1, 3, 0));
+    assert_eq!(
+        (h.name_bytes(), h.vdi_size, h.snap_id, h.nr_copies, h.snap_ctime),
+        (&b"linux"[..], GIB, 1, 3, 0)
+    );
     assert!(exists(dir.path(), Oid::inode(Vid(0xa5d05d))));
     assert_eq!(c.info("nope", None, 0), Err(SD_RES_NO_VDI));
 
     let (r, _) = c.call(ReqHeader::vdi(Opcode::GetClusterDefault, 0, 0, VdiArgs::default()), &[]);
     assert_eq!((r.result, r.cluster_default()), (SD_RES_SUCCESS, (3, 0, 22)));
-    let (r, bitmap) = c.call(ReqHeader::vdi(Opcode::ReadVdis, 0, SD_VDI_BITMAP_LEN, VdiArgs::default()), &[]);
+    let (r, bitmap) =
+        c.call(ReqHeader::vdi(Opcode::ReadVdis, 0, SD_VDI_BITMAP_LEN, VdiArgs::default()), &[]);
     assert_eq!((r.result, bitmap.len()), (SD_RES_SUCCESS, SD_VDI_BITMAP_LEN as usize));
     assert_eq!(bitmap[0xa5d05d / 8] >> (0xa5d05d % 8) & 1, 1);
     assert_eq!(bitmap.iter().map(|b| b.count_ones()).sum::<u32>(), 1);
 
     // Explicit copies, EC policy and block size.
-    let a = VdiArgs { vdi_size: GIB, copies: 2, copy_policy: 0x22, block_size_shift: 20, ..Default::default() };
+    let a = VdiArgs {
+        vdi_size: GIB,
+        copies: 2,
+        copy_policy: 0x22,
+        block_size_shift: 20,
+        ..Default::default()
+    };
     let (r, _) = c.call(ReqHeader::vdi(Opcode::NewVdi, SD_FLAG_CMD_WRITE, 256, a), &field("ec"));
     assert_eq!((r.result, r.vdi_copies(), r.vdi_block_size_shift()), (SD_RES_SUCCESS, 6, 20));
 }
@@ -217,7 +262,11 @@ fn snapshot_freezes_the_old_vid_and_lookups_find_it() {
     assert_eq!(c.info("linux", None, 0), Ok(n));
     assert_eq!(c.info("linux", Some("snap1"), 0), Ok(w));
     assert_eq!(c.info("linux", Some(""), 1), Ok(w));
-    assert_eq!(c.info("linux", None, 1), Err(SD_RES_INVALID_PARMS), "a name-only lookup by id crashes real sheep");
+    assert_eq!(
+        c.info("linux", None, 1),
+        Err(SD_RES_INVALID_PARMS),
+        "a name-only lookup by id crashes real sheep"
+    );
     assert_eq!(c.info("linux", Some(""), 2), Err(SD_RES_NO_TAG));
     assert_eq!(c.info("linux", Some("nope"), 0), Err(SD_RES_NO_TAG));
     assert_eq!(c.info("other", Some("snap1"), 0), Err(SD_RES_NO_VDI));
@@ -361,7 +410,12 @@ fn bad_requests_get_result_codes() {
     assert_eq!(c.call(h, &[]).0.result, SD_RES_SUCCESS);
     // Wrong payload lengths.
     for len in [0usize, 255, 257, 512] {
-        let h = ReqHeader::vdi(Opcode::NewVdi, if len > 0 { SD_FLAG_CMD_WRITE } else { 0 }, len as u32, VdiArgs::default());
+        let h = ReqHeader::vdi(
+            Opcode::NewVdi,
+            if len > 0 { SD_FLAG_CMD_WRITE } else { 0 },
+            len as u32,
+            VdiArgs::default(),
+        );
         let mut p = vec![0u8; len];
         p.iter_mut().take(4).for_each(|b| *b = b'x');
         assert_eq!(c.call(h, &p).0.result, SD_RES_INVALID_PARMS, "new_vdi with {len} bytes");
@@ -369,7 +423,12 @@ fn bad_requests_get_result_codes() {
     for op in [Opcode::GetVdiInfo, Opcode::LockVdi, Opcode::DelVdi] {
         for len in [100u32, 300, 768] {
             let h = ReqHeader::vdi(op, SD_FLAG_CMD_WRITE, len, VdiArgs::default());
-            assert_eq!(c.call(h, &vec![b'a'; len as usize]).0.result, SD_RES_INVALID_PARMS, "{} with {len} bytes", op.name());
+            assert_eq!(
+                c.call(h, &vec![b'a'; len as usize]).0.result,
+                SD_RES_INVALID_PARMS,
+                "{} with {len} bytes",
+                op.name()
+            );
         }
     }
     for len in [0, SD_VDI_BITMAP_LEN - 1, SD_VDI_BITMAP_LEN + 1] {
@@ -379,9 +438,15 @@ fn bad_requests_get_result_codes() {
     assert_eq!(c.read(Oid(1), 0, MAX_PAYLOAD + 1).0, SD_RES_INVALID_PARMS);
     // Refused NEW_VDI variants: unknown store policy, absurd block size.
     let a = VdiArgs { vdi_size: GIB, store_policy: 2, ..Default::default() };
-    assert_eq!(c.call(ReqHeader::vdi(Opcode::NewVdi, SD_FLAG_CMD_WRITE, 256, a), &field("h")).0.result, SD_RES_INVALID_PARMS);
+    assert_eq!(
+        c.call(ReqHeader::vdi(Opcode::NewVdi, SD_FLAG_CMD_WRITE, 256, a), &field("h")).0.result,
+        SD_RES_INVALID_PARMS
+    );
     let a = VdiArgs { vdi_size: GIB, block_size_shift: 40, ..Default::default() };
-    assert_eq!(c.call(ReqHeader::vdi(Opcode::NewVdi, SD_FLAG_CMD_WRITE, 256, a), &field("b")).0.result, SD_RES_INVALID_PARMS);
+    assert_eq!(
+        c.call(ReqHeader::vdi(Opcode::NewVdi, SD_FLAG_CMD_WRITE, 256, a), &field("b")).0.result,
+        SD_RES_INVALID_PARMS
+    );
 }
 
 /// sheep 1.0 takes a 256-byte lookup (name, no tag field) with a snapid and then compares
@@ -397,14 +462,28 @@ fn name_only_lookup_by_snapshot_id_is_refused() {
     assert_eq!(c.write(Oid::inode(Vid(w)), OFF_TAG as u32, &field("t1")), SD_RES_SUCCESS);
     let n = c.new_vdi("r", GIB, w, 1).vdi_id();
     for op in [Opcode::GetVdiInfo, Opcode::LockVdi, Opcode::DelVdi] {
-        assert_eq!(c.vdi_op(op, "r", None, 1, 0).result, SD_RES_INVALID_PARMS, "{} name-only with snapid 1", op.name());
-        assert_eq!(c.vdi_op(op, "missing", None, 7, 0).result, SD_RES_INVALID_PARMS, "{} refused before the name is looked at", op.name());
+        assert_eq!(
+            c.vdi_op(op, "r", None, 1, 0).result,
+            SD_RES_INVALID_PARMS,
+            "{} name-only with snapid 1",
+            op.name()
+        );
+        assert_eq!(
+            c.vdi_op(op, "missing", None, 7, 0).result,
+            SD_RES_INVALID_PARMS,
+            "{} refused before the name is looked at",
+            op.name()
+        );
     }
     // The connection is still good and the shapes dog sends still work.
     assert_eq!(c.info("r", Some(""), 1), Ok(w));
     assert_eq!(c.info("r", Some("t1"), 0), Ok(w));
     assert_eq!(c.info("r", Some(""), 0), Ok(n));
-    assert_eq!(c.info("r", None, 0), Ok(n), "a name alone without snapid is the working vdi, as in sheep");
+    assert_eq!(
+        c.info("r", None, 0),
+        Ok(n),
+        "a name alone without snapid is the working vdi, as in sheep"
+    );
 }
 
 #[test]
@@ -412,7 +491,10 @@ fn oversized_payload_closes_only_that_connection() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_store, addr) = start(config(dir.path()));
     let mut bad = Client::connect(addr);
-    bad.send(ReqHeader::obj(Opcode::WriteObj, SD_FLAG_CMD_WRITE, MAX_PAYLOAD + 1, ObjArgs::default()), &[]);
+    bad.send(
+        ReqHeader::obj(Opcode::WriteObj, SD_FLAG_CMD_WRITE, MAX_PAYLOAD + 1, ObjArgs::default()),
+        &[],
+    );
     let mut b = [0u8; 1];
     assert_eq!(bad.s.read(&mut b).ok(), Some(0), "the store closes the connection");
     let mut good = Client::connect(addr);
@@ -427,28 +509,59 @@ fn locking_on_is_exclusive_and_survives_disconnects() {
     let v = a.new_vdi("locked", GIB, 0, 0).vdi_id();
     let r = a.vdi_op(Opcode::LockVdi, "locked", None, 0, LOCK_TYPE_NORMAL);
     assert_eq!((r.result, r.vdi_id(), r.vdi_copies()), (SD_RES_SUCCESS, v, 3));
-    assert_eq!(a.vdi_op(Opcode::LockVdi, "locked", None, 0, LOCK_TYPE_NORMAL).result, SD_RES_VDI_LOCKED);
+    assert_eq!(
+        a.vdi_op(Opcode::LockVdi, "locked", None, 0, LOCK_TYPE_NORMAL).result,
+        SD_RES_VDI_LOCKED
+    );
     drop(a);
     let mut b = Client::connect(addr);
-    assert_eq!(b.vdi_op(Opcode::LockVdi, "locked", None, 0, LOCK_TYPE_NORMAL).result, SD_RES_VDI_LOCKED);
-    assert_eq!(b.vdi_op(Opcode::LockVdi, "locked", None, 0, LOCK_TYPE_SHARED).result, SD_RES_VDI_LOCKED);
+    assert_eq!(
+        b.vdi_op(Opcode::LockVdi, "locked", None, 0, LOCK_TYPE_NORMAL).result,
+        SD_RES_VDI_LOCKED
+    );
+    assert_eq!(
+        b.vdi_op(Opcode::LockVdi, "locked", None, 0, LOCK_TYPE_SHARED).result,
+        SD_RES_VDI_LOCKED
+    );
     assert_eq!(b.release(v, LOCK_TYPE_NORMAL), SD_RES_SUCCESS);
-    assert_eq!(b.release(v, LOCK_TYPE_NORMAL), SD_RES_SUCCESS, "an unlocked vid releases with SUCCESS, as in sheep 1.0");
-    assert_eq!(b.vdi_op(Opcode::LockVdi, "locked", None, 0, LOCK_TYPE_NORMAL).result, SD_RES_SUCCESS);
-    assert_eq!(b.vdi_op(Opcode::LockVdi, "missing", None, 0, LOCK_TYPE_NORMAL).result, SD_RES_NO_VDI);
+    assert_eq!(
+        b.release(v, LOCK_TYPE_NORMAL),
+        SD_RES_SUCCESS,
+        "an unlocked vid releases with SUCCESS, as in sheep 1.0"
+    );
+    assert_eq!(
+        b.vdi_op(Opcode::LockVdi, "locked", None, 0, LOCK_TYPE_NORMAL).result,
+        SD_RES_SUCCESS
+    );
+    assert_eq!(
+        b.vdi_op(Opcode::LockVdi, "missing", None, 0, LOCK_TYPE_NORMAL).result,
+        SD_RES_NO_VDI
+    );
     // Shared holders stack; an exclusive lock then conflicts.
     let s = b.new_vdi("shared", GIB, 0, 0).vdi_id();
     for _ in 0..2 {
-        assert_eq!(b.vdi_op(Opcode::LockVdi, "shared", None, 0, LOCK_TYPE_SHARED).result, SD_RES_SUCCESS);
+        assert_eq!(
+            b.vdi_op(Opcode::LockVdi, "shared", None, 0, LOCK_TYPE_SHARED).result,
+            SD_RES_SUCCESS
+        );
     }
-    assert_eq!(b.vdi_op(Opcode::LockVdi, "shared", None, 0, LOCK_TYPE_NORMAL).result, SD_RES_VDI_LOCKED);
+    assert_eq!(
+        b.vdi_op(Opcode::LockVdi, "shared", None, 0, LOCK_TYPE_NORMAL).result,
+        SD_RES_VDI_LOCKED
+    );
     assert_eq!(b.release(s, LOCK_TYPE_SHARED), SD_RES_SUCCESS);
     assert_eq!(b.release(s, LOCK_TYPE_SHARED), SD_RES_SUCCESS);
-    assert_eq!(b.vdi_op(Opcode::LockVdi, "shared", None, 0, LOCK_TYPE_NORMAL).result, SD_RES_SUCCESS);
+    assert_eq!(
+        b.vdi_op(Opcode::LockVdi, "shared", None, 0, LOCK_TYPE_NORMAL).result,
+        SD_RES_SUCCESS
+    );
     // Locks do not prevent deletion, and deletion drops the lock.
     assert_eq!(b.vdi_op(Opcode::DelVdi, "locked", None, 0, 0).result, SD_RES_SUCCESS);
     assert_eq!(b.release(v, LOCK_TYPE_NORMAL), SD_RES_SUCCESS);
-    assert_eq!(b.vdi_op(Opcode::LockVdi, "locked", None, 0, LOCK_TYPE_NORMAL).result, SD_RES_NO_VDI);
+    assert_eq!(
+        b.vdi_op(Opcode::LockVdi, "locked", None, 0, LOCK_TYPE_NORMAL).result,
+        SD_RES_NO_VDI
+    );
 }
 
 #[test]
@@ -463,7 +576,10 @@ fn locking_off_always_succeeds() {
     }
     assert_eq!(c.release(v, LOCK_TYPE_NORMAL), SD_RES_SUCCESS);
     assert_eq!(c.release(v, LOCK_TYPE_NORMAL), SD_RES_SUCCESS);
-    assert_eq!(c.vdi_op(Opcode::LockVdi, "missing", None, 0, LOCK_TYPE_NORMAL).result, SD_RES_NO_VDI);
+    assert_eq!(
+        c.vdi_op(Opcode::LockVdi, "missing", None, 0, LOCK_TYPE_NORMAL).result,
+        SD_RES_NO_VDI
+    );
 }
 
 #[test]
@@ -474,12 +590,25 @@ fn pipelined_requests_are_matched_by_id() {
     let big = vec![0x5au8; 4 << 20];
     let mut want: HashMap<u32, (u8, ResultCode)> = HashMap::new();
     let id = c.send(
-        ReqHeader::obj(Opcode::CreateAndWriteObj, SD_FLAG_CMD_WRITE, big.len() as u32, ObjArgs { oid: Oid(0x10_0000_0000), ..Default::default() }),
+        ReqHeader::obj(
+            Opcode::CreateAndWriteObj,
+            SD_FLAG_CMD_WRITE,
+            big.len() as u32,
+            ObjArgs { oid: Oid(0x10_0000_0000), ..Default::default() },
+        ),
         &big,
     );
     want.insert(id, (SD_OP_CREATE_AND_WRITE_OBJ, SD_RES_SUCCESS));
     for i in 0..8u64 {
-        let id = c.send(ReqHeader::obj(Opcode::ReadObj, 0, 512, ObjArgs { oid: Oid(0x20_0000_0000 + i), ..Default::default() }), &[]);
+        let id = c.send(
+            ReqHeader::obj(
+                Opcode::ReadObj,
+                0,
+                512,
+                ObjArgs { oid: Oid(0x20_0000_0000 + i), ..Default::default() },
+            ),
+            &[],
+        );
         want.insert(id, (SD_OP_READ_OBJ, SD_RES_NO_OBJ));
         let id = c.send(ReqHeader::vdi(Opcode::GetClusterDefault, 0, 0, VdiArgs::default()), &[]);
         want.insert(id, (SD_OP_GET_CLUSTER_DEFAULT, SD_RES_SUCCESS));
@@ -515,7 +644,11 @@ fn pipelined_reads_return_their_data(fast_reads: bool) {
     for k in 0..160u32 {
         let id = 1000 + k;
         let i = u64::from(k % 4);
-        let (len, off) = if k % 16 == 5 { (64usize << 10, (k as usize * 4096) % (OBJ - (64 << 10))) } else { (4096, (k as usize * 4096) % OBJ) };
+        let (len, off) = if k % 16 == 5 {
+            (64usize << 10, (k as usize * 4096) % (OBJ - (64 << 10)))
+        } else {
+            (4096, (k as usize * 4096) % OBJ)
+        };
         let mut h = match k % 10 {
             // Writes land in object 3's upper half, which no read touches.
             9 => ReqHeader::obj(
@@ -524,7 +657,12 @@ fn pipelined_reads_return_their_data(fast_reads: bool) {
                 512,
                 ObjArgs { oid: oid(3), offset: (OBJ as u32) + k * 512, ..Default::default() },
             ),
-            _ => ReqHeader::obj(Opcode::ReadObj, 0, len as u32, ObjArgs { oid: oid(i), offset: off as u32, ..Default::default() }),
+            _ => ReqHeader::obj(
+                Opcode::ReadObj,
+                0,
+                len as u32,
+                ObjArgs { oid: oid(i), offset: off as u32, ..Default::default() },
+            ),
         };
         h.id = id;
         wire.extend_from_slice(&h.encode());
@@ -532,7 +670,14 @@ fn pipelined_reads_return_their_data(fast_reads: bool) {
             wire.extend_from_slice(&[k as u8; 512]);
             want.insert(id, (SD_OP_WRITE_OBJ, SD_RES_SUCCESS, Vec::new()));
         } else {
-            want.insert(id, (SD_OP_READ_OBJ, SD_RES_SUCCESS, (off..off + len).map(|at| pattern(i, at)).collect()));
+            want.insert(
+                id,
+                (
+                    SD_OP_READ_OBJ,
+                    SD_RES_SUCCESS,
+                    (off..off + len).map(|at| pattern(i, at)).collect(),
+                ),
+            );
         }
     }
     let mut tail = |id: u32, h: ReqHeader, result, data: Vec<u8>| {
@@ -541,12 +686,22 @@ fn pipelined_reads_return_their_data(fast_reads: bool) {
         wire.extend_from_slice(&h.encode());
         want.insert(id, (SD_OP_READ_OBJ, result, data));
     };
-    tail(2000, ReqHeader::obj(Opcode::ReadObj, 0, 4096, ObjArgs { oid: oid(9), ..Default::default() }), SD_RES_NO_OBJ, Vec::new());
+    tail(
+        2000,
+        ReqHeader::obj(Opcode::ReadObj, 0, 4096, ObjArgs { oid: oid(9), ..Default::default() }),
+        SD_RES_NO_OBJ,
+        Vec::new(),
+    );
     let mut across = (OBJ - 8..OBJ).map(|at| pattern(2, at)).collect::<Vec<u8>>();
     across.extend_from_slice(&[0; 8]);
     tail(
         2001,
-        ReqHeader::obj(Opcode::ReadObj, 0, 16, ObjArgs { oid: oid(2), offset: (OBJ - 8) as u32, ..Default::default() }),
+        ReqHeader::obj(
+            Opcode::ReadObj,
+            0,
+            16,
+            ObjArgs { oid: oid(2), offset: (OBJ - 8) as u32, ..Default::default() },
+        ),
         SD_RES_SUCCESS,
         across,
     );
@@ -556,12 +711,21 @@ fn pipelined_reads_return_their_data(fast_reads: bool) {
     while !want.is_empty() {
         let (r, d) = c.recv();
         let (op, result, data) = want.remove(&r.id).expect("a response for an id in flight, once");
-        assert_eq!((r.opcode, r.result, r.data_length as usize), (op, result, data.len()), "request {}", r.id);
+        assert_eq!(
+            (r.opcode, r.result, r.data_length as usize),
+            (op, result, data.len()),
+            "request {}",
+            r.id
+        );
         assert!(d == data, "request {}: the bytes asked for", r.id);
     }
     sender.join().expect("sender");
     assert_eq!(store.requests() - before, n);
-    assert_eq!(c.read(oid(3), OBJ as u32 + 9 * 512, 4), (SD_RES_SUCCESS, vec![9; 4]), "the pipelined writes landed");
+    assert_eq!(
+        c.read(oid(3), OBJ as u32 + 9 * 512, 4),
+        (SD_RES_SUCCESS, vec![9; 4]),
+        "the pipelined writes landed"
+    );
 }
 
 #[test]
@@ -602,7 +766,8 @@ fn restart_keeps_vdis_snapshots_and_data() {
     c.write_new(w, 2, 100, b"persisted");
     assert_eq!(c.write(Oid::inode(Vid(w)), OFF_TAG as u32, &field("t")), SD_RES_SUCCESS);
     let n = c.new_vdi("keep", GIB, w, 1).vdi_id();
-    let (_, bitmap) = c.call(ReqHeader::vdi(Opcode::ReadVdis, 0, SD_VDI_BITMAP_LEN, VdiArgs::default()), &[]);
+    let (_, bitmap) =
+        c.call(ReqHeader::vdi(Opcode::ReadVdis, 0, SD_VDI_BITMAP_LEN, VdiArgs::default()), &[]);
     drop(c);
     store.shutdown();
 
@@ -613,7 +778,8 @@ fn restart_keeps_vdis_snapshots_and_data() {
     assert_eq!(c.read(Oid::data(Vid(w), 2), 100, 9), (SD_RES_SUCCESS, b"persisted".to_vec()));
     assert_eq!(c.entry(n, 2), w);
     assert_eq!(c.write(Oid::data(Vid(w), 2), 0, b"x"), SD_RES_READONLY);
-    let (_, again) = c.call(ReqHeader::vdi(Opcode::ReadVdis, 0, SD_VDI_BITMAP_LEN, VdiArgs::default()), &[]);
+    let (_, again) =
+        c.call(ReqHeader::vdi(Opcode::ReadVdis, 0, SD_VDI_BITMAP_LEN, VdiArgs::default()), &[]);
     assert!(again == bitmap, "the bitmap survives a restart");
     assert_eq!(c.new_vdi("keep", GIB, 0, 0).result, SD_RES_VDI_EXIST);
     assert_eq!(c.new_vdi("keep", GIB, n, 1).vdi_id(), n + 1);
@@ -623,18 +789,24 @@ fn restart_keeps_vdis_snapshots_and_data() {
 fn every_listen_address_serves_the_same_store() {
     let dir = tempfile::tempdir().expect("tempdir");
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    let store = Store::start(Config { listen: vec![any, any], ..config(dir.path()) }).expect("store starts");
+    let store = Store::start(Config { listen: vec![any, any], ..config(dir.path()) })
+        .expect("store starts");
     let addrs = store.local_addrs().to_vec();
     assert_eq!(addrs.len(), 2);
     assert_ne!(addrs[0], addrs[1]);
     let v = Client::connect(addrs[0]).new_vdi("both", GIB, 0, 0).vdi_id();
     assert_eq!(Client::connect(addrs[1]).info("both", None, 0), Ok(v));
     // An address in use is a clear start-up error.
-    let e = Store::start(Config { listen: vec![addrs[1]], ..config(dir.path()) }).err().expect("port is taken");
+    let e = Store::start(Config { listen: vec![addrs[1]], ..config(dir.path()) })
+        .err()
+        .expect("port is taken");
     assert_eq!(e.to_string(), format!("cannot listen on {}: address in use", addrs[1]));
     assert!(!e.should_reconnect());
     store.shutdown();
-    assert!(TcpStream::connect_timeout(&addrs[0], TIMEOUT).is_err(), "nothing listens after shutdown");
+    assert!(
+        TcpStream::connect_timeout(&addrs[0], TIMEOUT).is_err(),
+        "nothing listens after shutdown"
+    );
 }
 
 #[test]
@@ -653,7 +825,8 @@ fn hyper_volumes_are_created_and_deleted_by_del_vdi_alone() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_store, addr) = start(config(dir.path()));
     let mut c = Client::connect(addr);
-    let a = VdiArgs { vdi_size: 8 << 40, store_policy: 1, block_size_shift: 22, ..Default::default() };
+    let a =
+        VdiArgs { vdi_size: 8 << 40, store_policy: 1, block_size_shift: 22, ..Default::default() };
     let r = c.call(ReqHeader::vdi(Opcode::NewVdi, SD_FLAG_CMD_WRITE, 256, a), &field("hyper")).0;
     assert_eq!(r.result, SD_RES_SUCCESS);
     let v = r.vdi_id();
@@ -684,9 +857,14 @@ fn start_errors_are_clear() {
     let file = dir.path().join("not-a-dir");
     std::fs::write(&file, b"x").expect("write");
     let e = Store::start(config(&file)).err().expect("a file is no store directory");
-    assert!(e.to_string().starts_with(&format!("cannot use store directory {}", file.join("obj").display())), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("cannot use store directory {}", file.join("obj").display())),
+        "{e}"
+    );
     assert_ne!(e.errno(), 0);
-    let e = Store::start(Config { listen: vec![], ..config(dir.path()) }).err().expect("no address");
+    let e =
+        Store::start(Config { listen: vec![], ..config(dir.path()) }).err().expect("no address");
     assert_eq!(e.to_string(), "no listen address given");
     let e = Store::start(Config { copies: 0, ..config(dir.path()) }).err().expect("copies 0");
     assert_eq!(e.to_string(), "invalid store configuration: copies must be between 1 and 31");

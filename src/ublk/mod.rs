@@ -106,8 +106,12 @@ impl Error {
     pub fn errno(&self) -> i32 {
         match self {
             Error::NoDriver(e) => e.raw_os_error().unwrap_or(libc::ENODEV),
-            Error::Ctrl { source: UblkError::OtherError(n) | UblkError::UringIOError(n), .. } => n.abs(),
-            Error::Ctrl { source: UblkError::IOError(e), .. } => e.raw_os_error().unwrap_or(libc::EIO),
+            Error::Ctrl {
+                source: UblkError::OtherError(n) | UblkError::UringIOError(n), ..
+            } => n.abs(),
+            Error::Ctrl { source: UblkError::IOError(e), .. } => {
+                e.raw_os_error().unwrap_or(libc::EIO)
+            }
             Error::Ctrl { .. } | Error::Run(_) => libc::EIO,
             Error::State { .. } => libc::EBUSY,
             Error::NoId => libc::EINVAL,
@@ -125,7 +129,12 @@ fn ctrl_err(what: String) -> impl FnOnce(UblkError) -> Error {
 
 /// Whether this kernel can create ublk devices.
 pub fn available() -> Result<(), Error> {
-    std::fs::OpenOptions::new().read(true).write(true).open("/dev/ublk-control").map(|_| ()).map_err(Error::NoDriver)
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/ublk-control")
+        .map(|_| ())
+        .map_err(Error::NoDriver)
 }
 
 fn to_desc(iod: &sys::ublksrv_io_desc, tag: u16) -> Option<IoDesc> {
@@ -137,7 +146,13 @@ fn to_desc(iod: &sys::ublksrv_io_desc, tag: u16) -> Option<IoDesc> {
         sys::UBLK_IO_OP_WRITE_ZEROES => Op::WriteZeroes,
         _ => return None,
     };
-    Some(IoDesc { op, offset: iod.start_sector << 9, len: iod.nr_sectors << 9, tag, fua: iod.op_flags & sys::UBLK_IO_F_FUA != 0 })
+    Some(IoDesc {
+        op,
+        offset: iod.start_sector << 9,
+        len: iod.nr_sectors << 9,
+        tag,
+        fua: iod.op_flags & sys::UBLK_IO_F_FUA != 0,
+    })
 }
 
 /// What `run` reports once the device is up.
@@ -178,7 +193,10 @@ pub fn recovery_flags() -> u64 {
 fn pid_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // "pid (comm) S ...": the state follows the last ')'.
-        Ok(s) => s.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()).is_some_and(|c| c != 'Z' && c != 'X'),
+        Ok(s) => s
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|c| c != 'Z' && c != 'X'),
         Err(_) => false,
     }
 }
@@ -219,7 +237,9 @@ fn attach(id: u32, spec: &Spec, max_io: u32) -> Result<UblkCtrl, Error> {
         let why = format!("was created without user recovery and cannot be re-attached (remove it with `sheepdev del --id {id}`)");
         return Err(Error::State { id, why });
     }
-    if (info.nr_hw_queues, info.queue_depth, info.max_io_buf_bytes) != (spec.queues, spec.depth, max_io) {
+    if (info.nr_hw_queues, info.queue_depth, info.max_io_buf_bytes)
+        != (spec.queues, spec.depth, max_io)
+    {
         let why = format!(
             "has {} queues of depth {} with {}-byte buffers, the device table says {}, {} and {}: not re-attaching",
             info.nr_hw_queues, info.queue_depth, info.max_io_buf_bytes, spec.queues, spec.depth, max_io
@@ -229,20 +249,27 @@ fn attach(id: u32, spec: &Spec, max_io: u32) -> Result<UblkCtrl, Error> {
     let t0 = std::time::Instant::now();
     while u32::from(info.state) == sys::UBLK_S_DEV_LIVE && pid_alive(info.ublksrv_pid) {
         if t0.elapsed() > OLD_DAEMON_WAIT {
-            return Err(Error::State { id, why: format!("is live and served by process {}", info.ublksrv_pid) });
+            return Err(Error::State {
+                id,
+                why: format!("is live and served by process {}", info.ublksrv_pid),
+            });
         }
         std::thread::sleep(Duration::from_millis(100));
         ctrl.read_dev_info().map_err(ctrl_err(format!("reading ublk device {id}")))?;
         info = ctrl.dev_info();
     }
     if !matches!(u32::from(info.state), sys::UBLK_S_DEV_LIVE | sys::UBLK_S_DEV_QUIESCED) {
-        let why = format!("is {}, not quiesced: there is nothing to re-attach", state_name(info.state));
+        let why =
+            format!("is {}, not quiesced: there is nothing to re-attach", state_name(info.state));
         return Err(Error::State { id, why });
     }
     match ctrl.start_user_recover() {
         Ok(r) if r >= 0 => Ok(ctrl),
         Ok(r) => {
-            let why = format!("did not become recoverable within 30 s ({}): is its old daemon still exiting?", std::io::Error::from_raw_os_error(-r));
+            let why = format!(
+                "did not become recoverable within 30 s ({}): is its old daemon still exiting?",
+                std::io::Error::from_raw_os_error(-r)
+            );
             Err(Error::State { id, why })
         }
         Err(e) => Err(ctrl_err(format!("cannot start recovering ublk device {id}"))(e)),
@@ -252,7 +279,11 @@ fn attach(id: u32, spec: &Spec, max_io: u32) -> Result<UblkCtrl, Error> {
 /// Create the device (or re-attach it, with `Spec::recover`) and serve it until it is
 /// deleted. `started` gets the device id (and its metrics) once `/dev/ublkbN` serves I/O.
 /// Blocking: run it on its own thread.
-pub fn run(spec: Spec, abort: Abort, started: impl FnOnce(Started) + Send + Sync + 'static) -> Result<(), Error> {
+pub fn run(
+    spec: Spec,
+    abort: Abort,
+    started: impl FnOnce(Started) + Send + Sync + 'static,
+) -> Result<(), Error> {
     let max_io = spec.effective_max_io();
     let size = spec.size();
     let recover = spec.recover;
@@ -271,7 +302,8 @@ pub fn run(spec: Spec, abort: Abort, started: impl FnOnce(Started) + Send + Sync
             .map_err(ctrl_err("cannot create the ublk device".into()))?,
     };
     let recoverable = ctrl.dev_info().flags & u64::from(sys::UBLK_F_USER_RECOVERY) != 0;
-    let (bs_shift, os_sectors) = (spec.block_size.trailing_zeros() as u8, (spec.object_size() >> 9) as u32);
+    let (bs_shift, os_sectors) =
+        (spec.block_size.trailing_zeros() as u8, (spec.object_size() >> 9) as u32);
     let (read_only, depth) = (spec.read_only, spec.depth);
     let tgt_init = move |dev: &mut UblkDev| {
         dev.set_default_params(size);
@@ -294,7 +326,9 @@ pub fn run(spec: Spec, abort: Abort, started: impl FnOnce(Started) + Send + Sync
         Ok(())
     };
     let id = ctrl.dev_info().dev_id;
-    let dm = spec.metrics.as_ref().map(|(vdi, snap)| DeviceMetrics::new(&format!("ublkb{id}"), vdi, snap, read_only, spec.queues, depth, size));
+    let dm = spec.metrics.as_ref().map(|(vdi, snap)| {
+        DeviceMetrics::new(&format!("ublkb{id}"), vdi, snap, read_only, spec.queues, depth, size)
+    });
     let target = Arc::new(match spec.target {
         Target::Sheep { vol, gateways, connections } => {
             let cfg = shard::Config {
@@ -315,7 +349,9 @@ pub fn run(spec: Spec, abort: Abort, started: impl FnOnce(Started) + Send + Sync
         move |qid, dev| serve_queue(qid, dev, &target, &abort, max_io, dm2.as_ref()),
         move |ctrl| {
             let id = ctrl.dev_info().dev_id;
-            if let Some(f) = started.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+            if let Some(f) =
+                started.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+            {
                 f(Started { id, metrics: dm, recoverable });
             }
         },
@@ -334,7 +370,14 @@ enum QueueTarget {
 }
 
 /// One queue thread: pin, connect, one task per tag, run the ring until the queue stops.
-fn serve_queue(qid: u16, dev: &UblkDev, target: &QueueTarget, abort: &Abort, max_io: u32, dm: Option<&DeviceMetrics>) {
+fn serve_queue(
+    qid: u16,
+    dev: &UblkDev,
+    target: &QueueTarget,
+    abort: &Abort,
+    max_io: u32,
+    dm: Option<&DeviceMetrics>,
+) {
     crate::shard::pin_thread(usize::from(qid));
     let q = match UblkQueue::new(qid, dev) {
         Ok(q) => Rc::new(q),
@@ -352,12 +395,18 @@ fn serve_queue(qid: u16, dev: &UblkDev, target: &QueueTarget, abort: &Abort, max
     let shard = match target {
         QueueTarget::Null => None,
         QueueTarget::Sheep { vol, cfg } => {
-            let metrics = dm.map(|device| shard::QueueMetrics { device: device.clone(), queue: qid, depth: depth as u16 });
+            let metrics = dm.map(|device| shard::QueueMetrics {
+                device: device.clone(),
+                queue: qid,
+                depth: depth as u16,
+            });
             let cfg = shard::Config { metrics, abort: Some(abort.clone()), ..cfg.clone() };
             match Shard::start(&cfg, vol.clone(), &exe) {
                 Ok(s) => Some(s),
                 Err(e) => {
-                    tracing::error!("queue {qid}: cannot connect to sheep: {e}; every request fails with EIO");
+                    tracing::error!(
+                        "queue {qid}: cannot connect to sheep: {e}; every request fails with EIO"
+                    );
                     None
                 }
             }
@@ -392,7 +441,13 @@ fn serve_queue(qid: u16, dev: &UblkDev, target: &QueueTarget, abort: &Abort, max
     });
 }
 
-async fn serve_tag(q: &UblkQueue<'_>, tag: u16, shard: Option<&Shard>, null: bool, max_io: u32) -> Result<(), UblkError> {
+async fn serve_tag(
+    q: &UblkQueue<'_>,
+    tag: u16,
+    shard: Option<&Shard>,
+    null: bool,
+    max_io: u32,
+) -> Result<(), UblkError> {
     let mut buf = IoBuf::<u8>::new(max_io as usize);
     q.submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf)).await?;
     loop {
@@ -403,7 +458,13 @@ async fn serve_tag(q: &UblkQueue<'_>, tag: u16, shard: Option<&Shard>, null: boo
             (Some(d), Some(s)) => match s.handle(d, buf.as_mut_slice()).await {
                 Ok(n) => n as i32,
                 Err(e) => {
-                    tracing::debug!("queue {} tag {tag}: {:?} at {}+{}: {e}", q.get_qid(), d.op, d.offset, d.len);
+                    tracing::debug!(
+                        "queue {} tag {tag}: {:?} at {}+{}: {e}",
+                        q.get_qid(),
+                        d.op,
+                        d.offset,
+                        d.len
+                    );
                     -e.errno()
                 }
             },

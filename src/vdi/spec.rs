@@ -68,10 +68,14 @@ impl std::str::FromStr for VdiSpec {
         let name = VdiName::new(name).map_err(|e| format!("vdi {s:?}: {e}"))?;
         let snap = match snap {
             None => SnapSel::Working,
-            Some(sn) if !sn.is_empty() && sn.bytes().all(|b| b.is_ascii_digit()) => match sn.parse::<u32>() {
-                Ok(0) | Err(_) => return Err(format!("vdi {s:?}: snapshot id must be 1..{}", u32::MAX)),
-                Ok(id) => SnapSel::Id(id),
-            },
+            Some(sn) if !sn.is_empty() && sn.bytes().all(|b| b.is_ascii_digit()) => {
+                match sn.parse::<u32>() {
+                    Ok(0) | Err(_) => {
+                        return Err(format!("vdi {s:?}: snapshot id must be 1..{}", u32::MAX))
+                    }
+                    Ok(id) => SnapSel::Id(id),
+                }
+            }
             Some(sn) => SnapSel::Tag(VdiName::new(sn).map_err(|e| format!("vdi {s:?}: tag: {e}"))?),
         };
         Ok(VdiSpec { name, snap })
@@ -97,7 +101,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         Some('p') => (&body[..body.len() - 1], 50),
         _ => (body, 0),
     };
-    let bad = || format!("bad size {s:?}: expected a number with an optional K, M, G, T or P suffix");
+    let bad =
+        || format!("bad size {s:?}: expected a number with an optional K, M, G, T or P suffix");
     if num.is_empty() {
         return Err(bad());
     }

@@ -80,7 +80,8 @@ impl Claim<'_> {
     /// in-memory entry names `vid` from now on (so the caller can encode the inode update).
     /// Until [`Claim::persisted`], dropping the claim puts the previous entry back.
     pub fn created(&mut self, vid: Vid) {
-        let old = self.vol.entries.get(self.idx as usize).map_or(0, |e| e.swap(vid.0, Ordering::AcqRel));
+        let old =
+            self.vol.entries.get(self.idx as usize).map_or(0, |e| e.swap(vid.0, Ordering::AcqRel));
         self.restore.get_or_insert(old);
     }
 
@@ -231,7 +232,12 @@ impl Volume {
             if slot >= PARK_SLOTS {
                 return None;
             }
-            match self.parked_mask.compare_exchange_weak(mask, mask | 1 << slot, Ordering::AcqRel, Ordering::Acquire) {
+            match self.parked_mask.compare_exchange_weak(
+                mask,
+                mask | 1 << slot,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => return Some(Parked { vol: self, slot }),
                 Err(now) => mask = now,
             }
@@ -263,7 +269,11 @@ impl Volume {
     /// refused for). `false`: the vid already moved on, or another caller is following it;
     /// wait for [`Volume::is_following`] to clear and plan again.
     pub fn begin_follow(&self, stale: Vid) -> bool {
-        self.vid() == stale && self.following.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        self.vid() == stale
+            && self
+                .following
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
     }
 
     /// Whether a caller is between [`Volume::begin_follow`] and [`Volume::end_follow`].
@@ -332,7 +342,11 @@ impl Volume {
         let (w, b) = Self::bit(i);
         // Ours and no create in flight: the entry is persisted (release comes after that).
         if self.entries[i].load(Ordering::Acquire) == own.0 {
-            return Ok(if self.creating[w].load(Ordering::SeqCst) & b != 0 { WritePlan::Wait } else { WritePlan::Write(oid) });
+            return Ok(if self.creating[w].load(Ordering::SeqCst) & b != 0 {
+                WritePlan::Wait
+            } else {
+                WritePlan::Write(oid)
+            });
         }
         if self.creating[w].fetch_or(b, Ordering::SeqCst) & b != 0 {
             return Ok(WritePlan::Wait);
@@ -353,7 +367,11 @@ impl Volume {
             return Err(Error::ReadOnly);
         }
         let (w, b) = Self::bit(self.check(idx)?);
-        Ok((self.creating[w].fetch_or(b, Ordering::SeqCst) & b == 0).then_some(Claim { vol: self, idx, restore: None }))
+        Ok((self.creating[w].fetch_or(b, Ordering::SeqCst) & b == 0).then_some(Claim {
+            vol: self,
+            idx,
+            restore: None,
+        }))
     }
 
     /// An empty run of claims starting at `lo`.
@@ -388,7 +406,12 @@ mod tests {
     use proptest::prelude::*;
 
     fn vol(vid: u32, entries: Vec<u32>) -> Volume {
-        let h = InodeHeader { vdi_id: vid, vdi_size: 16 << 22, block_size_shift: 22, ..Default::default() };
+        let h = InodeHeader {
+            vdi_id: vid,
+            vdi_size: 16 << 22,
+            block_size_shift: 22,
+            ..Default::default()
+        };
         Volume::new(h, entries, false)
     }
 
@@ -426,7 +449,11 @@ mod tests {
         let mut c = claim(v.plan_write(4));
         assert_eq!(shape(v.plan_write(4)), Ok(("wait", Oid(0), Oid(0))));
         c.created(Vid(7));
-        assert_eq!(shape(v.plan_write(4)), Ok(("wait", Oid(0), Oid(0))), "gated until the inode update is done");
+        assert_eq!(
+            shape(v.plan_write(4)),
+            Ok(("wait", Oid(0), Oid(0))),
+            "gated until the inode update is done"
+        );
         c.persisted();
         drop(c);
         assert_eq!(shape(v.plan_write(4)), Ok(("write", Oid::data(Vid(7), 4), Oid(0))));
@@ -441,7 +468,11 @@ mod tests {
         c.created(Vid(7));
         assert_eq!(v.entry(1), Some(7));
         drop(c);
-        assert_eq!(v.entry(1), Some(0), "a claim dropped before its inode update restores the entry");
+        assert_eq!(
+            v.entry(1),
+            Some(0),
+            "a claim dropped before its inode update restores the entry"
+        );
         assert!(v.plan_write(1).is_ok_and(|p| p.is_create()));
     }
 
@@ -492,7 +523,8 @@ mod tests {
         }
         let v = vol(7, vec![]);
         let c = claim(v.plan_write(0));
-        let flags: Vec<Arc<Flag>> = (0..3).map(|_| Arc::new(Flag(AtomicBool::new(false)))).collect();
+        let flags: Vec<Arc<Flag>> =
+            (0..3).map(|_| Arc::new(Flag(AtomicBool::new(false)))).collect();
         let parked: Vec<Parked<'_>> = flags
             .iter()
             .map(|f| {
@@ -505,14 +537,20 @@ mod tests {
         drop(c);
         assert!(flags.iter().all(|f| f.0.load(Ordering::SeqCst)), "every parked waiter was woken");
         drop(parked);
-        let all: Vec<_> = (0..PARK_SLOTS).map(|_| v.park().expect("slots are free again")).collect();
+        let all: Vec<_> =
+            (0..PARK_SLOTS).map(|_| v.park().expect("slots are free again")).collect();
         assert!(v.park().is_none(), "no more than PARK_SLOTS at once");
         drop(all);
     }
 
     #[test]
     fn read_only_refuses_writes() {
-        let h = InodeHeader { vdi_id: 7, vdi_size: 1 << 22, block_size_shift: 22, ..Default::default() };
+        let h = InodeHeader {
+            vdi_id: 7,
+            vdi_size: 1 << 22,
+            block_size_shift: 22,
+            ..Default::default()
+        };
         let v = Volume::new(h, vec![], true);
         assert_eq!(shape(v.plan_write(0)), Err(Error::ReadOnly));
     }
@@ -530,8 +568,15 @@ mod tests {
                     for i in 0..20_000u32 {
                         let idx = (i + t) % 4;
                         match v.plan_write(idx) {
-                            Ok(WritePlan::Create { mut claim, .. } | WritePlan::Cow { mut claim, .. }) => {
-                                assert_eq!(active[idx as usize].fetch_add(1, Ordering::SeqCst), 0, "two creates of {idx}");
+                            Ok(
+                                WritePlan::Create { mut claim, .. }
+                                | WritePlan::Cow { mut claim, .. },
+                            ) => {
+                                assert_eq!(
+                                    active[idx as usize].fetch_add(1, Ordering::SeqCst),
+                                    0,
+                                    "two creates of {idx}"
+                                );
                                 claim.created(Vid(9));
                                 active[idx as usize].fetch_sub(1, Ordering::SeqCst);
                                 // Fail most creates so that the race keeps happening.

@@ -30,8 +30,12 @@ pub fn store() -> (Store, tempfile::TempDir, SocketAddr) {
 /// [`store`] with its configuration adjusted by `f` first.
 pub fn store_with(f: impl FnOnce(&mut StoreConfig)) -> (Store, tempfile::TempDir, SocketAddr) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cfg =
-        StoreConfig { dir: dir.path().to_path_buf(), listen: vec!["127.0.0.1:0".parse().expect("addr")], sync: false, ..Default::default() };
+    let mut cfg = StoreConfig {
+        dir: dir.path().to_path_buf(),
+        listen: vec!["127.0.0.1:0".parse().expect("addr")],
+        sync: false,
+        ..Default::default()
+    };
     f(&mut cfg);
     let s = Store::start(cfg).expect("store");
     let a = s.local_addrs()[0];
@@ -39,7 +43,11 @@ pub fn store_with(f: impl FnOnce(&mut StoreConfig)) -> (Store, tempfile::TempDir
 }
 
 /// A store with VDI `name` of `size` bytes made of `object_size` objects.
-pub fn store_with_vdi(name: &str, size: u64, object_size: u64) -> (Store, tempfile::TempDir, SocketAddr, Vid) {
+pub fn store_with_vdi(
+    name: &str,
+    size: u64,
+    object_size: u64,
+) -> (Store, tempfile::TempDir, SocketAddr, Vid) {
     let (store, dir, addr) = store();
     let vid = create(addr, name, size, object_size);
     (store, dir, addr, vid)
@@ -56,7 +64,18 @@ pub fn control<T>(addr: impl Into<Gateway>, f: impl AsyncFnOnce(Rc<Client>) -> T
 }
 
 pub fn create(addr: impl Into<Gateway>, name: &str, size: u64, object_size: u64) -> Vid {
-    control(addr, async |c| manage::create(&c, &VdiName::new(name).expect("name"), size, Redundancy::Default, object_size).await.expect("create").vid)
+    control(addr, async |c| {
+        manage::create(
+            &c,
+            &VdiName::new(name).expect("name"),
+            size,
+            Redundancy::Default,
+            object_size,
+        )
+        .await
+        .expect("create")
+        .vid
+    })
 }
 
 /// The inode of `vid`, opened for a shard.
@@ -71,7 +90,11 @@ pub fn shard_config(gateway: impl Into<Gateway>) -> shard::Config {
 }
 
 /// Run `f` on a new shard thread (own ring, own executor) started from `cfg`.
-pub fn on_shard<T: Send + 'static>(cfg: shard::Config, vol: Arc<Volume>, f: impl AsyncFnOnce(Rc<Shard>) -> T + Send + 'static) -> Spawned<T> {
+pub fn on_shard<T: Send + 'static>(
+    cfg: shard::Config,
+    vol: Arc<Volume>,
+    f: impl AsyncFnOnce(Rc<Shard>) -> T + Send + 'static,
+) -> Spawned<T> {
     shard::spawn("test-shard", cfg, vol, move |sh, _exe| f(sh)).expect("the shard connects")
 }
 
@@ -102,7 +125,9 @@ pub fn io(r: &Remote, op: Op, offset: u64, mut buf: Vec<u8>) -> Result<Vec<u8>, 
 /// tag's buffer goes with it, as a ublk queue hands it over (discard carries inode entries
 /// in it).
 pub fn op(r: &Remote, op: Op, offset: u64, len: u32) -> Result<(), shard::Error> {
-    r.call(IoDesc { op, offset, len, tag: 0, fua: false }, vec![0u8; MAX_IO]).map(drop).map_err(|(e, _)| e)
+    r.call(IoDesc { op, offset, len, tag: 0, fua: false }, vec![0u8; MAX_IO])
+        .map(drop)
+        .map_err(|(e, _)| e)
 }
 
 /// `len` bytes of `vid` at `offset`, read through a fresh shard straight from `addr`.

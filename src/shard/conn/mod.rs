@@ -120,7 +120,12 @@ pub struct RingConn {
 impl RingConn {
     /// Connect (blocking, at shard start-up) with `slots` request slots, and spawn the
     /// sender and receiver tasks on `exe`. The connection never reconnects.
-    pub fn connect(addr: impl Into<Gateway>, timeout: Duration, slots: usize, exe: &super::exec::LocalExecutor<'_>) -> io::Result<Rc<RingConn>> {
+    pub fn connect(
+        addr: impl Into<Gateway>,
+        timeout: Duration,
+        slots: usize,
+        exe: &super::exec::LocalExecutor<'_>,
+    ) -> io::Result<Rc<RingConn>> {
         let addr = addr.into();
         let stream = addr.connect(timeout)?;
         let conn = Self::build(stream, addr, Vec::new(), Duration::ZERO, slots);
@@ -159,7 +164,13 @@ impl RingConn {
         Err(last)
     }
 
-    fn build(stream: Stream, addr: Gateway, gateways: Vec<Gateway>, stall: Duration, slots: usize) -> Rc<RingConn> {
+    fn build(
+        stream: Stream,
+        addr: Gateway,
+        gateways: Vec<Gateway>,
+        stall: Duration,
+        slots: usize,
+    ) -> Rc<RingConn> {
         let n = slots.clamp(1, u16::MAX as usize);
         Rc::new(RingConn {
             stream: RefCell::new(Some(stream)),
@@ -254,7 +265,12 @@ impl RingConn {
     /// Send `hdr` (its id is assigned here) with `payload` when it has the WRITE flag, and
     /// wait for the response; a READ_OBJ response payload lands in `dest`. The server's
     /// result code is returned in the header, not interpreted.
-    pub async fn call(&self, hdr: ReqHeader, payload: &[u8], dest: &mut [u8]) -> Result<RspHeader, Error> {
+    pub async fn call(
+        &self,
+        hdr: ReqHeader,
+        payload: &[u8],
+        dest: &mut [u8],
+    ) -> Result<RspHeader, Error> {
         let idx = poll_fn(|cx| {
             let mut st = self.st.borrow_mut();
             if let Some(e) = st.broken {
@@ -300,7 +316,11 @@ impl RingConn {
             // neither the sender nor the kernel reads it now.
             unsafe { *self.headers[idx].get() = hdr.encode() };
             s.phase = Phase::Queued;
-            (s.payload, s.payload_len) = if hdr.has_payload() { (payload.as_ptr(), payload.len()) } else { (std::ptr::null(), 0) };
+            (s.payload, s.payload_len) = if hdr.has_payload() {
+                (payload.as_ptr(), payload.len())
+            } else {
+                (std::ptr::null(), 0)
+            };
             let takes = if hdr.opcode == Opcode::ReadObj as u8 { dest.len() } else { 0 };
             (s.dest, s.dest_len) = (dest.as_mut_ptr(), takes);
             s.result = None;
@@ -326,7 +346,12 @@ impl RingConn {
 
     /// The queued request that `h` can ride on, if any (module contract).
     fn find_lead(st: &State, h: &ReqHeader) -> Option<usize> {
-        let queued = st.sendq.iter().rev().map(|&l| usize::from(l)).filter(|&l| st.slots[l].phase == Phase::Queued);
+        let queued = st
+            .sendq
+            .iter()
+            .rev()
+            .map(|&l| usize::from(l))
+            .filter(|&l| st.slots[l].phase == Phase::Queued);
         coalesce::find_lead(queued.map(|l| (l, &st.slots[l].hdr)), &st.chains, h)
     }
 
@@ -414,7 +439,8 @@ impl Drop for CallGuard<'_> {
                 std::process::abort();
             }
             s.phase = Phase::Free;
-            (s.payload, s.payload_len, s.dest, s.dest_len) = (std::ptr::null(), 0, std::ptr::null_mut(), 0);
+            (s.payload, s.payload_len, s.dest, s.dest_len) =
+                (std::ptr::null(), 0, std::ptr::null_mut(), 0);
             s.waker = None;
             st.chains.clear(self.idx);
             st.inflight -= 1;

@@ -21,7 +21,11 @@ impl RingConn {
     pub(super) async fn run_once(self: Rc<Self>) {
         let fd = self.stream.borrow().as_ref().map(|s| s.as_raw_fd());
         if let Some(fd) = fd {
-            futures_lite::future::zip(self.send_inner(types::Fd(fd)), self.recv_inner(types::Fd(fd))).await;
+            futures_lite::future::zip(
+                self.send_inner(types::Fd(fd)),
+                self.recv_inner(types::Fd(fd)),
+            )
+            .await;
         }
         self.alive.set(self.alive.get() - 1);
     }
@@ -34,7 +38,11 @@ impl RingConn {
             let fd = self.stream.borrow().as_ref().map(|s| s.as_raw_fd());
             if let Some(fd) = fd {
                 let fd = types::Fd(fd);
-                futures_lite::future::zip(self.send_inner(fd), futures_lite::future::zip(self.recv_inner(fd), self.watch())).await;
+                futures_lite::future::zip(
+                    self.send_inner(fd),
+                    futures_lite::future::zip(self.recv_inner(fd), self.watch()),
+                )
+                .await;
                 // Every task of that socket is done: nothing refers to it any more.
                 self.stream.borrow_mut().take();
                 backoff = Duration::from_millis(100);
@@ -92,10 +100,18 @@ impl RingConn {
             waited = Duration::ZERO;
             let oldest = {
                 let st = self.st.borrow();
-                st.slots.iter().filter(|s| matches!(s.phase, Phase::Queued | Phase::Sent)).filter_map(|s| s.sent_at).min()
+                st.slots
+                    .iter()
+                    .filter(|s| matches!(s.phase, Phase::Queued | Phase::Sent))
+                    .filter_map(|s| s.sent_at)
+                    .min()
             };
             if oldest.is_some_and(|t| t.elapsed() > self.stall) {
-                tracing::warn!("sheep {}: a request got no answer within {:?}; reconnecting", self.addr.borrow(), self.stall);
+                tracing::warn!(
+                    "sheep {}: a request got no answer within {:?}; reconnecting",
+                    self.addr.borrow(),
+                    self.stall
+                );
                 self.fail(Error::Io(libc::ETIMEDOUT));
                 return;
             }
@@ -122,7 +138,10 @@ impl RingConn {
                 let s = &mut st.slots[j];
                 s.phase = Phase::Sent;
                 if s.payload_len > 0 {
-                    iov.push(libc::iovec { iov_base: s.payload as *mut libc::c_void, iov_len: s.payload_len });
+                    iov.push(libc::iovec {
+                        iov_base: s.payload as *mut libc::c_void,
+                        iov_len: s.payload_len,
+                    });
                 }
                 next = st.chains.next(j);
             }
@@ -156,7 +175,9 @@ impl RingConn {
                 let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
                 msg.msg_iov = iov[start..].as_mut_ptr();
                 msg.msg_iovlen = iov.len() - start;
-                let n = submit(opcode::SendMsg::new(fd, &msg).flags(libc::MSG_NOSIGNAL as u32).build()).await;
+                let n =
+                    submit(opcode::SendMsg::new(fd, &msg).flags(libc::MSG_NOSIGNAL as u32).build())
+                        .await;
                 if n <= 0 {
                     self.fail(if n == 0 { Error::Closed } else { Error::Io(-n) });
                     return;
@@ -180,7 +201,8 @@ impl RingConn {
                 (head, tail) = (0, tail - head);
             }
             let room = &mut buf[tail..];
-            let n = submit(opcode::Recv::new(fd, room.as_mut_ptr(), room.len() as u32).build()).await;
+            let n =
+                submit(opcode::Recv::new(fd, room.as_mut_ptr(), room.len() as u32).build()).await;
             if n <= 0 {
                 self.fail(if n == 0 { Error::Closed } else { Error::Io(-n) });
                 return;
@@ -194,22 +216,38 @@ impl RingConn {
             loop {
                 let (used, ev) = demux.feed(&buf[head..tail], |i| {
                     let st = self.st.borrow();
-                    let s = st.slots.get(i).filter(|s| matches!(s.phase, Phase::Queued | Phase::Sent))?;
+                    let s = st
+                        .slots
+                        .get(i)
+                        .filter(|s| matches!(s.phase, Phase::Queued | Phase::Sent))?;
                     if st.chains.is_carried(i) {
                         return None;
                     }
-                    Some(InFlight { gen: s.gen, bound: u32::try_from(s.dest_len).unwrap_or(u32::MAX) })
+                    Some(InFlight {
+                        gen: s.gen,
+                        bound: u32::try_from(s.dest_len).unwrap_or(u32::MAX),
+                    })
                 });
                 head += used;
                 match ev {
                     Event::NeedMore => break,
                     Event::Payload { slot, offset, data } => {
                         let st = self.st.borrow();
-                        if let Some(s) = st.slots.get(slot).filter(|s| !s.dest.is_null() && offset + data.len() <= s.dest_len) {
+                        if let Some(s) = st
+                            .slots
+                            .get(slot)
+                            .filter(|s| !s.dest.is_null() && offset + data.len() <= s.dest_len)
+                        {
                             // SAFETY: `dest` points to the caller's buffer of `dest_len` bytes,
                             // valid while the slot is in flight (module contract); the range is
                             // checked against `dest_len` just above.
-                            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), s.dest.add(offset), data.len()) };
+                            unsafe {
+                                std::ptr::copy_nonoverlapping(
+                                    data.as_ptr(),
+                                    s.dest.add(offset),
+                                    data.len(),
+                                )
+                            };
                         }
                     }
                     Event::Complete { slot, rsp } => self.complete(slot, Ok(rsp)),

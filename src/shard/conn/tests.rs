@@ -9,7 +9,9 @@ const LEN: usize = 4096;
 
 /// A fake sheep: each answer in turn goes to one new connection, as the reply to the one
 /// READ_OBJ it receives; then it reads until the client closes that connection.
-fn fake_sheep(answers: Vec<fn(RspHeader) -> Vec<u8>>) -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
+fn fake_sheep(
+    answers: Vec<fn(RspHeader) -> Vec<u8>>,
+) -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = l.local_addr().expect("addr");
     let t = std::thread::spawn(move || {
@@ -55,14 +57,28 @@ fn a_late_answer_does_not_replace_the_error_of_a_failed_request() {
 fn idle_conn(slots: usize) -> (TcpListener, Rc<RingConn>) {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = l.local_addr().expect("addr");
-    (l, RingConn::build(Gateway::from(addr).connect(Duration::from_secs(3)).expect("connect"), addr.into(), Vec::new(), Duration::ZERO, slots))
+    (
+        l,
+        RingConn::build(
+            Gateway::from(addr).connect(Duration::from_secs(3)).expect("connect"),
+            addr.into(),
+            Vec::new(),
+            Duration::ZERO,
+            slots,
+        ),
+    )
 }
 
 /// Queue `op` of `payload.len()` bytes at `offset` of `oid` in a fresh slot.
 fn queue(conn: &RingConn, op: Opcode, oid: u64, offset: u32, payload: &[u8]) -> usize {
     let idx = usize::from(conn.st.borrow_mut().free.pop().expect("a free slot"));
     let args = ObjArgs { oid: crate::proto::Oid(oid), offset, ..Default::default() };
-    conn.enqueue(idx, ReqHeader::obj(op, crate::proto::SD_FLAG_CMD_WRITE, payload.len() as u32, args), payload, &mut []);
+    conn.enqueue(
+        idx,
+        ReqHeader::obj(op, crate::proto::SD_FLAG_CMD_WRITE, payload.len() as u32, args),
+        payload,
+        &mut [],
+    );
     idx
 }
 
@@ -94,14 +110,33 @@ fn adjacent_writes_of_one_object_ride_on_the_queued_one_and_share_its_result() {
     let pay = |k: usize| bufs[k].as_ptr() as *mut libc::c_void;
     assert_eq!(
         order,
-        vec![hdr(a), pay(0), pay(1), pay(3), hdr(c), pay(2), hdr(e), pay(4), hdr(f), pay(5), hdr(g), pay(6), hdr(h), pay(7)],
+        vec![
+            hdr(a),
+            pay(0),
+            pay(1),
+            pay(3),
+            hdr(c),
+            pay(2),
+            hdr(e),
+            pay(4),
+            hdr(f),
+            pay(5),
+            hdr(g),
+            pay(6),
+            hdr(h),
+            pay(7)
+        ],
         "one header, then the lead's and each rider's payload in order"
     );
     let req = ReqHeader::obj(Opcode::WriteObj, 0, 0, ObjArgs::default());
     conn.complete(a, Ok(RspHeader::reply_to(&req, crate::proto::SD_RES_EIO)));
     let mut st = conn.st.borrow_mut();
     for i in [a, b, d] {
-        assert_eq!(st.slots[i].result.take().map(|r| r.map(|r| r.result)), Some(Ok(crate::proto::SD_RES_EIO)), "slot {i}");
+        assert_eq!(
+            st.slots[i].result.take().map(|r| r.map(|r| r.result)),
+            Some(Ok(crate::proto::SD_RES_EIO)),
+            "slot {i}"
+        );
     }
     for i in [c, e, f, g, h] {
         assert!(st.slots[i].result.is_none(), "slot {i} is not answered by a's response");
@@ -124,7 +159,11 @@ fn merging_stops_at_its_caps_and_when_turned_off() {
         queue(&conn, Opcode::WriteObj, 1, MAX_MERGED + k, &big[..1]);
     }
     assert_eq!(conn.merged(), 1 + MAX_RIDERS as u64);
-    assert_eq!(sent_header(&conn, c).data_length, 1 + MAX_RIDERS as u32, "no request carries more than MAX_RIDERS riders");
+    assert_eq!(
+        sent_header(&conn, c).data_length,
+        1 + MAX_RIDERS as u32,
+        "no request carries more than MAX_RIDERS riders"
+    );
     assert_eq!(conn.st.borrow().sendq.len(), 3);
     conn.fail(Error::Closed);
     let (_l, conn) = idle_conn(4);
@@ -161,7 +200,14 @@ fn a_response_that_matches_no_request_breaks_the_connection_and_it_comes_back() 
     let client = std::thread::spawn(move || {
         super::super::ring::init_thread_ring(64).expect("ring");
         let exe = crate::shard::exec::LocalExecutor::new();
-        let conn = RingConn::connect_supervised(&[addr.into()], Duration::from_secs(1), 4, Duration::ZERO, &exe).expect("connect");
+        let conn = RingConn::connect_supervised(
+            &[addr.into()],
+            Duration::from_secs(1),
+            4,
+            Duration::ZERO,
+            &exe,
+        )
+        .expect("connect");
         let c2 = conn.clone();
         super::super::ring::run_local(&exe, async move {
             let conn = c2;
@@ -171,7 +217,10 @@ fn a_response_that_matches_no_request_breaks_the_connection_and_it_comes_back() 
                 let r = conn.call(hdr, &[], &mut dest).await;
                 assert_eq!(r, Err(Error::Protocol), "bad answer {bad}");
                 assert!(r.err().is_some_and(Error::should_reconnect));
-                assert!(dest.iter().all(|&b| b == 0), "bad answer {bad} wrote into the destination");
+                assert!(
+                    dest.iter().all(|&b| b == 0),
+                    "bad answer {bad} wrote into the destination"
+                );
                 let deadline = Instant::now() + Duration::from_secs(10);
                 while !conn.is_up() {
                     assert!(Instant::now() < deadline, "no reconnect after bad answer {bad}");

@@ -107,7 +107,11 @@ fuzz_target!(|data: &[u8]| {
         x => HEADER_LEN + x as usize % 4096,
     };
     let nreads = 1 + inp.u8() as usize % 16;
-    let reads: Vec<usize> = inp.bytes(nreads).iter().map(|&b| if b < 200 { 1 + b as usize } else { (b as usize - 199) * 1024 }).collect();
+    let reads: Vec<usize> = inp
+        .bytes(nreads)
+        .iter()
+        .map(|&b| if b < 200 { 1 + b as usize } else { (b as usize - 199) * 1024 })
+        .collect();
     let reads = if reads.is_empty() { vec![1] } else { reads };
 
     // The stream.
@@ -121,7 +125,9 @@ fuzz_target!(|data: &[u8]| {
         let mut h: [u8; HEADER_LEN] = inp.array();
         let (id, len) = match op % 6 {
             // Well-formed (as far as the table at the start knows).
-            0..=2 => (wire_id(slot as u16, gen), (u32::from(inp.u16()) >> (inp.u8() % 17)).min(bound)),
+            0..=2 => {
+                (wire_id(slot as u16, gen), (u32::from(inp.u16()) >> (inp.u8() % 17)).min(bound))
+            }
             // An earlier generation.
             3 => (wire_id(slot as u16, gen.wrapping_sub(1 + u16::from(inp.u8()))), 0),
             // Oversize.
@@ -162,7 +168,8 @@ fuzz_target!(|data: &[u8]| {
         buf[tail..tail + got].copy_from_slice(&s[pos..pos + got]);
         (pos, tail) = (pos + got, tail + got);
         loop {
-            let ((used, ev), allocs) = count(|| demux.feed(&buf[head..tail], |i| lookup(&table, i)));
+            let ((used, ev), allocs) =
+                count(|| demux.feed(&buf[head..tail], |i| lookup(&table, i)));
             assert_eq!(allocs, 0, "Demux::feed allocated");
             assert!(used <= tail - head);
             head += used;
@@ -173,7 +180,10 @@ fuzz_target!(|data: &[u8]| {
                 }
                 Event::Payload { slot, offset, data } => {
                     let (wslot, at, len) = match want.get(k) {
-                        Some(&Want::Complete { slot, at, len, .. } | &Want::Partial { slot, at, len }) => (slot, at, len),
+                        Some(
+                            &Want::Complete { slot, at, len, .. }
+                            | &Want::Partial { slot, at, len },
+                        ) => (slot, at, len),
                         w => panic!("payload for slot {slot} where the reference has {w:?}"),
                     };
                     let bound = lookup(&table, slot).map(|f| f.bound as usize);
@@ -181,19 +191,37 @@ fuzz_target!(|data: &[u8]| {
                     assert_eq!(offset, done, "payload out of order");
                     assert!(!data.is_empty());
                     assert!(offset + data.len() <= len, "payload beyond the response's length");
-                    assert!(bound.is_some_and(|b| offset + data.len() <= b), "payload beyond its request's bound");
+                    assert!(
+                        bound.is_some_and(|b| offset + data.len() <= b),
+                        "payload beyond its request's bound"
+                    );
                     assert_eq!(data, &s[at + offset..at + offset + data.len()]);
                     done += data.len();
                 }
                 Event::Complete { slot, rsp } => {
-                    assert_eq!(want.get(k), Some(&Want::Complete { slot, id: rsp.id, at: want_at(&want, k), len: rsp.data_length as usize }));
-                    assert_eq!(done, rsp.data_length as usize, "completed before its whole payload");
+                    assert_eq!(
+                        want.get(k),
+                        Some(&Want::Complete {
+                            slot,
+                            id: rsp.id,
+                            at: want_at(&want, k),
+                            len: rsp.data_length as usize
+                        })
+                    );
+                    assert_eq!(
+                        done, rsp.data_length as usize,
+                        "completed before its whole payload"
+                    );
                     table[slot] = None;
                     (k, done) = (k + 1, 0);
                 }
                 Event::Break(b) => {
                     assert_eq!(want.get(k), Some(&Want::Break(b)));
-                    assert_eq!(demux.feed(&buf[head..tail], |_| None), (0, Event::Break(b)), "a break is final");
+                    assert_eq!(
+                        demux.feed(&buf[head..tail], |_| None),
+                        (0, Event::Break(b)),
+                        "a break is final"
+                    );
                     assert_eq!(demux.broken(), Some(b));
                     k += 1;
                     break 'reads;

@@ -15,8 +15,8 @@ use libfuzzer_sys::fuzz_target;
 use sheepdev_fuzz::counting::count;
 use sheepdev_fuzz::proto::inode::{parse_entries, INODE_HEADER_PARSE_LEN, OFF_DATA_VDI_ID};
 use sheepdev_fuzz::proto::{
-    libc_errno, response_bound, InodeHeader, Opcode, ReqHeader, RspHeader, HEADER_LEN, SD_INODE_DATA_INDEX, SD_MAX_BLOCK_SIZE_SHIFT,
-    SD_MIN_BLOCK_SIZE_SHIFT, SD_VDI_BITMAP_LEN,
+    libc_errno, response_bound, InodeHeader, Opcode, ReqHeader, RspHeader, HEADER_LEN,
+    SD_INODE_DATA_INDEX, SD_MAX_BLOCK_SIZE_SHIFT, SD_MIN_BLOCK_SIZE_SHIFT, SD_VDI_BITMAP_LEN,
 };
 use sheepdev_fuzz::Input;
 
@@ -28,7 +28,11 @@ fuzz_target!(|data: &[u8]| {
     // short inputs reach a whole header too.
     let want_len = usize::from(inp.u16()) % 8192;
     let tail = inp.bytes(usize::MAX);
-    let rest: Vec<u8> = if tail.is_empty() { vec![0; want_len] } else { tail.iter().copied().cycle().take(want_len).collect() };
+    let rest: Vec<u8> = if tail.is_empty() {
+        vec![0; want_len]
+    } else {
+        tail.iter().copied().cycle().take(want_len).collect()
+    };
     let rest = &rest[..];
 
     // Headers and bounds: no allocation anywhere in decoding and checking.
@@ -61,7 +65,9 @@ fuzz_target!(|data: &[u8]| {
     let (parsed, allocs) = count(|| InodeHeader::parse(rest));
     assert_eq!(allocs, 0, "parsing an inode header allocated");
     match parsed {
-        Err(e) => assert!(rest.len() < INODE_HEADER_PARSE_LEN, "a long enough header was refused: {e}"),
+        Err(e) => {
+            assert!(rest.len() < INODE_HEADER_PARSE_LEN, "a long enough header was refused: {e}")
+        }
         Ok(h) => {
             assert!(rest.len() >= INODE_HEADER_PARSE_LEN);
             let mut back = rest[..INODE_HEADER_PARSE_LEN].to_vec();
@@ -70,7 +76,8 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(back, &rest[..INODE_HEADER_PARSE_LEN]);
             assert!(h.read_len() <= OFF_DATA_VDI_ID + 4 * SD_INODE_DATA_INDEX);
             if h.check_usable().is_ok() {
-                assert!((SD_MIN_BLOCK_SIZE_SHIFT..=SD_MAX_BLOCK_SIZE_SHIFT).contains(&h.block_size_shift));
+                assert!((SD_MIN_BLOCK_SIZE_SHIFT..=SD_MAX_BLOCK_SIZE_SHIFT)
+                    .contains(&h.block_size_shift));
                 assert!(h.nr_objects() <= SD_INODE_DATA_INDEX);
                 assert_eq!(h.read_len(), OFF_DATA_VDI_ID + 4 * h.nr_objects());
             }

@@ -22,6 +22,44 @@ pub struct ServeArgs {
     /// loopback is an explicit choice.
     #[arg(long, default_value = "127.0.0.1:9477", value_parser = super::metrics_addr)]
     metrics_addr: MetricsAddr,
+    /// CPUs of the data plane, one pinned core thread each serving queue q of every device
+    /// (as taskset: `0-3,6`); default: every CPU this process may run on.
+    #[arg(long, value_parser = cpu_list)]
+    cores: Option<CpuList>,
+    /// Request buffers per core thread, in MiB: what its requests in flight may hold at
+    /// once (with user copy, Linux 6.5+; older kernels keep depth × max-io per queue).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    buffers: u32,
+}
+
+/// `--cores`: CPU ids.
+#[derive(Debug, Clone)]
+pub struct CpuList(Vec<usize>);
+
+fn cpu_list(s: &str) -> Result<CpuList, String> {
+    let mut cpus = Vec::new();
+    for part in s.split(',') {
+        let bad = || format!("bad CPU list {s:?} (want e.g. 0-3,6)");
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?),
+            None => {
+                let n: usize = part.trim().parse().map_err(|_| bad())?;
+                (n, n)
+            }
+        };
+        if lo > hi || hi >= 4096 {
+            return Err(bad());
+        }
+        cpus.extend(lo..=hi);
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    let allowed: Vec<usize> =
+        core_affinity::get_core_ids().unwrap_or_default().iter().map(|c| c.id).collect();
+    if let Some(c) = cpus.iter().find(|c| !allowed.contains(c)) {
+        return Err(format!("CPU {c} is not one this process may run on ({allowed:?})"));
+    }
+    Ok(CpuList(cpus))
 }
 
 /// `--metrics-addr`: an address, or `off`.
@@ -39,7 +77,8 @@ pub struct AddArgs {
     /// Gateways host[:port] or unix:/path, comma-separated (instead of HOST[:PORT]).
     #[arg(short = 'a', long = "address")]
     address: Option<String>,
-    /// Hardware queues (one pinned shard thread each); default: the number of cores.
+    /// Hardware queues, queue q served by the daemon's core q mod cores; default: one per
+    /// core of the daemon (`serve --cores`).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
     queues: Option<u16>,
     /// Requests in flight per queue.
@@ -119,6 +158,14 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<()> {
         control: a.control.unwrap_or_else(daemon::control_path),
         state_dir: a.state_dir,
         metrics_addr: a.metrics_addr.0,
+        cores: match a.cores {
+            Some(c) => c.0,
+            None => core_affinity::get_core_ids()
+                .map(|c| c.iter().map(|c| c.id).collect())
+                .filter(|c: &Vec<usize>| !c.is_empty())
+                .unwrap_or_else(|| vec![0]),
+        },
+        buffer_bytes: (a.buffers as usize) << 20,
     })?;
     Ok(())
 }
@@ -155,11 +202,11 @@ pub fn add(a: AddArgs) -> anyhow::Result<()> {
     if a.null.is_none() {
         vdi.parse::<crate::vdi::VdiSpec>().map_err(anyhow::Error::msg)?;
     }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u16;
     let req = AddRequest {
         gateways: gateways.iter().map(|g| g.to_string()).collect(),
         vdi,
-        queues: a.queues.unwrap_or(cores.clamp(1, 64)),
+        // 0: the daemon gives one queue per core.
+        queues: a.queues.unwrap_or(0),
         depth: a.depth,
         connections: a.connections,
         max_io: u32::try_from(a.max_io)

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -62,6 +62,16 @@ pub fn serve(opts: ServeOptions) -> Result<(), Error> {
         m.state = "recovering".into();
     }
     let to_recover: Vec<u32> = mappings.keys().copied().collect();
+    let cores = Arc::new(
+        ublk::Cores::start(&opts.cores, opts.buffer_bytes)
+            .map_err(ctx("starting the core threads".into()))?,
+    );
+    eprintln!(
+        "sheepdev serve: {} core threads on CPUs {:?}, {} MiB of request buffers each",
+        cores.len(),
+        cores.cpus(),
+        opts.buffer_bytes >> 20
+    );
     crate::runtime::block_on(async move {
         let _metrics = match opts.metrics_addr {
             Some(a) => {
@@ -77,6 +87,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), Error> {
             .map_err(ctx(format!("making {} private", opts.control.display())))?;
         eprintln!("sheepdev serve: control socket {}", opts.control.display());
         let d = Rc::new(Daemon {
+            cores,
             opts,
             mappings: RefCell::new(mappings),
             live: RefCell::new(BTreeMap::new()),
@@ -213,7 +224,11 @@ impl Daemon {
         }
     }
 
-    async fn add(&self, a: AddRequest) -> Result<Mapping, Error> {
+    async fn add(&self, mut a: AddRequest) -> Result<Mapping, Error> {
+        if a.queues == 0 {
+            // One queue per core of this daemon (`serve --cores`).
+            a.queues = self.cores.len().clamp(1, 64) as u16;
+        }
         if !(1..=64).contains(&a.queues)
             || !(1..=4096).contains(&a.depth)
             || !(1..=16).contains(&a.connections)
@@ -420,44 +435,23 @@ impl Daemon {
         }
     }
 
-    /// Run `spec`'s device on its own thread and wait until it serves I/O (or failed).
+    /// Start `spec`'s device on the cores and wait until it serves I/O (or failed).
     pub(super) async fn launch(&self, spec: ublk::Spec) -> Result<Launched, Error> {
         let abort: Abort = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let vol = match &spec.target {
             ublk::Target::Sheep { vol, .. } => Some(vol.clone()),
             _ => None,
         };
-        let (started_tx, started_rx) = mpsc::channel();
-        let (ended_tx, ended_rx) = mpsc::channel();
-        let s2 = abort.clone();
-        std::thread::Builder::new()
-            .name("sheepdev-dev".into())
-            .spawn(move || {
-                let tx = started_tx.clone();
-                let r = ublk::run(spec, s2, move |st| {
-                    let _ = tx.send(Ok(st));
-                });
-                if let Err(e) = r {
-                    let _ = started_tx.send(Err(e));
-                }
-                let _ = ended_tx.send(());
-            })
-            .map_err(|e| Error::Control(format!("cannot start a device thread: {e}")))?;
+        let (cores, a2) = (self.cores.clone(), abort.clone());
         // A re-attach may first wait up to 30 s for the kernel to quiesce the device.
-        let started =
-            glommio::executor().spawn_blocking(move || started_rx.recv_timeout(DEVICE_WAIT)).await;
-        match started {
-            Ok(Ok(st)) => Ok(Launched {
-                id: st.id,
-                recoverable: st.recoverable,
-                live: Live { abort, metrics: st.metrics, ended: ended_rx, vol },
-            }),
-            Ok(Err(e)) => Err(e.into()),
-            Err(_) => Err(Error::Control(format!(
-                "the ublk device did not come up within {} s",
-                DEVICE_WAIT.as_secs()
-            ))),
-        }
+        let dev = glommio::executor()
+            .spawn_blocking(move || ublk::start(spec, a2, &cores))
+            .await?;
+        Ok(Launched {
+            id: dev.id,
+            recoverable: dev.recoverable,
+            live: Live { abort, metrics: dev.metrics, ended: dev.ended, vol },
+        })
     }
 
     pub(super) fn find(&self, t: &Target) -> Result<u32, Error> {
@@ -529,11 +523,11 @@ impl Daemon {
         if let Some(l) = live {
             let ended = glommio::executor()
                 .spawn_blocking(move || {
-                    l.ended.recv_timeout(if force { Duration::from_secs(10) } else { DEVICE_WAIT })
+                    l.ended.wait(if force { Duration::from_secs(10) } else { DEVICE_WAIT })
                 })
                 .await;
-            if ended.is_err() {
-                warnings.push(format!("device {id} did not finish stopping in time; its queue threads may still be draining"));
+            if !ended {
+                warnings.push(format!("device {id} did not finish stopping in time; its queues may still be draining (`sheepdev del --id {id}` again removes it)"));
             }
         } else if exists {
             // Left by an earlier daemon: remove the kernel device too.

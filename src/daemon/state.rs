@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Error, Mapping};
@@ -21,14 +21,18 @@ pub struct ServeOptions {
     pub state_dir: PathBuf,
     /// Where `/metrics` is served (none: not served).
     pub metrics_addr: Option<SocketAddr>,
+    /// The CPUs the data plane runs on, one pinned core thread each (`serve --cores`).
+    pub cores: Vec<usize>,
+    /// Request buffers per core thread, in bytes (`serve --buffers`).
+    pub buffer_bytes: usize,
 }
 
 /// A device this daemon runs.
 pub(super) struct Live {
     pub(super) abort: Abort,
     pub(super) metrics: Option<crate::metrics::DeviceMetrics>,
-    /// Receives once when the device thread ends.
-    pub(super) ended: mpsc::Receiver<()>,
+    /// Waits for the device's queues to end after a stop, then deletes it.
+    pub(super) ended: crate::ublk::Ended,
     /// The VDI the shards serve (none: a null device); its vid moves when the shards follow
     /// a live snapshot, and [`Daemon::follow_vids`] brings the table and the lock after it.
     pub(super) vol: Option<Arc<crate::vdi::Volume>>,
@@ -42,6 +46,8 @@ pub(super) struct Launched {
 }
 
 pub(super) struct Daemon {
+    /// The data plane: one pinned thread per core, serving queue q of every device.
+    pub(super) cores: Arc<crate::ublk::Cores>,
     pub(super) opts: ServeOptions,
     pub(super) mappings: RefCell<BTreeMap<u32, Mapping>>,
     pub(super) live: RefCell<BTreeMap<u32, Live>>,

@@ -42,6 +42,7 @@ mod conn;
 mod error;
 pub mod exec;
 mod follow;
+pub mod mail;
 pub mod ring;
 mod start;
 mod write;
@@ -70,13 +71,19 @@ pub fn pin_thread(n: usize) {
 
 pub use crate::block::{IoDesc, Op};
 
+/// A thread's pipelined connections to one set of gateways, shared by its shards.
+pub type Conns = Rc<[Rc<RingConn>]>;
+
 /// How often a request waiting for a connection to come back looks again.
 const RETRY_POLL: Duration = Duration::from_millis(10);
 
 /// One shard's state: owned by its thread, except the lock-free `Volume`.
 pub struct Shard {
     vol: Arc<Volume>,
-    conns: Vec<Rc<RingConn>>,
+    conns: Conns,
+    /// Whether the connections are this shard's alone (closed with it) rather than its
+    /// thread's, shared with the other devices' shards there ([`Shard::start_shared`]).
+    own_conns: bool,
     next: Cell<usize>,
     zeros: Box<[u8]>,
     /// Pre-resolved metric handles (none: metrics off). Borrowed only between awaits.
@@ -114,6 +121,14 @@ impl Shard {
         vol: Arc<Volume>,
         exe: &exec::LocalExecutor<'_>,
     ) -> std::io::Result<Rc<Shard>> {
+        let conns = Shard::connect(cfg, exe)?;
+        Ok(Shard::build(cfg, vol, conns, true, exe))
+    }
+
+    /// Connect `cfg.connections` pipelined connections (see [`Shard::start`]) that shards
+    /// of several devices on this thread may share ([`Shard::start_shared`]): a sheep
+    /// connection is not tied to a VDI, and request ids are unique per connection.
+    pub fn connect(cfg: &Config, exe: &exec::LocalExecutor<'_>) -> std::io::Result<Conns> {
         let mut conns: Vec<Rc<RingConn>> = Vec::with_capacity(cfg.connections.max(1));
         for _ in 0..cfg.connections.max(1) {
             match RingConn::connect_supervised(
@@ -133,6 +148,27 @@ impl Shard {
                 }
             }
         }
+        Ok(conns.into())
+    }
+
+    /// A shard for `vol` on connections this thread already has ([`Shard::connect`]);
+    /// closing it leaves them open for the other shards that use them.
+    pub fn start_shared(
+        cfg: &Config,
+        vol: Arc<Volume>,
+        conns: Conns,
+        exe: &exec::LocalExecutor<'_>,
+    ) -> Rc<Shard> {
+        Shard::build(cfg, vol, conns, false, exe)
+    }
+
+    fn build(
+        cfg: &Config,
+        vol: Arc<Volume>,
+        conns: Conns,
+        own_conns: bool,
+        exe: &exec::LocalExecutor<'_>,
+    ) -> Rc<Shard> {
         let metrics = cfg.metrics.as_ref().map(|q| {
             let m = q.device.shard(q.queue, q.depth, conns.len(), &conns[0].addr().to_string());
             for (i, c) in conns.iter().enumerate() {
@@ -143,6 +179,7 @@ impl Shard {
         let shard = Rc::new(Shard {
             vol,
             conns,
+            own_conns,
             next: Cell::new(0),
             zeros: vec![0u8; cfg.max_io.max(4096)].into_boxed_slice(),
             metrics,
@@ -156,7 +193,7 @@ impl Shard {
         if shard.metrics.is_some() {
             exe.spawn(shard.clone().tick()).detach();
         }
-        Ok(shard)
+        shard
     }
 
     /// Block-layer sheep requests that rode on another one (were not sent on their own).
@@ -179,10 +216,13 @@ impl Shard {
         self.conns[0].addr()
     }
 
-    /// Close every connection (the shard is going away): requests in flight fail.
+    /// The shard is going away: its own connections close (requests in flight fail);
+    /// shared ones stay for the other shards.
     pub fn close(&self) {
         self.closed.set(true);
-        self.conns.iter().for_each(|c| c.close());
+        if self.own_conns {
+            self.conns.iter().for_each(|c| c.close());
+        }
     }
 
     /// Close, then let the connection tasks and the ticker end, so the ring and the buffers
@@ -197,7 +237,7 @@ impl Shard {
     /// Whether every connection's tasks and the ticker have ended (after `close`), so the
     /// ring may go.
     pub fn is_quiet(&self) -> bool {
-        !self.ticking.get() && self.conns.iter().all(|c| c.is_quiet())
+        !self.ticking.get() && (!self.own_conns || self.conns.iter().all(|c| c.is_quiet()))
     }
 
     /// The shard's timer task: every [`TICK`] until `close` (and once more at the end), it

@@ -8,9 +8,9 @@
 //!   end before the thread's ring goes;
 //! - [`Remote`]: a spawned shard fed [`IoDesc`]s from any thread (`vdi read/write`, the
 //!   conformance suite, tests): `depth` tag tasks on the shard take jobs from an inbox that
-//!   a feeder task fills from a channel each time an eventfd rings (a read SQE on the
-//!   shard's own ring, so the thread sleeps in one `io_uring_enter`), and send each
-//!   completion back on a second channel. Jobs carry their buffers (owned `Vec<u8>`), so
+//!   a feeder task fills from a [`super::mail`] mailbox (a channel and an eventfd read on
+//!   the shard's own ring, so the thread sleeps in one `io_uring_enter`), and send each
+//!   completion back on a channel. Jobs carry their buffers (owned `Vec<u8>`), so
 //!   nothing is shared but the channels.
 //!
 //! Contract: `spawn` and `Remote::start` return only once the shard's connections are up
@@ -21,7 +21,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc};
@@ -29,9 +28,9 @@ use std::task::{Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use io_uring::{opcode, types};
 
 use super::exec::LocalExecutor;
+use super::mail::{mailbox, Post};
 use super::{ring, Error, IoDesc, Shard};
 use crate::metrics::DeviceMetrics;
 use crate::net::Gateway;
@@ -192,25 +191,16 @@ pub struct Done {
 /// A shard on its own thread, fed from any thread; see the module contract.
 pub struct Remote {
     vol: Arc<Volume>,
-    jobs: Option<mpsc::Sender<Job>>,
+    jobs: Option<Post<Job>>,
     done: mpsc::Receiver<Done>,
-    bell: Arc<OwnedFd>,
     thread: Option<Spawned<()>>,
 }
 
 impl Remote {
     /// Spawn a shard for `vol` serving up to `depth` jobs at once.
     pub fn start(cfg: Config, vol: Arc<Volume>, depth: usize) -> io::Result<Remote> {
-        // SAFETY: eventfd has no memory arguments; the result is checked before use.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a new descriptor that nothing else owns.
-        let bell = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
-        let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
+        let (jobs_tx, jobs_rx) = mailbox::<Job>()?;
         let (done_tx, done_rx) = mpsc::channel::<Done>();
-        let ring_bell = bell.clone();
         let thread = spawn("sheepdev-shard", cfg, vol.clone(), move |shard, exe| {
             let inbox = Rc::new(Inbox::default());
             let tags: Vec<_> = (0..depth.max(1))
@@ -226,13 +216,16 @@ impl Remote {
                 .collect();
             drop(done_tx);
             async move {
-                feed(&ring_bell, &jobs_rx, &inbox).await;
+                while let Some(job) = jobs_rx.recv().await {
+                    inbox.push(job);
+                }
+                inbox.close();
                 for t in tags {
                     t.await;
                 }
             }
         })?;
-        Ok(Remote { vol, jobs: Some(jobs_tx), done: done_rx, bell, thread: Some(thread) })
+        Ok(Remote { vol, jobs: Some(jobs_tx), done: done_rx, thread: Some(thread) })
     }
 
     pub fn volume(&self) -> &Arc<Volume> {
@@ -241,9 +234,7 @@ impl Remote {
 
     /// Hand a job to the shard; its [`Done`] comes from [`Remote::next_done`].
     pub fn submit(&self, job: Job) -> Result<(), Error> {
-        self.jobs.as_ref().ok_or(Error::Closed)?.send(job).map_err(|_| Error::Closed)?;
-        ring_bell(&self.bell);
-        Ok(())
+        self.jobs.as_ref().ok_or(Error::Closed)?.send(job).map_err(|_| Error::Closed)
     }
 
     /// The next finished job, in completion order (blocks).
@@ -267,47 +258,12 @@ impl Remote {
 impl Drop for Remote {
     fn drop(&mut self) {
         self.jobs.take();
-        ring_bell(&self.bell);
         if let Some(t) = self.thread.take() {
             if let Err(e) = t.join() {
                 tracing::warn!("{e}");
             }
         }
     }
-}
-
-fn ring_bell(bell: &OwnedFd) {
-    let one = 1u64.to_ne_bytes();
-    // SAFETY: writes 8 bytes from a live local array to an eventfd we own.
-    let _ = unsafe { libc::write(bell.as_raw_fd(), one.as_ptr().cast(), one.len()) };
-}
-
-/// Move jobs from the channel into the inbox each time the bell rings, until every sender
-/// is gone; then close the inbox (the tags finish what is in it and end).
-async fn feed(bell: &OwnedFd, jobs: &mpsc::Receiver<Job>, inbox: &Inbox) {
-    let mut count = [0u8; 8];
-    loop {
-        // `count` lives in this future until the read completes.
-        let r = ring::submit(
-            opcode::Read::new(types::Fd(bell.as_raw_fd()), count.as_mut_ptr(), 8).build(),
-        )
-        .await;
-        if r < 0 && r != -libc::EINTR && r != -libc::EAGAIN {
-            tracing::error!("shard inbox: reading its eventfd failed (errno {})", -r);
-            break;
-        }
-        loop {
-            match jobs.try_recv() {
-                Ok(job) => inbox.push(job),
-                Err(mpsc::TryRecvError::Empty) => break,
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    inbox.close();
-                    return;
-                }
-            }
-        }
-    }
-    inbox.close();
 }
 
 /// Jobs waiting for a tag task, and the tag tasks waiting for a job.

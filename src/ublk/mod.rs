@@ -1,11 +1,13 @@
 //! The kernel side: a ublk device whose queues are shards.
 //!
 //! Contract:
-//! - [`run`] creates the device (libublk 0.4.8), starts one thread per hardware queue,
-//!   pins it to one core (core_affinity), and on that thread builds the queue's ring, the
-//!   shard's sheep connections on the same ring, and one task per tag looping
-//!   fetch → [`IoDesc`] → [`Shard::handle`] → commit. It returns when the device is stopped
-//!   (deleted), after every queue thread has closed its connections and drained its ring.
+//! - The daemon starts its [`Cores`] once: one pinned thread per core, each with one ring
+//!   that serves queue q of every device and the sheep connections (`cores.rs`).
+//! - [`start`] creates the device (libublk 0.4.8 for the control commands), hands queue q
+//!   to core q mod cores, where one task per tag loops fetch → [`IoDesc`] →
+//!   `Shard::handle` → commit (`queue.rs`: the queue protocol, since libublk's `UblkQueue`
+//!   allows one queue per thread), and starts it. [`stop`] ends it; [`Ended::wait`] waits
+//!   for every queue to have let go, then deletes the device.
 //! - Device limits follow the VDI: size = `vdi_size`, `chunk_sectors` = object size (no
 //!   request crosses an object; the shard splits defensively anyway), `max_sectors` =
 //!   `max_io` ≤ object size, discard granularity = object size. No volatile cache is
@@ -13,24 +15,29 @@
 //! - `Target::Null` completes every request at once (the ublk ceiling for benchmarks).
 //! - Devices are created with user recovery and reissue ([`recovery_flags`]) when the driver
 //!   has them: if the daemon exits or dies, the kernel keeps `/dev/ublkbN`, quiesces it
-//!   and holds its I/O; a later [`run`] with `Spec::recover` re-attaches it
+//!   and holds its I/O; a later [`start`] with `Spec::recover` re-attaches it
 //!   (START_USER_RECOVERY, queues rebuilt with `UBLK_DEV_F_RECOVER_DEV`, then
 //!   END_USER_RECOVERY by `start_dev`) and the held requests are served. A failed
 //!   re-attach leaves the device as it was (quiesced), never deletes it.
 
-use std::rc::Rc;
+mod buffers;
+mod cores;
+mod queue;
+
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
-use libublk::helpers::IoBuf;
-use libublk::io::{UblkDev, UblkQueue};
-use libublk::{sys, BufDesc, UblkError, UblkFlags};
+use libublk::io::UblkDev;
+use libublk::{sys, UblkError, UblkFlags};
+
+pub use cores::Cores;
+use cores::{Attach, Event, QueueTarget};
 
 use crate::block::{IoDesc, Op};
 use crate::metrics::DeviceMetrics;
-use crate::shard::{self, Shard};
+use crate::shard;
 use crate::sheep::Gateway;
 use crate::vdi::Volume;
 
@@ -155,14 +162,6 @@ fn to_desc(iod: &sys::ublksrv_io_desc, tag: u16) -> Option<IoDesc> {
     })
 }
 
-/// What `run` reports once the device is up.
-pub struct Started {
-    pub id: u32,
-    pub metrics: Option<DeviceMetrics>,
-    /// Whether the device has user recovery (it survives the daemon; see [`recovery_flags`]).
-    pub recoverable: bool,
-}
-
 /// The ublk flags a new device gets: `UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE`
 /// when the driver has both (Linux 6.1+; asked with GET_FEATURES where the kernel has it,
 /// 6.5+), else none (the device then dies with the daemon).
@@ -276,14 +275,64 @@ fn attach(id: u32, spec: &Spec, max_io: u32) -> Result<UblkCtrl, Error> {
     }
 }
 
-/// Create the device (or re-attach it, with `Spec::recover`) and serve it until it is
-/// deleted. `started` gets the device id (and its metrics) once `/dev/ublkbN` serves I/O.
-/// Blocking: run it on its own thread.
-pub fn run(
-    spec: Spec,
-    abort: Abort,
-    started: impl FnOnce(Started) + Send + Sync + 'static,
-) -> Result<(), Error> {
+/// Whether new devices move data by user copy: the driver has it (Linux 6.5+, GET_FEATURES).
+/// Then a request holds a core's buffer only while in flight (`cores.rs`).
+fn user_copy_flag() -> u64 {
+    let f = u64::from(sys::UBLK_F_USER_COPY);
+    match UblkCtrl::get_features() {
+        Some(have) if have & f != 0 => f,
+        _ => 0,
+    }
+}
+
+/// A device being served by the cores; see [`start`].
+pub struct Device {
+    pub id: u32,
+    pub metrics: Option<DeviceMetrics>,
+    /// Whether the device has user recovery (it survives the daemon; see [`recovery_flags`]).
+    pub recoverable: bool,
+    pub ended: Ended,
+}
+
+/// The end of a device: its queues reporting that the driver stopped them.
+pub struct Ended {
+    ctrl: UblkCtrl,
+    events: mpsc::Receiver<Event>,
+    left: u16,
+}
+
+impl Ended {
+    /// Wait (blocking) at most `timeout` for every queue to end — after [`stop`] — then
+    /// delete the device from the kernel. `false` when some queue did not end in time; the
+    /// device is then left to a later `del` (deleting it now could wait forever on a queue
+    /// that still holds its char device).
+    pub fn wait(mut self, timeout: Duration) -> bool {
+        let until = std::time::Instant::now() + timeout;
+        while self.left > 0 {
+            let rest = until.saturating_duration_since(std::time::Instant::now());
+            match self.events.recv_timeout(rest) {
+                Ok(Event::Ended { qid }) => {
+                    tracing::debug!("device {} queue {qid} ended", self.ctrl.dev_info().dev_id);
+                    self.left -= 1
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    self.ctrl.disown();
+                    return false;
+                }
+            }
+        }
+        let _ = self.ctrl.del_dev();
+        true
+    }
+}
+
+/// Create the device (or re-attach it, with `Spec::recover`), attach its queues to the
+/// cores (queue q to core q mod cores) and start it; returns once `/dev/ublkbN` serves I/O.
+/// Blocking (control commands): run it off the control plane's executor. A device that
+/// fails to start is stopped again and, unless it was being re-attached, deleted; a failed
+/// re-attach leaves it as it was (quiesced).
+pub fn start(spec: Spec, abort: Abort, cores: &Cores) -> Result<Device, Error> {
     let max_io = spec.effective_max_io();
     let size = spec.size();
     let recover = spec.recover;
@@ -296,7 +345,7 @@ pub fn run(
             .nr_queues(spec.queues)
             .depth(spec.depth)
             .io_buf_bytes(max_io)
-            .ctrl_flags(recovery_flags())
+            .ctrl_flags(recovery_flags() | user_copy_flag())
             .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
             .build()
             .map_err(ctrl_err("cannot create the ublk device".into()))?,
@@ -304,7 +353,7 @@ pub fn run(
     let recoverable = ctrl.dev_info().flags & u64::from(sys::UBLK_F_USER_RECOVERY) != 0;
     let (bs_shift, os_sectors) =
         (spec.block_size.trailing_zeros() as u8, (spec.object_size() >> 9) as u32);
-    let (read_only, depth) = (spec.read_only, spec.depth);
+    let read_only = spec.read_only;
     let tgt_init = move |dev: &mut UblkDev| {
         dev.set_default_params(size);
         let p = &mut dev.tgt.params;
@@ -320,20 +369,21 @@ pub fn run(
         p.discard.max_discard_sectors = u32::MAX >> 9;
         p.discard.max_write_zeroes_sectors = u32::MAX >> 9;
         p.discard.max_discard_segments = 1;
-        // Room on the ring for the tags' commands and the sheep sockets' SQEs.
-        dev.tgt.sq_depth = depth.saturating_mul(4).max(128);
-        dev.tgt.cq_depth = depth.saturating_mul(4).max(128);
         Ok(())
     };
     let id = ctrl.dev_info().dev_id;
+    let queues = ctrl.dev_info().nr_hw_queues;
+    let dev = Arc::new(
+        UblkDev::new("sheepdev".into(), tgt_init, &ctrl)
+            .map_err(ctrl_err(format!("cannot open ublk device {id}")))?,
+    );
     let dm = spec.metrics.as_ref().map(|(vdi, snap)| {
-        DeviceMetrics::new(&format!("ublkb{id}"), vdi, snap, read_only, spec.queues, depth, size)
+        DeviceMetrics::new(&format!("ublkb{id}"), vdi, snap, read_only, queues, spec.depth, size)
     });
     let target = Arc::new(match spec.target {
         Target::Sheep { vol, gateways, connections } => {
             let cfg = shard::Config {
                 connections,
-                slots: usize::from(depth) * 2 + 8,
                 max_io: max_io as usize,
                 io_timeout: spec.io_timeout,
                 ..shard::Config::new(gateways)
@@ -342,139 +392,58 @@ pub fn run(
         }
         Target::Null { .. } => QueueTarget::Null,
     });
-    let started = Mutex::new(Some(started));
-    let dm2 = dm.clone();
-    let r = ctrl.run_target(
-        tgt_init,
-        move |qid, dev| serve_queue(qid, dev, &target, &abort, max_io, dm2.as_ref()),
-        move |ctrl| {
-            let id = ctrl.dev_info().dev_id;
-            if let Some(f) =
-                started.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
-            {
-                f(Started { id, metrics: dm, recoverable });
-            }
-        },
-    );
-    // A device that was stopped (`del`), or a new one that failed, is deleted. A failed
-    // re-attach leaves the device quiesced for another try or a `del`.
-    if r.is_ok() || !recover {
-        let _ = ctrl.del_dev();
-    }
-    r.map(|_| ()).map_err(Error::Run)
-}
-
-enum QueueTarget {
-    Sheep { vol: Arc<Volume>, cfg: shard::Config },
-    Null,
-}
-
-/// One queue thread: pin, connect, one task per tag, run the ring until the queue stops.
-fn serve_queue(
-    qid: u16,
-    dev: &UblkDev,
-    target: &QueueTarget,
-    abort: &Abort,
-    max_io: u32,
-    dm: Option<&DeviceMetrics>,
-) {
-    crate::shard::pin_thread(usize::from(qid));
-    let q = match UblkQueue::new(qid, dev) {
-        Ok(q) => Rc::new(q),
-        Err(e) => {
-            tracing::error!("queue {qid}: cannot set up: {e}");
-            return;
+    let (tx, events) = mpsc::channel();
+    let mut ended = Ended { ctrl, events, left: 0 };
+    let fail = |ended: Ended, e: Error| {
+        // Queues already fetching end when the driver aborts them (STOP_DEV).
+        let _ = ended.ctrl.kill_dev();
+        if recover {
+            ended.ctrl.disown();
         }
+        ended.wait(Duration::from_secs(10));
+        Err(e)
     };
-    let exe = crate::shard::exec::LocalExecutor::new();
-    if let Err(e) = crate::shard::ring::answer_doorbell(&exe) {
-        tracing::error!("queue {qid}: {e}");
-        return;
+    for qid in 0..queues {
+        let a = Attach {
+            dev: dev.clone(),
+            qid,
+            target: target.clone(),
+            abort: abort.clone(),
+            max_io,
+            metrics: dm.clone(),
+            events: tx.clone(),
+        };
+        if let Err(why) = cores.attach(a) {
+            return fail(ended, Error::State { id, why });
+        }
+        ended.left += 1;
     }
-    let depth = dev.dev_info.queue_depth as usize;
-    let shard = match target {
-        QueueTarget::Null => None,
-        QueueTarget::Sheep { vol, cfg } => {
-            let metrics = dm.map(|device| shard::QueueMetrics {
-                device: device.clone(),
-                queue: qid,
-                depth: depth as u16,
-            });
-            let cfg = shard::Config { metrics, abort: Some(abort.clone()), ..cfg.clone() };
-            match Shard::start(&cfg, vol.clone(), &exe) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::error!(
-                        "queue {qid}: cannot connect to sheep: {e}; every request fails with EIO"
-                    );
-                    None
-                }
+    drop(tx);
+    for _ in 0..queues {
+        match ended.events.recv_timeout(Duration::from_secs(30)) {
+            Ok(Event::Ready { qid, tid }) => {
+                let _ = ended.ctrl.configure_queue(&dev, qid, tid);
+            }
+            Ok(Event::Failed { qid, why }) => {
+                ended.left -= 1;
+                let why = format!("queue {qid}: {why}");
+                return fail(ended, Error::State { id, why });
+            }
+            Ok(Event::Ended { .. }) => ended.left -= 1,
+            Err(_) => {
+                let why = "did not get its queues ready within 30 s".to_string();
+                return fail(ended, Error::State { id, why });
             }
         }
-    };
-    let null = matches!(target, QueueTarget::Null);
-    let tasks: Vec<_> = q
-        .tags()
-        .map(|tag| {
-            let (q, shard) = (q.clone(), shard.clone());
-            exe.spawn(async move {
-                match serve_tag(&q, tag, shard.as_deref(), null, max_io).await {
-                    Ok(()) | Err(UblkError::QueueIsDown) => {}
-                    Err(e) => tracing::error!("queue {qid} tag {tag}: {e}"),
-                }
-            })
-        })
-        .collect();
-    futures_lite::future::block_on(async {
-        let run_ops = || crate::shard::ring::run_ready(&exe);
-        let done = || {
-            if q.is_stopping() {
-                if let Some(s) = &shard {
-                    s.close();
-                }
-            }
-            tasks.iter().all(|t| t.is_finished()) && shard.as_ref().is_none_or(|s| s.is_quiet())
-        };
-        if let Err(e) = libublk::wait_and_handle_io_events(&q, Some(20), run_ops, done).await {
-            tracing::error!("queue {qid}: ring failed: {e}");
-        }
-    });
-}
-
-async fn serve_tag(
-    q: &UblkQueue<'_>,
-    tag: u16,
-    shard: Option<&Shard>,
-    null: bool,
-    max_io: u32,
-) -> Result<(), UblkError> {
-    let mut buf = IoBuf::<u8>::new(max_io as usize);
-    q.submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf)).await?;
-    loop {
-        let iod = *q.get_iod(tag);
-        let res = match (to_desc(&iod, tag), shard) {
-            (None, _) => -libc::EOPNOTSUPP,
-            (Some(d), _) if null => d.len as i32,
-            (Some(d), Some(s)) => match s.handle(d, buf.as_mut_slice()).await {
-                Ok(n) => n as i32,
-                Err(e) => {
-                    tracing::debug!(
-                        "queue {} tag {tag}: {:?} at {}+{}: {e}",
-                        q.get_qid(),
-                        d.op,
-                        d.offset,
-                        d.len
-                    );
-                    -e.errno()
-                }
-            },
-            (Some(_), None) => -libc::EIO,
-        };
-        q.submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), res).await?;
     }
+    if let Err(e) = ended.ctrl.start_dev(&dev) {
+        let e = ctrl_err(format!("cannot start ublk device {id}"))(e);
+        return fail(ended, e);
+    }
+    Ok(Device { id, metrics: dm, recoverable, ended })
 }
 
-/// Stop device `id` (its queues end and [`run`] returns). With `abort`, raise it first so
+/// Stop device `id` (its queues end; see [`Ended::wait`]). With `abort`, raise it first so
 /// requests waiting for an unreachable cluster fail at once instead of hanging the stop.
 pub fn stop(id: u32, abort: Option<&Abort>) -> Result<(), Error> {
     if let Some(a) = abort {

@@ -1,0 +1,313 @@
+//! The daemon's data plane: one pinned thread per core for the whole daemon, each serving
+//! queue q of every device.
+//!
+//! Contract:
+//! - [`Cores::start`] starts one thread per listed CPU, once, at `serve`. Each pins itself,
+//!   makes its io_uring and executor, and waits on its mailbox (`shard::mail`) — the one
+//!   `io_uring_enter` it sleeps in also serves every queue and sheep socket it has.
+//! - A device's queue q is attached to core `q mod cores` with an owned message
+//!   ([`Attach`]): the core maps the queue (`queue.rs`), starts the device's shard for it on
+//!   the core's connections to those gateways (made by the first device that needs them,
+//!   then shared by every device's shard on that core: `--connections` per gateway set per
+//!   core, not per device), spawns one task per tag, and answers [`Event::Ready`] (or
+//!   [`Event::Failed`]). When the driver aborts the queue's tags (the device stopped), the
+//!   core closes that shard, unmaps the queue and answers [`Event::Ended`]; the core
+//!   itself and its connections stay.
+//! - Buffers: with user copy a request borrows from the core's pool (`buffers.rs`, `cap`
+//!   bytes per core) only while in flight; without it (kernels before 6.5) each tag keeps
+//!   its own `max_io` buffer, as the driver requires.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::rc::Rc;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+use libublk::io::UblkDev;
+
+use super::buffers::Buffers;
+use super::queue::Queue;
+use super::{to_desc, Abort};
+use crate::block::Op;
+use crate::metrics::DeviceMetrics;
+use crate::shard::exec::LocalExecutor;
+use crate::shard::mail::{mailbox, Mail, Post};
+use crate::shard::{self, ring, Conns, Shard};
+use crate::vdi::Volume;
+
+/// Request slots of each core connection: the requests of every device on the core share
+/// them (a request beyond them waits for a free slot).
+const CORE_SLOTS: usize = 1024;
+
+/// Entries of a core's ring (submission queue; the completion queue is twice that). A full
+/// submission queue is flushed, not refused.
+const CORE_RING: u32 = 1024;
+
+/// What serves a device's queues.
+pub(super) enum QueueTarget {
+    Sheep { vol: Arc<Volume>, cfg: shard::Config },
+    Null,
+}
+
+/// Attach queue `qid` of `dev` to a core (module contract).
+pub(super) struct Attach {
+    pub dev: Arc<UblkDev>,
+    pub qid: u16,
+    pub target: Arc<QueueTarget>,
+    pub abort: Abort,
+    pub max_io: u32,
+    pub metrics: Option<DeviceMetrics>,
+    pub events: mpsc::Sender<Event>,
+}
+
+/// What a core answers about a queue it was given.
+#[derive(Debug)]
+pub(super) enum Event {
+    /// The queue's tags are fetching; `tid` is the core thread's.
+    Ready { qid: u16, tid: i32 },
+    Failed { qid: u16, why: String },
+    Ended { qid: u16 },
+}
+
+/// The core threads (module contract).
+pub struct Cores {
+    posts: Vec<Post<Attach>>,
+    _threads: Vec<JoinHandle<()>>,
+    cpus: Vec<usize>,
+}
+
+impl Cores {
+    /// One thread per CPU id in `cpus`, each with `buffer_bytes` of request buffers.
+    pub fn start(cpus: &[usize], buffer_bytes: usize) -> io::Result<Cores> {
+        if cpus.is_empty() {
+            return Err(io::Error::other("no cores to serve on"));
+        }
+        let (mut posts, mut threads) = (Vec::new(), Vec::new());
+        for (i, &cpu) in cpus.iter().enumerate() {
+            let (post, mail) = mailbox::<Attach>()?;
+            let (ok_tx, ok_rx) = mpsc::channel::<io::Result<()>>();
+            let t = std::thread::Builder::new().name(format!("sheepdev-core{i}")).spawn(
+                move || {
+                    core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+                    // PR_SET_IO_FLUSHER, as for any ublk queue thread; the thread id.
+                    let tid = libublk::ctrl::UblkCtrl::init_queue_thread();
+                    if let Err(e) = ring::init_thread_ring(CORE_RING) {
+                        let _ = ok_tx.send(Err(e));
+                        return;
+                    }
+                    // The executor lives as long as the thread (the process): leaked so that
+                    // the tasks it runs may spawn on it.
+                    let exe: &'static LocalExecutor<'static> =
+                        Box::leak(Box::new(LocalExecutor::new()));
+                    let _ = ok_tx.send(Ok(()));
+                    let core = Rc::new(Core {
+                        conns: RefCell::new(HashMap::new()),
+                        buffers: Buffers::new(buffer_bytes),
+                        tid,
+                    });
+                    ring::run_local(exe, core.run(mail, exe));
+                },
+            )?;
+            match ok_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(io::Error::other("a core thread died while starting")),
+            }
+            posts.push(post);
+            threads.push(t);
+        }
+        Ok(Cores { posts, _threads: threads, cpus: cpus.to_vec() })
+    }
+
+    pub fn len(&self) -> usize {
+        self.posts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.posts.is_empty()
+    }
+
+    /// The CPU ids the cores run on.
+    pub fn cpus(&self) -> &[usize] {
+        &self.cpus
+    }
+
+    /// Hand queue `a.qid` to its core; `Err` with why when that core is gone.
+    pub(super) fn attach(&self, a: Attach) -> Result<(), String> {
+        let core = usize::from(a.qid) % self.posts.len();
+        self.posts[core].send(a).map_err(|a| format!("core {core} (queue {}) is gone", a.qid))
+    }
+}
+
+/// One core's state, owned by its thread.
+struct Core {
+    /// Connections by (gateways, connections per gateway set).
+    conns: RefCell<HashMap<(Vec<String>, usize), Conns>>,
+    buffers: Rc<Buffers>,
+    tid: i32,
+}
+
+impl Core {
+    async fn run(self: Rc<Self>, mail: Mail<Attach>, exe: &'static LocalExecutor<'static>) {
+        while let Some(a) = mail.recv().await {
+            exe.spawn(self.clone().serve(a, exe)).detach();
+        }
+    }
+
+    /// The core's connections for `cfg`'s gateways, made on first use.
+    fn conns(&self, cfg: &shard::Config, exe: &LocalExecutor<'_>) -> io::Result<Conns> {
+        let key = (cfg.gateways.iter().map(|g| g.to_string()).collect::<Vec<_>>(), cfg.connections);
+        if let Some(c) = self.conns.borrow().get(&key) {
+            return Ok(c.clone());
+        }
+        let cfg = shard::Config { slots: CORE_SLOTS, metrics: None, ..cfg.clone() };
+        let c = Shard::connect(&cfg, exe)?;
+        self.conns.borrow_mut().insert(key, c.clone());
+        Ok(c)
+    }
+
+    /// Serve one attached queue until the driver ends it (module contract).
+    async fn serve(self: Rc<Self>, a: Attach, exe: &'static LocalExecutor<'static>) {
+        let qid = a.qid;
+        let q = match Queue::new(a.dev.clone(), qid) {
+            Ok(q) => Rc::new(q),
+            Err(e) => {
+                let why = format!("cannot map queue {qid}: {e}");
+                let _ = a.events.send(Event::Failed { qid, why });
+                return;
+            }
+        };
+        let depth = q.depth();
+        let shard = match &*a.target {
+            QueueTarget::Null => None,
+            QueueTarget::Sheep { vol, cfg } => {
+                let metrics = a.metrics.as_ref().map(|device| shard::QueueMetrics {
+                    device: device.clone(),
+                    queue: qid,
+                    depth,
+                });
+                let cfg = shard::Config { metrics, abort: Some(a.abort.clone()), ..cfg.clone() };
+                match self.conns(&cfg, exe) {
+                    Ok(conns) => Some(Shard::start_shared(&cfg, vol.clone(), conns, exe)),
+                    Err(e) => {
+                        tracing::error!(
+                            "device {} queue {qid}: cannot connect to sheep: {e}; every request fails with EIO",
+                            q.dev().dev_info.dev_id
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        if !q.user_copy() {
+            // Copy mode: libublk's START_DEV waits for every queue to say its buffers are
+            // in place; each tag allocates its own before its first FETCH.
+            q.dev().notify_buffer_registration_complete(false);
+        }
+        let null = matches!(&*a.target, QueueTarget::Null);
+        let tags: Vec<_> = (0..depth)
+            .map(|tag| {
+                let (q, shard, bufs) = (q.clone(), shard.clone(), self.buffers.clone());
+                exe.spawn(async move {
+                    let r = serve_tag(&q, tag, shard.as_deref(), null, a.max_io, &bufs).await;
+                    if let Err(e) = r {
+                        if e != libc::ENODEV {
+                            let id = q.dev().dev_info.dev_id;
+                            tracing::warn!(
+                                "device {id} queue {} tag {tag}: {}",
+                                q.qid(),
+                                io::Error::from_raw_os_error(e)
+                            );
+                        }
+                    }
+                })
+            })
+            .collect();
+        let _ = a.events.send(Event::Ready { qid, tid: self.tid });
+        for t in tags {
+            t.await;
+        }
+        if let Some(s) = &shard {
+            s.shut_down().await;
+        }
+        drop(shard);
+        drop(q);
+        let _ = a.events.send(Event::Ended { qid });
+    }
+}
+
+/// One tag: fetch, then serve and commit each request the driver gives it, until the driver
+/// aborts the tag (`Err(ENODEV)`: the device stopped) or a command fails.
+async fn serve_tag(
+    q: &Queue,
+    tag: u16,
+    shard: Option<&Shard>,
+    null: bool,
+    max_io: u32,
+    bufs: &Rc<Buffers>,
+) -> Result<(), i32> {
+    // Copy mode: the tag's own buffer, given to the driver with every command.
+    let mut own = (!q.user_copy()).then(|| vec![0u8; max_io as usize].into_boxed_slice());
+    let addr = own.as_mut().map_or(0, |b| b.as_mut_ptr() as u64);
+    q.fetch(tag, addr).await?;
+    loop {
+        let iod = q.desc(tag);
+        let res = match (to_desc(&iod, tag), shard) {
+            (None, _) => -libc::EOPNOTSUPP,
+            (Some(d), _) if null => d.len as i32,
+            (Some(_), None) => -libc::EIO,
+            (Some(d), Some(s)) => {
+                let r = match own.as_mut() {
+                    Some(b) => s.handle(d, b).await.map_err(|e| e.errno()),
+                    None => {
+                        let want = match d.op {
+                            Op::Read | Op::Write => d.len as usize,
+                            _ => max_io as usize,
+                        };
+                        let mut lease = bufs.get(want.min(max_io as usize).max(4096)).await;
+                        user_copy_io(q, tag, d, &mut lease, s).await
+                    }
+                };
+                match r {
+                    Ok(n) => n as i32,
+                    Err(errno) => {
+                        tracing::debug!(
+                            "queue {} tag {tag}: {:?} at {}+{}: errno {errno}",
+                            q.qid(),
+                            d.op,
+                            d.offset,
+                            d.len
+                        );
+                        -errno
+                    }
+                }
+            }
+        };
+        q.commit(tag, addr, res).await?;
+    }
+}
+
+/// Serve `d` with a borrowed buffer: a write's payload is copied in first, a read's data out
+/// after (module contract of `queue.rs`).
+async fn user_copy_io(
+    q: &Queue,
+    tag: u16,
+    d: crate::block::IoDesc,
+    buf: &mut [u8],
+    s: &Shard,
+) -> Result<u32, i32> {
+    let len = d.len as usize;
+    let io_err = |e: io::Error| {
+        tracing::warn!("queue {} tag {tag}: user copy: {e}", q.qid());
+        libc::EIO
+    };
+    if d.op == Op::Write {
+        q.copy_in(tag, buf.get_mut(..len).ok_or(libc::EINVAL)?).map_err(io_err)?;
+    }
+    let n = s.handle(d, buf).await.map_err(|e| e.errno())?;
+    if d.op == Op::Read {
+        q.copy_out(tag, &buf[..len]).map_err(io_err)?;
+    }
+    Ok(n)
+}

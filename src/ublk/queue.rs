@@ -1,0 +1,180 @@
+//! One ublk hardware queue of one device, served from the calling thread's ring.
+//!
+//! Why not libublk's `UblkQueue`: in 0.4.8 `UblkQueue::new` registers the device's char
+//! device as fixed file 0 of the thread-local ring (`register_files`, which a ring accepts
+//! once: a second queue on the thread fails with EBUSY, and every command names
+//! `Fixed(0)`), and its event loop counts every ublk command CQE of the ring as its own
+//! queue's (`update_state_batch`, which marks the queue stopping on any abort). So libublk
+//! gives one queue per thread. A core thread of the daemon serves queue q of every device
+//! (`cores.rs`), so the queue protocol — the driver's, not libublk's — is done here with
+//! plain file descriptors; libublk still does the device's control commands.
+//!
+//! Contract:
+//! - [`Queue::new`] maps the queue's request descriptors (read-only, written by the driver)
+//!   and holds the device (its char device stays open) until dropped.
+//! - [`Queue::fetch`] / [`Queue::commit`] push FETCH_REQ / COMMIT_AND_FETCH_REQ for a tag
+//!   on this thread's ring and resolve when the driver hands the tag its next request:
+//!   `Ok(())`, or `Err(errno)` when it will not (ENODEV: the device stops, or the queue is
+//!   aborted). Every command of a queue comes from the one thread that made it.
+//! - With user copy ([`Queue::user_copy`], UBLK_F_USER_COPY, Linux 6.5+) a tag has no
+//!   buffer of its own: `addr` is 0, and the data moves with [`Queue::copy_in`] (a write's
+//!   payload, from the request's pages) and [`Queue::copy_out`] (a read's data, into them),
+//!   `pread`/`pwrite` on the char device at the tag's offset: a copy the driver makes into
+//!   the buffer of a request in flight, which never blocks. Without user copy `addr` is the
+//!   tag's own buffer, which must outlive the command.
+
+use std::io;
+use std::sync::Arc;
+
+use io_uring::{opcode, types};
+use libublk::io::UblkDev;
+use libublk::sys;
+
+use crate::shard::ring;
+
+/// One queue of one device (module contract).
+pub struct Queue {
+    dev: Arc<UblkDev>,
+    qid: u16,
+    depth: u16,
+    fd: i32,
+    iods: *const sys::ublksrv_io_desc,
+    map_len: usize,
+    encode: bool,
+    user_copy: bool,
+}
+
+fn page_round(n: usize) -> usize {
+    // SAFETY: sysconf has no memory arguments.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+    n.div_ceil(page) * page
+}
+
+impl Queue {
+    pub fn new(dev: Arc<UblkDev>, qid: u16) -> io::Result<Queue> {
+        let depth = dev.dev_info.queue_depth;
+        if qid >= dev.dev_info.nr_hw_queues || depth == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let fd = dev.tgt.fds[0];
+        let desc = std::mem::size_of::<sys::ublksrv_io_desc>();
+        let map_len = page_round(usize::from(depth) * desc);
+        let stride = page_round(sys::UBLK_MAX_QUEUE_DEPTH as usize * desc);
+        let off = sys::UBLKSRV_CMD_BUF_OFFSET as libc::off_t + libc::off_t::from(qid) * stride as libc::off_t;
+        // SAFETY: maps `map_len` bytes of the char device read-only at the queue's
+        // descriptor offset; the result is checked and unmapped in `Drop`.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                fd,
+                off,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let flags = dev.dev_info.flags;
+        Ok(Queue {
+            qid,
+            depth,
+            fd,
+            iods: p.cast(),
+            map_len,
+            encode: flags & u64::from(sys::UBLK_F_CMD_IOCTL_ENCODE) != 0,
+            user_copy: flags & u64::from(sys::UBLK_F_USER_COPY) != 0,
+            dev,
+        })
+    }
+
+    pub fn qid(&self) -> u16 {
+        self.qid
+    }
+
+    pub fn depth(&self) -> u16 {
+        self.depth
+    }
+
+    pub fn dev(&self) -> &Arc<UblkDev> {
+        &self.dev
+    }
+
+    /// Whether the device moves data by user copy (module contract).
+    pub fn user_copy(&self) -> bool {
+        self.user_copy
+    }
+
+    /// The request the driver gave `tag` (valid once its fetch or commit resolved `Ok`).
+    pub fn desc(&self, tag: u16) -> sys::ublksrv_io_desc {
+        assert!(tag < self.depth, "tag {tag} of a {}-deep queue", self.depth);
+        // SAFETY: `tag` < depth and the mapping holds `depth` descriptors; the driver
+        // wrote this one before completing the tag's command, and a volatile read copies
+        // it out whole.
+        unsafe { std::ptr::read_volatile(self.iods.add(usize::from(tag))) }
+    }
+
+    async fn cmd(&self, op: u32, tag: u16, addr: u64, result: i32) -> Result<(), i32> {
+        let mut c = [0u8; 16];
+        c[0..2].copy_from_slice(&self.qid.to_ne_bytes());
+        c[2..4].copy_from_slice(&tag.to_ne_bytes());
+        c[4..8].copy_from_slice(&result.to_ne_bytes());
+        c[8..16].copy_from_slice(&addr.to_ne_bytes());
+        let op = if self.encode { op } else { op & 0xff };
+        let sqe = opcode::UringCmd16::new(types::Fd(self.fd), op).cmd(c).build();
+        match ring::submit(sqe).await {
+            r if r == sys::UBLK_IO_RES_OK as i32 => Ok(()),
+            r if r < 0 => Err(-r),
+            // NEED_GET_DATA is never asked for; anything else is not ours to understand.
+            _ => Err(libc::EPROTO),
+        }
+    }
+
+    /// First command of `tag` (module contract).
+    pub async fn fetch(&self, tag: u16, addr: u64) -> Result<(), i32> {
+        self.cmd(sys::UBLK_U_IO_FETCH_REQ, tag, addr, -1).await
+    }
+
+    /// Complete `tag`'s request with `res` (bytes done or -errno) and wait for its next one.
+    pub async fn commit(&self, tag: u16, addr: u64, res: i32) -> Result<(), i32> {
+        self.cmd(sys::UBLK_U_IO_COMMIT_AND_FETCH_REQ, tag, addr, res).await
+    }
+
+    fn pos(&self, tag: u16) -> libc::off_t {
+        (u64::from(sys::UBLKSRV_IO_BUF_OFFSET)
+            + ((u64::from(self.qid) << sys::UBLK_QID_OFF) | (u64::from(tag) << sys::UBLK_TAG_OFF)))
+            as libc::off_t
+    }
+
+    /// User copy: the payload of `tag`'s write into `buf` (its whole length).
+    pub fn copy_in(&self, tag: u16, buf: &mut [u8]) -> io::Result<()> {
+        // SAFETY: reads at most `buf.len()` bytes into `buf`, which is live and ours.
+        let n = unsafe {
+            libc::pread(self.fd, buf.as_mut_ptr().cast(), buf.len(), self.pos(tag))
+        };
+        short(n, buf.len())
+    }
+
+    /// User copy: `buf` as the data of `tag`'s read.
+    pub fn copy_out(&self, tag: u16, buf: &[u8]) -> io::Result<()> {
+        // SAFETY: writes `buf.len()` bytes from `buf`, which is live.
+        let n = unsafe { libc::pwrite(self.fd, buf.as_ptr().cast(), buf.len(), self.pos(tag)) };
+        short(n, buf.len())
+    }
+}
+
+fn short(n: isize, want: usize) -> io::Result<()> {
+    match n {
+        n if n < 0 => Err(io::Error::last_os_error()),
+        n if n as usize == want => Ok(()),
+        n => Err(io::Error::other(format!("user copy moved {n} of {want} bytes"))),
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping `new` made; nothing reads it after this.
+        unsafe { libc::munmap(self.iods as *mut libc::c_void, self.map_len) };
+    }
+}

@@ -21,7 +21,8 @@ use super::ring;
 
 /// The sending half: any thread.
 pub struct Post<T> {
-    tx: mpsc::Sender<T>,
+    /// `None` only while dropping (the sender goes before the bell rings).
+    tx: Option<mpsc::Sender<T>>,
     bell: Arc<OwnedFd>,
 }
 
@@ -55,13 +56,13 @@ pub fn mailbox<T>() -> io::Result<(Post<T>, Mail<T>)> {
         ready: RefCell::new(VecDeque::new()),
         gone: std::cell::Cell::new(false),
     };
-    Ok((Post { tx, bell }, mail))
+    Ok((Post { tx: Some(tx), bell }, mail))
 }
 
 impl<T> Post<T> {
     /// Queue `msg` and wake the shard; `Err(msg)` when the shard's mailbox is gone.
     pub fn send(&self, msg: T) -> Result<(), T> {
-        self.tx.send(msg).map_err(|e| e.0)?;
+        self.tx.as_ref().expect("a live Post").send(msg).map_err(|e| e.0)?;
         self.ring();
         Ok(())
     }
@@ -74,8 +75,11 @@ impl<T> Post<T> {
 }
 
 impl<T> Drop for Post<T> {
-    /// The last `Post` going must wake a shard asleep in `recv` so that it sees the end.
+    /// The last `Post` going must wake a shard asleep in `recv` so that it sees the end:
+    /// the sender is dropped first, then the bell rings (the other order lets the shard
+    /// wake, find the channel still connected, and sleep for good).
     fn drop(&mut self) {
+        drop(self.tx.take());
         self.ring();
     }
 }
@@ -113,6 +117,46 @@ impl<T> Mail<T> {
                 tracing::error!("shard mailbox: reading its eventfd failed (errno {})", -r);
                 return None;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::exec::LocalExecutor;
+
+    /// Every message arrives in order, and the last `Post` going ends `recv` even when the
+    /// shard is asleep in its ring at that moment (many rounds: the drop races the wake-up).
+    #[test]
+    fn messages_arrive_in_order_and_the_last_sender_ends_recv() {
+        for round in 0..200 {
+            let (post, mail) = mailbox::<u32>().expect("mailbox");
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                ring::init_thread_ring(64).expect("ring");
+                let exe = LocalExecutor::new();
+                let got = ring::run_local(&exe, async {
+                    let mut got = Vec::new();
+                    while let Some(m) = mail.recv().await {
+                        got.push(m);
+                    }
+                    got
+                });
+                let _ = tx.send(got);
+            });
+            let second = post.clone();
+            for i in 0..3 {
+                post.send(i).expect("send");
+            }
+            if round % 2 == 0 {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            second.send(3).expect("send");
+            drop(second);
+            drop(post);
+            let got = rx.recv_timeout(std::time::Duration::from_secs(10));
+            assert_eq!(got, Ok(Some(vec![0, 1, 2, 3])), "round {round}: recv did not end");
         }
     }
 }

@@ -36,6 +36,10 @@
 #                 `sheepdev recover` re-attaches it once the store is back;
 #                 e2fsck -fn clean, every file reads back the same; last, an
 #                 orphaned (quiesced) device is removed by del
+#   8 many-devices eight devices at once on the daemon's core threads: fio
+#                 crc32c verify on all of them, kill -9 the daemon mid-fio,
+#                 serve again re-attaches all eight, every fio verifies clean;
+#                 daemon threads stay at most cores + 6
 #
 # Each scenario prints "SCENARIO <n> <name>: PASS", or "FAIL: SCENARIO ..."
 # with what differed and the script exits non-zero (logs and diagnostics
@@ -44,7 +48,7 @@
 # Usage (host): bash tests/vm/kernel-tests.sh [SCENARIO...]
 #   or: bash tests/vm/run-vm.sh --quiet --timeout 900 --bin target/release/sheepdev \
 #         --out DIR tests/vm/scenarios.sh [SCENARIO...]
-# SCENARIO is a number (1-7) or a name (ext4, fio-verify, ...); default: all.
+# SCENARIO is a number (1-8) or a name (ext4, fio-verify, ...); default: all.
 #
 # Guest tools: busybox, fio, mkfs.ext4, e2fsck (run-vm.sh), sheepdev (--bin).
 # util-linux blkdiscard and fallocate (kernel-tests.sh adds them with --bin)
@@ -1007,8 +1011,85 @@ s7_recovery() {
     pass
 }
 
+# s8: eight devices on the daemon's core threads at once (one shard per core serves
+# queue q of every device): fio crc32c verify on all of them together, the daemon
+# killed -9 in the middle, serve again re-attaches all eight, every fio verifies clean;
+# the daemon's threads stay cores + a fixed few however many devices it serves.
+S8_N=8
+s8_threads() { ls "/proc/$SERVE_PID/task" | wc -l; }
+s8_many() {
+    local i d devs="" pids="" rc eng w0 t0 n cores
+    begin 8 many-devices
+    cores=$(nproc)
+    eng=$(fio_engine)
+    i=0
+    while [ $i -lt $S8_N ]; do
+        ensure_vdi "many$i" 256M
+        add_dev "$ADDR" "many$i"
+        devs="$devs $DEV"
+        i=$((i + 1))
+    done
+    n=$(s8_threads)
+    step "$S8_N devices mapped:$devs; daemon threads: $n ($cores cores)"
+    [ "$n" -le $((cores + 6)) ] || fail "the daemon runs $n threads for $S8_N devices on $cores cores (expected at most cores + 6)"
+    step "fio randwrite bs=4k iodepth=8 size=24M verify=crc32c on each of the $S8_N devices at once; kill -9 the daemon mid-fio"
+    i=0
+    for d in $devs; do
+        fio --name="many$i" --filename="$d" --ioengine="$eng" --direct=1 \
+            --rw=randwrite --bs=4k --iodepth=8 --size=24M \
+            --verify=crc32c --verify_fatal=1 --do_verify=1 \
+            --eta=never --output-format=json --output="$W/fio-s8-$i.json" 2>"$W/fio-s8-$i.err" &
+        pids="$pids $!"
+        i=$((i + 1))
+    done
+    w0=0
+    for d in $devs; do w0=$((w0 + $(s7_writes "$d"))); done
+    t0=0
+    while :; do
+        n=0
+        for d in $devs; do n=$((n + $(s7_writes "$d"))); done
+        [ $((n - w0)) -ge 4000 ] && break
+        t0=$((t0 + 1))
+        [ $t0 -le 600 ] || fail "the $S8_N fio jobs wrote only $((n - w0)) requests in 120 s"
+        sleep 0.2
+    done
+    kill -KILL "$SERVE_PID"
+    wait "$SERVE_PID" 2>/dev/null || true
+    SERVE_PID=""
+    step "killed the daemon after $((n - w0)) writes over the $S8_N devices"
+    for p in $pids; do kill -0 "$p" 2>/dev/null || fail "a fio job ended right at the kill: raise its size"; done
+    sleep 1
+    echo "=== scenario 8: serve again after kill -9" >>"$W/serve.log"
+    start_serve
+    for d in $devs; do s7_wait_state "$d" live 120; done
+    n=$(s8_threads)
+    step "all $S8_N re-attached; daemon threads: $n"
+    [ "$n" -le $((cores + 6)) ] || fail "after re-attaching, the daemon runs $n threads (expected at most cores + 6)"
+    i=0
+    for p in $pids; do
+        rc=0
+        wait "$p" || rc=$?
+        if [ "$rc" != 0 ] || grep -qiE 'verify.*fail|bad magic|bad header|crc32c' "$W/fio-s8-$i.err"; then
+            cat "$W/fio-s8-$i.err" >&2
+            fail "fio on many$i across the daemon's kill -9 exited $rc (verify errors above)"
+        fi
+        json_flat <"$W/fio-s8-$i.json" >"$W/fio.flat"
+        rc=$(awk -F'\t' '$1 == ".jobs[0].read.io_bytes" { print $2 }' "$W/fio.flat")
+        [ -n "$rc" ] && [ "$rc" -gt 0 ] || fail "fio on many$i verified nothing (read io_bytes=$rc)"
+        i=$((i + 1))
+    done
+    step "every fio verified clean across the kill"
+    i=0
+    for d in $devs; do
+        del_dev "many$i" -- "$d"
+        i=$((i + 1))
+    done
+    expect_count 0 "after the scenario"
+    pass
+}
+
 # ------------------------------------------------------------ main
-ALL="1:ext4 2:fio-verify 3:snapshots 4:clone-cow 5:discard 6:bad-input 7:recovery"
+ALL="1:ext4 2:fio-verify 3:snapshots 4:clone-cow 5:discard 6:bad-input 7:recovery 8:many-devices"
 [ "${SCENARIOS_SOURCE_ONLY:-0}" = 1 ] && return 0 2>/dev/null
 
 BACKEND=store
@@ -1046,6 +1127,7 @@ for n in $pick; do
         5) s5_discard ;;
         6) s6_bad_input ;;
         7) s7_recovery ;;
+        8) s8_many ;;
     esac
 done
 SCEN="end"

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# vm-many.sh - many devices on one daemon, in the qemu VM (tests/vm/many-guest.sh):
+# the daemon's threads, sockets and RSS with N devices mapped (idle, mapped,
+# after an 8 MiB prefill of each, after fio), and the aggregate 4k randread of
+# the N devices at QD8 each against one device at the same total depth, in the
+# same boot, alternating which goes first. Prints the figures and the ratios.
+#
+# Usage: bash bench/vm-many.sh [--devices N] [--runtime SECS] [--rounds R] [--out DIR]
+# Env: SHEEPDEV_BIN (the binary; default: cargo build --release), SHEEPDEV_VM_SKIP_SETUP=1,
+#      run-vm.sh's SHEEPDEV_VM_* variables.
+# The VM is qemu TCG with 2 vCPUs: absolute IOPS say nothing about hardware; the
+# ratio many/one is the figure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=32 runtime=10 rounds=2 out=""
+while [ $# -gt 0 ]; do
+    case $1 in
+        --devices) n=$2; shift 2 ;;
+        --runtime) runtime=$2; shift 2 ;;
+        --rounds) rounds=$2; shift 2 ;;
+        --out) out=$2; shift 2 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "vm-many: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+for v in "$n" "$runtime" "$rounds"; do
+    [[ $v =~ ^[1-9][0-9]*$ ]] || { echo "vm-many: counts and seconds are positive whole numbers" >&2; exit 2; }
+done
+if [ -n "${SHEEPDEV_BIN:-}" ]; then bin=$SHEEPDEV_BIN; else
+    echo "== cargo build --release"; cargo build --release; bin=target/release/sheepdev; fi
+[ "${SHEEPDEV_VM_SKIP_SETUP:-0}" = 1 ] || bash tests/vm/setup-host.sh
+out=${out:-target/bench-vm/many-$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$out"
+timeout=$(( 300 + n * 6 + rounds * 2 * (runtime + 15) ))
+echo "== $n devices in the VM (guest /out: $out)"
+SHEEPDEV_VM_MEM=${SHEEPDEV_VM_MEM:-3072} bash tests/vm/run-vm.sh --quiet --timeout "$timeout" --bin "$bin" \
+    --out "$out" tests/vm/many-guest.sh "$n" "$runtime" "$rounds"
+cat "$out/many.txt"
+awk -v n="$n" '
+    /^iops_many_r/ { m[substr($1, 12)] = $2 }
+    /^iops_one_r/ { o[substr($1, 11)] = $2 }
+    /^rss_kib_after_fio/ { rss = $2 }
+    END {
+        for (r in m) printf "round %s: many/one = %.2f\n", r, m[r] / o[r]
+        printf "RSS after fio: %.1f MiB (goal: <= %d MiB = 128 + 2 x %d devices)\n", rss / 1024, 128 + 2 * n, n
+    }' "$out/many.txt"

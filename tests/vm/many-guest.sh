@@ -1,0 +1,85 @@
+#!/bin/sh
+# shellcheck shell=dash disable=SC2015,SC3040
+# many-guest.sh - guest script (busybox sh, run with -e by run-vm.sh's /init):
+# many devices on one daemon. Maps N devices (default 32) over the embedded store
+# (--no-sync --fast-reads, objects on tmpfs, the store's unix socket), each with
+# 8 MiB prefilled by 1 MiB writes, and measures in one boot:
+#   - the daemon's threads, sockets and RSS: idle, with the N devices mapped,
+#     after the prefill, after the fio runs;
+#   - 4k randread, io_uring, direct, every device at QD8 at once (one fio, N
+#     jobs, group_reporting), against one device of N x 8 MiB at the same total
+#     depth (2 jobs x QD 4N), alternating which goes first, ROUNDS rounds.
+# Usage (guest): many-guest.sh [N [RUNTIME_S [ROUNDS]]]
+# Host runner: bash bench/vm-many.sh. Leaves /out/many.txt (the figures, one per
+# line, "key value") and /out/fio/*.json, serve.log, store.log.
+set -eu
+N=${1:-32}
+RUNTIME=${2:-10}
+ROUNDS=${3:-2}
+OUT=/out
+mkdir -p "$OUT/fio"
+R=$OUT/many.txt
+: >"$R"
+say() { echo "many: $*"; }
+rec() { echo "$*" >>"$R"; say "$*"; }
+sheepdev store --dir /tmp/store --listen 127.0.0.1:7000 --no-sync --fast-reads >"$OUT/store.log" 2>&1 &
+i=0
+while ! sheepdev vdi --connect-timeout 1 list >/dev/null 2>&1; do i=$((i+1)); [ $i -lt 100 ] || { say "store not up"; exit 1; }; sleep 0.2; done
+sheepdev serve --metrics-addr off >"$OUT/serve.log" 2>&1 &
+SP=$!
+i=0
+while ! sheepdev list --json >/dev/null 2>&1; do i=$((i+1)); [ $i -lt 150 ] || { say "serve not up"; cat "$OUT/serve.log"; exit 1; }; sleep 0.2; done
+GW=unix:/tmp/store/sock
+snap() { # LABEL
+    local t s r
+    t=$(ls "/proc/$SP/task" | wc -l)
+    s=$(ls -l "/proc/$SP/fd" 2>/dev/null | grep -c 'socket:' || true)
+    r=$(awk '/^VmRSS/ { print $2 }' "/proc/$SP/status")
+    rec "threads_$1 $t"
+    rec "sockets_$1 $s"
+    rec "rss_kib_$1 $r"
+}
+rec "kernel $(uname -r)"
+rec "cpus $(nproc)"
+rec "devices $N"
+snap idle
+devs=""
+i=0
+while [ $i -lt "$N" ]; do
+    sheepdev vdi create "m$i" 64M >/dev/null
+    d=$(sheepdev add "$GW" "m$i")
+    devs="$devs $d"
+    i=$((i + 1))
+done
+snap mapped
+sheepdev vdi create one "$((N * 8))M" >/dev/null
+one=$(sheepdev add "$GW" one --depth "$((N * 4 > 128 ? N * 4 : 128))")
+for d in $devs; do dd if=/dev/urandom of="$d" bs=1M count=8 oflag=direct 2>/dev/null; done
+snap prefilled
+dd if=/dev/urandom of="$one" bs=1M count="$((N * 8))" oflag=direct 2>/dev/null
+COMMON="--ioengine=io_uring --direct=1 --rw=randread --bs=4k --time_based --runtime=$RUNTIME --ramp_time=2 --group_reporting --output-format=json"
+many() { # ROUND
+    local args="" i=0
+    for d in $devs; do args="$args --name=d$i --filename=$d --size=8M --iodepth=8"; i=$((i + 1)); done
+    # shellcheck disable=SC2086
+    fio $COMMON --output="$OUT/fio/many-r$1.json" $args
+}
+single() { # ROUND
+    fio $COMMON --output="$OUT/fio/one-r$1.json" --name=one --filename="$one" --size="$((N * 4))M" \
+        --offset_increment="$((N * 4))M" --numjobs=2 --iodepth="$((N * 4))"
+}
+iops() { tr -d ' \n' <"$1" | sed 's/.*"read":{"io_bytes":[0-9]*,"io_kbytes":[0-9]*,"bw_bytes":[0-9]*,"bw":[0-9]*,"iops":\([0-9.]*\).*/\1/'; }
+r=1
+while [ $r -le "$ROUNDS" ]; do
+    if [ $((r % 2)) = 1 ]; then many $r; single $r; else single $r; many $r; fi
+    rec "iops_many_r$r $(iops "$OUT/fio/many-r$r.json")"
+    rec "iops_one_r$r $(iops "$OUT/fio/one-r$r.json")"
+    r=$((r + 1))
+done
+snap after_fio
+sheepdev del one >/dev/null
+i=0
+while [ $i -lt "$N" ]; do sheepdev del "m$i" >/dev/null; i=$((i + 1)); done
+snap deleted
+kill -TERM "$SP"
+say "done"

@@ -3,7 +3,9 @@
 # the daemon's threads, sockets and RSS with N devices mapped (idle, mapped,
 # after an 8 MiB prefill of each, after fio), and the aggregate 4k randread of
 # the N devices at QD8 each against one device at the same total depth, in the
-# same boot, alternating which goes first. Prints the figures and the ratios.
+# same boot, alternating which goes first, and the same two layouts on ublk null
+# devices (the ceiling: what N fio jobs on N devices cost whatever serves them).
+# Prints the figures and the ratios.
 #
 # Usage: bash bench/vm-many.sh [--devices N] [--runtime SECS] [--rounds R] [--out DIR]
 # Env: SHEEPDEV_BIN (the binary; default: cargo build --release), SHEEPDEV_VM_SKIP_SETUP=1,
@@ -39,8 +41,10 @@ cat "$out/many.txt"
 awk -v n="$n" '
     /^iops_many_r/ { m[substr($1, 12)] = $2 }
     /^iops_one_r/ { o[substr($1, 11)] = $2 }
+    /^iops_nullmany_r/ { nm[substr($1, 16)] = $2 }
+    /^iops_nullone_r/ { no[substr($1, 15)] = $2 }
     /^rss_kib_after_fio/ { rss = $2 }
     END {
-        for (r in m) printf "round %s: many/one = %.2f\n", r, m[r] / o[r]
+        for (r in m) printf "round %s: sheepdev many/one = %.2f; null devices many/one = %.2f\n", r, m[r] / o[r], nm[r] / no[r]
         printf "RSS after fio: %.1f MiB (goal: <= %d MiB = 128 + 2 x %d devices)\n", rss / 1024, 128 + 2 * n, n
     }' "$out/many.txt"

@@ -4,18 +4,21 @@
 //! - **Control plane** (glommio, [`runtime`]): the daemon's control socket and `/metrics`
 //!   ([`daemon`], [`metrics`]), VDI management over [`sheep`] (lookups, snapshots, clones,
 //!   deletes, locks; its connection frames with [`proto::demux`]), the CLI ([`cli`]).
-//! - **Data plane** ([`shard`]): one thread pinned to a core per ublk hardware queue, owning
-//!   that queue's io_uring (made by libublk) and its own pipelined connections to sheep on
-//!   the *same* ring, so one `io_uring_enter` serves the kernel and the network. Every byte
-//!   of VDI I/O goes through a shard: the device ([`ublk`]), `vdi read/write`
-//!   ([`shard::Remote`]), the no-kernel benchmark and the tests ([`shard::spawn`]).
+//! - **Data plane**: one thread pinned per core for the whole daemon (`ublk::Cores`), owning
+//!   one io_uring that serves queue q of every device (`ublk/queue.rs`) and the core's
+//!   pipelined connections to sheep on the *same* ring, so one `io_uring_enter` serves the
+//!   kernel and the network. Each (device, queue) is a [`shard`] on its core, sharing the
+//!   core's connections. Every byte of VDI I/O goes through a shard: the device ([`ublk`]),
+//!   `vdi read/write` ([`shard::Remote`]), the no-kernel benchmark and the tests
+//!   ([`shard::spawn`]).
 //! - **Pure layers**: [`proto`] (wire format, framing), [`vdi`] (which object, create or
 //!   COW, create claims), [`block`] (the kernel boundary). No runtime, no libublk.
 //! - [`store`]: an embedded sheep-compatible store for demos, tests and benchmarks.
 //!
 //! # The life of one write
-//! 1. The kernel posts a request on tag *t*; `ublk::serve_tag` turns the descriptor into a
-//!    [`block::IoDesc`] and calls [`shard::Shard::handle`] with the tag's buffer.
+//! 1. The kernel posts a request on tag *t*; the core's `serve_tag` (`ublk/cores.rs`) turns
+//!    the descriptor into a [`block::IoDesc`], borrows a buffer from the core's pool (a
+//!    write's payload copied in from the request) and calls [`shard::Shard::handle`].
 //! 2. `Shard::serve` checks the range; `shard/write.rs` splits it at object boundaries
 //!    ([`vdi::split`]).
 //! 3. Per piece, [`vdi::Volume::plan_write`] decides WRITE_OBJ, CREATE or COW CREATE from
@@ -30,10 +33,11 @@
 //! 7. Objects the request created get one inode update (their entries, one WRITE_OBJ of
 //!    the inode); then their claims drop, which lets parked writers go.
 //! 8. `Shard::handle` returns the byte count (or an errno); `serve_tag` commits it to the
-//!    kernel on the same ring and waits for the tag's next request.
+//!    kernel on the same ring (a read's data copied out first) and waits for the tag's next
+//!    request.
 //!
 //! A read is steps 1–2, [`vdi::Volume::plan_read`] (zeros for unallocated objects, else
-//! READ_OBJ of the owner's object), 4–6 with the payload copied into the tag's buffer, 8.
+//! READ_OBJ of the owner's object), 4–6 with the payload copied into the borrowed buffer, 8.
 //! A write refused with READONLY (another client snapshotted the VDI) follows the live
 //! snapshot (`shard/follow.rs`) and is sent again as a COW.
 

@@ -41,7 +41,9 @@ fn cpu_list(s: &str) -> Result<CpuList, String> {
     for part in s.split(',') {
         let bad = || format!("bad CPU list {s:?} (want e.g. 0-3,6)");
         let (lo, hi) = match part.split_once('-') {
-            Some((a, b)) => (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?),
+            Some((a, b)) => {
+                (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?)
+            }
             None => {
                 let n: usize = part.trim().parse().map_err(|_| bad())?;
                 (n, n)

@@ -444,9 +444,7 @@ impl Daemon {
         };
         let (cores, a2) = (self.cores.clone(), abort.clone());
         // A re-attach may first wait up to 30 s for the kernel to quiesce the device.
-        let dev = glommio::executor()
-            .spawn_blocking(move || ublk::start(spec, a2, &cores))
-            .await?;
+        let dev = glommio::executor().spawn_blocking(move || ublk::start(spec, a2, &cores)).await?;
         Ok(Launched {
             id: dev.id,
             recoverable: dev.recoverable,

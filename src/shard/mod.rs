@@ -1,6 +1,8 @@
-//! The hot path. A shard is one thread pinned to one core that owns one ublk hardware
-//! queue (or, without a kernel, a benchmark or test driver), its own pipelined sheep
-//! connections on that thread's io_uring, and one task per tag.
+//! The hot path. A shard serves one hardware queue of one device (or, without a kernel, a
+//! benchmark or test driver) on its thread's io_uring: in the daemon, a core thread that
+//! serves queue q of every device, whose shards share the core's pipelined sheep
+//! connections ([`Shard::start_shared`]); elsewhere a thread of its own with its own
+//! connections ([`Shard::start`], [`spawn`], [`Remote`]).
 //!
 //! Contract:
 //! - The kernel boundary is [`IoDesc`] `{op, offset, len, tag}` plus the tag's buffer;

@@ -28,7 +28,6 @@ use std::task::{Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-
 use super::exec::LocalExecutor;
 use super::mail::{mailbox, Post};
 use super::{ring, Error, IoDesc, Shard};

@@ -91,7 +91,12 @@ impl Buffers {
                         }
                     }
                     self.lent.set(self.lent.get() + 1);
-                    Poll::Ready(Lease { pool: self.clone(), buf: Some(buf), len, class: Some(class) })
+                    Poll::Ready(Lease {
+                        pool: self.clone(),
+                        buf: Some(buf),
+                        len,
+                        class: Some(class),
+                    })
                 }
                 None => {
                     self.waiters.borrow_mut().push_front(cx.waker().clone());

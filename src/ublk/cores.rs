@@ -65,9 +65,17 @@ pub(super) struct Attach {
 #[derive(Debug)]
 pub(super) enum Event {
     /// The queue's tags are fetching; `tid` is the core thread's.
-    Ready { qid: u16, tid: i32 },
-    Failed { qid: u16, why: String },
-    Ended { qid: u16 },
+    Ready {
+        qid: u16,
+        tid: i32,
+    },
+    Failed {
+        qid: u16,
+        why: String,
+    },
+    Ended {
+        qid: u16,
+    },
 }
 
 /// The core threads (module contract).
@@ -87,8 +95,8 @@ impl Cores {
         for (i, &cpu) in cpus.iter().enumerate() {
             let (post, mail) = mailbox::<Attach>()?;
             let (ok_tx, ok_rx) = mpsc::channel::<io::Result<()>>();
-            let t = std::thread::Builder::new().name(format!("sheepdev-core{i}")).spawn(
-                move || {
+            let t =
+                std::thread::Builder::new().name(format!("sheepdev-core{i}")).spawn(move || {
                     core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
                     // PR_SET_IO_FLUSHER, as for any ublk queue thread; the thread id.
                     let tid = libublk::ctrl::UblkCtrl::init_queue_thread();
@@ -107,8 +115,7 @@ impl Cores {
                         tid,
                     });
                     ring::run_local(exe, core.run(mail, exe));
-                },
-            )?;
+                })?;
             match ok_rx.recv() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(e),

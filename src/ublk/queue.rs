@@ -60,7 +60,8 @@ impl Queue {
         let desc = std::mem::size_of::<sys::ublksrv_io_desc>();
         let map_len = page_round(usize::from(depth) * desc);
         let stride = page_round(sys::UBLK_MAX_QUEUE_DEPTH as usize * desc);
-        let off = sys::UBLKSRV_CMD_BUF_OFFSET as libc::off_t + libc::off_t::from(qid) * stride as libc::off_t;
+        let off = sys::UBLKSRV_CMD_BUF_OFFSET as libc::off_t
+            + libc::off_t::from(qid) * stride as libc::off_t;
         // SAFETY: maps `map_len` bytes of the char device read-only at the queue's
         // descriptor offset; the result is checked and unmapped in `Drop`.
         let p = unsafe {
@@ -150,9 +151,7 @@ impl Queue {
     /// User copy: the payload of `tag`'s write into `buf` (its whole length).
     pub fn copy_in(&self, tag: u16, buf: &mut [u8]) -> io::Result<()> {
         // SAFETY: reads at most `buf.len()` bytes into `buf`, which is live and ours.
-        let n = unsafe {
-            libc::pread(self.fd, buf.as_mut_ptr().cast(), buf.len(), self.pos(tag))
-        };
+        let n = unsafe { libc::pread(self.fd, buf.as_mut_ptr().cast(), buf.len(), self.pos(tag)) };
         short(n, buf.len())
     }
 

@@ -8,7 +8,10 @@
 #     after the prefill, after the fio runs;
 #   - 4k randread, io_uring, direct, every device at QD8 at once (one fio, N
 #     jobs, group_reporting), against one device of N x 8 MiB at the same total
-#     depth (2 jobs x QD 4N), alternating which goes first, ROUNDS rounds.
+#     depth (2 jobs x QD 4N), alternating which goes first, ROUNDS rounds; and
+#     the same two fio layouts on ublk null devices (N of them against one),
+#     the ceiling: what N fio jobs on N devices cost the guest and the kernel
+#     whatever serves them.
 # Usage (guest): many-guest.sh [N [RUNTIME_S [ROUNDS]]]
 # Host runner: bash bench/vm-many.sh. Leaves /out/many.txt (the figures, one per
 # line, "key value") and /out/fio/*.json, serve.log, store.log.
@@ -58,14 +61,17 @@ for d in $devs; do dd if=/dev/urandom of="$d" bs=1M count=8 oflag=direct 2>/dev/
 snap prefilled
 dd if=/dev/urandom of="$one" bs=1M count="$((N * 8))" oflag=direct 2>/dev/null
 COMMON="--ioengine=io_uring --direct=1 --rw=randread --bs=4k --time_based --runtime=$RUNTIME --ramp_time=2 --group_reporting --output-format=json"
-many() { # ROUND
-    local args="" i=0
-    for d in $devs; do args="$args --name=d$i --filename=$d --size=8M --iodepth=8"; i=$((i + 1)); done
+many() { # ROUND [null]
+    local args="" i=0 d list=$devs
+    [ -z "${2:-}" ] || list=$nulls
+    for d in $list; do args="$args --name=d$i --filename=$d --size=8M --iodepth=8"; i=$((i + 1)); done
     # shellcheck disable=SC2086
-    fio $COMMON --output="$OUT/fio/many-r$1.json" $args
+    fio $COMMON --output="$OUT/fio/${2:-}many-r$1.json" $args
 }
-single() { # ROUND
-    fio $COMMON --output="$OUT/fio/one-r$1.json" --name=one --filename="$one" --size="$((N * 4))M" \
+single() { # ROUND [null]
+    local f=$one
+    [ -z "${2:-}" ] || f=$onenull
+    fio $COMMON --output="$OUT/fio/${2:-}one-r$1.json" --name=one --filename="$f" --size="$((N * 4))M" \
         --offset_increment="$((N * 4))M" --numjobs=2 --iodepth="$((N * 4))"
 }
 iops() { tr -d ' \n' <"$1" | sed 's/.*"read":{"io_bytes":[0-9]*,"io_kbytes":[0-9]*,"bw_bytes":[0-9]*,"bw":[0-9]*,"iops":\([0-9.]*\).*/\1/'; }
@@ -77,6 +83,19 @@ while [ $r -le "$ROUNDS" ]; do
     r=$((r + 1))
 done
 snap after_fio
+# The ceiling: the same layouts on null devices (the sheep devices stay mapped).
+nulls=""
+i=0
+while [ $i -lt "$N" ]; do nulls="$nulls $(sheepdev add --null 64M)"; i=$((i + 1)); done
+onenull=$(sheepdev add --null "$((N * 8))M" --depth "$((N * 4 > 128 ? N * 4 : 128))")
+r=1
+while [ $r -le "$ROUNDS" ]; do
+    if [ $((r % 2)) = 1 ]; then many $r null; single $r null; else single $r null; many $r null; fi
+    rec "iops_nullmany_r$r $(iops "$OUT/fio/nullmany-r$r.json")"
+    rec "iops_nullone_r$r $(iops "$OUT/fio/nullone-r$r.json")"
+    r=$((r + 1))
+done
+for d in $nulls $onenull; do sheepdev del "$d" >/dev/null; done
 sheepdev del one >/dev/null
 i=0
 while [ $i -lt "$N" ]; do sheepdev del "m$i" >/dev/null; i=$((i + 1)); done

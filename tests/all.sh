@@ -52,9 +52,16 @@ echo "== kernel harness: VM smoke (ublk_drv, io_uring, ext4); installs qemu and 
 bash tests/vm/setup-host.sh
 bash tests/vm/run-vm.sh --quiet --timeout 300 tests/vm/smoke.sh
 
-echo "== kernel scenarios in the VM (ext4, fio verify, snapshots, clone COW, discard, bad input, daemon kill -9 and recovery)"
+echo "== kernel scenarios in the VM (ext4, fio verify, snapshots, clone COW, discard, bad input, daemon kill -9 and recovery, 8 devices, resize)"
 SHEEPDEV_BIN=target/release/sheepdev SHEEPDEV_VM_SKIP_SETUP=1 bash tests/vm/kernel-tests.sh
 
 echo "== fault scenarios in the VM under fio verify + e2fsck (store restart, failover, live snapshots, resets, I/O timeout)"
 SHEEPDEV_BIN=target/tools/sheepdev SHEEPDEV_VM_SKIP_SETUP=1 bash tests/vm/kernel-tests.sh --faults
+
+# The VM matrix: the same scenarios on trixie-backports' newest installable cloud kernel
+# (7.x: UPDATE_SIZE, so scenario 9 grows a mounted device live; AUTO_BUF_REG, QUIESCE, ...).
+echo "== the kernel and fault scenarios again on trixie-backports' kernel (tests/vm/setup-host.sh --kernel backports)"
+bash tests/vm/setup-host.sh --kernel backports
+SHEEPDEV_VM_KERNEL=backports SHEEPDEV_BIN=target/release/sheepdev SHEEPDEV_VM_SKIP_SETUP=1 bash tests/vm/kernel-tests.sh
+SHEEPDEV_VM_KERNEL=backports SHEEPDEV_BIN=target/tools/sheepdev SHEEPDEV_VM_SKIP_SETUP=1 bash tests/vm/kernel-tests.sh --faults
 echo "== all tests passed"

@@ -106,6 +106,10 @@ fn bad_input_gets_one_clear_line() {
     fails_with(&sheepdev(&env, &["clone", "linux", "copy"]), "needs a snapshot");
     fails_with(&sheepdev(&env, &["snapshot", "linux", "--tag", "12"]), "all digits");
     fails_with(&sheepdev(&env, &["write", "linux:1"]), "no such snapshot tag or id");
+    fails_with(&sheepdev(&env, &["resize", "linux", "32M"]), "shrinking it to 33554432 is refused");
+    fails_with(&sheepdev(&env, &["resize", "linux", "5T"]), "above the limit");
+    fails_with(&sheepdev(&env, &["resize", "linux:1", "1G"]), "cannot contain ':'");
+    fails_with(&sheepdev(&env, &["resize", "nosuch", "1G"]), "no vdi found");
     fails_with(&sheepdev_at("127.0.0.1:99999", &["list"], None), "bad address");
     fails_with(&sheepdev_at("127.0.0.1:", &["list"], None), "bad address");
     fails_with(&sheepdev_at("unix:relative/sock", &["list"], None), "absolute path");
@@ -155,8 +159,32 @@ fn bad_input_gets_one_clear_line() {
         .expect("read");
     assert!(head.iter().all(|&b| b == 0), "nothing was written by the refused write");
 
-    // Nothing half-made by any of the above.
+    // Nothing half-made by any of the above; then the VDI grows as `dog vdi resize` does.
     assert_eq!(names(&env), vec!["linux".to_string()]);
+    let grown = sheepdev(&env, &["resize", "linux", "96M"]);
+    assert!(String::from_utf8_lossy(&grown.stderr).contains("67108864 -> 100663296 bytes"));
+    ok(&grown);
+    let same = sheepdev(&env, &["resize", "linux", "96M"]);
+    assert!(String::from_utf8_lossy(&same.stderr).contains("is 100663296 bytes already"));
+    ok(&same);
+    let o = sheepdev(&env, &["read", "linux", "--offset", "95M"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.stdout.len(), 1 << 20, "the grown VDI reads to its new end");
+    // `resize` and `features` of the device side: one line without a daemon or a driver.
+    let dev = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_sheepdev"))
+            .args(args)
+            .env("SHEEPDEV_CONTROL", "/nonexistent/control.sock")
+            .output()
+            .expect("sheepdev runs")
+    };
+    fails_with(&dev(&["resize", "linux", "1G"]), "is `sheepdev serve` running?");
+    fails_with(&dev(&["resize", "linux"]), "which size?");
+    fails_with(&dev(&["resize", "linux", "12Q"]), "bad size");
+    fails_with(&dev(&["resize", "--id", "3", "linux", "1G"]), "not both");
+    if !std::path::Path::new("/dev/ublk-control").exists() {
+        fails_with(&dev(&["features"]), "ublk_drv");
+    }
     env.store.shutdown();
 }
 

@@ -220,6 +220,7 @@ conformance! {
     discard_and_write_zeroes_through_the_shard,
     live_snapshot_is_followed_by_the_shard,
     shards_race_to_create_the_same_objects,
+    a_vdi_grows_online,
 }
 
 /// A VDI opened for I/O the one way there is: a shard on its own thread (own io_uring, own

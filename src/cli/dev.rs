@@ -143,6 +143,23 @@ pub struct RecoverArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ResizeArgs {
+    /// VDI or /dev/ublkbN (with --id: only SIZE).
+    #[arg(num_args = 1..=2, required = true)]
+    args: Vec<String>,
+    /// The device id N of /dev/ublkbN.
+    #[arg(long)]
+    id: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct FeaturesArgs {
+    /// One JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct SystemdUnitArgs {
     /// The sheepdev binary the unit runs (default: this one).
     #[arg(long, value_parser = super::path_arg)]
@@ -255,6 +272,45 @@ pub fn recover(a: RecoverArgs) -> anyhow::Result<()> {
     let r = call(&Request::Recover { target })?;
     let m = r.mapping.ok_or_else(|| anyhow::anyhow!("the daemon answered without a device"))?;
     println!("{}", m.device);
+    Ok(())
+}
+
+pub fn resize(a: ResizeArgs) -> anyhow::Result<()> {
+    let (t, size) = match (a.args.as_slice(), a.id) {
+        ([t, size], None) => (Some(t.clone()), size),
+        ([size], Some(_)) => (None, size),
+        ([_], None) => bail!("which size? usage: sheepdev resize VDI | /dev/ublkbN | --id N SIZE"),
+        _ => bail!("give the device either as VDI, /dev/ublkbN or --id N, not both"),
+    };
+    let size = super::size_arg(size).map_err(anyhow::Error::msg)?;
+    let target = target(t, a.id, "resize")?;
+    let r = call(&Request::Resize { target, size })?;
+    let m = r.mapping.ok_or_else(|| anyhow::anyhow!("the daemon answered without a device"))?;
+    println!("{} {}", m.device, m.size);
+    Ok(())
+}
+
+/// What the kernel's ublk driver has (GET_FEATURES), and what sheepdev does with each.
+pub fn features(a: FeaturesArgs) -> anyhow::Result<()> {
+    use crate::ublk::features::{driver, FEATURES};
+    crate::ublk::available().map_err(anyhow::Error::msg)?;
+    let Some(have) = driver() else {
+        bail!("this kernel's ublk driver does not answer GET_FEATURES (Linux 6.5+): devices get plain copies, no user copy, no resize")
+    };
+    if a.json {
+        let rows: Vec<serde_json::Value> = FEATURES
+            .iter()
+            .map(|f| serde_json::json!({"name": f.name, "kernel": have & f.bit != 0, "sheepdev": f.used}))
+            .collect();
+        let v = serde_json::json!({"mask": format!("{have:#x}"), "features": rows});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("ublk driver features {have:#x} (GET_FEATURES)");
+    println!("{:<24} {:<7} sheepdev", "feature", "kernel");
+    for f in FEATURES {
+        println!("{:<24} {:<7} {}", f.name, if have & f.bit != 0 { "yes" } else { "no" }, f.used);
+    }
     Ok(())
 }
 

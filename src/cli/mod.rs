@@ -35,8 +35,14 @@ pub enum Command {
     /// Re-attach a device a previous daemon left (`serve` re-attaches them all at start;
     /// this retries one whose re-attach failed): VDI[:SNAP], /dev/ublkbN or --id N.
     Recover(dev::RecoverArgs),
-    /// List mapped devices.
+    /// Grow a mapped device's VDI and the device with I/O running (UPDATE_SIZE, Linux
+    /// 6.16+; older kernels: the VDI grows, the device on its next add): VDI, /dev/ublkbN
+    /// or --id N, then SIZE. Shrinking is refused.
+    Resize(dev::ResizeArgs),
+    /// List mapped devices (`--json` includes the ublk features each device has).
     List(dev::ListArgs),
+    /// The ublk features of this kernel's driver and what sheepdev does with each.
+    Features(dev::FeaturesArgs),
     /// Latency percentiles (p50/p99/p99.9) per device and op, from the daemon.
     Stats(dev::ListArgs),
     /// The no-kernel data-plane benchmark: shards vs the raw protocol, same run.
@@ -68,6 +74,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Recover(a) => dev::recover(a),
         Command::SystemdUnit(a) => dev::systemd_unit(a),
         Command::List(a) => dev::list(a),
+        Command::Resize(a) => dev::resize(a),
+        Command::Features(a) => dev::features(a),
         Command::Stats(a) => dev::stats(a),
         #[cfg(feature = "tools")]
         Command::Bench(a) => bench::run(a),

@@ -65,6 +65,13 @@ enum VdiCmd {
     Clone { src: String, new: String },
     /// Make a new working VDI of NAME from snapshot NAME:SNAP; the current one is kept as a snapshot.
     Rebase { src: String },
+    /// Grow the working VDI NAME to SIZE, as `dog vdi resize` does (shrinking is refused).
+    /// A device that maps it keeps its size: grow both with `sheepdev resize`.
+    Resize {
+        name: String,
+        #[arg(value_parser = super::size_arg)]
+        size: u64,
+    },
     /// Delete a VDI or a snapshot (NAME or NAME:SNAP), its objects included.
     Delete { spec: String },
     /// Write stdin into a VDI.
@@ -143,6 +150,7 @@ enum Plan {
     Snapshot { name: VdiName, tag: Option<VdiName> },
     Clone { src: VdiSpec, new: VdiName },
     Rebase { src: VdiSpec },
+    Resize { name: VdiName, size: u64 },
     Delete { spec: VdiSpec },
     Write { spec: VdiSpec, offset: u64, depth: usize },
     Read { spec: VdiSpec, offset: u64, length: Option<u64>, depth: usize },
@@ -179,6 +187,7 @@ impl Plan {
             }
             VdiCmd::Clone { src, new } => Plan::Clone { src: spec(&src)?, new: name(&new)? },
             VdiCmd::Rebase { src } => Plan::Rebase { src: spec(&src)? },
+            VdiCmd::Resize { name: n, size } => Plan::Resize { name: name(&n)?, size },
             VdiCmd::Delete { spec: s } => Plan::Delete { spec: spec(&s)? },
             VdiCmd::Write { spec: s, offset, depth } => {
                 Plan::Write { spec: spec(&s)?, offset, depth: depth.into() }
@@ -223,6 +232,16 @@ impl Plan {
                     .await
                     .with_context(|| format!("rebasing {} on {src}", src.name))?;
                 eprintln!("{} is now vid {} made from {src}; the previous working vdi (vid {old}) is kept as a snapshot", src.name, new.vid);
+            }
+            Plan::Resize { name, size } => {
+                let (vid, old) = manage::resize(&c, &name, size)
+                    .await
+                    .with_context(|| format!("resizing {name}"))?;
+                if old == size {
+                    eprintln!("{name} (vid {vid}) is {size} bytes already");
+                } else {
+                    eprintln!("{name} (vid {vid}): {old} -> {size} bytes");
+                }
             }
             Plan::Delete { spec } => {
                 let vid =

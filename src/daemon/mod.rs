@@ -24,6 +24,7 @@
 
 mod error;
 mod recover;
+mod resize;
 mod server;
 mod state;
 
@@ -96,6 +97,12 @@ pub enum Request {
     Recover {
         target: Target,
     },
+    /// Grow the VDI of a mapped device to `size` bytes, then the device (UPDATE_SIZE where
+    /// the kernel has it).
+    Resize {
+        target: Target,
+        size: u64,
+    },
     List,
     Stats,
 }
@@ -143,6 +150,9 @@ pub struct Mapping {
     /// Whether the kernel device has user recovery, so it survives the daemon.
     #[serde(default)]
     pub recoverable: bool,
+    /// The ublk features the kernel device has (`sheepdev features` says what each does).
+    #[serde(default)]
+    pub features: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

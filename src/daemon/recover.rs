@@ -165,6 +165,20 @@ impl Daemon {
         match r {
             Ok(l) => {
                 (m.state, m.recoverable) = ("live".into(), l.recoverable);
+                m.features = crate::ublk::features::names(l.flags);
+                // The VDI grew while the device was not served (or without UPDATE_SIZE).
+                let bs = u64::from(m.block_size);
+                let want = l.live.vol.as_ref().map_or(0, |v| v.size() / bs * bs);
+                if want > m.size {
+                    let r = glommio::executor()
+                        .spawn_blocking(move || crate::ublk::features::resize(id, want))
+                        .await;
+                    match r {
+                        Ok(true) => m.size = want,
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!("{}: growing it to its VDI's size: {e}", m.device),
+                    }
+                }
                 self.mappings.borrow_mut().insert(id, m.clone());
                 self.live.borrow_mut().insert(id, l.live);
                 self.persist();
@@ -263,7 +277,7 @@ async fn sheep_target(m: &Mapping) -> Result<(ublk::Target, Option<(Rc<Client>, 
         }
     }
     let checked = match load_volume(&c, Vid(m.vid), m.read_only).await {
-        Ok(v) if v.size() != m.size => {
+        Ok(v) if v.size() < m.size => {
             Err(Error::Busy(format!("vid {:x} is now {} bytes, the device {}: not re-attaching", m.vid, v.size(), m.size)))
         }
         Ok(v) if v.is_read_only() && !m.read_only => {

@@ -161,7 +161,10 @@ impl Daemon {
 
     async fn handle(&self, req: Request) -> Response {
         let _busy = match req {
-            Request::Add(_) | Request::Del { .. } | Request::Recover { .. }
+            Request::Add(_)
+            | Request::Del { .. }
+            | Request::Recover { .. }
+            | Request::Resize { .. }
                 if self.stopping.get() =>
             {
                 return Response {
@@ -171,9 +174,10 @@ impl Daemon {
                     ..Default::default()
                 };
             }
-            Request::Add(_) | Request::Del { .. } | Request::Recover { .. } => {
-                Some(Busy::new(&self.busy))
-            }
+            Request::Add(_)
+            | Request::Del { .. }
+            | Request::Recover { .. }
+            | Request::Resize { .. } => Some(Busy::new(&self.busy)),
             Request::List | Request::Stats => None,
         };
         match req {
@@ -200,6 +204,10 @@ impl Daemon {
             }
             Request::Add(a) => match self.add(a).await {
                 Ok(m) => Response { mapping: Some(m), ..Default::default() },
+                Err(e) => Response { error: Some(e.to_string()), ..Default::default() },
+            },
+            Request::Resize { target, size } => match self.resize(target, size).await {
+                Ok((m, warnings)) => Response { mapping: Some(m), warnings, ..Default::default() },
                 Err(e) => Response { error: Some(e.to_string()), ..Default::default() },
             },
             Request::Del { target, force } => match self.del(target, force).await {
@@ -280,6 +288,7 @@ impl Daemon {
             state: "live".into(),
             io_timeout: a.io_timeout,
             recoverable: false,
+            features: Vec::new(),
         };
         let target;
         let mut lock: Option<(Rc<Client>, crate::proto::Vid)> = None;
@@ -385,6 +394,7 @@ impl Daemon {
             }
         };
         (m.id, m.device, m.recoverable) = (l.id, format!("/dev/ublkb{}", l.id), l.recoverable);
+        m.features = ublk::features::names(l.flags);
         self.mappings.borrow_mut().insert(l.id, m.clone());
         self.live.borrow_mut().insert(l.id, l.live);
         self.persist();
@@ -448,6 +458,7 @@ impl Daemon {
         Ok(Launched {
             id: dev.id,
             recoverable: dev.recoverable,
+            flags: dev.flags,
             live: Live { abort, metrics: dev.metrics, ended: dev.ended, vol },
         })
     }
@@ -484,14 +495,15 @@ impl Daemon {
         }
     }
 
+    /// The one mapped device `t` names, and its table row.
+    pub(super) fn found(&self, t: &Target) -> Result<(u32, Mapping), Error> {
+        let id = self.find(t)?;
+        let m = self.mappings.borrow().get(&id).cloned();
+        Ok((id, m.ok_or_else(|| Error::NotFound("the device vanished".into()))?))
+    }
+
     async fn del(&self, t: Target, force: bool) -> Result<(Mapping, Vec<String>), Error> {
-        let id = self.find(&t)?;
-        let m = self
-            .mappings
-            .borrow()
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| Error::NotFound("the device vanished".into()))?;
+        let (id, m) = self.found(&t)?;
         if m.state == "recovering" {
             return Err(Error::Busy(format!(
                 "{} is being re-attached; try again once `sheepdev list` shows it live",

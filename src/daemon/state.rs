@@ -42,6 +42,8 @@ pub(super) struct Live {
 pub(super) struct Launched {
     pub(super) id: u32,
     pub(super) recoverable: bool,
+    /// The device's ublk flags (`ublk::features`).
+    pub(super) flags: u64,
     pub(super) live: Live,
 }
 

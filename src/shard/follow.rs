@@ -80,7 +80,7 @@ impl Shard {
         if h.is_snapshot()
             || h.vdi_id != new.0
             || h.block_size_shift != old.block_size_shift
-            || h.vdi_size < old.vdi_size
+            || h.vdi_size < self.vol.size()
         {
             return Err(Error::Server(SD_RES_READONLY));
         }

@@ -77,6 +77,43 @@ pub fn check_size(size: u64, block_size_shift: u8) -> Result<(), Error> {
     Ok(())
 }
 
+/// Grow VDI `vid` (whose inode header is `h`) to `size` bytes the way `dog vdi resize`
+/// does: one WRITE_OBJ of the inode's `vdi_size`. Refused before anything is sent: a
+/// snapshot, a smaller size (sheep cannot shrink a VDI), a size that is not a multiple of
+/// 512 or beyond what the inode can map. The same size is no change (nothing is written).
+/// Returns the old size.
+pub async fn grow(c: &Client, vid: Vid, h: &InodeHeader, size: u64) -> Result<u64, Error> {
+    let name = h.name_lossy();
+    if h.is_snapshot() {
+        return Err(Error::Invalid(format!(
+            "{name} (vid {vid}) is a snapshot: only a working VDI grows"
+        )));
+    }
+    check_size(size, h.block_size_shift)?;
+    if size % 512 != 0 {
+        return Err(Error::Invalid(format!("size {size} is not a multiple of 512 bytes")));
+    }
+    if size < h.vdi_size {
+        return Err(Error::Invalid(format!(
+            "{name} is {} bytes: shrinking it to {size} is refused (sheep cannot shrink a VDI)",
+            h.vdi_size
+        )));
+    }
+    if size > h.vdi_size {
+        let field = size.to_le_bytes();
+        c.write_obj(Oid::inode(vid), crate::proto::inode::OFF_VDI_SIZE as u32, &field).await?;
+    }
+    Ok(h.vdi_size)
+}
+
+/// [`grow`] the working VDI `name`. Returns (its vid, the old size).
+pub async fn resize(c: &Client, name: &VdiName, size: u64) -> Result<(Vid, u64), Error> {
+    let info = c.vdi_info(name, &SnapSel::Working).await?;
+    let h = c.read_inode_header(info.vid).await?;
+    h.check_usable().map_err(|e| Error::Invalid(format!("{name}: {e}")))?;
+    Ok((info.vid, grow(c, info.vid, &h, size).await?))
+}
+
 /// Read the inode of `vid` (header and used entries) into a [`Volume`]; refuses hyper
 /// volumes. Snapshots are always read-only.
 pub async fn load_volume(

@@ -19,9 +19,12 @@
 //!   (START_USER_RECOVERY, queues rebuilt with `UBLK_DEV_F_RECOVER_DEV`, then
 //!   END_USER_RECOVERY by `start_dev`) and the held requests are served. A failed
 //!   re-attach leaves the device as it was (quiesced), never deletes it.
+//! - Features are asked of the driver at run time ([`features`]); a device records the
+//!   flags it was created with, and [`features::resize`] grows it live where UPDATE_SIZE is.
 
 mod buffers;
 mod cores;
+pub mod features;
 mod queue;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -291,6 +294,8 @@ pub struct Device {
     pub metrics: Option<DeviceMetrics>,
     /// Whether the device has user recovery (it survives the daemon; see [`recovery_flags`]).
     pub recoverable: bool,
+    /// The ublk flags the device has (see [`features`]).
+    pub flags: u64,
     pub ended: Ended,
 }
 
@@ -350,7 +355,8 @@ pub fn start(spec: Spec, abort: Abort, cores: &Cores) -> Result<Device, Error> {
             .build()
             .map_err(ctrl_err("cannot create the ublk device".into()))?,
     };
-    let recoverable = ctrl.dev_info().flags & u64::from(sys::UBLK_F_USER_RECOVERY) != 0;
+    let flags = ctrl.dev_info().flags;
+    let recoverable = flags & u64::from(sys::UBLK_F_USER_RECOVERY) != 0;
     let (bs_shift, os_sectors) =
         (spec.block_size.trailing_zeros() as u8, (spec.object_size() >> 9) as u32);
     let read_only = spec.read_only;
@@ -440,7 +446,7 @@ pub fn start(spec: Spec, abort: Abort, cores: &Cores) -> Result<Device, Error> {
         let e = ctrl_err(format!("cannot start ublk device {id}"))(e);
         return fail(ended, e);
     }
-    Ok(Device { id, metrics: dm, recoverable, ended })
+    Ok(Device { id, metrics: dm, recoverable, flags, ended })
 }
 
 /// Stop device `id` (its queues end; see [`Ended::wait`]). With `abort`, raise it first so

@@ -23,14 +23,17 @@
 //!   [`Volume::follow`]. The entries are kept (the new working VDI's map is a copy of the
 //!   snapshot's), so from then on every write to an object the snapshot owns plans a COW,
 //!   for every shard at once.
+//! - Online growth (`sheepdev resize`): [`Volume::grow`] raises the size; the entry table is
+//!   allocated for the largest VDI sheep allows ([`SD_INODE_DATA_INDEX`] objects) as zeroed
+//!   pages, so growing never moves it and an entry costs memory only once its page is used.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::Waker;
 
 use atomic_waker::AtomicWaker;
 
-use crate::proto::inode::InodeHeader;
-use crate::proto::{Oid, Vid};
+use crate::proto::inode::{nr_objects, InodeHeader};
+use crate::proto::{Oid, Vid, SD_INODE_DATA_INDEX};
 
 /// Where a read of one object goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,6 +192,9 @@ impl Error {
 #[derive(Debug)]
 pub struct Volume {
     header: InodeHeader,
+    /// The size in bytes now: the header's, until [`Volume::grow`].
+    size: AtomicU64,
+    /// `data_vdi_id`, [`SD_INODE_DATA_INDEX`] long whatever the size (see the contract).
     entries: Box<[AtomicU32]>,
     /// One bit per object index: a create is in flight (claimed by `plan_write`).
     creating: Box<[AtomicU64]>,
@@ -206,15 +212,19 @@ impl Volume {
     /// A volume from an inode header and its entries (missing entries read as 0).
     /// `read_only` refuses every write plan.
     pub fn new(header: InodeHeader, entries: Vec<u32>, read_only: bool) -> Volume {
-        let nr = header.nr_objects() as usize;
-        let mut e: Vec<AtomicU32> = entries.into_iter().take(nr).map(AtomicU32::new).collect();
-        e.resize_with(nr, || AtomicU32::new(0));
-        let creating = (0..nr.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
+        let cap = SD_INODE_DATA_INDEX as usize;
+        let e: Box<[AtomicU32]> = bytemuck::allocation::zeroed_slice_box(cap);
+        let nr = (header.nr_objects() as usize).min(cap);
+        for (slot, v) in e.iter().zip(entries.into_iter().take(nr)).filter(|(_, v)| *v != 0) {
+            slot.store(v, Ordering::Relaxed);
+        }
+        let creating = bytemuck::allocation::zeroed_slice_box(cap.div_ceil(64));
         let vid = AtomicU32::new(header.vdi_id);
         let parked = (0..PARK_SLOTS).map(|_| AtomicWaker::new()).collect();
         Volume {
+            size: AtomicU64::new(header.vdi_size),
             header,
-            entries: e.into_boxed_slice(),
+            entries: e,
             creating,
             read_only,
             vid,
@@ -294,24 +304,39 @@ impl Volume {
         self.wake_parked();
     }
 
+    /// The size in bytes now (the header's, or what [`Volume::grow`] made it).
     pub fn size(&self) -> u64 {
-        self.header.vdi_size
+        self.size.load(Ordering::Acquire)
     }
     pub fn block_size_shift(&self) -> u8 {
         self.header.block_size_shift
     }
+    /// Objects the size covers now.
     pub fn nr_objects(&self) -> u32 {
-        self.entries.len() as u32
+        nr_objects(self.size(), self.header.block_size_shift).min(SD_INODE_DATA_INDEX)
+    }
+
+    /// The VDI grew to `size` bytes (its inode says so already): indices up to the new end
+    /// plan from now on, on every shard. Never shrinks; a size beyond what an inode can map
+    /// is refused.
+    pub fn grow(&self, size: u64) -> Result<(), Error> {
+        let nr = nr_objects(size, self.header.block_size_shift);
+        if nr > SD_INODE_DATA_INDEX {
+            return Err(Error::OutOfRange { idx: nr - 1, nr: SD_INODE_DATA_INDEX });
+        }
+        self.size.fetch_max(size, Ordering::AcqRel);
+        Ok(())
     }
     pub fn is_read_only(&self) -> bool {
         self.read_only
     }
     pub fn entry(&self, idx: u32) -> Option<u32> {
-        self.entries.get(idx as usize).map(|e| e.load(Ordering::Acquire))
+        let i = self.check(idx).ok()?;
+        Some(self.entries[i].load(Ordering::Acquire))
     }
 
     fn check(&self, idx: u32) -> Result<usize, Error> {
-        if (idx as usize) < self.entries.len() {
+        if idx < self.nr_objects() {
             Ok(idx as usize)
         } else {
             Err(Error::OutOfRange { idx, nr: self.nr_objects() })

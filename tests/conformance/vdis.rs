@@ -467,3 +467,44 @@ pub(crate) async fn an_empty_cow_create_copies_the_whole_object(cx: Rc<Ctx>) -> 
     ensure!(got == data, "the snapshot keeps its object");
     Ok(())
 }
+
+/// A VDI grows the way `dog vdi resize` grows it (one WRITE_OBJ of `vdi_size`), with a
+/// shard serving it: the shard's volume grows, writes past the old end land and read back,
+/// the data before it is kept. Shrinking, a misaligned size, a size past what an inode maps
+/// and a snapshot are refused before anything is written.
+pub(crate) async fn a_vdi_grows_online(cx: Rc<Ctx>) -> Result<()> {
+    let name = cx.name("grow");
+    let vid = cx.create("grow", 8 * MIB).await?;
+    let d = cx.vol(vid).await?;
+    d.write(8 * MIB - 4096, &[7u8; 4096]).await?;
+    ensure!(d.write(8 * MIB, &[8u8; 4096]).await.is_err(), "past the end before the resize");
+    let (v, old) = manage::resize(&cx.client, &name, 20 * MIB).await?;
+    ensure!(v == vid && old == 8 * MIB);
+    ensure!(cx.client.read_inode_header(vid).await?.vdi_size == 20 * MIB, "the inode says so");
+    d.vol.grow(20 * MIB)?;
+    d.write(20 * MIB - 4096, &[9u8; 4096]).await?;
+    let mut got = vec![0u8; 4096];
+    let again = cx.vol(vid).await?;
+    again.read(20 * MIB - 4096, &mut got).await?;
+    ensure!(got.iter().all(|&b| b == 9), "written past the old end, read back after reopening");
+    again.read(8 * MIB - 4096, &mut got).await?;
+    ensure!(got.iter().all(|&b| b == 7), "the old end kept its data");
+    let listed = manage::list(&cx.client).await?;
+    ensure!(
+        listed.iter().any(|r| r.name == name.to_string() && r.size == 20 * MIB),
+        "listed grown"
+    );
+    ensure!(manage::resize(&cx.client, &name, 20 * MIB).await? == (vid, 20 * MIB), "no change");
+    for bad in [16 * MIB, 20 * MIB + 100, (1u64 << 20 << 22) + 4 * MIB] {
+        let r = manage::resize(&cx.client, &name, bad).await;
+        ensure!(r.is_err(), "resize to {bad} must be refused: {r:?}");
+    }
+    ensure!(cx.client.read_inode_header(vid).await?.vdi_size == 20 * MIB, "refusals wrote nothing");
+    let (snap, _) = manage::snapshot(&cx.client, &name, None).await?;
+    let h = cx.client.read_inode_header(snap).await?;
+    ensure!(
+        manage::grow(&cx.client, snap, &h, 32 * MIB).await.is_err(),
+        "a snapshot does not grow"
+    );
+    Ok(())
+}

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # run-vm.sh - run a guest shell script inside a throwaway qemu (TCG) VM with
-# Debian trixie's 6.12 cloud kernel and ublk_drv loaded.
+# a Debian cloud kernel (trixie's 6.12, or trixie-backports' 7.x with
+# --kernel backports) and ublk_drv loaded.
 #
 # Usage:
 #   bash tests/vm/run-vm.sh [options] GUEST_SCRIPT [ARG...]
 # Options:
+#   --kernel stable|backports
+#                      the kernel setup-host.sh fetched with the same option
+#                      (default stable: $CACHE/kernel; backports:
+#                      $CACHE/kernel-backports; env SHEEPDEV_VM_KERNEL)
 #   --timeout SECS     kill the VM after SECS seconds (default 600,
 #                      env SHEEPDEV_VM_TIMEOUT)
 #   --bin PATH         copy a host binary to /usr/local/bin/ in the guest,
@@ -20,7 +25,7 @@
 #   --append ARGS      extra kernel command line arguments
 #   --quiet            print the console log only when the run fails
 #
-# The initramfs holds busybox (all applets), fio, mke2fs/mkfs.ext4, e2fsck,
+# The initramfs holds busybox (all applets), fio, mke2fs/mkfs.ext4, e2fsck, resize2fs,
 # the --bin/--file items, and the kernel modules from setup-host.sh. Its
 # /init mounts proc/sys/devtmpfs/tmpfs, brings up lo (127.0.0.1), loads
 # ublk_drv, loop and virtio_blk, then runs `sh -e GUEST_SCRIPT ARG...` (cwd
@@ -32,7 +37,8 @@
 # Each of those failures prints a line starting with "run-vm: FAIL".
 #
 # Env: SHEEPDEV_VM_CACHE (default /var/cache/sheepdev-vm; filled by
-#      setup-host.sh), SHEEPDEV_VM_MEM (MiB, default 3072), SHEEPDEV_VM_CPUS
+#      setup-host.sh), SHEEPDEV_VM_KERNEL (stable or backports, default
+#      stable), SHEEPDEV_VM_MEM (MiB, default 3072), SHEEPDEV_VM_CPUS
 #      (default 2), SHEEPDEV_VM_TIMEOUT, SHEEPDEV_VM_OUT_SIZE (max size of
 #      the /out tar, default 4G, sparse), SHEEPDEV_VM_ALLOW_OOPS=1 (do not
 #      fail on a kernel Oops/BUG), SHEEPDEV_VM_KEEP=1 (keep the work dir with
@@ -41,7 +47,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CACHE=${SHEEPDEV_VM_CACHE:-/var/cache/sheepdev-vm}
-KDIR=$CACHE/kernel
+KERNEL=${SHEEPDEV_VM_KERNEL:-stable}
 MEM=${SHEEPDEV_VM_MEM:-3072}
 CPUS=${SHEEPDEV_VM_CPUS:-2}
 TIMEOUT=${SHEEPDEV_VM_TIMEOUT:-600}
@@ -56,6 +62,7 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 BINS=() FILES=() DISK="" OUTDIR="" APPEND="" QUIET=0
 while [ $# -gt 0 ]; do
     case $1 in
+        --kernel)  KERNEL=$2; shift 2 ;;
         --timeout) TIMEOUT=$2; shift 2 ;;
         --bin)     BINS+=("$2"); shift 2 ;;
         --file)    FILES+=("$2"); shift 2 ;;
@@ -73,9 +80,14 @@ done
 SCRIPT=$1; shift
 [ -f "$SCRIPT" ] || die "guest script $SCRIPT not found"
 [[ $TIMEOUT =~ ^[0-9]+$ ]] || die "--timeout wants whole seconds, got $TIMEOUT"
+case $KERNEL in
+    stable)    KDIR=$CACHE/kernel SETUP="bash $HERE/setup-host.sh" ;;
+    backports) KDIR=$CACHE/kernel-backports SETUP="bash $HERE/setup-host.sh --kernel backports" ;;
+    *) die "--kernel (or SHEEPDEV_VM_KERNEL) wants stable or backports, got '$KERNEL'" ;;
+esac
 
 for f in vmlinuz modules.load kernel-release; do
-    [ -s "$KDIR/$f" ] || die "$KDIR/$f missing: run 'bash $HERE/setup-host.sh' first"
+    [ -s "$KDIR/$f" ] || die "$KDIR/$f missing: run '$SETUP' first"
 done
 for t in qemu-system-x86_64 cpio ldd; do
     command -v "$t" >/dev/null || die "$t not found: run 'bash $HERE/setup-host.sh' first"
@@ -84,7 +96,7 @@ done
 KVER=$(cat "$KDIR/kernel-release")
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sheepdev-vm.XXXXXX")
-# shellcheck disable=SC2317  # called through the trap
+# shellcheck disable=SC2317,SC2329  # called through the trap
 cleanup() {
     if [ "${SHEEPDEV_VM_KEEP:-0}" = 1 ]; then log "kept work dir $WORK"; else rm -rf "$WORK"; fi
 }
@@ -125,6 +137,7 @@ copy_bin() { # copy_bin HOST_PATH GUEST_PATH [ALIAS...] - binary, libs, aliases
 copy_bin "$(command -v fio)" /usr/bin/fio
 copy_bin /usr/sbin/mke2fs /usr/sbin/mke2fs /usr/sbin/mkfs.ext4 /usr/sbin/mkfs.ext3 /usr/sbin/mkfs.ext2
 copy_bin /usr/sbin/e2fsck /usr/sbin/e2fsck /usr/sbin/fsck.ext4 /usr/sbin/fsck.ext3 /usr/sbin/fsck.ext2
+copy_bin /usr/sbin/resize2fs /usr/sbin/resize2fs
 [ -f /etc/mke2fs.conf ] && cp /etc/mke2fs.conf "$ROOT/etc/"
 for b in ${BINS[@]+"${BINS[@]}"}; do copy_bin "$b" "/usr/local/bin/$(basename "$b")"; done
 for spec in ${FILES[@]+"${FILES[@]}"}; do
@@ -248,7 +261,7 @@ if [ -n "$OUTDIR" ]; then
 fi
 
 CONSOLE=$WORK/console.log
-log "kernel $KVER, initramfs $(du -h "$WORK/initramfs.cpio" | cut -f1), $CPUS cpus, $MEM MiB, timeout ${TIMEOUT}s, script $SCRIPT"
+log "kernel $KVER ($KERNEL), initramfs $(du -h "$WORK/initramfs.cpio" | cut -f1), $CPUS cpus, $MEM MiB, timeout ${TIMEOUT}s, script $SCRIPT"
 start=$(date +%s.%N)
 # Kernel messages carry a "[    1.234567] " timestamp; matching it keeps the
 # guest script's own output (which may say "BUG:") from counting.
@@ -284,6 +297,12 @@ fail() { # fail STATUS MESSAGE
     exit "$1"
 }
 rc=$(grep -aoE "$MARKER=[0-9]+" "$CONSOLE" | tail -n1 | cut -d= -f2 || true)
+# The guest's init prints "sheepdev-vm: kernel <uname -r>, ...".
+booted=$(sed -n 's/^sheepdev-vm: kernel \([^ ,]*\),.*/\1/p' "$CONSOLE" | tail -n1)
+if [ -n "$booted" ]; then
+    log "booted kernel $booted ($KERNEL)"
+    [ "$booted" = "$KVER" ] || log "WARNING: the guest runs $booted, $KDIR/kernel-release says $KVER"
+fi
 
 if [ -n "$OUTDIR" ]; then
     mkdir -p "$OUTDIR"

@@ -40,6 +40,12 @@
 #                 crc32c verify on all of them, kill -9 the daemon mid-fio,
 #                 serve again re-attaches all eight, every fio verifies clean;
 #                 daemon threads stay at most cores + 6
+#   9 resize      ext4 on a 256M VDI; a shrink and a bad size are refused;
+#                 with UPDATE_SIZE (6.16+): `sheepdev resize` to 640M under fio
+#                 randwrite crc32c verify on the mounted ext4, the device grows
+#                 live, online resize2fs; without it: the VDI grows, the command
+#                 says the device needs a re-add, del + add gives 640M, offline
+#                 resize2fs. Then e2fsck -fn clean and every file the same
 #
 # Each scenario prints "SCENARIO <n> <name>: PASS", or "FAIL: SCENARIO ..."
 # with what differed and the script exits non-zero (logs and diagnostics
@@ -48,7 +54,7 @@
 # Usage (host): bash tests/vm/kernel-tests.sh [SCENARIO...]
 #   or: bash tests/vm/run-vm.sh --quiet --timeout 900 --bin target/release/sheepdev \
 #         --out DIR tests/vm/scenarios.sh [SCENARIO...]
-# SCENARIO is a number (1-8) or a name (ext4, fio-verify, ...); default: all.
+# SCENARIO is a number (1-9) or a name (ext4, fio-verify, ...); default: all.
 #
 # Guest tools: busybox, fio, mkfs.ext4, e2fsck (run-vm.sh), sheepdev (--bin).
 # util-linux blkdiscard and fallocate (kernel-tests.sh adds them with --bin)
@@ -1088,8 +1094,95 @@ s8_many() {
     pass
 }
 
+# ------------------------------------------------------------ 9 resize
+# features_has NAME: the running kernel's ublk driver has feature NAME
+# (`sheepdev features --json`).
+features_has() {
+    sd features --json >"$W/features.json" 2>"$W/features.err" || fail "sheepdev features --json: $(cat "$W/features.err")"
+    json_flat <"$W/features.json" >"$W/features.flat"
+    # (the keys of each row come in any order)
+    awk -F'\t' -v want="$1" '
+        { k = $1; sub(/\.[a-z]+$/, "", k) }
+        $1 ~ /\.name$/ && $2 == want { row = k }
+        $1 ~ /\.kernel$/ { kernel[k] = $2 }
+        END { exit (row != "" && kernel[row] == "true") ? 0 : 1 }' "$W/features.flat"
+}
+s9_sums() { (cd /mnt/s9 && find . -type f ! -name fio.dat | sort | xargs sha256sum); }
+s9_resize() {
+    local d rc eng pid mode
+    begin 9 resize
+    eng=$(fio_engine)
+    ensure_vdi grow 256M
+    add_dev "$ADDR" grow
+    d=$DEV
+    check_size "$d" $((256 * MIB))
+    run "mkfs.ext4 on $d" mkfs.ext4 -q -F "$d"
+    mkdir -p /mnt/s9
+    run "mount $d" mount -t ext4 "$d" /mnt/s9
+    head -c $((5 * MIB + 7)) /dev/urandom >/mnt/s9/rand-5m
+    pattern P 1 >/mnt/s9/pattern-1m
+    s9_sums >"$W/s9.sums"
+    step "shrinking is refused with one line"
+    rc=0
+    sd resize grow 128M >"$W/run.out" 2>"$W/run.err" || rc=$?
+    [ "$rc" != 0 ] || fail "sheepdev resize grow 128M (a shrink) succeeded"
+    [ "$(wc -l <"$W/run.err")" = 1 ] && grep -q 'shrink' "$W/run.err" || fail "the refused shrink said: $(cat "$W/run.err")"
+    rc=0
+    sd resize grow 300M+1 >"$W/run.out" 2>"$W/run.err" || rc=$?
+    [ "$rc" != 0 ] || fail "sheepdev resize to a bad size succeeded"
+    check_size "$d" $((256 * MIB))
+    if features_has update_size; then
+        mode=live
+        step "UPDATE_SIZE: grow $d 256M -> 640M under fio randwrite verify=crc32c on ext4, then resize2fs online"
+        fio --name=s9 --filename=/mnt/s9/fio.dat --ioengine="$eng" --direct=1 --rw=randwrite \
+            --bs=4k --iodepth=16 --size=48M --verify=crc32c --verify_fatal=1 --do_verify=1 \
+            --eta=never --output="$W/fio-s9.out" 2>"$W/fio-s9.err" &
+        pid=$!
+        sleep 3
+        kill -0 "$pid" 2>/dev/null || fail "fio ended before the resize: raise its size"
+        run "sheepdev resize grow 640M" sd resize grow 640M
+        [ "$(cat "$W/run.out")" = "$d $((640 * MIB))" ] || fail "sheepdev resize printed '$(cat "$W/run.out")'"
+        check_size "$d" $((640 * MIB))
+        run "resize2fs $d (online, mounted)" resize2fs "$d"
+        rc=0
+        wait "$pid" || rc=$?
+        if [ "$rc" != 0 ] || grep -qiE 'verify.*fail|bad magic|bad header|crc32c' "$W/fio-s9.err"; then
+            cat "$W/fio-s9.err" >&2
+            fail "fio across the online resize exited $rc (verify errors above)"
+        fi
+        head -c $((220 * MIB)) /dev/zero >/mnt/s9/big || fail "writing 220 MiB into the grown filesystem failed"
+        rm /mnt/s9/big
+        run "umount" umount /mnt/s9
+    else
+        mode=re-add
+        step "no UPDATE_SIZE on $(uname -r): the VDI grows, the device says it needs a re-add"
+        run "sheepdev resize grow 640M" sd resize grow 640M
+        grep -q 'UPDATE_SIZE' "$W/run.err" || fail "sheepdev resize did not say the device keeps its size: $(cat "$W/run.err")"
+        check_size "$d" $((256 * MIB))
+        run "umount" umount /mnt/s9
+        del_dev grow -- "$d"
+        add_dev "$ADDR" grow
+        d=$DEV
+        check_size "$d" $((640 * MIB))
+        e2fsck -fy "$d" >"$W/fsck.out" 2>&1 || { cat "$W/fsck.out" >&2; fail "e2fsck -fy $d before resize2fs"; }
+        run "resize2fs $d (offline)" resize2fs "$d"
+    fi
+    step "e2fsck -fn $d"
+    e2fsck -fn "$d" >"$W/fsck.out" 2>&1 || { cat "$W/fsck.out" >&2; fail "e2fsck -fn $d after the resize: not clean (above)"; }
+    run "mount $d" mount -t ext4 "$d" /mnt/s9
+    s9_sums >"$W/s9.sums2"
+    cmp -s "$W/s9.sums" "$W/s9.sums2" || fail "files changed across the resize"
+    blocks=$(df -k /mnt/s9 | awk 'NR == 2 { print $2 }')
+    [ "$blocks" -gt $((500 * 1024)) ] || fail "the filesystem has $blocks KiB after resize2fs, expected about 640 MiB"
+    run "umount" umount /mnt/s9
+    del_dev grow -- "$d"
+    step "grown $mode; ext4 ${blocks} KiB, fsck clean, files intact"
+    expect_count 0 "after the scenario"
+    pass
+}
+
 # ------------------------------------------------------------ main
-ALL="1:ext4 2:fio-verify 3:snapshots 4:clone-cow 5:discard 6:bad-input 7:recovery 8:many-devices"
+ALL="1:ext4 2:fio-verify 3:snapshots 4:clone-cow 5:discard 6:bad-input 7:recovery 8:many-devices 9:resize"
 [ "${SCENARIOS_SOURCE_ONLY:-0}" = 1 ] && return 0 2>/dev/null
 
 BACKEND=store
@@ -1128,6 +1221,7 @@ for n in $pick; do
         6) s6_bad_input ;;
         7) s7_recovery ;;
         8) s8_many ;;
+        9) s9_resize ;;
     esac
 done
 SCEN="end"

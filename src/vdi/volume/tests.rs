@@ -213,3 +213,22 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_volume_grows_online_and_never_shrinks() {
+    let v = vol(7, vec![0, 7]);
+    assert!(v.plan_read(16).is_err(), "past the end before the resize");
+    v.grow(32 << 22).expect("grows");
+    assert_eq!((v.size(), v.nr_objects()), (32 << 22, 32));
+    assert_eq!(v.plan_read(16), Ok(ReadPlan::Zero));
+    assert_eq!(shape(v.plan_write(31)), Ok(("create", Oid::data(Vid(7), 31), Oid(0))));
+    assert!(v.plan_read(32).is_err());
+    assert_eq!(v.entry(1), Some(7), "entries kept");
+    v.grow(8 << 22).expect("a smaller size is no change");
+    assert_eq!(v.size(), 32 << 22, "never shrinks");
+    let max = u64::from(SD_INODE_DATA_INDEX) << 22;
+    v.grow(max).expect("the largest VDI an inode maps");
+    assert_eq!(v.nr_objects(), SD_INODE_DATA_INDEX);
+    assert!(v.grow(max + 1).is_err(), "beyond what an inode can map");
+    assert_eq!(v.size(), max);
+}

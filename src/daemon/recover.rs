@@ -11,8 +11,10 @@
 //!   metric labels. On failure the device stays `orphaned` and quiesced (its I/O waits);
 //!   nothing is deleted.
 //! - [`Daemon::exit_on_signal`]: SIGTERM or SIGINT refuses new add/del/recover requests,
-//!   waits (bounded) for those under way, persists the table and exits 0 without stopping
-//!   any device: the kernel quiesces them when the process's files close.
+//!   waits (bounded) for those under way, persists the table, quiesces every device that
+//!   has UBLK_F_QUIESCE when asked to (6.16+, `serve --quiesce auto`; bounded by
+//!   [`QUIESCE_WAIT`]) and exits 0 without stopping any device: the kernel quiesces the
+//!   others when the process's files close.
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -57,6 +59,9 @@ pub(super) fn catch_signals() -> std::io::Result<()> {
 /// for its device); the systemd unit's `TimeoutStopSec` is above it.
 const EXIT_WAIT: Duration = Duration::from_secs(75);
 
+/// How long a SIGTERM exit lets each device's requests in flight complete (QUIESCE_DEV).
+const QUIESCE_WAIT: Duration = Duration::from_secs(3);
+
 impl Daemon {
     /// Wait for SIGTERM/SIGINT, then exit leaving every device to the next daemon.
     pub(super) async fn exit_on_signal(self: Rc<Self>) {
@@ -77,6 +82,9 @@ impl Daemon {
             eprintln!("sheepdev serve: {name}: {} control requests still under way after {} s; exiting anyway", self.busy.get(), EXIT_WAIT.as_secs());
         }
         self.persist();
+        if self.opts.quiesce {
+            self.quiesce_all(name).await;
+        }
         let (kept, lost): (Vec<Mapping>, Vec<Mapping>) = self
             .mappings
             .borrow()
@@ -96,6 +104,35 @@ impl Daemon {
         }
         // No destructor may run: dropping a device's control would delete the device.
         std::process::exit(0);
+    }
+
+    /// Before an exit: quiesce every device created with UBLK_F_QUIESCE, all at once, each
+    /// bounded by [`QUIESCE_WAIT`] (a device whose requests wait for an unreachable cluster
+    /// times out and is left to the kernel, as without quiesce).
+    async fn quiesce_all(&self, signal: &str) {
+        let devices: Vec<(u32, u64)> =
+            self.live.borrow().iter().map(|(id, l)| (*id, l.flags)).collect();
+        let tasks: Vec<_> = devices
+            .into_iter()
+            .map(|(id, flags)| {
+                glommio::executor().spawn_blocking(move || {
+                    let t0 = Instant::now();
+                    (id, ublk::features::quiesce(id, flags, QUIESCE_WAIT), t0.elapsed())
+                })
+            })
+            .collect();
+        for t in tasks {
+            match t.await {
+                (_, Ok(false), _) => {}
+                (id, Ok(true), took) => eprintln!(
+                    "sheepdev serve: {signal}: /dev/ublkb{id} quiesced in {} ms: its requests in flight completed, new ones wait for the next daemon",
+                    took.as_millis()
+                ),
+                (id, Err(e), _) => eprintln!(
+                    "sheepdev serve: {signal}: /dev/ublkb{id}: {e}; its requests in flight are issued again by the next daemon"
+                ),
+            }
+        }
     }
 
     /// At start: re-attach `ids` one by one, and drop the devices in `gone`.

@@ -459,7 +459,7 @@ impl Daemon {
             id: dev.id,
             recoverable: dev.recoverable,
             flags: dev.flags,
-            live: Live { abort, metrics: dev.metrics, ended: dev.ended, vol },
+            live: Live { abort, metrics: dev.metrics, ended: dev.ended, vol, flags: dev.flags },
         })
     }
 

@@ -25,6 +25,9 @@ pub struct ServeOptions {
     pub cores: Vec<usize>,
     /// Request buffers per core thread, in bytes (`serve --buffers`).
     pub buffer_bytes: usize,
+    /// Quiesce every device that has UBLK_F_QUIESCE before a SIGTERM/SIGINT exit
+    /// (`serve --quiesce auto`; off by default).
+    pub quiesce: bool,
 }
 
 /// A device this daemon runs.
@@ -36,6 +39,8 @@ pub(super) struct Live {
     /// The VDI the shards serve (none: a null device); its vid moves when the shards follow
     /// a live snapshot, and [`Daemon::follow_vids`] brings the table and the lock after it.
     pub(super) vol: Option<Arc<crate::vdi::Volume>>,
+    /// The device's ublk flags (`ublk::features`).
+    pub(super) flags: u64,
 }
 
 /// What [`Daemon::launch`] hands back once the device serves I/O.

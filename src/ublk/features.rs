@@ -9,7 +9,8 @@
 //!   of `sheepdev features`; [`names`] turns a device's flags into the names
 //!   `sheepdev list --json` shows.
 //! - [`resize`] grows a live device with UPDATE_SIZE where the driver has it (6.16+) and
-//!   says `false` (nothing sent) where it does not.
+//!   says `false` (nothing sent) where it does not; [`quiesce`] quiesces one created with
+//!   UBLK_F_QUIESCE ([`quiesce_flag`], 6.16+) before a daemon exit.
 
 use libublk::ctrl::UblkCtrl;
 use libublk::sys;
@@ -50,7 +51,11 @@ pub const FEATURES: &[Feature] = &[
     f(sys::UBLK_F_USER_RECOVERY_FAIL_IO, "user_recovery_fail_io", "not used (reissue instead)"),
     f(sys::UBLK_F_UPDATE_SIZE, "update_size", "used: `sheepdev resize` grows a mapped device live"),
     f(sys::UBLK_F_AUTO_BUF_REG, "auto_buf_reg", "not used (zero copy is not implemented yet)"),
-    f(sys::UBLK_F_QUIESCE, "quiesce", "not used"),
+    f(
+        sys::UBLK_F_QUIESCE,
+        "quiesce",
+        "requested; with `serve --quiesce auto` a SIGTERM exit quiesces each device first",
+    ),
     f(sys::UBLK_F_PER_IO_DAEMON, "per_io_daemon", "not used (a queue stays on its core)"),
     f(sys::UBLK_F_BUF_REG_OFF_DAEMON, "buf_reg_off_daemon", "not used"),
     f(sys::UBLK_F_BATCH_IO, "batch_io", "not used"),
@@ -73,6 +78,32 @@ pub fn names(flags: u64) -> Vec<String> {
 /// Whether the driver has `bit`.
 pub fn has(bit: u32) -> bool {
     driver().is_some_and(|f| f & u64::from(bit) != 0)
+}
+
+/// `UBLK_F_QUIESCE` for a new device where the driver has it and the device gets user
+/// recovery (the driver requires both), else 0.
+pub fn quiesce_flag() -> u64 {
+    let need = u64::from(sys::UBLK_F_QUIESCE | sys::UBLK_F_USER_RECOVERY);
+    match driver() {
+        Some(f) if f & need == need => u64::from(sys::UBLK_F_QUIESCE),
+        _ => 0,
+    }
+}
+
+/// Quiesce live device `id` (QUIESCE_DEV): the driver stops handing out new requests
+/// (they wait in the kernel), waits at most `timeout` for those in flight to complete,
+/// then cancels the queues' fetches, so the device is QUIESCED and the next daemon's
+/// re-attach has nothing to issue again. `Ok(false)`: the device was created without
+/// UBLK_F_QUIESCE, nothing was sent. On a timeout (EBUSY) the device is left refusing new
+/// requests, which the next re-attach (START_USER_RECOVERY) undoes. Blocking.
+pub fn quiesce(id: u32, flags: u64, timeout: std::time::Duration) -> Result<bool, Error> {
+    if flags & u64::from(sys::UBLK_F_QUIESCE) == 0 {
+        return Ok(false);
+    }
+    let ctrl = UblkCtrl::new_simple(id as i32).map_err(ctrl_err(format!("no ublk device {id}")))?;
+    let ms = timeout.as_millis().clamp(1, u128::from(u32::MAX)) as u64;
+    ctrl.quiesce_dev(ms).map_err(ctrl_err(format!("cannot quiesce ublk device {id}")))?;
+    Ok(true)
 }
 
 /// Set live device `id`'s capacity to `size` bytes (a multiple of its block size) with

@@ -46,6 +46,11 @@
 #                 live, online resize2fs; without it: the VDI grows, the command
 #                 says the device needs a re-add, del + add gives 640M, offline
 #                 resize2fs. Then e2fsck -fn clean and every file the same
+#  10 restart     fio randwrite crc32c verify on a device across three SIGTERM
+#                 + serve restarts, with `serve --quiesce auto` (each exit
+#                 quiesces the device where the kernel has QUIESCE) and again
+#                 with --quiesce off; fio's longest write for each goes to
+#                 /out/restart.txt
 #
 # Each scenario prints "SCENARIO <n> <name>: PASS", or "FAIL: SCENARIO ..."
 # with what differed and the script exits non-zero (logs and diagnostics
@@ -54,7 +59,7 @@
 # Usage (host): bash tests/vm/kernel-tests.sh [SCENARIO...]
 #   or: bash tests/vm/run-vm.sh --quiet --timeout 900 --bin target/release/sheepdev \
 #         --out DIR tests/vm/scenarios.sh [SCENARIO...]
-# SCENARIO is a number (1-9) or a name (ext4, fio-verify, ...); default: all.
+# SCENARIO is a number (1-10) or a name (ext4, fio-verify, ...); default: all.
 #
 # Guest tools: busybox, fio, mkfs.ext4, e2fsck (run-vm.sh), sheepdev (--bin).
 # util-linux blkdiscard and fallocate (kernel-tests.sh adds them with --bin)
@@ -431,7 +436,8 @@ check_sheep_alive() {
 start_serve() {
     local i=0
     say "starting sheepdev serve (control socket $SOCK)"
-    sheepdev serve >>"$W/serve.log" 2>&1 &
+    # shellcheck disable=SC2086
+    sheepdev serve ${SERVE_ARGS:-} >>"$W/serve.log" 2>&1 &
     SERVE_PID=$!
     while ! timeout 10 sheepdev list --json >/dev/null 2>&1; do
         kill -0 "$SERVE_PID" 2>/dev/null || { wait "$SERVE_PID" || i=$?; SERVE_PID="";
@@ -1181,8 +1187,74 @@ s9_resize() {
     pass
 }
 
+# ------------------------------------------------------------ 10 restart
+# s10_round MODE DEV: fio randwrite verify on DEV across three SIGTERM + serve
+# restarts with `serve --quiesce MODE`; sets S10_MAX (fio's longest write, ms)
+# and S10_Q (how many "quiesced in" lines the exits logged).
+s10_round() {
+    local mode=$1 d=$2 eng pid n rc q0
+    eng=$(fio_engine)
+    q0=$(grep -c 'quiesced in' "$W/serve.log" || true)
+    fio --name=s10 --filename="$d" --ioengine="$eng" --direct=1 --rw=randwrite --bs=4k \
+        --iodepth=4 --size=128M --verify=crc32c --verify_fatal=1 --do_verify=1 \
+        --eta=never --output-format=json --output="$W/fio-s10-$mode.json" 2>"$W/fio-s10.err" &
+    pid=$!
+    n=0
+    while [ $n -lt 3 ]; do
+        sleep 2
+        kill -0 "$pid" 2>/dev/null || fail "fio ended before restart $((n + 1)) (--quiesce $mode): raise its size"
+        kill -TERM "$SERVE_PID"
+        wait "$SERVE_PID" || fail "sheepdev serve exited non-zero on SIGTERM (--quiesce $mode)"
+        SERVE_ARGS="--quiesce $mode" start_serve
+        s7_wait_state "$d" live 60
+        n=$((n + 1))
+    done
+    rc=0
+    wait "$pid" || rc=$?
+    if [ "$rc" != 0 ] || grep -qiE 'verify.*fail|bad magic|bad header|crc32c' "$W/fio-s10.err"; then
+        cat "$W/fio-s10.err" >&2
+        fail "fio across three restarts with --quiesce $mode exited $rc (verify errors above)"
+    fi
+    json_flat <"$W/fio-s10-$mode.json" >"$W/fio.flat"
+    S10_MAX=$(awk -F'\t' '$1 == ".jobs[0].write.clat_ns.max" { printf "%d", $2 / 1000000 }' "$W/fio.flat")
+    S10_Q=$(( $(grep -c 'quiesced in' "$W/serve.log" || true) - q0 ))
+}
+s10_restart() {
+    local d qa qo ma mo
+    begin 10 restart
+    ensure_vdi rst 256M
+    add_dev "$ADDR" rst
+    d=$DEV
+    step "fio randwrite 4k QD4 verify=crc32c on $d across three SIGTERM + serve restarts, --quiesce auto"
+    stop_pid "sheepdev serve" "$SERVE_PID"
+    SERVE_ARGS="--quiesce auto" start_serve
+    s7_wait_state "$d" live 60
+    s10_round auto "$d"
+    ma=$S10_MAX qa=$S10_Q
+    step "the same with --quiesce off"
+    stop_pid "sheepdev serve" "$SERVE_PID"
+    SERVE_ARGS="--quiesce off" start_serve
+    s7_wait_state "$d" live 60
+    s10_round off "$d"
+    mo=$S10_MAX qo=$S10_Q
+    [ "$qo" = 0 ] || fail "--quiesce off quiesced $qo times"
+    if features_has quiesce; then
+        [ "$qa" = 3 ] || fail "--quiesce auto on a kernel with QUIESCE quiesced $qa of 3 exits: $(grep -i quiesc "$W/serve.log" | tail -n 3)"
+    else
+        [ "$qa" = 0 ] || fail "--quiesce auto quiesced $qa times on a kernel without QUIESCE"
+    fi
+    step "longest write across the restarts: quiesce auto $ma ms ($qa quiesced exits), off $mo ms; fio verified clean both times"
+    echo "s10 $(uname -r) quiesce_auto_max_ms $ma quiesced $qa quiesce_off_max_ms $mo" >>"$OUT/restart.txt"
+    stop_pid "sheepdev serve" "$SERVE_PID"
+    start_serve
+    s7_wait_state "$d" live 60
+    del_dev rst -- "$d"
+    expect_count 0 "after the scenario"
+    pass
+}
+
 # ------------------------------------------------------------ main
-ALL="1:ext4 2:fio-verify 3:snapshots 4:clone-cow 5:discard 6:bad-input 7:recovery 8:many-devices 9:resize"
+ALL="1:ext4 2:fio-verify 3:snapshots 4:clone-cow 5:discard 6:bad-input 7:recovery 8:many-devices 9:resize 10:restart"
 [ "${SCENARIOS_SOURCE_ONLY:-0}" = 1 ] && return 0 2>/dev/null
 
 BACKEND=store
@@ -1222,6 +1294,7 @@ for n in $pick; do
         7) s7_recovery ;;
         8) s8_many ;;
         9) s9_resize ;;
+        10) s10_restart ;;
     esac
 done
 SCEN="end"

@@ -58,10 +58,13 @@ SHEEPDEV_BIN=target/release/sheepdev SHEEPDEV_VM_SKIP_SETUP=1 bash tests/vm/kern
 echo "== fault scenarios in the VM under fio verify + e2fsck (store restart, failover, live snapshots, resets, I/O timeout)"
 SHEEPDEV_BIN=target/tools/sheepdev SHEEPDEV_VM_SKIP_SETUP=1 bash tests/vm/kernel-tests.sh --faults
 
-# The VM matrix: the same scenarios on trixie-backports' newest installable cloud kernel
-# (7.x: UPDATE_SIZE, so scenario 9 grows a mounted device live; AUTO_BUF_REG, QUIESCE, ...).
-echo "== the kernel and fault scenarios again on trixie-backports' kernel (tests/vm/setup-host.sh --kernel backports)"
+# The VM matrix: trixie-backports' newest installable cloud kernel (7.x: UPDATE_SIZE, so
+# scenario 9 grows a mounted device live; QUIESCE for scenario 10). The scenarios whose
+# path depends on the kernel run again there, and the fault scenarios; 3 (snapshot
+# semantics), 4 (clone COW) and 6 (bad input) exercise the control plane and the store and
+# run on 6.12 only, to keep CI inside its time.
+echo "== the kernel scenarios 1 2 5 7-10 and the fault scenarios again on trixie-backports' kernel (tests/vm/setup-host.sh --kernel backports)"
 bash tests/vm/setup-host.sh --kernel backports
-SHEEPDEV_VM_KERNEL=backports SHEEPDEV_BIN=target/release/sheepdev SHEEPDEV_VM_SKIP_SETUP=1 bash tests/vm/kernel-tests.sh
+SHEEPDEV_VM_KERNEL=backports SHEEPDEV_BIN=target/release/sheepdev SHEEPDEV_VM_SKIP_SETUP=1 bash tests/vm/kernel-tests.sh 1 2 5 7 8 9 10
 SHEEPDEV_VM_KERNEL=backports SHEEPDEV_BIN=target/tools/sheepdev SHEEPDEV_VM_SKIP_SETUP=1 bash tests/vm/kernel-tests.sh --faults
 echo "== all tests passed"

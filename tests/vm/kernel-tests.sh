@@ -13,7 +13,8 @@
 #                                (with --faults: one built with `--features tools`)
 #        SHEEPDEV_KT_OUT         where the guest's /out goes (default: a new
 #                                /tmp/sheepdev-kt.XXXXXX, kept)
-#        SHEEPDEV_KT_TIMEOUT     VM timeout in seconds (default 900)
+#        SHEEPDEV_KT_TIMEOUT     VM timeout in seconds (default 1800: all ten scenarios
+#                                take ~9 min here when the host is slow)
 #        SHEEPDEV_VM_SKIP_SETUP  1: do not run tests/vm/setup-host.sh first
 #        SHEEPDEV_KT_SHEEP       a prefix holding a sheep 1.0 you built (sbin/sheep,
 #                                bin/dog): the scenarios run against that real sheep
@@ -81,7 +82,7 @@ fi
 echo "== VM scenarios ${*:-all} (sheepdev: $bin; backend: ${SHEEPDEV_KT_SHEEP:-embedded store}; guest /out: $out)"
 start=$SECONDS
 rc=0
-bash tests/vm/run-vm.sh --quiet --timeout "${SHEEPDEV_KT_TIMEOUT:-900}" --bin "$bin" ${extra[@]+"${extra[@]}"} \
+bash tests/vm/run-vm.sh --quiet --timeout "${SHEEPDEV_KT_TIMEOUT:-1800}" --bin "$bin" ${extra[@]+"${extra[@]}"} \
     --out "$out" "${guest[@]}" ${backend[@]+"${backend[@]}"} "$@" || rc=$?
 
 if [ "$rc" = 0 ]; then

@@ -46,8 +46,8 @@
 #                 live, online resize2fs; without it: the VDI grows, the command
 #                 says the device needs a re-add, del + add gives 640M, offline
 #                 resize2fs. Then e2fsck -fn clean and every file the same
-#  10 restart     fio randwrite crc32c verify on a device across three SIGTERM
-#                 + serve restarts, with `serve --quiesce auto` (each exit
+#  10 restart     fio randwrite crc32c verify on a device across two SIGTERM
+#                 + serve restarts (two per mode), with `serve --quiesce auto` (each exit
 #                 quiesces the device where the kernel has QUIESCE) and again
 #                 with --quiesce off; fio's longest write for each goes to
 #                 /out/restart.txt
@@ -1188,7 +1188,7 @@ s9_resize() {
 }
 
 # ------------------------------------------------------------ 10 restart
-# s10_round MODE DEV: fio randwrite verify on DEV across three SIGTERM + serve
+# s10_round MODE DEV: fio randwrite verify on DEV across two SIGTERM + serve
 # restarts with `serve --quiesce MODE`; sets S10_MAX (fio's longest write, ms)
 # and S10_Q (how many "quiesced in" lines the exits logged).
 s10_round() {
@@ -1196,11 +1196,11 @@ s10_round() {
     eng=$(fio_engine)
     q0=$(grep -c 'quiesced in' "$W/serve.log" || true)
     fio --name=s10 --filename="$d" --ioengine="$eng" --direct=1 --rw=randwrite --bs=4k \
-        --iodepth=4 --size=128M --verify=crc32c --verify_fatal=1 --do_verify=1 \
+        --iodepth=4 --size=64M --verify=crc32c --verify_fatal=1 --do_verify=1 \
         --eta=never --output-format=json --output="$W/fio-s10-$mode.json" 2>"$W/fio-s10.err" &
     pid=$!
     n=0
-    while [ $n -lt 3 ]; do
+    while [ $n -lt 2 ]; do
         sleep 2
         kill -0 "$pid" 2>/dev/null || fail "fio ended before restart $((n + 1)) (--quiesce $mode): raise its size"
         kill -TERM "$SERVE_PID"
@@ -1213,7 +1213,7 @@ s10_round() {
     wait "$pid" || rc=$?
     if [ "$rc" != 0 ] || grep -qiE 'verify.*fail|bad magic|bad header|crc32c' "$W/fio-s10.err"; then
         cat "$W/fio-s10.err" >&2
-        fail "fio across three restarts with --quiesce $mode exited $rc (verify errors above)"
+        fail "fio across two restarts with --quiesce $mode exited $rc (verify errors above)"
     fi
     json_flat <"$W/fio-s10-$mode.json" >"$W/fio.flat"
     S10_MAX=$(awk -F'\t' '$1 == ".jobs[0].write.clat_ns.max" { printf "%d", $2 / 1000000 }' "$W/fio.flat")
@@ -1225,7 +1225,7 @@ s10_restart() {
     ensure_vdi rst 256M
     add_dev "$ADDR" rst
     d=$DEV
-    step "fio randwrite 4k QD4 verify=crc32c on $d across three SIGTERM + serve restarts, --quiesce auto"
+    step "fio randwrite 4k QD4 verify=crc32c on $d across two SIGTERM + serve restarts, --quiesce auto"
     stop_pid "sheepdev serve" "$SERVE_PID"
     SERVE_ARGS="--quiesce auto" start_serve
     s7_wait_state "$d" live 60
@@ -1239,7 +1239,7 @@ s10_restart() {
     mo=$S10_MAX qo=$S10_Q
     [ "$qo" = 0 ] || fail "--quiesce off quiesced $qo times"
     if features_has quiesce; then
-        [ "$qa" = 3 ] || fail "--quiesce auto on a kernel with QUIESCE quiesced $qa of 3 exits: $(grep -i quiesc "$W/serve.log" | tail -n 3)"
+        [ "$qa" = 2 ] || fail "--quiesce auto on a kernel with QUIESCE quiesced $qa of 2 exits: $(grep -i quiesc "$W/serve.log" | tail -n 3)"
     else
         [ "$qa" = 0 ] || fail "--quiesce auto quiesced $qa times on a kernel without QUIESCE"
     fi

@@ -182,7 +182,7 @@ fn to_desc(iod: &sys::ublksrv_io_desc, tag: u16) -> Option<IoDesc> {
 /// nothing else needs replaying.
 pub fn recovery_flags() -> u64 {
     let want = u64::from(sys::UBLK_F_USER_RECOVERY | sys::UBLK_F_USER_RECOVERY_REISSUE);
-    match UblkCtrl::get_features() {
+    match features::driver() {
         Some(f) if f & want != want => {
             tracing::warn!("this kernel's ublk driver has no user recovery: devices will not survive a daemon restart");
             0
@@ -281,10 +281,10 @@ fn attach(id: u32, spec: &Spec, max_io: u32) -> Result<UblkCtrl, Error> {
 /// Whether new devices move data by user copy: the driver has it (Linux 6.5+, GET_FEATURES).
 /// Then a request holds a core's buffer only while in flight (`cores.rs`).
 fn user_copy_flag() -> u64 {
-    let f = u64::from(sys::UBLK_F_USER_COPY);
-    match UblkCtrl::get_features() {
-        Some(have) if have & f != 0 => f,
-        _ => 0,
+    if features::has(sys::UBLK_F_USER_COPY) {
+        u64::from(sys::UBLK_F_USER_COPY)
+    } else {
+        0
     }
 }
 

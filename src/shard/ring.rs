@@ -11,6 +11,10 @@
 //!   the no-kernel benchmark); [`run_local`] drives such a thread's tasks to completion with
 //!   the same reaping code the ublk queue loop uses, counting the task runs it makes
 //!   ([`tasks_run`]).
+//! - [`entered`] resolves once the loop has entered the ring after the call: every SQE
+//!   pushed before it has then been handed to the kernel (and one the kernel serves inline,
+//!   as the ublk driver does a queue command, has been served). The loop's enter returns
+//!   with the next CQE of any kind, so on an idle ring that is when the next one comes.
 //! - [`now`] is the thread's loop clock: the time the loop last woke from the ring
 //!   ([`run_ready`], which both loops call after each wake-up), so every event reaped
 //!   in one wake-up has one time stamp and a request reads no clock. It lags the real
@@ -28,6 +32,29 @@ use libublk::{UblkError, UblkUringData};
 thread_local! {
     static TASKS_RUN: Cell<u64> = const { Cell::new(0) };
     static NOW: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// Tasks waiting in [`entered`]; woken after each `io_uring_enter` of [`run_local`]. The
+    /// vector keeps its capacity, so waiting allocates nothing once it has grown.
+    static ENTERS: Cell<u64> = const { Cell::new(0) };
+    static ENTERED: RefCell<Vec<std::task::Waker>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Wait until the loop has entered the ring once more (module contract).
+pub async fn entered() {
+    let since = ENTERS.get();
+    std::future::poll_fn(|cx| {
+        if ENTERS.get() != since {
+            return std::task::Poll::Ready(());
+        }
+        ENTERED.with_borrow_mut(|w| w.push(cx.waker().clone()));
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// The ring was just entered: count it and wake the tasks of [`entered`].
+fn wake_entered() {
+    ENTERS.set(ENTERS.get().wrapping_add(1));
+    ENTERED.with_borrow_mut(|w| w.drain(..).for_each(|w| w.wake()));
 }
 
 /// The loop clock (module contract); the real clock before the loop first set it.
@@ -143,7 +170,9 @@ pub fn run_local<'a, T: 'a>(
             break;
         }
         let r = libublk::io::with_task_io_ring_mut(|r| {
-            r.submit_and_wait(1)?;
+            let entered = r.submit_and_wait(1);
+            wake_entered();
+            entered?;
             ublk_reap_events_with_handler(r, |cqe| ublk_wake_task(cqe.user_data(), cqe))
                 .map_err(|e| std::io::Error::other(e.to_string()))
         });
@@ -177,6 +206,28 @@ mod tests {
         assert_eq!(a, b, "no wake-up between: one stamp");
         assert!(c >= a + Duration::from_millis(20), "refreshed after the ring woke the task");
         assert!(c <= Instant::now());
+    }
+
+    #[test]
+    fn entered_resolves_after_the_next_enter_of_the_ring_and_not_on_a_spurious_poll() {
+        init_thread_ring(64).expect("ring");
+        let exe = super::super::exec::LocalExecutor::new();
+        let ((pending, before, after), ()) = run_local(&exe, async {
+            let before = ENTERS.get();
+            let waits = async {
+                let mut e = std::pin::pin!(entered());
+                // Polled twice with no enter between (as a stray wake-up would): still waiting.
+                let first = futures_lite::future::poll_once(e.as_mut()).await;
+                let again = futures_lite::future::poll_once(e.as_mut()).await;
+                e.await;
+                (first.is_none() && again.is_none(), before, ENTERS.get())
+            };
+            // Something on the ring, so that its enter returns (the loop waits for a CQE).
+            futures_lite::future::zip(waits, sleep(Duration::from_millis(5))).await
+        })
+        .expect("ran");
+        assert!(pending, "entered resolved before the ring was entered");
+        assert_eq!(after, before + 1, "resolved at the first enter after the call");
     }
 
     #[test]

@@ -13,9 +13,10 @@
 //!   [`Event::Failed`]). When the driver aborts the queue's tags (the device stopped), the
 //!   core closes that shard, unmaps the queue and answers [`Event::Ended`]; the core
 //!   itself and its connections stay.
-//! - Buffers: with user copy a request borrows from the core's pool (`buffers.rs`, `cap`
-//!   bytes per core) only while in flight; without it (kernels before 6.5) each tag keeps
-//!   its own `max_io` buffer, as the driver requires.
+//! - Buffers: a request borrows from the core's pool (`buffers.rs`, `cap` bytes per core)
+//!   only while in flight — with NEED_GET_DATA (new sheep devices) or user copy
+//!   (`queue.rs`'s `Transfer`); on a driver with neither (before GET_FEATURES, 6.5) each tag
+//!   keeps its own `max_io` buffer, as the driver requires.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -27,7 +28,7 @@ use std::thread::JoinHandle;
 use libublk::io::UblkDev;
 
 use super::buffers::Buffers;
-use super::queue::Queue;
+use super::queue::{Next, Queue, Transfer};
 use super::{to_desc, Abort};
 use crate::block::Op;
 use crate::metrics::DeviceMetrics;
@@ -207,9 +208,10 @@ impl Core {
                 }
             }
         };
-        if !q.user_copy() {
-            // Copy mode: libublk's START_DEV waits for every queue to say its buffers are
-            // in place; each tag allocates its own before its first FETCH.
+        if q.transfer() != Transfer::UserCopy {
+            // libublk's START_DEV waits for every queue to say its buffers are in place
+            // unless the device has user copy (or AUTO_BUF_REG): each tag has its own buffer
+            // before its first FETCH, or borrows one per request (GetData).
             q.dev().notify_buffer_registration_complete(false);
         }
         let null = matches!(&*a.target, QueueTarget::Null);
@@ -254,27 +256,43 @@ async fn serve_tag(
     max_io: u32,
     bufs: &Rc<Buffers>,
 ) -> Result<(), i32> {
-    // Copy mode: the tag's own buffer, given to the driver with every command.
-    let mut own = (!q.user_copy()).then(|| vec![0u8; max_io as usize].into_boxed_slice());
-    let addr = own.as_mut().map_or(0, |b| b.as_mut_ptr() as u64);
-    q.fetch(tag, addr).await?;
+    let mode = q.transfer();
+    // Transfer::Own: the tag's own buffer, given to the driver with every command.
+    let mut own = (mode == Transfer::Own).then(|| vec![0u8; max_io as usize].into_boxed_slice());
+    let own_addr = own.as_mut().map_or(0, |b| b.as_mut_ptr() as u64);
+    let mut next = q.fetch(tag, own_addr).await?;
     loop {
         let iod = q.desc(tag);
-        let res = match (to_desc(&iod, tag), shard) {
+        let d = to_desc(&iod, tag);
+        // A borrowed buffer where the tag has none and the request moves data through one:
+        // every request but a null device's under user copy (which copies nothing).
+        let mut lease = match d {
+            Some(d) if mode != Transfer::Own && !(null && mode == Transfer::UserCopy) => {
+                let want = match d.op {
+                    Op::Read | Op::Write => d.len as usize,
+                    _ => max_io as usize,
+                };
+                Some(bufs.get(want.min(max_io as usize).max(4096)).await)
+            }
+            _ => None,
+        };
+        if next == Next::NeedData {
+            match (&mut lease, d) {
+                (Some(l), Some(d)) if l.len() >= d.len as usize => q.get_data(tag, l).await?,
+                // A write's payload must be fetched before anything else happens to the tag.
+                _ => return Err(libc::EPROTO),
+            }
+        }
+        let res = match (d, shard) {
             (None, _) => -libc::EOPNOTSUPP,
             (Some(d), _) if null => d.len as i32,
             (Some(_), None) => -libc::EIO,
             (Some(d), Some(s)) => {
-                let r = match own.as_mut() {
-                    Some(b) => s.handle(d, b).await.map_err(|e| e.errno()),
-                    None => {
-                        let want = match d.op {
-                            Op::Read | Op::Write => d.len as usize,
-                            _ => max_io as usize,
-                        };
-                        let mut lease = bufs.get(want.min(max_io as usize).max(4096)).await;
-                        user_copy_io(q, tag, d, &mut lease, s).await
-                    }
+                let r = match (mode, own.as_mut(), lease.as_mut()) {
+                    (Transfer::UserCopy, _, Some(l)) => user_copy_io(q, tag, d, l, s).await,
+                    (_, Some(b), _) => s.handle(d, b).await.map_err(|e| e.errno()),
+                    (_, _, Some(l)) => s.handle(d, l).await.map_err(|e| e.errno()),
+                    _ => Err(libc::EIO),
                 };
                 match r {
                     Ok(n) => n as i32,
@@ -291,7 +309,28 @@ async fn serve_tag(
                 }
             }
         };
-        q.commit(tag, addr, res).await?;
+        next = match (mode, lease) {
+            // The driver copies a read's data out of the lease while the ring hands it the
+            // commit (queue.rs): keep the lease until then, not until the next request.
+            (Transfer::GetData, Some(l)) if d.is_some_and(|d| d.op == Op::Read) => {
+                let commit = q.commit(tag, l.as_ptr() as u64, res);
+                let mut commit = std::pin::pin!(commit);
+                let pushed = futures_lite::future::poll_once(commit.as_mut()).await;
+                if pushed.is_none() {
+                    ring::entered().await;
+                }
+                drop(l);
+                match pushed {
+                    Some(r) => r?,
+                    None => commit.await?,
+                }
+            }
+            (Transfer::Own, _) => q.commit(tag, own_addr, res).await?,
+            (_, l) => {
+                drop(l);
+                q.commit(tag, 0, res).await?
+            }
+        };
     }
 }
 

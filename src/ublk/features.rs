@@ -33,7 +33,11 @@ const fn f(bit: u32, name: &'static str, used: &'static str) -> Feature {
 pub const FEATURES: &[Feature] = &[
     f(sys::UBLK_F_SUPPORT_ZERO_COPY, "zero_copy", "not used (zero copy is not implemented yet)"),
     f(sys::UBLK_F_URING_CMD_COMP_IN_TASK, "uring_cmd_comp_in_task", "not needed"),
-    f(sys::UBLK_F_NEED_GET_DATA, "need_get_data", "not needed (user copy reads write data)"),
+    f(
+        sys::UBLK_F_NEED_GET_DATA,
+        "need_get_data",
+        "used by sheep devices: a request borrows a buffer from its core's pool only while in flight; a write's payload is fetched into it, a read's data goes back with its commit",
+    ),
     f(sys::UBLK_F_USER_RECOVERY, "user_recovery", "used: devices survive a daemon restart"),
     f(
         sys::UBLK_F_USER_RECOVERY_REISSUE,
@@ -45,7 +49,7 @@ pub const FEATURES: &[Feature] = &[
     f(
         sys::UBLK_F_USER_COPY,
         "user_copy",
-        "used: request data moves by pread/pwrite on the char device; buffers come from the core's pool only while a request is in flight",
+        "used by null devices (they copy nothing); a sheep device a previous daemon made with it moves data by pread/pwrite on the char device",
     ),
     f(sys::UBLK_F_ZONED, "zoned", "not used (VDIs are not zoned)"),
     f(sys::UBLK_F_USER_RECOVERY_FAIL_IO, "user_recovery_fail_io", "not used (reissue instead)"),

@@ -278,11 +278,16 @@ fn attach(id: u32, spec: &Spec, max_io: u32) -> Result<UblkCtrl, Error> {
     }
 }
 
-/// Whether new devices move data by user copy: the driver has it (Linux 6.5+, GET_FEATURES).
-/// Then a request holds a core's buffer only while in flight (`cores.rs`).
-fn user_copy_flag() -> u64 {
-    if features::has(sys::UBLK_F_USER_COPY) {
-        u64::from(sys::UBLK_F_USER_COPY)
+/// How a new device's request data moves (`queue.rs`'s `Transfer`): a sheep device asks for
+/// NEED_GET_DATA where the driver has it, so a request borrows a core buffer only while in
+/// flight and a read's data goes back with its commit (no extra syscall; user copy costs a
+/// `pwrite` per read: measured in tuning/README.md); a null device asks for USER_COPY,
+/// under which it copies nothing at all (the ublk ceiling). Neither where the driver lacks
+/// it, or cannot say (GET_FEATURES, 6.5+): then every tag has its own buffer.
+fn data_flag(null: bool) -> u64 {
+    let want = if null { sys::UBLK_F_USER_COPY } else { sys::UBLK_F_NEED_GET_DATA };
+    if features::has(want) {
+        u64::from(want)
     } else {
         0
     }
@@ -341,6 +346,7 @@ pub fn start(spec: Spec, abort: Abort, cores: &Cores) -> Result<Device, Error> {
     let max_io = spec.effective_max_io();
     let size = spec.size();
     let recover = spec.recover;
+    let null = matches!(spec.target, Target::Null { .. });
     let ctrl = match (recover, spec.id) {
         (true, Some(id)) => attach(id, &spec, max_io)?,
         (true, None) => return Err(Error::NoId),
@@ -350,7 +356,7 @@ pub fn start(spec: Spec, abort: Abort, cores: &Cores) -> Result<Device, Error> {
             .nr_queues(spec.queues)
             .depth(spec.depth)
             .io_buf_bytes(max_io)
-            .ctrl_flags(recovery_flags() | user_copy_flag() | features::quiesce_flag())
+            .ctrl_flags(recovery_flags() | data_flag(null) | features::quiesce_flag())
             .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
             .build()
             .map_err(ctrl_err("cannot create the ublk device".into()))?,

@@ -16,12 +16,21 @@
 //!   on this thread's ring and resolve when the driver hands the tag its next request:
 //!   `Ok(())`, or `Err(errno)` when it will not (ENODEV: the device stops, or the queue is
 //!   aborted). Every command of a queue comes from the one thread that made it.
-//! - With user copy ([`Queue::user_copy`], UBLK_F_USER_COPY, Linux 6.5+) a tag has no
-//!   buffer of its own: `addr` is 0, and the data moves with [`Queue::copy_in`] (a write's
-//!   payload, from the request's pages) and [`Queue::copy_out`] (a read's data, into them),
-//!   `pread`/`pwrite` on the char device at the tag's offset: a copy the driver makes into
-//!   the buffer of a request in flight, which never blocks. Without user copy `addr` is the
-//!   tag's own buffer, which must outlive the command.
+//! - How request data moves is the device's [`Transfer`] mode ([`Queue::transfer`]):
+//!   - [`Transfer::GetData`] (UBLK_F_NEED_GET_DATA, the default for new sheep devices): a tag
+//!     has no buffer while it waits. A write with data first resolves
+//!     [`Next::NeedData`]; [`Queue::get_data`] with a buffer has the driver copy the payload
+//!     into it. A read's data is copied out of the `addr` its commit names while the ring
+//!     hands the driver that command (the driver serves queue commands inline, in the
+//!     submitting thread), so the buffer must live until [`crate::shard::ring::entered`]
+//!     resolves after the commit was pushed — not until the commit resolves, which is the
+//!     tag's next request. Other commands name `addr` 0.
+//!   - [`Transfer::UserCopy`] (UBLK_F_USER_COPY, Linux 6.5+; null devices, and sheep devices a
+//!     previous daemon made with it): `addr` is 0 and the data moves with
+//!     [`Queue::copy_in`] / [`Queue::copy_out`], `pread`/`pwrite` on the char device at the
+//!     tag's offset, a copy the driver makes to or from a request in flight (never blocks).
+//!   - [`Transfer::Own`] (neither flag): `addr` is the tag's own buffer of max-io bytes, which
+//!     must outlive every command of the tag.
 
 use std::io;
 use std::sync::Arc;
@@ -41,7 +50,36 @@ pub struct Queue {
     iods: *const sys::ublksrv_io_desc,
     map_len: usize,
     encode: bool,
-    user_copy: bool,
+    transfer: Transfer,
+}
+
+/// How a device's request data reaches the daemon (module contract).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transfer {
+    GetData,
+    UserCopy,
+    Own,
+}
+
+/// What the driver answered a fetch or commit with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// The tag's next request is in its descriptor.
+    Request,
+    /// The next request is a write whose payload [`Queue::get_data`] must fetch first.
+    NeedData,
+}
+
+impl Transfer {
+    pub fn of(flags: u64) -> Transfer {
+        if flags & u64::from(sys::UBLK_F_USER_COPY) != 0 {
+            Transfer::UserCopy
+        } else if flags & u64::from(sys::UBLK_F_NEED_GET_DATA) != 0 {
+            Transfer::GetData
+        } else {
+            Transfer::Own
+        }
+    }
 }
 
 fn page_round(n: usize) -> usize {
@@ -85,7 +123,7 @@ impl Queue {
             iods: p.cast(),
             map_len,
             encode: flags & u64::from(sys::UBLK_F_CMD_IOCTL_ENCODE) != 0,
-            user_copy: flags & u64::from(sys::UBLK_F_USER_COPY) != 0,
+            transfer: Transfer::of(flags),
             dev,
         })
     }
@@ -102,9 +140,9 @@ impl Queue {
         &self.dev
     }
 
-    /// Whether the device moves data by user copy (module contract).
-    pub fn user_copy(&self) -> bool {
-        self.user_copy
+    /// How the device moves request data (module contract).
+    pub fn transfer(&self) -> Transfer {
+        self.transfer
     }
 
     /// The request the driver gave `tag` (valid once its fetch or commit resolved `Ok`).
@@ -116,7 +154,7 @@ impl Queue {
         unsafe { std::ptr::read_volatile(self.iods.add(usize::from(tag))) }
     }
 
-    async fn cmd(&self, op: u32, tag: u16, addr: u64, result: i32) -> Result<(), i32> {
+    async fn cmd(&self, op: u32, tag: u16, addr: u64, result: i32) -> Result<Next, i32> {
         let mut c = [0u8; 16];
         c[0..2].copy_from_slice(&self.qid.to_ne_bytes());
         c[2..4].copy_from_slice(&tag.to_ne_bytes());
@@ -125,21 +163,36 @@ impl Queue {
         let op = if self.encode { op } else { op & 0xff };
         let sqe = opcode::UringCmd16::new(types::Fd(self.fd), op).cmd(c).build();
         match ring::submit(sqe).await {
-            r if r == sys::UBLK_IO_RES_OK as i32 => Ok(()),
+            r if r == sys::UBLK_IO_RES_OK as i32 => Ok(Next::Request),
+            r if r == sys::UBLK_IO_RES_NEED_GET_DATA as i32
+                && self.transfer == Transfer::GetData =>
+            {
+                Ok(Next::NeedData)
+            }
             r if r < 0 => Err(-r),
-            // NEED_GET_DATA is never asked for; anything else is not ours to understand.
+            // Anything else is not ours to understand.
             _ => Err(libc::EPROTO),
         }
     }
 
     /// First command of `tag` (module contract).
-    pub async fn fetch(&self, tag: u16, addr: u64) -> Result<(), i32> {
+    pub async fn fetch(&self, tag: u16, addr: u64) -> Result<Next, i32> {
         self.cmd(sys::UBLK_U_IO_FETCH_REQ, tag, addr, -1).await
     }
 
     /// Complete `tag`'s request with `res` (bytes done or -errno) and wait for its next one.
-    pub async fn commit(&self, tag: u16, addr: u64, res: i32) -> Result<(), i32> {
+    pub async fn commit(&self, tag: u16, addr: u64, res: i32) -> Result<Next, i32> {
         self.cmd(sys::UBLK_U_IO_COMMIT_AND_FETCH_REQ, tag, addr, res).await
+    }
+
+    /// `Transfer::GetData`: have the driver copy the payload of `tag`'s write into `buf` (which
+    /// holds the request's length); resolves once it is there.
+    pub async fn get_data(&self, tag: u16, buf: &mut [u8]) -> Result<(), i32> {
+        let addr = buf.as_mut_ptr() as u64;
+        match self.cmd(sys::UBLK_U_IO_NEED_GET_DATA, tag, addr, 0).await? {
+            Next::Request => Ok(()),
+            Next::NeedData => Err(libc::EPROTO),
+        }
     }
 
     fn pos(&self, tag: u16) -> libc::off_t {

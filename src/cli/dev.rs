@@ -27,7 +27,7 @@ pub struct ServeArgs {
     #[arg(long, value_parser = cpu_list)]
     cores: Option<CpuList>,
     /// Request buffers per core thread, in MiB: what its requests in flight may hold at
-    /// once (with user copy, Linux 6.5+; older kernels keep depth × max-io per queue).
+    /// once (Linux 6.5+, NEED_GET_DATA; older kernels keep depth × max-io per queue).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
     buffers: u32,
     /// On SIGTERM/SIGINT, quiesce each device before exiting (`auto`: where the kernel has
@@ -302,7 +302,7 @@ pub fn features(a: FeaturesArgs) -> anyhow::Result<()> {
     use crate::ublk::features::{driver, FEATURES};
     crate::ublk::available().map_err(anyhow::Error::msg)?;
     let Some(have) = driver() else {
-        bail!("this kernel's ublk driver does not answer GET_FEATURES (Linux 6.5+): devices get plain copies, no user copy, no resize")
+        bail!("this kernel's ublk driver does not answer GET_FEATURES (Linux 6.5+): every tag keeps its own buffer, no resize")
     };
     if a.json {
         let rows: Vec<serde_json::Value> = FEATURES

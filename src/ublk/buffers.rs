@@ -1,8 +1,8 @@
 //! The I/O buffers of one core thread, shared by every device queue it serves.
 //!
-//! With user copy a tag has no buffer while it waits for a request (`queue.rs`), so a core
-//! needs buffers only for the requests it has in flight — not depth × max_io for every
-//! queue of every device.
+//! With NEED_GET_DATA (or user copy) a tag has no buffer while it waits for a request
+//! (`queue.rs`), so a core needs buffers only for the requests it has in flight — not
+//! depth × max_io for every queue of every device.
 //!
 //! Contract:
 //! - [`Buffers::get`] lends a buffer of at least `len` bytes: from a free list of its size

@@ -32,9 +32,10 @@ use libublk::{UblkError, UblkUringData};
 thread_local! {
     static TASKS_RUN: Cell<u64> = const { Cell::new(0) };
     static NOW: Cell<Option<Instant>> = const { Cell::new(None) };
-    /// Tasks waiting in [`entered`]; woken after each `io_uring_enter` of [`run_local`]. The
-    /// vector keeps its capacity, so waiting allocates nothing once it has grown.
+    /// `io_uring_enter`s of [`run_local`] on this thread.
     static ENTERS: Cell<u64> = const { Cell::new(0) };
+    /// Tasks waiting in [`entered`]; woken after each enter. The vector keeps its
+    /// capacity, so waiting allocates nothing once it has grown.
     static ENTERED: RefCell<Vec<std::task::Waker>> = const { RefCell::new(Vec::new()) };
 }
 

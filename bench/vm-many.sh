@@ -5,7 +5,8 @@
 # the N devices at QD8 each against one device at the same total depth, in the
 # same boot, alternating which goes first, and the same two layouts on ublk null
 # devices (the ceiling: what N fio jobs on N devices cost whatever serves them).
-# Prints the figures and the ratios.
+# Prints the figures and the ratios, and the CPU per I/O of each run (daemon,
+# store, whole guest).
 #
 # Usage: bash bench/vm-many.sh [--devices N] [--runtime SECS] [--rounds R] [--out DIR]
 # Env: SHEEPDEV_BIN (the binary; default: cargo build --release), SHEEPDEV_VM_SKIP_SETUP=1,
@@ -38,7 +39,10 @@ echo "== $n devices in the VM (guest /out: $out)"
 SHEEPDEV_VM_MEM=${SHEEPDEV_VM_MEM:-3072} bash tests/vm/run-vm.sh --quiet --timeout "$timeout" --bin "$bin" \
     --out "$out" tests/vm/many-guest.sh "$n" "$runtime" "$rounds"
 cat "$out/many.txt"
-awk -v n="$n" '
+awk -v n="$n" -v secs="$((runtime + 2))" '
+    /^ticks_per_s/ { tps = $2 }
+    /^iops_/ { io[substr($1, 6)] = $2 }
+    /^cpu_/ { k = substr($1, 5); cd[k] = $3; cs[k] = $5; ca[k] = $7 }
     /^iops_many_r/ { m[substr($1, 12)] = $2 }
     /^iops_one_r/ { o[substr($1, 11)] = $2 }
     /^iops_nullmany_r/ { nm[substr($1, 16)] = $2 }
@@ -46,5 +50,10 @@ awk -v n="$n" '
     /^rss_kib_after_fio/ { rss = $2 }
     END {
         for (r in m) printf "round %s: sheepdev many/one = %.2f; null devices many/one = %.2f\n", r, m[r] / o[r], nm[r] / no[r]
+        # CPU per I/O, ramp included (the ramp runs at about the measured rate).
+        for (k in cd) if (io[k] > 0) {
+            f = 1e6 / tps / (io[k] * secs)
+            printf "cpu per I/O, %s: daemon %.1f us, store %.1f us, whole guest %.1f us\n", k, cd[k] * f, cs[k] * f, ca[k] * f
+        }
         printf "RSS after fio: %.1f MiB (goal: <= %d MiB = 128 + 2 x %d devices)\n", rss / 1024, 128 + 2 * n, n
     }' "$out/many.txt"

@@ -18,7 +18,7 @@
 //! # The life of one write
 //! 1. The kernel posts a request on tag *t*; the core's `serve_tag` (`ublk/cores.rs`) turns
 //!    the descriptor into a [`block::IoDesc`], borrows a buffer from the core's pool (a
-//!    write's payload copied in from the request) and calls [`shard::Shard::handle`].
+//!    write's payload fetched into it with NEED_GET_DATA) and calls [`shard::Shard::handle`].
 //! 2. `Shard::serve` checks the range; `shard/write.rs` splits it at object boundaries
 //!    ([`vdi::split`]).
 //! 3. Per piece, [`vdi::Volume::plan_write`] decides WRITE_OBJ, CREATE or COW CREATE from
@@ -33,8 +33,8 @@
 //! 7. Objects the request created get one inode update (their entries, one WRITE_OBJ of
 //!    the inode); then their claims drop, which lets parked writers go.
 //! 8. `Shard::handle` returns the byte count (or an errno); `serve_tag` commits it to the
-//!    kernel on the same ring (a read's data copied out first) and waits for the tag's next
-//!    request.
+//!    kernel on the same ring (a read's commit carries its buffer, which the driver copies
+//!    from) and waits for the tag's next request.
 //!
 //! A read is steps 1–2, [`vdi::Volume::plan_read`] (zeros for unallocated objects, else
 //! READ_OBJ of the owner's object), 4–6 with the payload copied into the borrowed buffer, 8.

@@ -141,10 +141,10 @@ impl Cores {
         &self.cpus
     }
 
-    /// Hand queue `a.qid` to its core; `Err` with why when that core is gone.
-    pub(super) fn attach(&self, a: Attach) -> Result<(), String> {
+    /// Hand queue `a.qid` to its core; `Err` when that core is gone.
+    pub(super) fn attach(&self, a: Attach) -> Result<(), super::Error> {
         let core = usize::from(a.qid) % self.posts.len();
-        self.posts[core].send(a).map_err(|a| format!("core {core} (queue {}) is gone", a.qid))
+        self.posts[core].send(a).map_err(|a| super::Error::CoreGone { core, queue: a.qid })
     }
 }
 

@@ -110,6 +110,9 @@ pub enum Error {
     NoId,
     #[error("ublk device failed: {0}")]
     Run(UblkError),
+    /// The core thread a queue belongs to has ended.
+    #[error("core {core} (queue {queue}) is gone")]
+    CoreGone { core: usize, queue: u16 },
 }
 
 impl Error {
@@ -122,7 +125,7 @@ impl Error {
             Error::Ctrl { source: UblkError::IOError(e), .. } => {
                 e.raw_os_error().unwrap_or(libc::EIO)
             }
-            Error::Ctrl { .. } | Error::Run(_) => libc::EIO,
+            Error::Ctrl { .. } | Error::Run(_) | Error::CoreGone { .. } => libc::EIO,
             Error::State { .. } => libc::EBUSY,
             Error::NoId => libc::EINVAL,
         }
@@ -425,8 +428,8 @@ pub fn start(spec: Spec, abort: Abort, cores: &Cores) -> Result<Device, Error> {
             metrics: dm.clone(),
             events: tx.clone(),
         };
-        if let Err(why) = cores.attach(a) {
-            return fail(ended, Error::State { id, why });
+        if let Err(e) = cores.attach(a) {
+            return fail(ended, e);
         }
         ended.left += 1;
     }

@@ -11,7 +11,9 @@
 #     depth (2 jobs x QD 4N), alternating which goes first, ROUNDS rounds; and
 #     the same two fio layouts on ublk null devices (N of them against one),
 #     the ceiling: what N fio jobs on N devices cost the guest and the kernel
-#     whatever serves them.
+#     whatever serves them;
+#   - the CPU each fio run cost the daemon, the store and the whole guest
+#     (clock ticks from /proc, ramp included), to tell where a many/one gap goes.
 # Usage (guest): many-guest.sh [N [RUNTIME_S [ROUNDS]]]
 # Host runner: bash bench/vm-many.sh. Leaves /out/many.txt (the figures, one per
 # line, "key value") and /out/fio/*.json, serve.log, store.log.
@@ -26,6 +28,7 @@ R=$OUT/many.txt
 say() { echo "many: $*"; }
 rec() { echo "$*" >>"$R"; say "$*"; }
 sheepdev store --dir /tmp/store --listen 127.0.0.1:7000 --no-sync --fast-reads >"$OUT/store.log" 2>&1 &
+STP=$!
 i=0
 while ! sheepdev vdi --connect-timeout 1 list >/dev/null 2>&1; do i=$((i+1)); [ $i -lt 100 ] || { say "store not up"; exit 1; }; sleep 0.2; done
 sheepdev serve --metrics-addr off >"$OUT/serve.log" 2>&1 &
@@ -42,6 +45,19 @@ snap() { # LABEL
     rec "sockets_$1 $s"
     rec "rss_kib_$1 $r"
 }
+# CPU clock ticks (user + system) of a process, and of the whole guest but idle and iowait.
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+# Run "$@" (one fio) and record, as cpu_LABEL, the ticks it cost the daemon, the store and
+# the guest: "daemon D store S all A".
+costed() { # LABEL CMD...
+    local l=$1 d0 s0 a0
+    shift
+    d0=$(ticks "$SP") s0=$(ticks "$STP") a0=$(busy)
+    "$@"
+    rec "cpu_$l daemon $(($(ticks "$SP") - d0)) store $(($(ticks "$STP") - s0)) all $(($(busy) - a0))"
+}
+rec "ticks_per_s $(getconf CLK_TCK 2>/dev/null || echo 100)"
 rec "kernel $(uname -r)"
 rec "cpus $(nproc)"
 rec "devices $N"
@@ -66,12 +82,12 @@ many() { # ROUND [null]
     [ -z "${2:-}" ] || list=$nulls
     for d in $list; do args="$args --name=d$i --filename=$d --size=8M --iodepth=8"; i=$((i + 1)); done
     # shellcheck disable=SC2086
-    fio $COMMON --output="$OUT/fio/${2:-}many-r$1.json" $args
+    costed "${2:-}many_r$1" fio $COMMON --output="$OUT/fio/${2:-}many-r$1.json" $args
 }
 single() { # ROUND [null]
     local f=$one
     [ -z "${2:-}" ] || f=$onenull
-    fio $COMMON --output="$OUT/fio/${2:-}one-r$1.json" --name=one --filename="$f" --size="$((N * 4))M" \
+    costed "${2:-}one_r$1" fio $COMMON --output="$OUT/fio/${2:-}one-r$1.json" --name=one --filename="$f" --size="$((N * 4))M" \
         --offset_increment="$((N * 4))M" --numjobs=2 --iodepth="$((N * 4))"
 }
 iops() { tr -d ' \n' <"$1" | sed 's/.*"read":{"io_bytes":[0-9]*,"io_kbytes":[0-9]*,"bw_bytes":[0-9]*,"bw":[0-9]*,"iops":\([0-9.]*\).*/\1/'; }

@@ -4,7 +4,8 @@
 # after an 8 MiB prefill of each, after fio), and the aggregate 4k randread of
 # the N devices at QD8 each against one device at the same total depth, in the
 # same boot, alternating which goes first, and the same two layouts on ublk null
-# devices (the ceiling: what N fio jobs on N devices cost whatever serves them).
+# devices (the ceiling: what N fio jobs on N devices cost whatever serves them),
+# and "spread": the one-device layout (2 jobs) with each job over all N devices.
 # Prints the figures and the ratios, and the CPU per I/O of each run (daemon,
 # store, whole guest).
 #
@@ -34,7 +35,7 @@ if [ -n "${SHEEPDEV_BIN:-}" ]; then bin=$SHEEPDEV_BIN; else
 [ "${SHEEPDEV_VM_SKIP_SETUP:-0}" = 1 ] || bash tests/vm/setup-host.sh
 out=${out:-target/bench-vm/many-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$out"
-timeout=$(( 300 + n * 6 + rounds * 2 * (runtime + 15) ))
+timeout=$(( 300 + n * 6 + rounds * 6 * (runtime + 8) ))
 echo "== $n devices in the VM (guest /out: $out)"
 SHEEPDEV_VM_MEM=${SHEEPDEV_VM_MEM:-3072} bash tests/vm/run-vm.sh --quiet --timeout "$timeout" --bin "$bin" \
     --out "$out" tests/vm/many-guest.sh "$n" "$runtime" "$rounds"
@@ -42,18 +43,20 @@ cat "$out/many.txt"
 awk -v n="$n" -v secs="$((runtime + 2))" '
     /^ticks_per_s/ { tps = $2 }
     /^iops_/ { io[substr($1, 6)] = $2 }
-    /^cpu_/ { k = substr($1, 5); cd[k] = $3; cs[k] = $5; ca[k] = $7 }
+    /^cpu_/ { k = substr($1, 5); cd[k] = $3; cs[k] = $5; ca[k] = $7; cw[k] = $9 }
     /^iops_many_r/ { m[substr($1, 12)] = $2 }
     /^iops_one_r/ { o[substr($1, 11)] = $2 }
     /^iops_nullmany_r/ { nm[substr($1, 16)] = $2 }
     /^iops_nullone_r/ { no[substr($1, 15)] = $2 }
+    /^iops_spread_r/ { sp[substr($1, 14)] = $2 }
+    /^iops_nullspread_r/ { nsp[substr($1, 18)] = $2 }
     /^rss_kib_after_fio/ { rss = $2 }
     END {
-        for (r in m) printf "round %s: sheepdev many/one = %.2f; null devices many/one = %.2f\n", r, m[r] / o[r], nm[r] / no[r]
+        for (r in m) printf "round %s: sheepdev many/one = %.2f; null devices many/one = %.2f; spread/one: sheepdev %.2f, null devices %.2f\n", r, m[r] / o[r], nm[r] / no[r], sp[r] / o[r], nsp[r] / no[r]
         # CPU per I/O, ramp included (the ramp runs at about the measured rate).
         for (k in cd) if (io[k] > 0) {
             f = 1e6 / tps / (io[k] * secs)
-            printf "cpu per I/O, %s: daemon %.1f us, store %.1f us, whole guest %.1f us\n", k, cd[k] * f, cs[k] * f, ca[k] * f
+            printf "cpu per I/O, %s: daemon %.1f us, store %.1f us, whole guest %.1f us; daemon sleeps per 100 I/Os %.1f\n", k, cd[k] * f, cs[k] * f, ca[k] * f, 100 * cw[k] / (io[k] * secs)
         }
         printf "RSS after fio: %.1f MiB (goal: <= %d MiB = 128 + 2 x %d devices)\n", rss / 1024, 128 + 2 * n, n
     }' "$out/many.txt"

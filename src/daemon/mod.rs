@@ -72,6 +72,9 @@ pub struct AddRequest {
     pub io_timeout: u64,
     /// A null device of this size instead of a VDI.
     pub null_size: Option<u64>,
+    /// Each tag keeps its own buffer instead of borrowing from its core's pool.
+    #[serde(default)]
+    pub own_buffers: bool,
 }
 
 fn default_io_timeout() -> u64 {

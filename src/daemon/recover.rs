@@ -254,6 +254,8 @@ impl Daemon {
             metrics: Some((m.vdi.clone(), m.snapshot.clone().unwrap_or_default())),
             io_timeout: Duration::from_secs(m.io_timeout),
             recover: true,
+            // A re-attached device keeps the buffers it was made with (its flags say which).
+            own_buffers: false,
         };
         match self.launch(spec).await {
             Ok(l) => Ok(l),

@@ -384,6 +384,7 @@ impl Daemon {
             metrics: Some(labels),
             io_timeout: Duration::from_secs(a.io_timeout),
             recover: false,
+            own_buffers: a.own_buffers,
         };
         m.max_io = spec.effective_max_io();
         let l = match self.launch(spec).await {

@@ -36,7 +36,7 @@ pub const FEATURES: &[Feature] = &[
     f(
         sys::UBLK_F_NEED_GET_DATA,
         "need_get_data",
-        "used by sheep devices: a request borrows a buffer from its core's pool only while in flight; a write's payload is fetched into it, a read's data goes back with its commit",
+        "used by sheep devices (not with add --own-buffers): a request borrows a buffer from its core's pool only while in flight; a write's payload is fetched into it, a read's data goes back with its commit",
     ),
     f(sys::UBLK_F_USER_RECOVERY, "user_recovery", "used: devices survive a daemon restart"),
     f(

@@ -12,6 +12,9 @@
 #     the same two fio layouts on ublk null devices (N of them against one),
 #     the ceiling: what N fio jobs on N devices cost the guest and the kernel
 #     whatever serves them;
+#   - "spread": the one-device layout (2 jobs x QD 4N) with each job over all N
+#     devices (fio's file list, QD8 per device on average), so that N devices
+#     and one differ in nothing but the devices (not in fio's N jobs);
 #   - the CPU each fio run cost the daemon, the store and the whole guest
 #     (clock ticks from /proc, ramp included), to tell where a many/one gap goes.
 # Usage (guest): many-guest.sh [N [RUNTIME_S [ROUNDS]]]
@@ -48,14 +51,16 @@ snap() { # LABEL
 # CPU clock ticks (user + system) of a process, and of the whole guest but idle and iowait.
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+# Context switches (voluntary and not) of every thread of a process: its sleeps and wake-ups.
+switches() { cat /proc/"$1"/task/*/status | awk '/^(non)?voluntary_ctxt_switches/ { n += $2 } END { print n }'; }
 # Run "$@" (one fio) and record, as cpu_LABEL, the ticks it cost the daemon, the store and
-# the guest: "daemon D store S all A".
+# the guest, and the daemon's context switches: "daemon D store S all A switches W".
 costed() { # LABEL CMD...
-    local l=$1 d0 s0 a0
+    local l=$1 d0 s0 a0 w0
     shift
-    d0=$(ticks "$SP") s0=$(ticks "$STP") a0=$(busy)
+    d0=$(ticks "$SP") s0=$(ticks "$STP") a0=$(busy) w0=$(switches "$SP")
     "$@"
-    rec "cpu_$l daemon $(($(ticks "$SP") - d0)) store $(($(ticks "$STP") - s0)) all $(($(busy) - a0))"
+    rec "cpu_$l daemon $(($(ticks "$SP") - d0)) store $(($(ticks "$STP") - s0)) all $(($(busy) - a0)) switches $(($(switches "$SP") - w0))"
 }
 rec "ticks_per_s $(getconf CLK_TCK 2>/dev/null || echo 100)"
 rec "kernel $(uname -r)"
@@ -90,12 +95,20 @@ single() { # ROUND [null]
     costed "${2:-}one_r$1" fio $COMMON --output="$OUT/fio/${2:-}one-r$1.json" --name=one --filename="$f" --size="$((N * 4))M" \
         --offset_increment="$((N * 4))M" --numjobs=2 --iodepth="$((N * 4))"
 }
+spread() { # ROUND [null]: the "one" layout (2 jobs x QD 4N) with each job over all N devices
+    local files="" d list=$devs
+    [ -z "${2:-}" ] || list=$nulls
+    for d in $list; do files="$files${files:+:}$d"; done
+    costed "${2:-}spread_r$1" fio $COMMON --output="$OUT/fio/${2:-}spread-r$1.json" --name=spread \
+        --filename="$files" --filesize=8M --numjobs=2 --iodepth="$((N * 4))"
+}
 iops() { tr -d ' \n' <"$1" | sed 's/.*"read":{"io_bytes":[0-9]*,"io_kbytes":[0-9]*,"bw_bytes":[0-9]*,"bw":[0-9]*,"iops":\([0-9.]*\).*/\1/'; }
 r=1
 while [ $r -le "$ROUNDS" ]; do
-    if [ $((r % 2)) = 1 ]; then many $r; single $r; else single $r; many $r; fi
+    if [ $((r % 2)) = 1 ]; then many $r; single $r; spread $r; else spread $r; single $r; many $r; fi
     rec "iops_many_r$r $(iops "$OUT/fio/many-r$r.json")"
     rec "iops_one_r$r $(iops "$OUT/fio/one-r$r.json")"
+    rec "iops_spread_r$r $(iops "$OUT/fio/spread-r$r.json")"
     r=$((r + 1))
 done
 snap after_fio
@@ -106,9 +119,10 @@ while [ $i -lt "$N" ]; do nulls="$nulls $(sheepdev add --null 64M)"; i=$((i + 1)
 onenull=$(sheepdev add --null "$((N * 8))M" --depth "$((N * 4 > 128 ? N * 4 : 128))")
 r=1
 while [ $r -le "$ROUNDS" ]; do
-    if [ $((r % 2)) = 1 ]; then many $r null; single $r null; else single $r null; many $r null; fi
+    if [ $((r % 2)) = 1 ]; then many $r null; single $r null; spread $r null; else spread $r null; single $r null; many $r null; fi
     rec "iops_nullmany_r$r $(iops "$OUT/fio/nullmany-r$r.json")"
     rec "iops_nullone_r$r $(iops "$OUT/fio/nullone-r$r.json")"
+    rec "iops_nullspread_r$r $(iops "$OUT/fio/nullspread-r$r.json")"
     r=$((r + 1))
 done
 for d in $nulls $onenull; do sheepdev del "$d" >/dev/null; done

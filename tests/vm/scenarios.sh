@@ -554,8 +554,38 @@ fio_engine() {
     fi
     rm -f "$W/probe"
 }
+# s2_verify DEV BS SIZE: fio randrw crc32c verify on DEV, 2 jobs at QD32, SIZE per job.
+s2_verify() {
+    local d=$1 bs=$2 size=$3 eng rc i err dir v
+    eng=$(fio_engine)
+    step "fio randrw bs=$bs iodepth=32 numjobs=2 size=$size/job ioengine=$eng direct=1 verify=crc32c"
+    rc=0
+    # Each job has its own region (offset_increment = size), so the two
+    # writers never overwrite each other's blocks; fio still warns about
+    # "multiple writers" (a static check), which is expected.
+    fio --name="verify-$bs" --filename="$d" --ioengine="$eng" --direct=1 \
+        --rw=randrw --bs="$bs" --iodepth=32 --numjobs=2 \
+        --size="$size" --offset_increment="$size" \
+        --verify=crc32c --verify_fatal=1 --do_verify=1 \
+        --eta=never --output-format=json --output="$W/fio-s2-$bs.json" 2>"$W/fio-s2-$bs.err" || rc=$?
+    if [ "$rc" != 0 ] || grep -qiE 'verify.*fail|bad magic|bad header' "$W/fio-s2-$bs.err"; then
+        cat "$W/fio-s2-$bs.err" >&2
+        sed '/^{/,$d' "$W/fio-s2-$bs.json" | head -40 >&2 # fio's messages before the JSON
+        fail "fio bs=$bs exited $rc (verify errors above)"
+    fi
+    json_flat <"$W/fio-s2-$bs.json" >"$W/fio.flat"
+    for i in 0 1; do
+        err=$(awk -F'\t' -v p=".jobs[$i].error" '$1 == p { print $2 }' "$W/fio.flat")
+        [ "$err" = 0 ] || fail "fio bs=$bs job $i: error=$err"
+        for dir in read write; do
+            v=$(awk -F'\t' -v p=".jobs[$i].$dir.io_bytes" '$1 == p { print $2 }' "$W/fio.flat")
+            [ -n "$v" ] && [ "$v" -gt 0 ] || fail "fio bs=$bs job $i did no $dir I/O (io_bytes=$v)"
+        done
+    done
+    step "fio bs=$bs: $(awk -F'\t' '$1 ~ /^\.jobs\[[01]\]\.(read|write)\.(iops|io_bytes)$/ { sub(/^\.jobs/, "", $1); printf "%s=%s ", $1, $2 }' "$W/fio.flat")"
+}
 s2_fio() {
-    local d eng bs size q rc i err
+    local d bs size q f
     begin 2 fio-verify
     ensure_vdi linux 1G
     [ -S "$STORE_DIR/sock" ] || fail "the store has no unix socket $STORE_DIR/sock"
@@ -567,37 +597,23 @@ s2_fio() {
     [ "$q" = 2 ] || fail "$d has $q hardware queues in $SYS/mq, expected 2 (--queues 2)"
     q=$(list_get "$d" queues)
     [ "$q" = 2 ] || fail "sheepdev list --json says queues=$q for $d, expected 2"
-    eng=$(fio_engine)
     for bs in 4k 64k; do
         if [ $bs = 4k ]; then size=$S2_SIZE_4K; else size=$S2_SIZE_64K; fi
-        step "fio randrw bs=$bs iodepth=32 numjobs=2 size=$size/job ioengine=$eng direct=1 verify=crc32c"
-        rc=0
-        # Each job has its own region (offset_increment = size), so the two
-        # writers never overwrite each other's blocks; fio still warns about
-        # "multiple writers" (a static check), which is expected.
-        fio --name="verify-$bs" --filename="$d" --ioengine="$eng" --direct=1 \
-            --rw=randrw --bs="$bs" --iodepth=32 --numjobs=2 \
-            --size="$size" --offset_increment="$size" \
-            --verify=crc32c --verify_fatal=1 --do_verify=1 \
-            --eta=never --output-format=json --output="$W/fio-s2-$bs.json" 2>"$W/fio-s2-$bs.err" || rc=$?
-        if [ "$rc" != 0 ] || grep -qiE 'verify.*fail|bad magic|bad header' "$W/fio-s2-$bs.err"; then
-            cat "$W/fio-s2-$bs.err" >&2
-            sed '/^{/,$d' "$W/fio-s2-$bs.json" | head -40 >&2 # fio's messages before the JSON
-            fail "fio bs=$bs exited $rc (verify errors above)"
-        fi
-        json_flat <"$W/fio-s2-$bs.json" >"$W/fio.flat"
-        for i in 0 1; do
-            err=$(awk -F'\t' -v p=".jobs[$i].error" '$1 == p { print $2 }' "$W/fio.flat")
-            [ "$err" = 0 ] || fail "fio bs=$bs job $i: error=$err"
-            for dir in read write; do
-                v=$(awk -F'\t' -v p=".jobs[$i].$dir.io_bytes" '$1 == p { print $2 }' "$W/fio.flat")
-                [ -n "$v" ] && [ "$v" -gt 0 ] || fail "fio bs=$bs job $i did no $dir I/O (io_bytes=$v)"
-            done
-        done
-        step "fio bs=$bs: $(awk -F'\t' '$1 ~ /^\.jobs\[[01]\]\.(read|write)\.(iops|io_bytes)$/ { sub(/^\.jobs/, "", $1); printf "%s=%s ", $1, $2 }' "$W/fio.flat")"
+        s2_verify "$d" $bs "$size"
     done
     del_dev "$d" -- "$d"
     expect_count 0 "after del"
+    # The same with each tag's own buffer (add --own-buffers): no NEED_GET_DATA, no pool.
+    add_dev "unix:$STORE_DIR/sock" linux --queues 2 --own-buffers
+    d=$DEV
+    f=$(sd list --json | tr -d ' \n' | grep -o '"features":\[[^]]*\]' | head -1)
+    case $f in
+        *need_get_data*|*user_copy*) fail "an --own-buffers device was made with $f" ;;
+    esac
+    step "--own-buffers: $f"
+    s2_verify "$d" 4k "$S2_SIZE_4K"
+    del_dev "$d" -- "$d"
+    expect_count 0 "after del (--own-buffers)"
     pass
 }
 

@@ -367,7 +367,9 @@ pub fn start(spec: Spec, abort: Abort, cores: &Cores) -> Result<Device, Error> {
             .nr_queues(spec.queues)
             .depth(spec.depth)
             .io_buf_bytes(max_io)
-            .ctrl_flags(recovery_flags() | data_flag(null, spec.own_buffers) | features::quiesce_flag())
+            .ctrl_flags(
+                recovery_flags() | data_flag(null, spec.own_buffers) | features::quiesce_flag(),
+            )
             .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
             .build()
             .map_err(ctrl_err("cannot create the ublk device".into()))?,

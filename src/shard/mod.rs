@@ -76,6 +76,9 @@ pub use crate::block::{IoDesc, Op};
 /// A thread's pipelined connections to one set of gateways, shared by its shards.
 pub type Conns = Rc<[Rc<RingConn>]>;
 
+/// How long a shard's first connect to a gateway may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// How often a request waiting for a connection to come back looks again.
 const RETRY_POLL: Duration = Duration::from_millis(10);
 
@@ -135,11 +138,42 @@ impl Shard {
         for _ in 0..cfg.connections.max(1) {
             match RingConn::connect_supervised(
                 &cfg.gateways,
-                Duration::from_secs(3),
+                CONNECT_TIMEOUT,
                 cfg.slots,
                 STALL,
                 exe,
             ) {
+                Ok(c) => {
+                    c.set_coalesce(cfg.coalesce);
+                    conns.push(c)
+                }
+                Err(e) => {
+                    conns.iter().for_each(|c| c.close());
+                    return Err(e);
+                }
+            }
+        }
+        Ok(conns.into())
+    }
+
+    /// [`Shard::connect`] for a thread that serves other devices on its ring (a core
+    /// thread): the connects run on a helper thread (`conn::connect_aside`), so the ring
+    /// goes on serving while a gateway is slow to answer.
+    pub async fn connect_aside(
+        cfg: &Config,
+        exe: &exec::LocalExecutor<'_>,
+    ) -> std::io::Result<Conns> {
+        let mut conns: Vec<Rc<RingConn>> = Vec::with_capacity(cfg.connections.max(1));
+        for _ in 0..cfg.connections.max(1) {
+            let c = RingConn::connect_supervised_aside(
+                &cfg.gateways,
+                CONNECT_TIMEOUT,
+                cfg.slots,
+                STALL,
+                exe,
+            )
+            .await;
+            match c {
                 Ok(c) => {
                     c.set_coalesce(cfg.coalesce);
                     conns.push(c)

@@ -8,8 +8,10 @@
 //! - A device's queue q is attached to core `q mod cores` with an owned message
 //!   ([`Attach`]): the core maps the queue (`queue.rs`), starts the device's shard for it on
 //!   the core's connections to those gateways (made by the first device that needs them,
-//!   then shared by every device's shard on that core: `--connections` per gateway set per
-//!   core, not per device), spawns one task per tag, and answers [`Event::Ready`] (or
+//!   each connect on a helper thread so that the core goes on serving its other devices
+//!   meanwhile, as do reconnects; then shared by every device's shard on that core:
+//!   `--connections` per gateway set per core, not per device), spawns one task per tag,
+//!   and answers [`Event::Ready`] (or
 //!   [`Event::Failed`]). When the driver aborts the queue's tags (the device stopped), the
 //!   core closes that shard, unmaps the queue and answers [`Event::Ended`]; the core
 //!   itself and its connections stay.
@@ -163,15 +165,23 @@ impl Core {
         }
     }
 
-    /// The core's connections for `cfg`'s gateways, made on first use.
-    fn conns(&self, cfg: &shard::Config, exe: &LocalExecutor<'_>) -> io::Result<Conns> {
+    /// The core's connections for `cfg`'s gateways, made on first use — on a helper thread
+    /// (`Shard::connect_aside`), so the core's other devices are served meanwhile.
+    async fn conns(&self, cfg: &shard::Config, exe: &LocalExecutor<'_>) -> io::Result<Conns> {
         let key = (cfg.gateways.iter().map(|g| g.to_string()).collect::<Vec<_>>(), cfg.connections);
         if let Some(c) = self.conns.borrow().get(&key) {
             return Ok(c.clone());
         }
         let cfg = shard::Config { slots: CORE_SLOTS, metrics: None, ..cfg.clone() };
-        let c = Shard::connect(&cfg, exe)?;
-        self.conns.borrow_mut().insert(key, c.clone());
+        let c = Shard::connect_aside(&cfg, exe).await?;
+        // Another queue for the same gateways may have connected while this one waited:
+        // keep the first set, so the core has one per gateway set.
+        let mut map = self.conns.borrow_mut();
+        if let Some(first) = map.get(&key) {
+            c.iter().for_each(|c| c.close());
+            return Ok(first.clone());
+        }
+        map.insert(key, c.clone());
         Ok(c)
     }
 
@@ -196,7 +206,7 @@ impl Core {
                     depth,
                 });
                 let cfg = shard::Config { metrics, abort: Some(a.abort.clone()), ..cfg.clone() };
-                match self.conns(&cfg, exe) {
+                match self.conns(&cfg, exe).await {
                     Ok(conns) => Some(Shard::start_shared(&cfg, vol.clone(), conns, exe)),
                     Err(e) => {
                         tracing::error!(

@@ -117,6 +117,21 @@ pub struct RingConn {
     merged: Cell<u64>,
 }
 
+/// Connect to `g` on a helper thread and wait for it on this thread's ring, so the ring
+/// keeps serving its other sockets and queues meanwhile: a TCP connect to a gateway that
+/// does not answer takes up to `timeout`, and on a core thread that would stall every
+/// device the core serves. Connects are rare (start-up, reconnects at most once per 100 ms
+/// – 1 s backoff per connection), so a thread each is cheap enough.
+pub(crate) async fn connect_aside(g: &Gateway, timeout: Duration) -> io::Result<Stream> {
+    let (post, mail) = super::mail::mailbox::<io::Result<Stream>>()?;
+    let target = g.clone();
+    std::thread::Builder::new().name("sheepdev-connect".into()).spawn(move || {
+        // The waiting side may be gone (its shard closed): then the stream is dropped.
+        let _ = post.send(target.connect(timeout));
+    })?;
+    mail.recv().await.unwrap_or_else(|| Err(io::Error::other("the connect thread died")))
+}
+
 impl RingConn {
     /// Connect (blocking, at shard start-up) with `slots` request slots, and spawn the
     /// sender and receiver tasks on `exe`. The connection never reconnects.
@@ -150,18 +165,48 @@ impl RingConn {
         let mut last = io::Error::other("no gateway given");
         for (i, g) in gateways.iter().enumerate() {
             match g.connect(timeout) {
-                Ok(stream) => {
-                    let mut rotation = gateways[i..].to_vec();
-                    rotation.extend_from_slice(&gateways[..i]);
-                    let conn = Self::build(stream, g.clone(), rotation, stall, slots);
-                    conn.alive.set(1);
-                    exe.spawn(conn.clone().supervise()).detach();
-                    return Ok(conn);
-                }
+                Ok(stream) => return Ok(Self::supervised(stream, gateways, i, stall, slots, exe)),
                 Err(e) => last = io::Error::new(e.kind(), format!("{g}: {e}")),
             }
         }
         Err(last)
+    }
+
+    /// [`RingConn::connect_supervised`] for a thread that serves other work on its ring (a
+    /// core thread): each connect runs on a helper thread ([`connect_aside`]), so the ring
+    /// goes on serving while a gateway takes up to `timeout` to answer.
+    pub async fn connect_supervised_aside(
+        gateways: &[Gateway],
+        timeout: Duration,
+        slots: usize,
+        stall: Duration,
+        exe: &super::exec::LocalExecutor<'_>,
+    ) -> io::Result<Rc<RingConn>> {
+        let mut last = io::Error::other("no gateway given");
+        for (i, g) in gateways.iter().enumerate() {
+            match connect_aside(g, timeout).await {
+                Ok(stream) => return Ok(Self::supervised(stream, gateways, i, stall, slots, exe)),
+                Err(e) => last = io::Error::new(e.kind(), format!("{g}: {e}")),
+            }
+        }
+        Err(last)
+    }
+
+    /// A connection on `stream` (to `gateways[i]`) and its supervisor task.
+    fn supervised(
+        stream: Stream,
+        gateways: &[Gateway],
+        i: usize,
+        stall: Duration,
+        slots: usize,
+        exe: &super::exec::LocalExecutor<'_>,
+    ) -> Rc<RingConn> {
+        let mut rotation = gateways[i..].to_vec();
+        rotation.extend_from_slice(&gateways[..i]);
+        let conn = Self::build(stream, gateways[i].clone(), rotation, stall, slots);
+        conn.alive.set(1);
+        exe.spawn(conn.clone().supervise()).detach();
+        conn
     }
 
     fn build(

@@ -56,7 +56,8 @@ impl RingConn {
             }
             let g = self.gateways[next % self.gateways.len().max(1)].clone();
             next += 1;
-            match g.connect(RECONNECT_TIMEOUT) {
+            // Not on this thread: a core thread serves other devices meanwhile.
+            match super::connect_aside(&g, RECONNECT_TIMEOUT).await {
                 Ok(s) => {
                     tracing::info!("sheep connection to {g} re-established");
                     *self.stream.borrow_mut() = Some(s);

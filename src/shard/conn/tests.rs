@@ -238,3 +238,75 @@ fn a_response_that_matches_no_request_breaks_the_connection_and_it_comes_back() 
     client.join().expect("client");
     server.join().expect("fake sheep");
 }
+
+/// A connect that blocks (here: a unix listener whose backlog is full) runs on its helper
+/// thread: the ring serves its other tasks meanwhile, and the connect completes once the
+/// listener makes room.
+#[test]
+fn a_blocked_connect_does_not_stall_the_ring() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("sock");
+    let l = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+    // SAFETY: a zeroed sockaddr_un is a valid value; the path fits (checked) and is copied
+    // into its sun_path.
+    let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    sa.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let p = path.as_os_str().as_bytes();
+    assert!(p.len() < sa.sun_path.len());
+    for (d, s) in sa.sun_path.iter_mut().zip(p) {
+        *d = *s as libc::c_char;
+    }
+    // Fill the backlog with non-blocking connects until the next one would block.
+    let mut fill = Vec::new();
+    loop {
+        // SAFETY: socket has no memory arguments; the result is checked.
+        let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0) };
+        assert!(fd >= 0, "socket");
+        // SAFETY: `fd` is new and owned here.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        // SAFETY: `sa` is a live sockaddr_un of `len` bytes.
+        let r = unsafe { libc::connect(fd.as_raw_fd(), (&raw const sa).cast(), len) };
+        if r < 0 {
+            assert_eq!(io::Error::last_os_error().raw_os_error(), Some(libc::EAGAIN));
+            break;
+        }
+        fill.push(fd);
+        assert!(fill.len() < 100_000, "the backlog never filled");
+    }
+    // Make room after 300 ms.
+    let acceptor = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        let first = l.accept().expect("accept");
+        (l, first)
+    });
+    super::super::ring::init_thread_ring(64).expect("ring");
+    let exe = crate::shard::exec::LocalExecutor::new();
+    let start = Instant::now();
+    let gw = Gateway::Unix(path.clone());
+    let (connected, ticked) = super::super::ring::run_local(&exe, async move {
+        futures_lite::future::zip(
+            async {
+                let s = connect_aside(&gw, Duration::from_secs(5)).await;
+                (s.map(|_| ()), start.elapsed())
+            },
+            async move {
+                super::super::ring::sleep(Duration::from_millis(20)).await;
+                start.elapsed()
+            },
+        )
+        .await
+    })
+    .expect("ring");
+    let (r, took) = connected;
+    assert!(r.is_ok(), "connect: {r:?}");
+    assert!(took >= Duration::from_millis(250), "the connect did not wait for room ({took:?})");
+    assert!(
+        ticked < Duration::from_millis(200),
+        "the ring stalled behind the connect ({ticked:?})"
+    );
+    drop(acceptor.join().expect("acceptor"));
+    drop(fill);
+}

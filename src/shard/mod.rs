@@ -79,6 +79,26 @@ pub type Conns = Rc<[Rc<RingConn>]>;
 /// How long a shard's first connect to a gateway may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Add a new connection to `conns` (with `cfg`'s coalescing), or close those made so far
+/// and answer the connect error.
+fn keep(
+    conns: &mut Vec<Rc<RingConn>>,
+    c: std::io::Result<Rc<RingConn>>,
+    cfg: &Config,
+) -> std::io::Result<()> {
+    match c {
+        Ok(c) => {
+            c.set_coalesce(cfg.coalesce);
+            conns.push(c);
+            Ok(())
+        }
+        Err(e) => {
+            conns.iter().for_each(|c| c.close());
+            Err(e)
+        }
+    }
+}
+
 /// How often a request waiting for a connection to come back looks again.
 const RETRY_POLL: Duration = Duration::from_millis(10);
 
@@ -134,24 +154,11 @@ impl Shard {
     /// of several devices on this thread may share ([`Shard::start_shared`]): a sheep
     /// connection is not tied to a VDI, and request ids are unique per connection.
     pub fn connect(cfg: &Config, exe: &exec::LocalExecutor<'_>) -> std::io::Result<Conns> {
-        let mut conns: Vec<Rc<RingConn>> = Vec::with_capacity(cfg.connections.max(1));
+        let mut conns = Vec::with_capacity(cfg.connections.max(1));
         for _ in 0..cfg.connections.max(1) {
-            match RingConn::connect_supervised(
-                &cfg.gateways,
-                CONNECT_TIMEOUT,
-                cfg.slots,
-                STALL,
-                exe,
-            ) {
-                Ok(c) => {
-                    c.set_coalesce(cfg.coalesce);
-                    conns.push(c)
-                }
-                Err(e) => {
-                    conns.iter().for_each(|c| c.close());
-                    return Err(e);
-                }
-            }
+            let c =
+                RingConn::connect_supervised(&cfg.gateways, CONNECT_TIMEOUT, cfg.slots, STALL, exe);
+            keep(&mut conns, c, cfg)?;
         }
         Ok(conns.into())
     }
@@ -163,7 +170,7 @@ impl Shard {
         cfg: &Config,
         exe: &exec::LocalExecutor<'_>,
     ) -> std::io::Result<Conns> {
-        let mut conns: Vec<Rc<RingConn>> = Vec::with_capacity(cfg.connections.max(1));
+        let mut conns = Vec::with_capacity(cfg.connections.max(1));
         for _ in 0..cfg.connections.max(1) {
             let c = RingConn::connect_supervised_aside(
                 &cfg.gateways,
@@ -173,16 +180,7 @@ impl Shard {
                 exe,
             )
             .await;
-            match c {
-                Ok(c) => {
-                    c.set_coalesce(cfg.coalesce);
-                    conns.push(c)
-                }
-                Err(e) => {
-                    conns.iter().for_each(|c| c.close());
-                    return Err(e);
-                }
-            }
+            keep(&mut conns, c, cfg)?;
         }
         Ok(conns.into())
     }

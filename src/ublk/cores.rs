@@ -11,10 +11,9 @@
 //!   each connect on a helper thread so that the core goes on serving its other devices
 //!   meanwhile, as do reconnects; then shared by every device's shard on that core:
 //!   `--connections` per gateway set per core, not per device), spawns one task per tag,
-//!   and answers [`Event::Ready`] (or
-//!   [`Event::Failed`]). When the driver aborts the queue's tags (the device stopped), the
-//!   core closes that shard, unmaps the queue and answers [`Event::Ended`]; the core
-//!   itself and its connections stay.
+//!   and answers [`Event::Ready`] (or [`Event::Failed`]). When the driver aborts the
+//!   queue's tags (the device stopped), the core closes that shard, unmaps the queue and
+//!   answers [`Event::Ended`]; the core itself and its connections stay.
 //! - Buffers: a request borrows from the core's pool (`buffers.rs`, `cap` bytes per core)
 //!   only while in flight — with NEED_GET_DATA (new sheep devices) or user copy
 //!   (`queue.rs`'s `Transfer`); on a driver with neither (before GET_FEATURES, 6.5) each tag

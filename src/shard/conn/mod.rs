@@ -132,6 +132,23 @@ pub(crate) async fn connect_aside(g: &Gateway, timeout: Duration) -> io::Result<
     mail.recv().await.unwrap_or_else(|| Err(io::Error::other("the connect thread died")))
 }
 
+/// The first of `gateways` that `connect` reaches, with its index; else the last error,
+/// naming its gateway.
+async fn first_reachable<F, Fut>(gateways: &[Gateway], connect: F) -> io::Result<(usize, Stream)>
+where
+    F: Fn(&Gateway) -> Fut,
+    Fut: std::future::Future<Output = io::Result<Stream>>,
+{
+    let mut last = io::Error::other("no gateway given");
+    for (i, g) in gateways.iter().enumerate() {
+        match connect(g).await {
+            Ok(stream) => return Ok((i, stream)),
+            Err(e) => last = io::Error::new(e.kind(), format!("{g}: {e}")),
+        }
+    }
+    Err(last)
+}
+
 impl RingConn {
     /// Connect (blocking, at shard start-up) with `slots` request slots, and spawn the
     /// sender and receiver tasks on `exe`. The connection never reconnects.
@@ -162,14 +179,10 @@ impl RingConn {
         stall: Duration,
         exe: &super::exec::LocalExecutor<'_>,
     ) -> io::Result<Rc<RingConn>> {
-        let mut last = io::Error::other("no gateway given");
-        for (i, g) in gateways.iter().enumerate() {
-            match g.connect(timeout) {
-                Ok(stream) => return Ok(Self::supervised(stream, gateways, i, stall, slots, exe)),
-                Err(e) => last = io::Error::new(e.kind(), format!("{g}: {e}")),
-            }
-        }
-        Err(last)
+        // The connects are plain calls: the future is ready at its first poll.
+        let first = first_reachable(gateways, |g| std::future::ready(g.connect(timeout)));
+        let (i, stream) = futures_lite::future::block_on(first)?;
+        Ok(Self::supervised(stream, gateways, i, stall, slots, exe))
     }
 
     /// [`RingConn::connect_supervised`] for a thread that serves other work on its ring (a
@@ -182,14 +195,12 @@ impl RingConn {
         stall: Duration,
         exe: &super::exec::LocalExecutor<'_>,
     ) -> io::Result<Rc<RingConn>> {
-        let mut last = io::Error::other("no gateway given");
-        for (i, g) in gateways.iter().enumerate() {
-            match connect_aside(g, timeout).await {
-                Ok(stream) => return Ok(Self::supervised(stream, gateways, i, stall, slots, exe)),
-                Err(e) => last = io::Error::new(e.kind(), format!("{g}: {e}")),
-            }
-        }
-        Err(last)
+        let (i, stream) = first_reachable(gateways, |g| {
+            let g = g.clone();
+            async move { connect_aside(&g, timeout).await }
+        })
+        .await?;
+        Ok(Self::supervised(stream, gateways, i, stall, slots, exe))
     }
 
     /// A connection on `stream` (to `gateways[i]`) and its supervisor task.

@@ -123,6 +123,12 @@ pub struct AddArgs {
     /// queues x depth x max-io bytes of this device's own (128 MiB at the defaults on 2 cores).
     #[arg(long, conflicts_with = "null")]
     own_buffers: bool,
+    /// Serve the device from the requests' own pages (zero copy: UBLK_F_AUTO_BUF_REG, Linux
+    /// 6.16+): writes go to sheep straight from them (SEND_ZC), reads land in them, and no
+    /// buffer is kept for the device at all. `auto` takes it where the kernel has it, `on`
+    /// fails where it does not, `off` copies as before. Fixed when the device is made.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
+    zero_copy: String,
 }
 
 fn block_size(s: &str) -> Result<u32, String> {
@@ -250,6 +256,7 @@ pub fn add(a: AddArgs) -> anyhow::Result<()> {
         io_timeout: a.io_timeout,
         null_size: a.null,
         own_buffers: a.own_buffers,
+        zero_copy: a.zero_copy.parse().map_err(|e: String| anyhow::anyhow!(e))?,
     };
     let r = call(&Request::Add(req))?;
     let m = r.mapping.ok_or_else(|| anyhow::anyhow!("the daemon answered without a device"))?;
@@ -308,6 +315,7 @@ pub fn resize(a: ResizeArgs) -> anyhow::Result<()> {
 pub fn features(a: FeaturesArgs) -> anyhow::Result<()> {
     use crate::ublk::features::{driver, FEATURES};
     crate::ublk::available().map_err(anyhow::Error::msg)?;
+    let zc = crate::ublk::zero_copy::support();
     let Some(have) = driver() else {
         bail!("this kernel's ublk driver does not answer GET_FEATURES (Linux 6.5+): every tag keeps its own buffer, no resize")
     };
@@ -316,7 +324,12 @@ pub fn features(a: FeaturesArgs) -> anyhow::Result<()> {
             .iter()
             .map(|f| serde_json::json!({"name": f.name, "kernel": have & f.bit != 0, "sheepdev": f.used}))
             .collect();
-        let v = serde_json::json!({"mask": format!("{have:#x}"), "features": rows});
+        let zc = serde_json::json!({
+            "usable": zc.usable.is_ok(),
+            "why_not": zc.usable.as_ref().err(),
+            "ring_reads": zc.ring_reads,
+        });
+        let v = serde_json::json!({"mask": format!("{have:#x}"), "features": rows, "zero_copy": zc});
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
@@ -324,6 +337,11 @@ pub fn features(a: FeaturesArgs) -> anyhow::Result<()> {
     println!("{:<24} {:<7} sheepdev", "feature", "kernel");
     for f in FEATURES {
         println!("{:<24} {:<7} {}", f.name, if have & f.bit != 0 { "yes" } else { "no" }, f.used);
+    }
+    match &zc.usable {
+        Ok(()) if zc.ring_reads => println!("zero copy: yes (writes sent with SEND_ZC from the request's pages, reads received into them with READ_FIXED)"),
+        Ok(()) => println!("zero copy: yes (writes sent with SEND_ZC from the request's pages; reads copied into them by user copy: this io_uring cannot READ_FIXED a socket)"),
+        Err(why) => println!("zero copy: no ({why})"),
     }
     Ok(())
 }

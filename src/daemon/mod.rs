@@ -75,6 +75,10 @@ pub struct AddRequest {
     /// Each tag keeps its own buffer instead of borrowing from its core's pool.
     #[serde(default)]
     pub own_buffers: bool,
+    /// Serve from the requests' own pages where the kernel can (`auto`), always (`on`:
+    /// fail where it cannot), or never.
+    #[serde(default)]
+    pub zero_copy: crate::ublk::zero_copy::ZeroCopy,
 }
 
 fn default_io_timeout() -> u64 {

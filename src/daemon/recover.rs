@@ -256,6 +256,7 @@ impl Daemon {
             recover: true,
             // A re-attached device keeps the buffers it was made with (its flags say which).
             own_buffers: false,
+            zero_copy: false,
         };
         match self.launch(spec).await {
             Ok(l) => Ok(l),

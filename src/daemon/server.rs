@@ -262,6 +262,12 @@ impl Daemon {
             }
         }
         ublk::available()?;
+        // Decided before anything is made: the driver offers no other copy mode later.
+        let zero_copy = ublk::zero_copy::decide(a.zero_copy, a.null_size.is_some(), a.own_buffers)
+            .map_err(|why| match a.own_buffers {
+                true => Error::Invalid(why),
+                false => Error::Ublk(ublk::Error::NoZeroCopy(why)),
+            })?;
         let gateways: Vec<Gateway> = a
             .gateways
             .iter()
@@ -385,6 +391,7 @@ impl Daemon {
             io_timeout: Duration::from_secs(a.io_timeout),
             recover: false,
             own_buffers: a.own_buffers,
+            zero_copy,
         };
         m.max_io = spec.effective_max_io();
         let l = match self.launch(spec).await {

@@ -126,6 +126,25 @@ impl Demux {
         self.payload(&input[HEADER_LEN..], HEADER_LEN)
     }
 
+    /// The response whose payload is being reported: (slot, offset reached, bytes still to
+    /// come). The caller may deliver those bytes itself ([`Demux::skip`]) instead of feeding
+    /// them — a receiver that reads them straight into the request's destination.
+    pub fn pending(&self) -> Option<(usize, usize, usize)> {
+        match (&self.cur, self.broken) {
+            (Some((slot, rsp, done)), None) => Some((*slot, *done, rsp.data_length as usize - done)),
+            _ => None,
+        }
+    }
+
+    /// `n` bytes of the current response's payload reached its destination without being
+    /// fed; at most what [`Demux::pending`] says is still to come (more is clamped). The next
+    /// `feed` then reports the rest, or `Complete`.
+    pub fn skip(&mut self, n: usize) {
+        if let Some((_, rsp, done)) = &mut self.cur {
+            *done = (*done + n).min(rsp.data_length as usize);
+        }
+    }
+
     /// The next payload piece (or completion) of the current response; `used` bytes before
     /// `input` were consumed already by this call.
     fn payload<'a>(&mut self, input: &'a [u8], used: usize) -> (usize, Event<'a>) {
@@ -151,6 +170,30 @@ impl Demux {
 mod tests {
     use super::super::{ReqHeader, SD_RES_SUCCESS};
     use super::*;
+
+    #[test]
+    fn payload_delivered_aside_is_skipped_and_the_response_completes() {
+        let table = [Some(InFlight { gen: 3, bound: 8192 })];
+        let mut d = Demux::new();
+        let stream = response(0, 3, 8192, 7);
+        // The header and 100 payload bytes arrive; the rest is read elsewhere.
+        let (used, ev) = d.feed(&stream[..HEADER_LEN + 100], |i| table[i]);
+        assert_eq!(used, HEADER_LEN + 100);
+        assert!(matches!(ev, Event::Payload { slot: 0, offset: 0, data } if data.len() == 100));
+        assert_eq!(d.pending(), Some((0, 100, 8092)));
+        d.skip(8000);
+        assert_eq!(d.pending(), Some((0, 8100, 92)));
+        let (used, ev) = d.feed(&stream[HEADER_LEN + 8100..], |i| table[i]);
+        assert_eq!(used, 92);
+        assert!(matches!(ev, Event::Payload { slot: 0, offset: 8100, .. }));
+        let (_, ev) = d.feed(&[], |i| table[i]);
+        assert!(matches!(ev, Event::Complete { slot: 0, .. }));
+        assert_eq!(d.pending(), None);
+        // Skipping more than is left is clamped: the response completes, nothing spills.
+        let (_, _) = d.feed(&stream[..HEADER_LEN], |i| table[i]);
+        d.skip(1 << 20);
+        assert!(matches!(d.feed(&[], |i| table[i]).1, Event::Complete { .. }));
+    }
 
     /// The header of a response to the request in `slot` under `gen`, announcing `len` bytes.
     fn header(slot: u16, gen: u16, len: u32) -> [u8; HEADER_LEN] {

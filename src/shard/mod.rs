@@ -71,7 +71,7 @@ pub fn pin_thread(n: usize) {
     }
 }
 
-pub use crate::block::{IoDesc, Op};
+pub use crate::block::{Data, Dst, IoDesc, KernelBuf, Op, Src};
 
 /// A thread's pipelined connections to one set of gateways, shared by its shards.
 pub type Conns = Rc<[Rc<RingConn>]>;
@@ -321,8 +321,20 @@ impl Shard {
         dest: &mut [u8],
         deadline: Option<Instant>,
     ) -> Result<RspHeader, Error> {
+        self.call_data(kind, hdr, Src::Mem(payload), Dst::Mem(dest), deadline).await
+    }
+
+    /// [`Shard::call`] with data that may be a request's kernel pages (zero copy).
+    async fn call_data(
+        &self,
+        kind: Backend,
+        hdr: ReqHeader,
+        payload: Src<'_>,
+        mut dest: Dst<'_>,
+        deadline: Option<Instant>,
+    ) -> Result<RspHeader, Error> {
         loop {
-            let r = self.call_once(kind, hdr, payload, dest).await;
+            let r = self.call_once(kind, hdr, payload, dest.reborrow()).await;
             match r {
                 Err(e) if e.should_reconnect() => {
                     // Wait for any connection to come back, within the deadline.
@@ -346,8 +358,8 @@ impl Shard {
         &self,
         kind: Backend,
         hdr: ReqHeader,
-        payload: &[u8],
-        dest: &mut [u8],
+        payload: Src<'_>,
+        dest: Dst<'_>,
     ) -> Result<RspHeader, Error> {
         let n = self.conns.len();
         let start = self.next.get();
@@ -367,13 +379,13 @@ impl Shard {
         });
         let Some(m) = &self.metrics else {
             return self.conns[i]
-                .call(hdr, payload, dest)
+                .call_data(hdr, payload, dest)
                 .await
                 .and_then(|rsp| check(&rsp).map(|()| rsp));
         };
         let t0 = ring::now();
         let r =
-            self.conns[i].call(hdr, payload, dest).await.and_then(|rsp| check(&rsp).map(|()| rsp));
+            self.conns[i].call_data(hdr, payload, dest).await.and_then(|rsp| check(&rsp).map(|()| rsp));
         let m = m.borrow();
         m.backend(kind, ring::now().saturating_duration_since(t0));
         if let Err(e) = r {
@@ -384,40 +396,47 @@ impl Shard {
 
     /// Serve one block request with the tag's buffer; returns the bytes done.
     pub async fn handle(&self, d: IoDesc, buf: &mut [u8]) -> Result<u32, Error> {
+        self.handle_data(d, Data::Mem(buf)).await
+    }
+
+    /// [`Shard::handle`] where the data may be the request's own kernel pages (zero copy).
+    pub async fn handle_data(&self, d: IoDesc, data: Data<'_>) -> Result<u32, Error> {
         let (t, t0) = (self.io_timeout, ring::now());
         let dl = (!t.is_zero()).then(|| t0 + t);
-        let Some(m) = &self.metrics else { return self.serve(d, buf, dl).await };
+        let Some(m) = &self.metrics else { return self.serve(d, data, dl).await };
         m.borrow_mut().begin_io();
-        let r = self.serve(d, buf, dl).await;
+        let r = self.serve(d, data, dl).await;
         m.borrow_mut().io(d.op, d.len, r.is_ok(), ring::now().saturating_duration_since(t0));
         r
     }
 
     /// Serve one block request; `dl`: when to stop resending it over a broken connection.
-    async fn serve(&self, d: IoDesc, buf: &mut [u8], dl: Option<Instant>) -> Result<u32, Error> {
+    async fn serve(&self, d: IoDesc, data: Data<'_>, dl: Option<Instant>) -> Result<u32, Error> {
         let len = d.len as usize;
         if d.offset.checked_add(u64::from(d.len)).is_none_or(|end| end > self.vol.size()) {
             return Err(Error::OutOfRange);
         }
         match d.op {
             Op::Read => {
-                let buf = buf.get_mut(..len).ok_or(Error::OutOfRange)?;
+                let mut dst = match data {
+                    Data::Mem(m) => Dst::Mem(m),
+                    Data::Kernel(k) => Dst::Kernel(k),
+                };
+                let mut dst = dst.slice(0, len).ok_or(Error::OutOfRange)?;
                 for p in split(d.offset, u64::from(d.len), self.vol.block_size_shift()) {
-                    self.read_piece(
-                        p.idx,
-                        p.obj_off,
-                        &mut buf[p.buf_off..p.buf_off + p.len as usize],
-                        dl,
-                    )
-                    .await?;
+                    let out = dst.slice(p.buf_off, p.len as usize).ok_or(Error::OutOfRange)?;
+                    self.read_piece(p.idx, p.obj_off, out, dl).await?;
                 }
             }
             Op::Write => {
-                let buf = buf.get(..len).ok_or(Error::OutOfRange)?;
-                self.write(d.offset, buf, dl).await?;
+                let src = match &data {
+                    Data::Mem(m) => Src::Mem(m),
+                    Data::Kernel(k) => Src::Kernel(*k),
+                };
+                self.write(d.offset, src.slice(0, len).ok_or(Error::OutOfRange)?, dl).await?;
             }
             Op::Flush => {}
-            Op::Discard | Op::WriteZeroes => self.zero_range(d, buf, dl).await?,
+            Op::Discard | Op::WriteZeroes => self.zero_range(d, dl).await?,
         }
         Ok(d.len)
     }
@@ -426,11 +445,22 @@ impl Shard {
         &self,
         idx: u32,
         obj_off: u32,
-        out: &mut [u8],
+        mut out: Dst<'_>,
         dl: Option<Instant>,
     ) -> Result<(), Error> {
         match self.vol.plan_read(idx)? {
-            ReadPlan::Zero => out.fill(0),
+            ReadPlan::Zero => match &mut out {
+                Dst::Mem(m) => m.fill(0),
+                Dst::Kernel(k) => {
+                    for at in (0..k.len as usize).step_by(self.zeros.len()) {
+                        let n = self.zeros.len().min(k.len as usize - at);
+                        crate::block::copy_to_kernel(k, at, &self.zeros[..n]).map_err(|e| {
+                            tracing::warn!("user copy of zeros: {e}");
+                            Error::Io(e.raw_os_error().unwrap_or(libc::EIO))
+                        })?;
+                    }
+                }
+            },
             ReadPlan::Read(oid) => {
                 let hdr = ReqHeader::obj(
                     Opcode::ReadObj,
@@ -438,8 +468,9 @@ impl Shard {
                     out.len() as u32,
                     ObjArgs { oid, offset: obj_off, ..Default::default() },
                 );
-                let rsp = self.call(Backend::ReadObj, hdr, &[], out, dl).await?;
-                if rsp.data_length as usize != out.len() {
+                let want = out.len();
+                let rsp = self.call_data(Backend::ReadObj, hdr, Src::Mem(&[]), out, dl).await?;
+                if rsp.data_length as usize != want {
                     return Err(Error::Protocol);
                 }
             }

@@ -26,7 +26,9 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use io_uring::{opcode, squeue, types, IoUring};
-use libublk::uring_async::{ublk_reap_events_with_handler, ublk_submit_sqe_async, ublk_wake_task};
+use libublk::uring_async::{
+    ublk_reap_events_with_handler, ublk_submit_sqe_async, ublk_wake_task, UblkUringOpFuture,
+};
 use libublk::{UblkError, UblkUringData};
 
 thread_local! {
@@ -106,6 +108,65 @@ fn submit_errno(e: &UblkError) -> i32 {
     }
 }
 
+/// Push `sqes` as one linked chain (every entry but the last with IOSQE_IO_LINK, so the
+/// kernel runs them in order, and cancels the rest once one fails or comes up short) and
+/// wait for all of them; their results go to `out` in order. `futs` is scratch, kept by
+/// the caller so that a chain allocates nothing once it has grown. The chain is pushed in
+/// one go (the submission queue is flushed first when it has no room for all of it), so
+/// no other SQE lands inside it. Everything the entries point to must stay valid until this
+/// resolves (module contract).
+pub async fn submit_chain(
+    sqes: &mut Vec<squeue::Entry>,
+    futs: &mut Vec<UblkUringOpFuture>,
+    out: &mut Vec<i32>,
+) {
+    out.clear();
+    futs.clear();
+    let n = sqes.len();
+    let pushed = libublk::io::with_task_io_ring_mut(|r| {
+        let (cap, len) = {
+            let sq = r.submission();
+            (sq.capacity(), sq.len())
+        };
+        if cap < n {
+            return Err(std::io::Error::from_raw_os_error(libc::E2BIG));
+        }
+        if cap - len < n {
+            r.submit()?;
+        }
+        for (i, sqe) in sqes.drain(..).enumerate() {
+            let f = UblkUringOpFuture::new(UblkUringData::Target as u64);
+            let sqe = sqe.user_data(f.user_data);
+            let sqe = if i + 1 < n { sqe.flags(squeue::Flags::IO_LINK) } else { sqe };
+            // SAFETY: the caller keeps what the entry points to valid until its CQE (this
+            // function's contract); there is room for the whole chain (checked above).
+            if unsafe { r.submission().push(&sqe) }.is_err() {
+                // Cannot happen (room was made); the futures pushed so far still resolve.
+                break;
+            }
+            futs.push(f);
+        }
+        Ok(())
+    });
+    if let Err(e) = pushed {
+        let errno = e.raw_os_error().unwrap_or(libc::EIO);
+        sqes.clear();
+        out.resize(n, -errno);
+        return;
+    }
+    for f in futs.drain(..) {
+        out.push(f.await);
+    }
+    // Entries that were never pushed count as cancelled.
+    out.resize(n, -libc::ECANCELED);
+}
+
+/// Give this thread's ring a table of `n` empty buffer entries, for the driver to register
+/// zero-copy request pages in (UBLK_F_AUTO_BUF_REG). Once per ring.
+pub fn register_buffer_table(n: u32) -> std::io::Result<()> {
+    libublk::io::with_task_io_ring_mut(|r| r.submitter().register_buffers_sparse(n))
+}
+
 /// Sleep on the ring (an IORING_OP_TIMEOUT).
 pub async fn sleep(d: Duration) {
     let ts = types::Timespec::new().sec(d.as_secs()).nsec(d.subsec_nanos());
@@ -174,7 +235,14 @@ pub fn run_local<'a, T: 'a>(
             let entered = r.submit_and_wait(1);
             wake_entered();
             entered?;
-            ublk_reap_events_with_handler(r, |cqe| ublk_wake_task(cqe.user_data(), cqe))
+            ublk_reap_events_with_handler(r, |cqe| {
+                // A zero-copy send's second CQE only says the kernel let go of the pages
+                // (which the driver tracks itself): its user data is the send's, whose
+                // future resolved with the first and may be reused now.
+                if !io_uring::cqueue::notif(cqe.flags()) {
+                    ublk_wake_task(cqe.user_data(), cqe)
+                }
+            })
                 .map_err(|e| std::io::Error::other(e.to_string()))
         });
         if let Err(e) = r {

@@ -7,7 +7,7 @@ use std::future::poll_fn;
 use std::task::Poll;
 use std::time::Instant;
 
-use super::{ring, Error, IoDesc, Op, Shard};
+use super::{ring, Dst, Error, IoDesc, Op, Shard, Src};
 use crate::metrics::Backend;
 use crate::proto::inode::entry_offset;
 use crate::proto::*;
@@ -105,13 +105,13 @@ impl Shard {
     pub(super) async fn write(
         &self,
         offset: u64,
-        data: &[u8],
+        data: Src<'_>,
         dl: Option<Instant>,
     ) -> Result<(), Error> {
         let mut created = Created::new();
         let mut result = Ok(());
         for p in split(offset, data.len() as u64, self.vol.block_size_shift()) {
-            let piece = &data[p.buf_off..p.buf_off + p.len as usize];
+            let piece = data.slice(p.buf_off, p.len as usize).ok_or(Error::OutOfRange)?;
             if let Err(e) = self.write_piece(p, piece, &mut created, dl).await {
                 result = Err(e);
                 break;
@@ -132,7 +132,7 @@ impl Shard {
     async fn write_piece<'v>(
         &'v self,
         p: Piece,
-        piece: &[u8],
+        piece: Src<'_>,
         created: &mut Created<'v>,
         dl: Option<Instant>,
     ) -> Result<(), Error> {
@@ -175,7 +175,7 @@ impl Shard {
                 }
                 WritePlan::Wait => unreachable!("plan_write parks until the plan is not Wait"),
             };
-            match (self.call(kind, hdr, piece, &mut [], dl).await, claim) {
+            match (self.call_data(kind, hdr, piece, Dst::Mem(&mut []), dl).await, claim) {
                 (Ok(_), Some(mut claim)) => {
                     claim.created(oid.vid());
                     created.push(claim);
@@ -309,14 +309,9 @@ impl Shard {
         self.call(Backend::InodeUpdate, hdr, bytes, &mut [], dl).await.map(|_| ())
     }
 
-    /// DISCARD / WRITE_ZEROES (see the module contract). `scratch` is the tag's buffer,
-    /// unused by these ops, which carries the zeroed entries.
-    pub(super) async fn zero_range(
-        &self,
-        d: IoDesc,
-        scratch: &mut [u8],
-        dl: Option<Instant>,
-    ) -> Result<(), Error> {
+    /// DISCARD / WRITE_ZEROES (see the module contract). The zeroed entries go from the
+    /// shard's zeros (never written, so every request may send from them at once).
+    pub(super) async fn zero_range(&self, d: IoDesc, dl: Option<Instant>) -> Result<(), Error> {
         if self.vol.is_read_only() {
             return Err(Error::ReadOnly);
         }
@@ -333,7 +328,7 @@ impl Shard {
             self.write_zeros(end_whole * os, end, dl).await?;
         }
         // Whole objects: claim, zero the entries in one inode write per scratch-full, release.
-        let per_write = (scratch.len() / 4).max(1) as u64;
+        let per_write = (self.zeros.len() / 4).max(1) as u64;
         let mut lo = first_whole;
         while lo < end_whole {
             let hi = (lo + per_write).min(end_whole);
@@ -343,8 +338,7 @@ impl Shard {
                 self.park_until(|| Ok(run.try_extend()?.then_some(()))).await?;
                 any |= self.vol.set_entry(run.end() - 1, 0)? != 0;
             }
-            let bytes = &mut scratch[..4 * (hi - lo) as usize];
-            bytes.fill(0);
+            let bytes = &self.zeros[..4 * (hi - lo) as usize];
             if any {
                 self.write_zeroed_entries(entry_offset(lo as u32), bytes, dl).await?;
             }
@@ -357,7 +351,7 @@ impl Shard {
     async fn write_zeros(&self, mut from: u64, to: u64, dl: Option<Instant>) -> Result<(), Error> {
         while from < to {
             let n = (to - from).min(self.zeros.len() as u64) as usize;
-            self.write(from, &self.zeros[..n], dl).await?;
+            self.write(from, Src::Mem(&self.zeros[..n]), dl).await?;
             from += n as u64;
         }
         Ok(())

@@ -17,7 +17,11 @@
 //! - Buffers: a request borrows from the core's pool (`buffers.rs`, `cap` bytes per core)
 //!   only while in flight — with NEED_GET_DATA (new sheep devices) or user copy
 //!   (`queue.rs`'s `Transfer`); on a driver with neither (before GET_FEATURES, 6.5) each tag
-//!   keeps its own `max_io` buffer, as the driver requires.
+//!   keeps its own `max_io` buffer, as the driver requires. A zero-copy device
+//!   (`Transfer::AutoReg`) borrows none: its requests' own pages are registered in the
+//!   core ring's buffer table (`zero_copy::TABLE_ENTRIES` entries, made when the core
+//!   starts where the kernel has zero copy), where each of its tags has an entry of its own
+//!   while the queue is attached, and the sheep connections send from and read into them.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -30,8 +34,9 @@ use libublk::io::UblkDev;
 
 use super::buffers::Buffers;
 use super::queue::{Next, Queue, Transfer};
+use super::zero_copy::{self, Table};
 use super::{to_desc, Abort};
-use crate::block::Op;
+use crate::block::{Data, KernelBuf, Op};
 use crate::metrics::DeviceMetrics;
 use crate::shard::exec::LocalExecutor;
 use crate::shard::mail::{mailbox, Mail, Post};
@@ -111,9 +116,18 @@ impl Cores {
                     let exe: &'static LocalExecutor<'static> =
                         Box::leak(Box::new(LocalExecutor::new()));
                     let _ = ok_tx.send(Ok(()));
+                    let table = zero_copy::support().usable.is_ok().then(|| {
+                        ring::register_buffer_table(zero_copy::TABLE_ENTRIES)
+                            .map(|()| Table::new(zero_copy::TABLE_ENTRIES))
+                            .map_err(|e| {
+                                tracing::warn!("core {i}: no buffer table for zero copy: {e}")
+                            })
+                            .ok()
+                    });
                     let core = Rc::new(Core {
                         conns: RefCell::new(HashMap::new()),
                         buffers: Buffers::new(buffer_bytes),
+                        table: RefCell::new(table.flatten()),
                         tid,
                     });
                     ring::run_local(exe, core.run(mail, exe));
@@ -154,6 +168,8 @@ struct Core {
     /// Connections by (gateways, connections per gateway set).
     conns: RefCell<HashMap<(Vec<String>, usize), Conns>>,
     buffers: Rc<Buffers>,
+    /// The ring's buffer-table entries for zero-copy queues (none: no zero copy here).
+    table: RefCell<Option<Table>>,
     tid: i32,
 }
 
@@ -196,6 +212,23 @@ impl Core {
             }
         };
         let depth = q.depth();
+        // Zero copy: an entry of the ring's buffer table per tag, while the queue is here.
+        let zc = if q.transfer() == Transfer::AutoReg {
+            let first = self.table.borrow_mut().as_mut().and_then(|t| t.take(depth));
+            match first {
+                Some(first) => Some(Zc { first, ring_reads: zero_copy::support().ring_reads }),
+                None => {
+                    let why = match &*self.table.borrow() {
+                        Some(_) => format!("the core's buffer table has no {depth} free entries left for queue {qid} (zero copy; {} per core)", zero_copy::TABLE_ENTRIES),
+                        None => "this core has no buffer table (zero copy is not available here)".to_string(),
+                    };
+                    let _ = a.events.send(Event::Failed { qid, why });
+                    return;
+                }
+            }
+        } else {
+            None
+        };
         let shard = match &*a.target {
             QueueTarget::Null => None,
             QueueTarget::Sheep { vol, cfg } => {
@@ -217,7 +250,7 @@ impl Core {
                 }
             }
         };
-        if q.transfer() != Transfer::UserCopy {
+        if !matches!(q.transfer(), Transfer::UserCopy | Transfer::AutoReg) {
             // libublk's START_DEV waits for every queue to say its buffers are in place
             // unless the device has user copy (or AUTO_BUF_REG): each tag has its own buffer
             // before its first FETCH, or borrows one per request (GetData).
@@ -228,7 +261,10 @@ impl Core {
             .map(|tag| {
                 let (q, shard, bufs) = (q.clone(), shard.clone(), self.buffers.clone());
                 exe.spawn(async move {
-                    let r = serve_tag(&q, tag, shard.as_deref(), null, a.max_io, &bufs).await;
+                    let r = match zc {
+                        Some(zc) => serve_tag_zc(&q, tag, shard.as_deref(), null, a.max_io, &bufs, zc).await,
+                        None => serve_tag(&q, tag, shard.as_deref(), null, a.max_io, &bufs).await,
+                    };
                     if let Err(e) = r {
                         if e != libc::ENODEV {
                             let id = q.dev().dev_info.dev_id;
@@ -251,6 +287,9 @@ impl Core {
         }
         drop(shard);
         drop(q);
+        if let (Some(zc), Some(t)) = (zc, self.table.borrow_mut().as_mut()) {
+            t.give(zc.first, depth);
+        }
         let _ = a.events.send(Event::Ended { qid });
     }
 }
@@ -340,6 +379,75 @@ async fn serve_tag(
                 q.commit(tag, 0, res).await?
             }
         };
+    }
+}
+
+/// A zero-copy queue's place in its core ring's buffer table.
+#[derive(Clone, Copy)]
+struct Zc {
+    /// The entry of tag 0 (tag t has `first + t`).
+    first: u16,
+    /// Whether the ring reads sockets into registered buffers.
+    ring_reads: bool,
+}
+
+/// One tag of a zero-copy queue (`Transfer::AutoReg`): the driver registers each request's
+/// pages at the tag's entry before handing it over, and the shard sends from or reads into
+/// them ([`Data::Kernel`]); a request whose registration failed (flagged NEED_REG_BUF) is
+/// served by user copy with a borrowed buffer. Ends as [`serve_tag`] does.
+async fn serve_tag_zc(
+    q: &Queue,
+    tag: u16,
+    shard: Option<&Shard>,
+    null: bool,
+    max_io: u32,
+    bufs: &Rc<Buffers>,
+    zc: Zc,
+) -> Result<(), i32> {
+    let index = zc.first + tag;
+    q.fetch_reg(tag, index).await?;
+    loop {
+        let iod = q.desc(tag);
+        let d = to_desc(&iod, tag);
+        let unregistered = iod.op_flags & libublk::sys::UBLK_IO_F_NEED_REG_BUF != 0;
+        let res = match (d, shard) {
+            (None, _) => -libc::EOPNOTSUPP,
+            (Some(d), _) if null => d.len as i32,
+            (Some(_), None) => -libc::EIO,
+            (Some(d), Some(s)) => {
+                let data_op = matches!(d.op, Op::Read | Op::Write);
+                let r = if data_op && unregistered {
+                    let mut l = bufs.get((d.len as usize).min(max_io as usize).max(4096)).await;
+                    user_copy_io(q, tag, d, &mut l, s).await
+                } else if data_op {
+                    let k = KernelBuf {
+                        index,
+                        fd: q.fd(),
+                        pos: q.pos(tag),
+                        off: 0,
+                        len: d.len,
+                        ring_reads: zc.ring_reads,
+                    };
+                    s.handle_data(d, Data::Kernel(k)).await.map_err(|e| e.errno())
+                } else {
+                    s.handle_data(d, Data::Mem(&mut [])).await.map_err(|e| e.errno())
+                };
+                match r {
+                    Ok(n) => n as i32,
+                    Err(errno) => {
+                        tracing::debug!(
+                            "queue {} tag {tag}: {:?} at {}+{}: errno {errno}",
+                            q.qid(),
+                            d.op,
+                            d.offset,
+                            d.len
+                        );
+                        -errno
+                    }
+                }
+            }
+        };
+        q.commit_reg(tag, index, res).await?;
     }
 }
 

@@ -31,7 +31,11 @@ const fn f(bit: u32, name: &'static str, used: &'static str) -> Feature {
 
 /// Every flag sheepdev knows, in bit order.
 pub const FEATURES: &[Feature] = &[
-    f(sys::UBLK_F_SUPPORT_ZERO_COPY, "zero_copy", "not used (zero copy is not implemented yet)"),
+    f(
+        sys::UBLK_F_SUPPORT_ZERO_COPY,
+        "zero_copy",
+        "not used: zero copy goes through auto_buf_reg (no register/unregister command per request)",
+    ),
     f(sys::UBLK_F_URING_CMD_COMP_IN_TASK, "uring_cmd_comp_in_task", "not needed"),
     f(
         sys::UBLK_F_NEED_GET_DATA,
@@ -49,12 +53,16 @@ pub const FEATURES: &[Feature] = &[
     f(
         sys::UBLK_F_USER_COPY,
         "user_copy",
-        "used by null devices (they copy nothing); a sheep device a previous daemon made with it moves data by pread/pwrite on the char device",
+        "used by null devices (they copy nothing) and, beside auto_buf_reg, by zero-copy devices (zeros, read data that came with an earlier receive, a failed registration); a sheep device a previous daemon made with it alone moves data by pread/pwrite on the char device",
     ),
     f(sys::UBLK_F_ZONED, "zoned", "not used (VDIs are not zoned)"),
     f(sys::UBLK_F_USER_RECOVERY_FAIL_IO, "user_recovery_fail_io", "not used (reissue instead)"),
     f(sys::UBLK_F_UPDATE_SIZE, "update_size", "used: `sheepdev resize` grows a mapped device live"),
-    f(sys::UBLK_F_AUTO_BUF_REG, "auto_buf_reg", "not used (zero copy is not implemented yet)"),
+    f(
+        sys::UBLK_F_AUTO_BUF_REG,
+        "auto_buf_reg",
+        "used by sheep devices with add --zero-copy auto (the default) or on: each request's pages are registered in its core ring's buffer table, writes are sent from them with SEND_ZC and reads received into them; user_copy beside it covers what the ring cannot move",
+    ),
     f(
         sys::UBLK_F_QUIESCE,
         "quiesce",

@@ -23,6 +23,7 @@
 //!   flags it was created with, and [`features::resize`] grows it live where UPDATE_SIZE is.
 
 mod buffers;
+pub mod zero_copy;
 mod cores;
 pub mod features;
 mod queue;
@@ -73,6 +74,9 @@ pub struct Spec {
     /// of borrowing one from its core's pool per request (`add --own-buffers`): a few
     /// percent more IOPS for `queues × depth × max_io` bytes of the device's own.
     pub own_buffers: bool,
+    /// Serve from the requests' own pages (`zero_copy::decide` said yes): no buffers at all,
+    /// writes sent from the pages, reads received into them.
+    pub zero_copy: bool,
 }
 
 /// Raised by a forced delete: every shard of the device fails its requests at once instead
@@ -114,6 +118,9 @@ pub enum Error {
     NoId,
     #[error("ublk device failed: {0}")]
     Run(UblkError),
+    /// `add --zero-copy on` where this kernel cannot (the line says why).
+    #[error("{0}")]
+    NoZeroCopy(String),
     /// The core thread a queue belongs to has ended.
     #[error("core {core} (queue {queue}) is gone")]
     CoreGone { core: usize, queue: u16 },
@@ -132,6 +139,7 @@ impl Error {
             Error::Ctrl { .. } | Error::Run(_) | Error::CoreGone { .. } => libc::EIO,
             Error::State { .. } => libc::EBUSY,
             Error::NoId => libc::EINVAL,
+            Error::NoZeroCopy(_) => libc::EOPNOTSUPP,
         }
     }
     /// Nothing in this layer is fixed by a new sheep connection.
@@ -368,7 +376,13 @@ pub fn start(spec: Spec, abort: Abort, cores: &Cores) -> Result<Device, Error> {
             .depth(spec.depth)
             .io_buf_bytes(max_io)
             .ctrl_flags(
-                recovery_flags() | data_flag(null, spec.own_buffers) | features::quiesce_flag(),
+                recovery_flags()
+                    | if spec.zero_copy && !null {
+                        zero_copy::flags()
+                    } else {
+                        data_flag(null, spec.own_buffers)
+                    }
+                    | features::quiesce_flag(),
             )
             .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
             .build()

@@ -31,6 +31,14 @@
 //!     tag's offset, a copy the driver makes to or from a request in flight (never blocks).
 //!   - [`Transfer::Own`] (neither flag): `addr` is the tag's own buffer of max-io bytes, which
 //!     must outlive every command of the tag.
+//!   - [`Transfer::AutoReg`] (UBLK_F_AUTO_BUF_REG, 6.16+, with USER_COPY beside it; zero
+//!     copy): `addr` is 0 and every fetch or commit names an entry of the ring's buffer table
+//!     in the SQE's own `addr` ([`Queue::fetch_reg`], [`Queue::commit_reg`]). Before it hands
+//!     the tag a request with data, the driver registers the request's pages there; the
+//!     commit unregisters them, and the request completes once the ring's last use of them
+//!     (a zero-copy send still in flight) is over. Should the registration fail, the request
+//!     comes flagged UBLK_IO_F_NEED_REG_BUF (the fallback asked for) and is served by user
+//!     copy instead.
 
 use std::io;
 use std::sync::Arc;
@@ -59,6 +67,7 @@ pub enum Transfer {
     GetData,
     UserCopy,
     Own,
+    AutoReg,
 }
 
 /// What the driver answered a fetch or commit with.
@@ -72,7 +81,9 @@ pub enum Next {
 
 impl Transfer {
     pub fn of(flags: u64) -> Transfer {
-        if flags & u64::from(sys::UBLK_F_USER_COPY) != 0 {
+        if flags & u64::from(sys::UBLK_F_AUTO_BUF_REG) != 0 {
+            Transfer::AutoReg
+        } else if flags & u64::from(sys::UBLK_F_USER_COPY) != 0 {
             Transfer::UserCopy
         } else if flags & u64::from(sys::UBLK_F_NEED_GET_DATA) != 0 {
             Transfer::GetData
@@ -154,14 +165,34 @@ impl Queue {
         unsafe { std::ptr::read_volatile(self.iods.add(usize::from(tag))) }
     }
 
+    /// The char device (user copy).
+    pub fn fd(&self) -> i32 {
+        self.fd
+    }
+
     async fn cmd(&self, op: u32, tag: u16, addr: u64, result: i32) -> Result<Next, i32> {
+        self.cmd_at(op, tag, addr, result, 0).await
+    }
+
+    /// A queue command; `sqe_addr` goes in the SQE's own `addr` (AUTO_BUF_REG's buffer entry).
+    async fn cmd_at(
+        &self,
+        op: u32,
+        tag: u16,
+        addr: u64,
+        result: i32,
+        sqe_addr: u64,
+    ) -> Result<Next, i32> {
         let mut c = [0u8; 16];
         c[0..2].copy_from_slice(&self.qid.to_ne_bytes());
         c[2..4].copy_from_slice(&tag.to_ne_bytes());
         c[4..8].copy_from_slice(&result.to_ne_bytes());
         c[8..16].copy_from_slice(&addr.to_ne_bytes());
         let op = if self.encode { op } else { op & 0xff };
-        let sqe = opcode::UringCmd16::new(types::Fd(self.fd), op).cmd(c).build();
+        let mut sqe = opcode::UringCmd16::new(types::Fd(self.fd), op).cmd(c).build();
+        if sqe_addr != 0 {
+            sqe = with_sqe_addr(sqe, sqe_addr);
+        }
         match ring::submit(sqe).await {
             r if r == sys::UBLK_IO_RES_OK as i32 => Ok(Next::Request),
             r if r == sys::UBLK_IO_RES_NEED_GET_DATA as i32
@@ -185,6 +216,18 @@ impl Queue {
         self.cmd(sys::UBLK_U_IO_COMMIT_AND_FETCH_REQ, tag, addr, res).await
     }
 
+    /// `Transfer::AutoReg`: first command of `tag`, whose requests' pages go to entry
+    /// `index` of the ring's buffer table.
+    pub async fn fetch_reg(&self, tag: u16, index: u16) -> Result<Next, i32> {
+        self.cmd_at(sys::UBLK_U_IO_FETCH_REQ, tag, 0, -1, auto_buf_reg(index)).await
+    }
+
+    /// `Transfer::AutoReg`: complete `tag`'s request and wait for its next one (its pages
+    /// again at entry `index`).
+    pub async fn commit_reg(&self, tag: u16, index: u16, res: i32) -> Result<Next, i32> {
+        self.cmd_at(sys::UBLK_U_IO_COMMIT_AND_FETCH_REQ, tag, 0, res, auto_buf_reg(index)).await
+    }
+
     /// `Transfer::GetData`: have the driver copy the payload of `tag`'s write into `buf` (which
     /// holds the request's length); resolves once it is there.
     pub async fn get_data(&self, tag: u16, buf: &mut [u8]) -> Result<(), i32> {
@@ -195,7 +238,8 @@ impl Queue {
         }
     }
 
-    fn pos(&self, tag: u16) -> libc::off_t {
+    /// The user-copy offset of `tag`'s request on the char device.
+    pub fn pos(&self, tag: u16) -> libc::off_t {
         (u64::from(sys::UBLKSRV_IO_BUF_OFFSET)
             + ((u64::from(self.qid) << sys::UBLK_QID_OFF) | (u64::from(tag) << sys::UBLK_TAG_OFF)))
             as libc::off_t
@@ -214,6 +258,26 @@ impl Queue {
         let n = unsafe { libc::pwrite(self.fd, buf.as_ptr().cast(), buf.len(), self.pos(tag)) };
         short(n, buf.len())
     }
+}
+
+/// `struct ublk_auto_buf_reg` as the SQE's `addr`: the buffer entry, then its flags — here
+/// UBLK_AUTO_BUF_REG_FALLBACK, so a failed registration hands the request over flagged
+/// instead of failing it.
+fn auto_buf_reg(index: u16) -> u64 {
+    u64::from(index) | u64::from(sys::UBLK_AUTO_BUF_REG_FALLBACK) << 16
+}
+
+/// `sqe` with its `addr` field (bytes 16..24 of `struct io_uring_sqe`) set to `addr`:
+/// io-uring's URING_CMD builder leaves it 0, and AUTO_BUF_REG reads its entry from there.
+fn with_sqe_addr(sqe: io_uring::squeue::Entry, addr: u64) -> io_uring::squeue::Entry {
+    const _: () = assert!(std::mem::size_of::<io_uring::squeue::Entry>() == 64);
+    // SAFETY: `squeue::Entry` is `#[repr(C)]` around `struct io_uring_sqe` (64 bytes,
+    // checked above), every bit pattern of which is a valid value; `addr` is its u64 at
+    // byte 16.
+    let mut raw: [u8; 64] = unsafe { std::mem::transmute(sqe) };
+    raw[16..24].copy_from_slice(&addr.to_ne_bytes());
+    // SAFETY: as above, back to the same type.
+    unsafe { std::mem::transmute::<[u8; 64], io_uring::squeue::Entry>(raw) }
 }
 
 fn short(n: isize, want: usize) -> io::Result<()> {

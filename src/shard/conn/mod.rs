@@ -40,16 +40,19 @@ use std::time::{Duration, Instant};
 
 use super::coalesce::{self, Chains};
 use super::Error;
+use crate::block::{Dst, KernelBuf, Src};
 use crate::net::{Gateway, Stream};
 use crate::proto::demux::wire_id;
 use crate::proto::{Opcode, ReqHeader, RspHeader, HEADER_LEN};
 
-mod socket;
+pub(super) mod socket;
 
 /// Requests gathered into one SENDMSG.
 const MAX_BATCH: usize = 64;
 /// The most iovecs in one SENDMSG (Linux's UIO_MAXIOV).
 const MAX_IOV: usize = 1024;
+/// The most pieces (SENDMSGs and SEND_ZCs) in one linked chain of a batch with kernel pages.
+const MAX_CHAIN: usize = 128;
 /// Receive buffer per connection.
 const RECV_BUF: usize = 256 << 10;
 /// How long one reconnect attempt may take (blocking the shard thread: it has nothing to
@@ -73,6 +76,10 @@ struct Slot {
     payload_len: usize,
     dest: *mut u8,
     dest_len: usize,
+    /// The payload is a request's kernel pages (zero copy) instead of `payload`.
+    payload_k: Option<KernelBuf>,
+    /// The destination is a request's kernel pages instead of `dest` (`dest_len` is theirs).
+    dest_k: Option<KernelBuf>,
     result: Option<Result<RspHeader, Error>>,
     waker: Option<Waker>,
     /// When the request was queued (only with a stall timeout).
@@ -247,6 +254,8 @@ impl RingConn {
                         payload_len: 0,
                         dest: std::ptr::null_mut(),
                         dest_len: 0,
+                        payload_k: None,
+                        dest_k: None,
                         result: None,
                         waker: None,
                         sent_at: None,
@@ -327,6 +336,20 @@ impl RingConn {
         payload: &[u8],
         dest: &mut [u8],
     ) -> Result<RspHeader, Error> {
+        self.call_data(hdr, Src::Mem(payload), Dst::Mem(dest)).await
+    }
+
+    /// [`RingConn::call`] where the payload or the destination may be a request's kernel
+    /// pages (zero copy): a payload there is sent from them (SEND_ZC on the registered
+    /// buffer), and a response's payload is read into them by the ring where it can
+    /// (READ_FIXED) and copied in by user copy where it cannot (bytes that came with an
+    /// earlier read).
+    pub async fn call_data(
+        &self,
+        hdr: ReqHeader,
+        payload: Src<'_>,
+        mut dest: Dst<'_>,
+    ) -> Result<RspHeader, Error> {
         let idx = poll_fn(|cx| {
             let mut st = self.st.borrow_mut();
             if let Some(e) = st.broken {
@@ -342,7 +365,7 @@ impl RingConn {
         })
         .await?;
         let guard = CallGuard { conn: self, idx };
-        self.enqueue(idx, hdr, payload, dest);
+        self.enqueue(idx, hdr, payload, &mut dest);
         let r = poll_fn(|cx| {
             let mut st = self.st.borrow_mut();
             let s = &mut st.slots[idx];
@@ -361,7 +384,7 @@ impl RingConn {
 
     /// Set slot `idx` (taken from `free`) up for `hdr` and queue it for the sender, or let
     /// it ride on a queued write (module contract).
-    fn enqueue(&self, idx: usize, mut hdr: ReqHeader, payload: &[u8], dest: &mut [u8]) {
+    fn enqueue(&self, idx: usize, mut hdr: ReqHeader, payload: Src<'_>, dest: &mut Dst<'_>) {
         {
             let mut st = self.st.borrow_mut();
             let s = &mut st.slots[idx];
@@ -372,13 +395,16 @@ impl RingConn {
             // neither the sender nor the kernel reads it now.
             unsafe { *self.headers[idx].get() = hdr.encode() };
             s.phase = Phase::Queued;
-            (s.payload, s.payload_len) = if hdr.has_payload() {
-                (payload.as_ptr(), payload.len())
-            } else {
-                (std::ptr::null(), 0)
+            (s.payload, s.payload_len, s.payload_k) = match payload {
+                _ if !hdr.has_payload() => (std::ptr::null(), 0, None),
+                Src::Mem(m) => (m.as_ptr(), m.len(), None),
+                Src::Kernel(k) => (std::ptr::null(), k.len as usize, Some(k)),
             };
             let takes = if hdr.opcode == Opcode::ReadObj as u8 { dest.len() } else { 0 };
-            (s.dest, s.dest_len) = (dest.as_mut_ptr(), takes);
+            (s.dest, s.dest_len, s.dest_k) = match dest {
+                Dst::Mem(m) => (m.as_mut_ptr(), takes, None),
+                Dst::Kernel(k) => (std::ptr::null_mut(), takes, (takes > 0).then_some(*k)),
+            };
             s.result = None;
             s.sent_at = (!self.stall.is_zero()).then(super::ring::now);
             s.hdr = hdr;
@@ -442,7 +468,7 @@ impl RingConn {
                 if matches!(s.phase, Phase::Queued | Phase::Sent) {
                     s.phase = Phase::Done;
                     s.result = Some(Err(e));
-                    (s.dest, s.dest_len) = (std::ptr::null_mut(), 0);
+                    (s.dest, s.dest_len, s.dest_k) = (std::ptr::null_mut(), 0, None);
                     wake.extend(s.waker.take());
                 }
             }
@@ -466,7 +492,7 @@ impl RingConn {
                 }
                 s.phase = Phase::Done;
                 s.result = Some(r);
-                (s.dest, s.dest_len) = (std::ptr::null_mut(), 0);
+                (s.dest, s.dest_len, s.dest_k) = (std::ptr::null_mut(), 0, None);
                 let w = s.waker.take();
                 next = st.chains.take_next(i);
                 w
@@ -497,6 +523,7 @@ impl Drop for CallGuard<'_> {
             s.phase = Phase::Free;
             (s.payload, s.payload_len, s.dest, s.dest_len) =
                 (std::ptr::null(), 0, std::ptr::null_mut(), 0);
+            (s.payload_k, s.dest_k) = (None, None);
             s.waker = None;
             st.chains.clear(self.idx);
             st.inflight -= 1;

@@ -1,6 +1,8 @@
 //! The tasks of a connection's socket: the sender (every queued request, with its riders,
-//! in one SENDMSG), the receiver (reads, `proto::demux`, copies into the callers'
-//! destinations), the stall watchdog, and the supervisor that reconnects.
+//! in one SENDMSG — or, when some payloads are requests' kernel pages, one linked chain of
+//! SENDMSGs and SEND_ZCs in order), the receiver (reads, `proto::demux`, copies into the
+//! callers' destinations, or reads straight into a request's kernel pages), the stall
+//! watchdog, and the supervisor that reconnects.
 
 use std::future::poll_fn;
 use std::os::fd::AsRawFd;
@@ -12,7 +14,8 @@ use io_uring::{opcode, types};
 
 use super::super::ring::submit;
 use super::super::Error;
-use super::{Phase, RingConn, MAX_BATCH, MAX_IOV, RECONNECT_TIMEOUT, RECV_BUF};
+use super::{Phase, RingConn, MAX_BATCH, MAX_CHAIN, MAX_IOV, RECONNECT_TIMEOUT, RECV_BUF};
+use crate::block::{copy_to_kernel, KernelBuf};
 use crate::proto::demux::{Demux, Event, InFlight};
 use crate::proto::HEADER_LEN;
 
@@ -120,16 +123,22 @@ impl RingConn {
     }
 
     /// Move up to [`MAX_BATCH`] queued requests (with their riders) into `iov`, header and
-    /// payloads in order, marking them sent; at most [`MAX_IOV`] iovecs.
-    pub(super) fn take_batch(&self, iov: &mut Vec<libc::iovec>) {
+    /// payloads in order, marking them sent; at most [`MAX_IOV`] iovecs. `segs` says how
+    /// the batch goes out: runs of `iov` and, between them, payloads that are kernel pages
+    /// (at most [`MAX_CHAIN`] pieces).
+    pub(super) fn take_batch(&self, iov: &mut Vec<libc::iovec>, segs: &mut Vec<Seg>) {
         iov.clear();
+        segs.clear();
+        let mut mark = 0;
         let mut st = self.st.borrow_mut();
         let mut n = 0;
         while n < MAX_BATCH {
-            // A header, the lead's payload and one iovec per rider must fit.
+            // A header, the lead's payload and one iovec per rider must fit; and, should
+            // every payload be kernel pages, two pieces each.
             let Some(&i) = st.sendq.front() else { break };
             let i = usize::from(i);
-            if iov.len() + 2 + st.chains.riders(i) > MAX_IOV {
+            let riders = st.chains.riders(i);
+            if iov.len() + 2 + riders > MAX_IOV || segs.len() + 3 + 2 * riders > MAX_CHAIN {
                 break;
             }
             st.sendq.pop_front();
@@ -138,7 +147,13 @@ impl RingConn {
             while let Some(j) = next {
                 let s = &mut st.slots[j];
                 s.phase = Phase::Sent;
-                if s.payload_len > 0 {
+                if let Some(k) = s.payload_k {
+                    if iov.len() > mark {
+                        segs.push(Seg::Iov { from: mark, to: iov.len() });
+                    }
+                    segs.push(Seg::Kernel(k));
+                    mark = iov.len();
+                } else if s.payload_len > 0 {
                     iov.push(libc::iovec {
                         iov_base: s.payload as *mut libc::c_void,
                         iov_len: s.payload_len,
@@ -148,10 +163,14 @@ impl RingConn {
             }
             n += 1;
         }
+        if iov.len() > mark {
+            segs.push(Seg::Iov { from: mark, to: iov.len() });
+        }
     }
 
     async fn send_inner(&self, fd: types::Fd) {
         let mut iov: Vec<libc::iovec> = Vec::with_capacity(MAX_IOV);
+        let mut chain = Chain::new();
         loop {
             let go = poll_fn(|cx| {
                 let mut st = self.st.borrow_mut();
@@ -168,7 +187,14 @@ impl RingConn {
             if !go {
                 return;
             }
-            self.take_batch(&mut iov);
+            self.take_batch(&mut iov, &mut chain.segs);
+            if chain.segs.iter().any(|s| matches!(s, Seg::Kernel(_))) {
+                if let Err(e) = chain.send(fd, &mut iov).await {
+                    self.fail(e);
+                    return;
+                }
+                continue;
+            }
             let mut start = 0;
             while start < iov.len() {
                 // SAFETY: an all-zero msghdr is valid; the fields set below point into `iov`,
@@ -201,9 +227,21 @@ impl RingConn {
                 buf.copy_within(head..tail, 0);
                 (head, tail) = (0, tail - head);
             }
-            let room = &mut buf[tail..];
-            let n =
-                submit(opcode::Recv::new(fd, room.as_mut_ptr(), room.len() as u32).build()).await;
+            // The rest of a payload bound for a request's kernel pages, with nothing of it
+            // buffered here: read it straight into them.
+            let direct = (head == tail).then(|| self.direct_dest(&demux)).flatten();
+            let n = match direct {
+                Some((k, want)) => {
+                    let at = (k.off as usize) as *mut u8;
+                    let len = want.min(u32::MAX as usize) as u32;
+                    submit(opcode::ReadFixed::new(fd, at, len, k.index).build()).await
+                }
+                None => {
+                    let room = &mut buf[tail..];
+                    submit(opcode::Recv::new(fd, room.as_mut_ptr(), room.len() as u32).build())
+                        .await
+                }
+            };
             if n <= 0 {
                 self.fail(if n == 0 { Error::Closed } else { Error::Io(-n) });
                 return;
@@ -213,7 +251,10 @@ impl RingConn {
             if self.st.borrow().broken.is_some() {
                 return;
             }
-            tail += n as usize;
+            match direct {
+                Some(_) => demux.skip(n as usize),
+                None => tail += n as usize,
+            }
             loop {
                 let (used, ev) = demux.feed(&buf[head..tail], |i| {
                     let st = self.st.borrow();
@@ -234,7 +275,16 @@ impl RingConn {
                     Event::NeedMore => break,
                     Event::Payload { slot, offset, data } => {
                         let st = self.st.borrow();
-                        if let Some(s) = st
+                        let kernel = st.slots.get(slot).and_then(|s| s.dest_k);
+                        if let Some(k) = kernel {
+                            // Bytes that came with an earlier read: user copy.
+                            if let Err(e) = copy_to_kernel(&k, offset, data) {
+                                drop(st);
+                                tracing::warn!("sheep {}: user copy of a read: {e}", self.addr.borrow());
+                                self.fail(Error::Io(e.raw_os_error().unwrap_or(libc::EIO)));
+                                return;
+                            }
+                        } else if let Some(s) = st
                             .slots
                             .get(slot)
                             .filter(|s| !s.dest.is_null() && offset + data.len() <= s.dest_len)
@@ -260,5 +310,94 @@ impl RingConn {
                 }
             }
         }
+    }
+}
+
+impl RingConn {
+    /// The kernel pages the current response's payload goes to, and how much of it is still
+    /// to come, when the ring can read into them.
+    fn direct_dest(&self, demux: &Demux) -> Option<(KernelBuf, usize)> {
+        let (slot, offset, want) = demux.pending()?;
+        let st = self.st.borrow();
+        let s = st.slots.get(slot).filter(|s| matches!(s.phase, Phase::Queued | Phase::Sent))?;
+        let k = s.dest_k.filter(|k| k.ring_reads)?;
+        (offset + want <= k.len as usize).then(|| (k.sub(offset as u32, want as u32), want))
+    }
+}
+
+/// A piece of a batch (see [`RingConn::take_batch`]): iovecs `from..to` of it, or a
+/// request's kernel pages.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Seg {
+    Iov { from: usize, to: usize },
+    Kernel(KernelBuf),
+}
+
+/// A sender's scratch for batches with kernel pages in them, allocated once.
+struct Chain {
+    segs: Vec<Seg>,
+    msgs: Vec<libc::msghdr>,
+    sqes: Vec<io_uring::squeue::Entry>,
+    futs: Vec<libublk::uring_async::UblkUringOpFuture>,
+    results: Vec<i32>,
+}
+
+impl Chain {
+    fn new() -> Chain {
+        Chain {
+            segs: Vec::with_capacity(MAX_CHAIN),
+            msgs: Vec::with_capacity(MAX_CHAIN),
+            sqes: Vec::with_capacity(MAX_CHAIN),
+            futs: Vec::with_capacity(MAX_CHAIN),
+            results: Vec::with_capacity(MAX_CHAIN),
+        }
+    }
+
+    /// Send the batch `self.segs` describes as one linked chain: a SENDMSG per run of our
+    /// memory, a SEND_ZC from the registered buffer per kernel payload, each with
+    /// MSG_WAITALL (all of it or an error, so the chain keeps the stream in order).
+    async fn send(&mut self, fd: types::Fd, iov: &mut [libc::iovec]) -> Result<(), Error> {
+        const FLAGS: i32 = libc::MSG_NOSIGNAL | libc::MSG_WAITALL;
+        self.msgs.clear();
+        for seg in &self.segs {
+            if let Seg::Iov { from, to } = *seg {
+                // SAFETY: an all-zero msghdr is valid; its iovecs are `iov[from..to]`, which
+                // the caller keeps untouched until this resolves.
+                let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+                m.msg_iov = iov[from..].as_mut_ptr();
+                m.msg_iovlen = to - from;
+                self.msgs.push(m);
+            }
+        }
+        self.sqes.clear();
+        let mut m = 0;
+        for seg in &self.segs {
+            let sqe = match *seg {
+                Seg::Iov { .. } => {
+                    m += 1;
+                    opcode::SendMsg::new(fd, &self.msgs[m - 1]).flags(FLAGS as u32).build()
+                }
+                // The buffer "address" of kernel pages is the offset into the request.
+                Seg::Kernel(k) => opcode::SendZc::new(fd, (k.off as usize) as *const u8, k.len)
+                    .buf_index(Some(k.index))
+                    .flags(FLAGS)
+                    .build(),
+            };
+            self.sqes.push(sqe);
+        }
+        super::super::ring::submit_chain(&mut self.sqes, &mut self.futs, &mut self.results).await;
+        for (seg, &r) in self.segs.iter().zip(&self.results) {
+            let want = match *seg {
+                Seg::Iov { from, to } => iov[from..to].iter().map(|v| v.iov_len).sum::<usize>(),
+                Seg::Kernel(k) => k.len as usize,
+            };
+            match r {
+                r if r < 0 => return Err(Error::Io(-r)),
+                0 => return Err(Error::Closed),
+                r if r as usize != want => return Err(Error::Io(libc::EIO)),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 }

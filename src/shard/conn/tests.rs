@@ -71,15 +71,44 @@ fn idle_conn(slots: usize) -> (TcpListener, Rc<RingConn>) {
 
 /// Queue `op` of `payload.len()` bytes at `offset` of `oid` in a fresh slot.
 fn queue(conn: &RingConn, op: Opcode, oid: u64, offset: u32, payload: &[u8]) -> usize {
+    queue_src(conn, op, oid, offset, Src::Mem(payload))
+}
+
+fn queue_src(conn: &RingConn, op: Opcode, oid: u64, offset: u32, payload: Src<'_>) -> usize {
     let idx = usize::from(conn.st.borrow_mut().free.pop().expect("a free slot"));
     let args = ObjArgs { oid: crate::proto::Oid(oid), offset, ..Default::default() };
     conn.enqueue(
         idx,
         ReqHeader::obj(op, crate::proto::SD_FLAG_CMD_WRITE, payload.len() as u32, args),
         payload,
-        &mut [],
+        &mut Dst::Mem(&mut []),
     );
     idx
+}
+
+#[test]
+fn a_batch_with_kernel_payloads_goes_as_runs_of_iovecs_around_them() {
+    let (_l, conn) = idle_conn(16);
+    conn.set_coalesce(false);
+    let k = |index| KernelBuf { index, fd: -1, pos: 0, off: 0, len: 4096, ring_reads: true };
+    let mem = [7u8; 512];
+    queue(&conn, Opcode::WriteObj, 1, 0, &mem);
+    queue_src(&conn, Opcode::WriteObj, 2, 0, Src::Kernel(k(5)));
+    queue_src(&conn, Opcode::WriteObj, 3, 0, Src::Kernel(k(6)));
+    queue(&conn, Opcode::WriteObj, 4, 0, &mem);
+    let (mut iov, mut segs) = (Vec::new(), Vec::new());
+    conn.take_batch(&mut iov, &mut segs);
+    // header+payload, header | k5 | header | k6 | header+payload
+    let lens: Vec<usize> = iov.iter().map(|v| v.iov_len).collect();
+    assert_eq!(lens, [HEADER_LEN, 512, HEADER_LEN, HEADER_LEN, HEADER_LEN, 512]);
+    let shape: Vec<String> = segs
+        .iter()
+        .map(|s| match s {
+            socket::Seg::Iov { from, to } => format!("{from}..{to}"),
+            socket::Seg::Kernel(k) => format!("k{}", k.index),
+        })
+        .collect();
+    assert_eq!(shape, ["0..3", "k5", "3..4", "k6", "4..6"]);
 }
 
 fn sent_header(conn: &RingConn, idx: usize) -> ReqHeader {
@@ -104,7 +133,8 @@ fn adjacent_writes_of_one_object_ride_on_the_queued_one_and_share_its_result() {
     assert_eq!(sent_header(&conn, a).obj_args().offset, 0);
     assert_eq!(sent_header(&conn, c).data_length, 4096);
     let mut iov = Vec::with_capacity(MAX_IOV);
-    conn.take_batch(&mut iov);
+    let mut segs = Vec::new();
+    conn.take_batch(&mut iov, &mut segs);
     let order: Vec<*mut libc::c_void> = iov.iter().map(|v| v.iov_base).collect();
     let hdr = |i: usize| conn.headers[i].get().cast::<libc::c_void>();
     let pay = |k: usize| bufs[k].as_ptr() as *mut libc::c_void;

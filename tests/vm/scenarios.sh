@@ -1270,7 +1270,73 @@ s10_restart() {
 }
 
 # ------------------------------------------------------------ main
-ALL="1:ext4 2:fio-verify 3:snapshots 4:clone-cow 5:discard 6:bad-input 7:recovery 8:many-devices 9:resize 10:restart"
+# ------------------------------------------------------------ 11 zero copy
+# features_of DEV: the "features" list sheepdev list --json shows for DEV.
+features_of() {
+    sd list --json | tr -d ' \n' | grep -o "\"device\":\"$1\"[^}]*" | grep -o '"features":\[[^]]*\]' | head -1
+}
+s11_zero_copy() {
+    local d f usable reads
+    begin 11 zero-copy
+    ensure_vdi linux 1G
+    sd features --json >"$W/features.json" || fail "sheepdev features --json failed"
+    usable=$(json_flat <"$W/features.json" | awk -F'\t' '$1 == ".zero_copy.usable" { print $2 }')
+    reads=$(json_flat <"$W/features.json" | awk -F'\t' '$1 == ".zero_copy.ring_reads" { print $2 }')
+    step "zero copy on this kernel: usable=$usable ring_reads=$reads ($(sd features | tail -1))"
+    if ! grep -q '"auto_buf_reg"' "$W/features.json" || [ "$usable" != true ]; then
+        # No zero copy here (6.12): `on` is refused in one line, `auto` copies as before.
+        expect_fail "no zero copy" "add --zero-copy on without zero copy" add "$ADDR" linux --zero-copy on
+        add_dev "$ADDR" linux
+        f=$(features_of "$DEV")
+        case $f in *auto_buf_reg*) fail "a device was made with auto_buf_reg on a kernel without zero copy: $f" ;; esac
+        step "--zero-copy auto without zero copy: $f"
+        s2_verify "$DEV" 4k "$S2_SIZE_4K"
+        del_dev "$DEV" -- "$DEV"
+        expect_count 0 "after del"
+        pass
+        return
+    fi
+    [ "$reads" = true ] || fail "zero copy is usable but the ring cannot READ_FIXED a socket on $(uname -r)"
+    # The default (auto) takes it, so every other scenario on this kernel runs zero copy.
+    add_dev "$ADDR" linux --queues 2
+    f=$(features_of "$DEV")
+    case $f in *auto_buf_reg*user_copy*|*user_copy*auto_buf_reg*) ;; *) fail "a default add on a kernel with zero copy made $f" ;; esac
+    case $f in *need_get_data*) fail "a zero-copy device also has need_get_data: $f" ;; esac
+    step "default add: $f"
+    del_dev "$DEV" -- "$DEV"
+    # --zero-copy on: crc32c verify with reads and writes, small and large requests.
+    add_dev "$ADDR" linux --queues 2 --zero-copy on
+    d=$DEV
+    s2_verify "$d" 4k "$S2_SIZE_4K"
+    s2_verify "$d" 1M "$S2_SIZE_64K"
+    # Sequential 1M writes then reads back through the page-cache-free path, verified.
+    step "fio seq write+verify bs=1M iodepth=8 (zero copy)"
+    fio --name=zc-seq --filename="$d" --ioengine="$(fio_engine)" --direct=1 --rw=write --bs=1M \
+        --iodepth=8 --size=256M --verify=crc32c --verify_fatal=1 --do_verify=1 \
+        --eta=never >"$W/fio-s11-seq.out" 2>&1 || { tail -20 "$W/fio-s11-seq.out" >&2; fail "fio seq 1M verify failed"; }
+    # ext4 on it: mkfs, files, fsck.
+    step "mkfs.ext4 + files + fsck on a zero-copy device"
+    mkfs.ext4 -q -F "$d" >"$W/mkfs11.out" 2>&1 || fail "mkfs.ext4 on $d: $(tail -3 "$W/mkfs11.out")"
+    mkdir -p /mnt/s11 && mount "$d" /mnt/s11 || fail "mount $d"
+    dd if=/dev/urandom of=/mnt/s11/a bs=1M count=32 status=none
+    cp /mnt/s11/a /mnt/s11/b && sync
+    cmp /mnt/s11/a /mnt/s11/b || fail "copy on a zero-copy ext4 differs"
+    umount /mnt/s11
+    echo 3 >/proc/sys/vm/drop_caches
+    e2fsck -fn "$d" >"$W/fsck11.out" 2>&1 || fail "fsck of a zero-copy ext4: $(tail -5 "$W/fsck11.out")"
+    del_dev "$d" -- "$d"
+    # --zero-copy off on the same kernel copies (need_get_data), and --own-buffers excludes on.
+    add_dev "$ADDR" linux --zero-copy off
+    f=$(features_of "$DEV")
+    case $f in *auto_buf_reg*) fail "--zero-copy off made $f" ;; esac
+    step "--zero-copy off: $f"
+    del_dev "$DEV" -- "$DEV"
+    expect_fail "exclude each other" "add --own-buffers --zero-copy on" add "$ADDR" linux --own-buffers --zero-copy on
+    expect_count 0 "after del"
+    pass
+}
+
+ALL="1:ext4 2:fio-verify 3:snapshots 4:clone-cow 5:discard 6:bad-input 7:recovery 8:many-devices 9:resize 10:restart 11:zero-copy"
 [ "${SCENARIOS_SOURCE_ONLY:-0}" = 1 ] && return 0 2>/dev/null
 
 BACKEND=store
@@ -1311,6 +1377,7 @@ for n in $pick; do
         8) s8_many ;;
         9) s9_resize ;;
         10) s10_restart ;;
+        11) s11_zero_copy ;;
     esac
 done
 SCEN="end"

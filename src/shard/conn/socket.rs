@@ -171,6 +171,9 @@ impl RingConn {
     async fn send_inner(&self, fd: types::Fd) {
         let mut iov: Vec<libc::iovec> = Vec::with_capacity(MAX_IOV);
         let mut chain = Chain::new();
+        // AF_UNIX has no zero-copy send: kernel pages go with WRITE_FIXED, one piece after
+        // the other (a short write there is normal and is resumed).
+        let unix = matches!(self.stream.borrow().as_ref(), Some(crate::net::Stream::Unix(_)));
         loop {
             let go = poll_fn(|cx| {
                 let mut st = self.st.borrow_mut();
@@ -189,7 +192,11 @@ impl RingConn {
             }
             self.take_batch(&mut iov, &mut chain.segs);
             if chain.segs.iter().any(|s| matches!(s, Seg::Kernel(_))) {
-                if let Err(e) = chain.send(fd, &mut iov).await {
+                let sent = match unix {
+                    false => chain.send(fd, &mut iov).await,
+                    true => chain.send_serial(fd, &mut iov).await,
+                };
+                if let Err(e) = sent {
                     self.fail(e);
                     return;
                 }
@@ -351,6 +358,51 @@ impl Chain {
             futs: Vec::with_capacity(MAX_CHAIN),
             results: Vec::with_capacity(MAX_CHAIN),
         }
+    }
+
+    /// Send the batch `self.segs` describes piece by piece, resuming short sends: SENDMSG
+    /// for our memory, WRITE_FIXED from the registered buffer for kernel pages (sockets
+    /// without SEND_ZC: AF_UNIX).
+    async fn send_serial(&mut self, fd: types::Fd, iov: &mut [libc::iovec]) -> Result<(), Error> {
+        let end = |n: i32| if n == 0 { Error::Closed } else { Error::Io(-n) };
+        for seg in &self.segs {
+            match *seg {
+                Seg::Iov { from, to } => {
+                    let run = &mut iov[..to];
+                    let mut start = from;
+                    while start < to {
+                        // SAFETY: an all-zero msghdr is valid; it points into `run`, which
+                        // is not touched until the SENDMSG completes.
+                        let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+                        m.msg_iov = run[start..].as_mut_ptr();
+                        m.msg_iovlen = to - start;
+                        let n = submit(
+                            opcode::SendMsg::new(fd, &m).flags(libc::MSG_NOSIGNAL as u32).build(),
+                        )
+                        .await;
+                        if n <= 0 {
+                            return Err(end(n));
+                        }
+                        start = crate::iov::advance(run, start, n as usize);
+                    }
+                }
+                Seg::Kernel(k) => {
+                    let mut done = 0u32;
+                    while done < k.len {
+                        let at = ((k.off + done) as usize) as *const u8;
+                        let n = submit(
+                            opcode::WriteFixed::new(fd, at, k.len - done, k.index).build(),
+                        )
+                        .await;
+                        if n <= 0 {
+                            return Err(end(n));
+                        }
+                        done += n as u32;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Send the batch `self.segs` describes as one linked chain: a SENDMSG per run of our

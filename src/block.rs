@@ -1,6 +1,8 @@
 //! The kernel boundary: one block request as a ublk queue (or a test, or the no-kernel
-//! benchmark, or `vdi read/write`) hands it to a shard. Plain data, no dependencies: the
-//! shard, the metrics and the ublk queue all name it from here.
+//! benchmark, or `vdi read/write`) hands it to a shard, with its data: a buffer of ours, or
+//! (zero copy) the request's own pages in the ring's buffer table ([`KernelBuf`]). Plain
+//! data, no runtime: the shard, the metrics and the ublk queue all name it from here; the
+//! one call here is the user copy into a request's pages ([`copy_to_kernel`]).
 
 /// What the kernel asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,6 +15,11 @@
 //!   pushed before it has then been handed to the kernel (and one the kernel serves inline,
 //!   as the ublk driver does a queue command, has been served). The loop's enter returns
 //!   with the next CQE of any kind, so on an idle ring that is when the next one comes.
+//! - [`submit_chain`] pushes several SQEs as one linked chain, in one go, and resolves when
+//!   all have completed (a zero-copy batch of a sheep connection: SENDMSG and SEND_ZC in
+//!   order). A SEND_ZC's second CQE (IORING_CQE_F_NOTIF: the kernel let go of the pages)
+//!   is dropped by the loop, never matched to a future. [`register_buffer_table`] gives the
+//!   ring the empty buffer table zero-copy queues register request pages in.
 //! - [`now`] is the thread's loop clock: the time the loop last woke from the ring
 //!   ([`run_ready`], which both loops call after each wake-up), so every event reaped
 //!   in one wake-up has one time stamp and a request reads no clock. It lags the real

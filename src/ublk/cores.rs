@@ -382,6 +382,9 @@ async fn serve_tag(
     }
 }
 
+/// Writes below this many bytes on a zero-copy device are sent by copy (see `serve_tag_zc`).
+const ZC_WRITE_MIN: u32 = 64 << 10;
+
 /// A zero-copy queue's place in its core ring's buffer table.
 #[derive(Clone, Copy)]
 struct Zc {
@@ -416,7 +419,12 @@ async fn serve_tag_zc(
             (Some(_), None) => -libc::EIO,
             (Some(d), Some(s)) => {
                 let data_op = matches!(d.op, Op::Read | Op::Write);
-                let r = if data_op && unregistered {
+                // A small write is copied out of the pages (user copy) and sent with the
+                // other queued requests in one SENDMSG: SEND_ZC pins pages and posts a
+                // second completion, which costs more than it saves below ZC_WRITE_MIN
+                // (measured: tuning/README.md, "Zero copy").
+                let small_write = d.op == Op::Write && d.len < ZC_WRITE_MIN;
+                let r = if data_op && (unregistered || small_write) {
                     let mut l = bufs.get((d.len as usize).min(max_io as usize).max(4096)).await;
                     user_copy_io(q, tag, d, &mut l, s).await
                 } else if data_op {

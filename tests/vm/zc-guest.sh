@@ -86,7 +86,7 @@ for mode in on off; do
     d=$(sheepdev add "$GW" "$v" --queues 2 --depth 128 --max-io 512K --zero-copy $mode)
     fio --name=rss --filename="$d" --ioengine=io_uring --direct=1 --rw=randwrite --bs=512k \
         --iodepth=128 --numjobs=2 --size=256M --offset_increment=256M --time_based --runtime=6 \
-        --eta=never >/dev/null 2>&1 || die "fio rss run ($mode) failed"
+        --eta=never >"$OUT/fio/rss-$mode.out" 2>&1 || { tail -15 "$OUT/fio/rss-$mode.out"; tail -20 "$OUT/serve.log"; die "fio rss run ($mode) failed"; }
     rec "rss_kib_after_$mode $(rss VmRSS)"
     rec "hwm_kib_after_$mode $(rss VmHWM)"
     sheepdev del "$d" >/dev/null

@@ -18,6 +18,15 @@
 //!   their error at once while a SENDMSG may still be reading their payload: that only
 //!   sends stale bytes on a dead socket, because payloads live in shard-owned buffers that
 //!   outlive the connection.
+//! - Kernel pages (zero copy, [`RingConn::call_data`]): a payload that is a ublk request's
+//!   registered pages is sent from them — the batch then goes as one linked chain of
+//!   SENDMSGs (our memory) and SEND_ZCs (the pages), each all-or-error (MSG_WAITALL), so the
+//!   stream stays in order; on AF_UNIX, which has no zero-copy send, piece by piece with
+//!   WRITE_FIXED. A response payload bound for a request's pages is read straight into them
+//!   (READ_FIXED of exactly what is left of it) whenever nothing of it is buffered yet; the
+//!   bytes that came with an earlier read are copied in by user copy. The driver keeps the
+//!   request (and its pages) alive until the ring's last use of them has ended, so a caller
+//!   that gives up (a broken connection) cannot leave the ring writing freed memory.
 //! - Coalescing (on unless [`RingConn::set_coalesce`] turns it off): a request queued while
 //!   one of the last [`MERGE_SCAN`] queued requests is one it may ride on (the rule is
 //!   `coalesce::rides_on`: adjacent plain WRITE_OBJs of one object, never a create, a read,

@@ -75,6 +75,9 @@ while [ $r -le "$ROUNDS" ]; do
 done
 sheepdev del "$on" >/dev/null
 sheepdev del "$off" >/dev/null
+# The store keeps objects in the guest's RAM: make room for the RSS runs.
+sheepdev vdi delete zon >/dev/null
+sheepdev vdi delete zoff >/dev/null
 # RSS at depth 128 x 512K x 2 queues: zero copy on a fresh daemon, then copy mode.
 kill -TERM "$SP"; wait "$SP" || true
 serve
@@ -90,6 +93,7 @@ for mode in on off; do
     rec "rss_kib_after_$mode $(rss VmRSS)"
     rec "hwm_kib_after_$mode $(rss VmHWM)"
     sheepdev del "$d" >/dev/null
+    sheepdev vdi delete "$v" >/dev/null
 done
 kill -TERM "$SP"
 say "done"

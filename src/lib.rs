@@ -38,6 +38,13 @@
 //!
 //! A read is steps 1–2, [`vdi::Volume::plan_read`] (zeros for unallocated objects, else
 //! READ_OBJ of the owner's object), 4–6 with the payload copied into the borrowed buffer, 8.
+//!
+//! With zero copy (`add --zero-copy`, UBLK_F_AUTO_BUF_REG, Linux 6.16+) nothing is borrowed:
+//! the driver registers the request's own pages in the core ring's buffer table before step
+//! 1, step 5 sends a payload of 64 KiB or more from them with SEND_ZC (linked after its
+//! header's SENDMSG; smaller ones are copied out by user copy and batched as before), a
+//! read's data is read into them with READ_FIXED (bytes that came with an earlier receive
+//! are copied in by user copy), and step 8's commit unregisters them.
 //! A write refused with READONLY (another client snapshotted the VDI) follows the live
 //! snapshot (`shard/follow.rs`) and is sent again as a COW.
 

@@ -55,7 +55,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use conn::RingConn;
+pub use conn::{RingConn, ZC_SEND_MIN};
 pub use error::Error;
 pub use start::{spawn, Config, Done, Job, QueueMetrics, Remote, Spawned};
 

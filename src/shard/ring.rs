@@ -172,6 +172,39 @@ pub fn register_buffer_table(n: u32) -> std::io::Result<()> {
     libublk::io::with_task_io_ring_mut(|r| r.submitter().register_buffers_sparse(n))
 }
 
+/// The bytes of `sqe` (`struct io_uring_sqe`), changed by `f`: for fields io-uring's
+/// builders do not set.
+fn patch_sqe(sqe: squeue::Entry, f: impl FnOnce(&mut [u8; 64])) -> squeue::Entry {
+    const _: () = assert!(std::mem::size_of::<squeue::Entry>() == 64);
+    // SAFETY: `squeue::Entry` is `#[repr(C)]` around `struct io_uring_sqe` (64 bytes,
+    // checked above), which is plain integers: every bit pattern is a valid value.
+    let mut raw: [u8; 64] = unsafe { std::mem::transmute(sqe) };
+    f(&mut raw);
+    // SAFETY: as above, back to the same type.
+    unsafe { std::mem::transmute::<[u8; 64], squeue::Entry>(raw) }
+}
+
+/// `sqe` with its `addr` field (bytes 16..24) set to `addr`: io-uring's URING_CMD builder
+/// leaves it 0, and UBLK_F_AUTO_BUF_REG reads its buffer entry from there.
+pub fn with_sqe_addr(sqe: squeue::Entry, addr: u64) -> squeue::Entry {
+    patch_sqe(sqe, |raw| raw[16..24].copy_from_slice(&addr.to_ne_bytes()))
+}
+
+/// IORING_RECVSEND_FIXED_BUF (io_uring.h; io-uring keeps its `sys` module private).
+const RECVSEND_FIXED_BUF: u16 = 1 << 2;
+
+/// A SEND or RECV `sqe` that names entry `index` of the buffer table instead of memory
+/// (IORING_RECVSEND_FIXED_BUF in `ioprio`, bytes 2..4; `buf_index`, bytes 40..42), its
+/// address then being the offset into that buffer. io-uring's builders have this for
+/// SEND_ZC only; plain SEND and RECV take it from Linux 7.2 (probed before use).
+pub fn with_fixed_buf(sqe: squeue::Entry, index: u16) -> squeue::Entry {
+    patch_sqe(sqe, |raw| {
+        let prio = u16::from_ne_bytes([raw[2], raw[3]]) | RECVSEND_FIXED_BUF;
+        raw[2..4].copy_from_slice(&prio.to_ne_bytes());
+        raw[40..42].copy_from_slice(&index.to_ne_bytes());
+    })
+}
+
 /// Sleep on the ring (an IORING_OP_TIMEOUT).
 pub async fn sleep(d: Duration) {
     let ts = types::Timespec::new().sec(d.as_secs()).nsec(d.subsec_nanos());
@@ -264,6 +297,26 @@ pub fn run_local<'a, T: 'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patched_sqes_carry_the_fields_the_builders_leave_out() {
+        let raw = |e: squeue::Entry| -> [u8; 64] {
+            // SAFETY: as in `patch_sqe`.
+            unsafe { std::mem::transmute(e) }
+        };
+        let cmd = opcode::UringCmd16::new(types::Fd(3), 0x21).cmd([7; 16]).build();
+        let before = raw(cmd.clone());
+        let after = raw(with_sqe_addr(cmd, 0x1_0005));
+        assert_eq!(after[16..24], 0x1_0005u64.to_ne_bytes());
+        assert_eq!(after[..16], before[..16], "opcode, fd and cmd_op untouched");
+        assert_eq!(after[24..], before[24..], "the command bytes untouched");
+        let send = opcode::Send::new(types::Fd(3), 64 as *const u8, 4096).flags(libc::MSG_WAITALL).build();
+        let before = raw(send.clone());
+        let after = raw(with_fixed_buf(send, 9));
+        assert_eq!(u16::from_ne_bytes([after[2], after[3]]), RECVSEND_FIXED_BUF);
+        assert_eq!(u16::from_ne_bytes([after[40], after[41]]), 9);
+        assert_eq!(after[4..40], before[4..40], "fd, address, length and flags untouched");
+    }
 
     #[test]
     fn the_loop_clock_is_one_stamp_per_wake_up_and_moves_with_the_ring() {

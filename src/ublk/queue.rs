@@ -191,7 +191,7 @@ impl Queue {
         let op = if self.encode { op } else { op & 0xff };
         let mut sqe = opcode::UringCmd16::new(types::Fd(self.fd), op).cmd(c).build();
         if sqe_addr != 0 {
-            sqe = with_sqe_addr(sqe, sqe_addr);
+            sqe = ring::with_sqe_addr(sqe, sqe_addr);
         }
         match ring::submit(sqe).await {
             r if r == sys::UBLK_IO_RES_OK as i32 => Ok(Next::Request),
@@ -265,19 +265,6 @@ impl Queue {
 /// instead of failing it.
 fn auto_buf_reg(index: u16) -> u64 {
     u64::from(index) | u64::from(sys::UBLK_AUTO_BUF_REG_FALLBACK) << 16
-}
-
-/// `sqe` with its `addr` field (bytes 16..24 of `struct io_uring_sqe`) set to `addr`:
-/// io-uring's URING_CMD builder leaves it 0, and AUTO_BUF_REG reads its entry from there.
-fn with_sqe_addr(sqe: io_uring::squeue::Entry, addr: u64) -> io_uring::squeue::Entry {
-    const _: () = assert!(std::mem::size_of::<io_uring::squeue::Entry>() == 64);
-    // SAFETY: `squeue::Entry` is `#[repr(C)]` around `struct io_uring_sqe` (64 bytes,
-    // checked above), every bit pattern of which is a valid value; `addr` is its u64 at
-    // byte 16.
-    let mut raw: [u8; 64] = unsafe { std::mem::transmute(sqe) };
-    raw[16..24].copy_from_slice(&addr.to_ne_bytes());
-    // SAFETY: as above, back to the same type.
-    unsafe { std::mem::transmute::<[u8; 64], io_uring::squeue::Entry>(raw) }
 }
 
 fn short(n: isize, want: usize) -> io::Result<()> {

@@ -55,6 +55,7 @@ use crate::proto::demux::wire_id;
 use crate::proto::{Opcode, ReqHeader, RspHeader, HEADER_LEN};
 
 pub(super) mod socket;
+pub use socket::ZC_SEND_MIN;
 
 /// Requests gathered into one SENDMSG.
 const MAX_BATCH: usize = 64;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use io_uring::{opcode, types};
 
-use super::super::ring::submit;
+use super::super::ring::{self, submit};
 use super::super::Error;
 use super::{Phase, RingConn, MAX_BATCH, MAX_CHAIN, MAX_IOV, RECONNECT_TIMEOUT, RECV_BUF};
 use crate::block::{copy_to_kernel, KernelBuf};
@@ -332,6 +332,12 @@ impl RingConn {
     }
 }
 
+/// Kernel payloads smaller than this go with a plain SEND from the registered buffer where
+/// the ring has it (a copy into the socket), not SEND_ZC: pinning the pages and the second
+/// completion cost more than the copy saves on small payloads (tuning/README.md, "Zero
+/// copy").
+pub const ZC_SEND_MIN: u32 = 64 << 10;
+
 /// A piece of a batch (see [`RingConn::take_batch`]): iovecs `from..to` of it, or a
 /// request's kernel pages.
 #[derive(Clone, Copy, Debug)]
@@ -430,6 +436,10 @@ impl Chain {
                     opcode::SendMsg::new(fd, &self.msgs[m - 1]).flags(FLAGS as u32).build()
                 }
                 // The buffer "address" of kernel pages is the offset into the request.
+                Seg::Kernel(k) if k.plain_send && k.len < ZC_SEND_MIN => {
+                    let at = (k.off as usize) as *const u8;
+                    ring::with_fixed_buf(opcode::Send::new(fd, at, k.len).flags(FLAGS).build(), k.index)
+                }
                 Seg::Kernel(k) => opcode::SendZc::new(fd, (k.off as usize) as *const u8, k.len)
                     .buf_index(Some(k.index))
                     .flags(FLAGS)
@@ -437,7 +447,7 @@ impl Chain {
             };
             self.sqes.push(sqe);
         }
-        super::super::ring::submit_chain(&mut self.sqes, &mut self.futs, &mut self.results).await;
+        ring::submit_chain(&mut self.sqes, &mut self.futs, &mut self.results).await;
         for (seg, &r) in self.segs.iter().zip(&self.results) {
             let want = match *seg {
                 Seg::Iov { from, to } => iov[from..to].iter().map(|v| v.iov_len).sum::<usize>(),

@@ -2,6 +2,8 @@
 //! block and use anyhow; every failure reaches `main` as one line and a non-zero exit.
 
 #[cfg(feature = "tools")]
+mod batch;
+#[cfg(feature = "tools")]
 mod bench;
 mod dev;
 #[cfg(feature = "tools")]
@@ -61,6 +63,11 @@ pub enum Command {
     #[cfg(feature = "tools")]
     #[command(hide = true)]
     FaultProxy(fault::FaultProxyArgs),
+    /// A ublk null device on libublk's own queue loop with or without UBLK_F_BATCH_IO
+    /// (tests: bench/vm-batch.sh).
+    #[cfg(feature = "tools")]
+    #[command(hide = true)]
+    BatchNull(batch::BatchNullArgs),
     /// Print a systemd unit for `sheepdev serve` (crash → restart → devices re-attached).
     SystemdUnit(dev::SystemdUnitArgs),
 }
@@ -85,13 +92,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Store(a) => store::run(a),
         #[cfg(feature = "tools")]
         Command::FaultProxy(a) => fault::run(a),
+        #[cfg(feature = "tools")]
+        Command::BatchNull(a) => batch::run(a),
     }
 }
 
 /// The line to print when a build without `--features tools` is asked for one of its
 /// subcommands (`bench`, `fio-report`, `fault-proxy`); `None` for any other parse error.
 pub fn without_tools(e: &clap::Error) -> Option<String> {
-    const TOOLS: [&str; 3] = ["bench", "fio-report", "fault-proxy"];
+    const TOOLS: [&str; 4] = ["bench", "fio-report", "fault-proxy", "batch-null"];
     match e.get(ContextKind::InvalidSubcommand) {
         Some(ContextValue::String(s)) if !cfg!(feature = "tools") && TOOLS.contains(&s.as_str()) => {
             Some(format!("`{s}` is test and benchmark tooling, not in this build (cargo build --release --features tools)"))

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# vm-batch.sh - UBLK_F_BATCH_IO on against off in the qemu VM (tests/vm/batch-guest.sh)
+# on trixie-backports' kernel (7.x has batch I/O): two ublk null devices on libublk's own
+# queue loop, the same in everything but batching (`sheepdev batch-null`), 4k fio at QD1
+# and QD32, same boot, alternating which goes first; prints IOPS on/off per round, the
+# medians, and each server's CPU per I/O. What it measures is the kernel interface itself
+# (no sheep behind the null devices): the most batching the queue commands can give.
+#
+# Usage: bash bench/vm-batch.sh [--runtime SECS] [--rounds R] [--out DIR]
+# Env: SHEEPDEV_BIN (a binary built with --features tools; default: build it),
+#      SHEEPDEV_VM_SKIP_SETUP=1, SHEEPDEV_VM_KERNEL (default backports).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runtime=6 rounds=3 out=""
+while [ $# -gt 0 ]; do
+    case $1 in
+        --runtime) runtime=$2; shift 2 ;;
+        --rounds) rounds=$2; shift 2 ;;
+        --out) out=$2; shift 2 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "vm-batch: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+for v in "$runtime" "$rounds"; do
+    [[ $v =~ ^[1-9][0-9]*$ ]] || { echo "vm-batch: counts and seconds are positive whole numbers" >&2; exit 2; }
+done
+export SHEEPDEV_VM_KERNEL=${SHEEPDEV_VM_KERNEL:-backports}
+if [ -n "${SHEEPDEV_BIN:-}" ]; then bin=$SHEEPDEV_BIN; else
+    echo "== cargo build --release --features tools"; cargo build --release --features tools; bin=target/release/sheepdev; fi
+[ "${SHEEPDEV_VM_SKIP_SETUP:-0}" = 1 ] || bash tests/vm/setup-host.sh
+out=${out:-target/bench-vm/batch-$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$out"
+timeout=$(( 300 + rounds * 6 * (runtime + 6) ))
+echo "== batch I/O on vs off in the VM (kernel: $SHEEPDEV_VM_KERNEL; guest /out: $out)"
+bash tests/vm/run-vm.sh --quiet --timeout "$timeout" --bin "$bin" --out "$out" tests/vm/batch-guest.sh "$runtime" "$rounds"
+grep '^kernel ' "$out/batch.txt"
+awk -v secs="$((runtime + 2))" '
+    /^ticks_per_s/ { tps = $2 }
+    /^iops_/ { split($1, k, "_"); io[k[2], k[3], substr(k[4], 2)] = $2; jobs[k[3]] = 1; if (substr(k[4], 2) > R) R = substr(k[4], 2) }
+    /^cpu_/ { split($1, k, "_"); cpu[k[2], k[3], substr(k[4], 2)] = $2 }
+    END {
+        printf "| job | on IOPS | off IOPS | on/off per round | median | server us/IO on | off |\n|---|---|---|---|---|---|---|\n"
+        for (j in jobs) {
+            n = 0; list = ""; son = 0; soff = 0; con = 0; coff = 0
+            for (r = 1; r <= R; r++) if (io["off", j, r] > 0) {
+                x[++n] = io["on", j, r] / io["off", j, r]; list = list sprintf("%s%.2f", n > 1 ? " " : "", x[n])
+                son += io["on", j, r]; soff += io["off", j, r]
+                con += cpu["on", j, r] * 1e6 / tps / (io["on", j, r] * secs); coff += cpu["off", j, r] * 1e6 / tps / (io["off", j, r] * secs)
+            }
+            for (a = 1; a <= n; a++) for (b = a + 1; b <= n; b++) if (x[b] < x[a]) { t = x[a]; x[a] = x[b]; x[b] = t }
+            med = n % 2 ? x[(n + 1) / 2] : (x[n / 2] + x[n / 2 + 1]) / 2
+            printf "| %s | %.0f | %.0f | %s | **%.2f** | %.1f | %.1f |\n", j, son / n, soff / n, list, med, con / n, coff / n
+        }
+    }' "$out/batch.txt"

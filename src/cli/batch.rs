@@ -51,9 +51,15 @@ fn queue_plain(qid: u16, dev: &UblkDev) {
     let bufs = dev.alloc_queue_io_bufs();
     let handler = |q: &UblkQueue, tag: u16, _io: &UblkIOCtx| {
         let r = result(q, tag);
-        let _ = q.complete_io_cmd_unified(tag, BufDesc::Slice(bufs[tag as usize].as_slice()), Ok(UblkIORes::Result(r)));
+        let _ = q.complete_io_cmd_unified(
+            tag,
+            BufDesc::Slice(bufs[tag as usize].as_slice()),
+            Ok(UblkIORes::Result(r)),
+        );
     };
-    let q = match UblkQueue::new(qid, dev).and_then(|q| q.submit_fetch_commands_unified(BufDescList::Slices(Some(&bufs)))) {
+    let q = match UblkQueue::new(qid, dev)
+        .and_then(|q| q.submit_fetch_commands_unified(BufDescList::Slices(Some(&bufs))))
+    {
         Ok(q) => q,
         Err(e) => {
             eprintln!("sheepdev batch-null: queue {qid}: {e}");
@@ -72,7 +78,11 @@ fn queue_batch(qid: u16, dev: &UblkDev) {
         }
     };
     let buffers = dev.alloc_queue_io_bufs();
-    let mut batch = match UblkBatchQueue::new(&queue, UblkBatchBuffers::IoBufs(buffers), UblkBatchConfig::new()) {
+    let mut batch = match UblkBatchQueue::new(
+        &queue,
+        UblkBatchBuffers::IoBufs(buffers),
+        UblkBatchConfig::new(),
+    ) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("sheepdev batch-null: queue {qid}: batch set-up: {e}");

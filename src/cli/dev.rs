@@ -330,7 +330,8 @@ pub fn features(a: FeaturesArgs) -> anyhow::Result<()> {
             "ring_reads": zc.ring_reads,
             "plain_sends": zc.plain_sends,
         });
-        let v = serde_json::json!({"mask": format!("{have:#x}"), "features": rows, "zero_copy": zc});
+        let v =
+            serde_json::json!({"mask": format!("{have:#x}"), "features": rows, "zero_copy": zc});
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }

@@ -131,7 +131,9 @@ impl Demux {
     /// them — a receiver that reads them straight into the request's destination.
     pub fn pending(&self) -> Option<(usize, usize, usize)> {
         match (&self.cur, self.broken) {
-            (Some((slot, rsp, done)), None) => Some((*slot, *done, rsp.data_length as usize - done)),
+            (Some((slot, rsp, done)), None) => {
+                Some((*slot, *done, rsp.data_length as usize - done))
+            }
             _ => None,
         }
     }

@@ -384,8 +384,10 @@ impl Shard {
                 .and_then(|rsp| check(&rsp).map(|()| rsp));
         };
         let t0 = ring::now();
-        let r =
-            self.conns[i].call_data(hdr, payload, dest).await.and_then(|rsp| check(&rsp).map(|()| rsp));
+        let r = self.conns[i]
+            .call_data(hdr, payload, dest)
+            .await
+            .and_then(|rsp| check(&rsp).map(|()| rsp));
         let m = m.borrow();
         m.backend(kind, ring::now().saturating_duration_since(t0));
         if let Err(e) = r {

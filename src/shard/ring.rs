@@ -281,7 +281,7 @@ pub fn run_local<'a, T: 'a>(
                     ublk_wake_task(cqe.user_data(), cqe)
                 }
             })
-                .map_err(|e| std::io::Error::other(e.to_string()))
+            .map_err(|e| std::io::Error::other(e.to_string()))
         });
         if let Err(e) = r {
             if e.raw_os_error() != Some(libc::EINTR) {
@@ -310,7 +310,8 @@ mod tests {
         assert_eq!(after[16..24], 0x1_0005u64.to_ne_bytes());
         assert_eq!(after[..16], before[..16], "opcode, fd and cmd_op untouched");
         assert_eq!(after[24..], before[24..], "the command bytes untouched");
-        let send = opcode::Send::new(types::Fd(3), 64 as *const u8, 4096).flags(libc::MSG_WAITALL).build();
+        let send =
+            opcode::Send::new(types::Fd(3), 64 as *const u8, 4096).flags(libc::MSG_WAITALL).build();
         let before = raw(send.clone());
         let after = raw(with_fixed_buf(send, 9));
         assert_eq!(u16::from_ne_bytes([after[2], after[3]]), RECVSEND_FIXED_BUF);

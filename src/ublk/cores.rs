@@ -265,7 +265,9 @@ impl Core {
                 let (q, shard, bufs) = (q.clone(), shard.clone(), self.buffers.clone());
                 exe.spawn(async move {
                     let r = match zc {
-                        Some(zc) => serve_tag_zc(&q, tag, shard.as_deref(), null, a.max_io, &bufs, zc).await,
+                        Some(zc) => {
+                            serve_tag_zc(&q, tag, shard.as_deref(), null, a.max_io, &bufs, zc).await
+                        }
                         None => serve_tag(&q, tag, shard.as_deref(), null, a.max_io, &bufs).await,
                     };
                     if let Err(e) = r {

@@ -23,10 +23,10 @@
 //!   flags it was created with, and [`features::resize`] grows it live where UPDATE_SIZE is.
 
 mod buffers;
-pub mod zero_copy;
 mod cores;
 pub mod features;
 mod queue;
+pub mod zero_copy;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};

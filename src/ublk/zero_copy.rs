@@ -69,7 +69,9 @@ fn probe() -> Support {
     let need = u64::from(sys::UBLK_F_AUTO_BUF_REG | sys::UBLK_F_USER_COPY);
     let no = |why: String| Support { usable: Err(why), ring_reads: false, plain_sends: false };
     match super::features::driver() {
-        None => return no("the ublk driver cannot say what it has (GET_FEATURES, Linux 6.5+)".into()),
+        None => {
+            return no("the ublk driver cannot say what it has (GET_FEATURES, Linux 6.5+)".into())
+        }
         Some(f) if f & need != need => {
             return no("this kernel's ublk driver has no UBLK_F_AUTO_BUF_REG (Linux 6.16+)".into())
         }
@@ -77,7 +79,9 @@ fn probe() -> Support {
     }
     match try_ring() {
         Ok(r) => Support { usable: Ok(()), ring_reads: r.reads, plain_sends: r.plain_sends },
-        Err(e) => no(format!("this kernel's io_uring cannot send from a registered buffer (SEND_ZC): {e}")),
+        Err(e) => no(format!(
+            "this kernel's io_uring cannot send from a registered buffer (SEND_ZC): {e}"
+        )),
     }
 }
 
@@ -181,7 +185,9 @@ pub fn decide(mode: ZeroCopy, null: bool, own_buffers: bool) -> Result<bool, Str
         }
         ZeroCopy::Auto if own_buffers => Ok(false),
         ZeroCopy::Auto => Ok(support().usable.is_ok()),
-        ZeroCopy::On => support().usable.clone().map(|()| true).map_err(|why| format!("no zero copy: {why}")),
+        ZeroCopy::On => {
+            support().usable.clone().map(|()| true).map_err(|why| format!("no zero copy: {why}"))
+        }
     }
 }
 

@@ -287,7 +287,10 @@ impl RingConn {
                             // Bytes that came with an earlier read: user copy.
                             if let Err(e) = copy_to_kernel(&k, offset, data) {
                                 drop(st);
-                                tracing::warn!("sheep {}: user copy of a read: {e}", self.addr.borrow());
+                                tracing::warn!(
+                                    "sheep {}: user copy of a read: {e}",
+                                    self.addr.borrow()
+                                );
                                 self.fail(Error::Io(e.raw_os_error().unwrap_or(libc::EIO)));
                                 return;
                             }
@@ -396,10 +399,9 @@ impl Chain {
                     let mut done = 0u32;
                     while done < k.len {
                         let at = ((k.off + done) as usize) as *const u8;
-                        let n = submit(
-                            opcode::WriteFixed::new(fd, at, k.len - done, k.index).build(),
-                        )
-                        .await;
+                        let n =
+                            submit(opcode::WriteFixed::new(fd, at, k.len - done, k.index).build())
+                                .await;
                         if n <= 0 {
                             return Err(end(n));
                         }
@@ -438,7 +440,10 @@ impl Chain {
                 // The buffer "address" of kernel pages is the offset into the request.
                 Seg::Kernel(k) if k.plain_send && k.len < ZC_SEND_MIN => {
                     let at = (k.off as usize) as *const u8;
-                    ring::with_fixed_buf(opcode::Send::new(fd, at, k.len).flags(FLAGS).build(), k.index)
+                    ring::with_fixed_buf(
+                        opcode::Send::new(fd, at, k.len).flags(FLAGS).build(),
+                        k.index,
+                    )
                 }
                 Seg::Kernel(k) => opcode::SendZc::new(fd, (k.off as usize) as *const u8, k.len)
                     .buf_index(Some(k.index))

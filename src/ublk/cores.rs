@@ -319,13 +319,11 @@ async fn serve_tag(
         let d = to_desc(&iod, tag);
         // A borrowed buffer where the tag has none and the request moves data through one:
         // every request but a null device's under user copy (which copies nothing).
+        // (Flush, discard and write-zeroes carry no data: they need none.)
+        let data_op = d.is_some_and(|d| matches!(d.op, Op::Read | Op::Write));
         let mut lease = match d {
-            Some(d) if mode != Transfer::Own && !(null && mode == Transfer::UserCopy) => {
-                let want = match d.op {
-                    Op::Read | Op::Write => d.len as usize,
-                    _ => max_io as usize,
-                };
-                Some(bufs.get(want.min(max_io as usize).max(4096)).await)
+            Some(d) if data_op && mode != Transfer::Own && !(null && mode == Transfer::UserCopy) => {
+                Some(bufs.get((d.len as usize).min(max_io as usize).max(4096)).await)
             }
             _ => None,
         };
@@ -345,6 +343,7 @@ async fn serve_tag(
                     (Transfer::UserCopy, _, Some(l)) => user_copy_io(q, tag, d, l, s).await,
                     (_, Some(b), _) => s.handle(d, b).await.map_err(|e| e.errno()),
                     (_, _, Some(l)) => s.handle(d, l).await.map_err(|e| e.errno()),
+                    _ if !data_op => s.handle(d, &mut []).await.map_err(|e| e.errno()),
                     _ => Err(libc::EIO),
                 };
                 match r {

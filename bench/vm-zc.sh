@@ -6,7 +6,9 @@
 # prints each job's IOPS and the ratio on/off per round and their median, the
 # daemon's CPU per I/O, and the daemon's RSS at depth 128 x 512K x 2 queues.
 #
-# Usage: bash bench/vm-zc.sh [--runtime SECS] [--rounds R] [--out DIR] [JOB...]
+# Usage: bash bench/vm-zc.sh [--runtime SECS] [--rounds R] [--out DIR] [--sheep PREFIX] [JOB...]
+#   --sheep PREFIX  against a real sheep in the guest (PREFIX/sbin/sheep, PREFIX/bin/dog: a
+#        sheep 1.0 you built, tests/README.md) instead of the embedded store
 #   JOB  bench/fio job names (default: randread-4k-qd1 randread-4k-qd32
 #        randwrite-4k-qd1 randwrite-4k-qd32 seqread-1m seqwrite-1m)
 # Env: SHEEPDEV_BIN (the binary; default: cargo build --release),
@@ -17,9 +19,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runtime=8 rounds=3 out=""
-jobs=()
+jobs=() sheep=() sheepbins=()
 while [ $# -gt 0 ]; do
     case $1 in
+        --sheep)
+            for b in sbin/sheep bin/dog; do [ -x "$2/$b" ] || { echo "vm-zc: --sheep $2: no executable $b" >&2; exit 2; }; sheepbins+=(--bin "$2/$b"); done
+            sheep=(--sheep); shift 2 ;;
         --runtime) runtime=$2; shift 2 ;;
         --rounds) rounds=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
@@ -41,9 +46,9 @@ mkdir -p "$out"
 n=${#jobs[@]}; [ "$n" -gt 0 ] || n=6
 timeout=$(( 400 + rounds * n * 2 * (runtime + 8) ))
 echo "== zero copy on vs off in the VM (kernel: $SHEEPDEV_VM_KERNEL; guest /out: $out)"
-SHEEPDEV_VM_MEM=${SHEEPDEV_VM_MEM:-3072} bash tests/vm/run-vm.sh --quiet --timeout "$timeout" --bin "$bin" \
-    --file bench/fio:/bench/fio --out "$out" tests/vm/zc-guest.sh "$runtime" "$rounds" ${jobs[@]+"${jobs[@]}"}
-grep -E '^(kernel|zero_copy) ' "$out/zc.txt"
+SHEEPDEV_VM_MEM=${SHEEPDEV_VM_MEM:-3072} bash tests/vm/run-vm.sh --quiet --timeout "$timeout" --bin "$bin" ${sheepbins[@]+"${sheepbins[@]}"} \
+    --file bench/fio:/bench/fio --out "$out" tests/vm/zc-guest.sh ${sheep[@]+"${sheep[@]}"} "$runtime" "$rounds" ${jobs[@]+"${jobs[@]}"}
+grep -E '^(kernel|backend|zero_copy) ' "$out/zc.txt"
 awk -v secs="$((runtime + 2))" '
     /^ticks_per_s/ { tps = $2 }
     /^iops_/ { split($1, k, "_"); m = k[2]; j = k[3]; r = substr(k[4], 2); io[m, j, r] = $2; jobs[j] = 1; if (r > R) R = r }

@@ -10,10 +10,14 @@
 # rounds, alternating which device goes first. Then the daemon's RSS with a
 # device of depth 128 x max-io 512K x 2 queues under fio bs=512k iodepth=128 x
 # 2 jobs: zero copy first (on a fresh daemon), then copy mode.
-# Usage (guest): zc-guest.sh RUNTIME_S ROUNDS JOB...
+# Usage (guest): zc-guest.sh [--sheep] RUNTIME_S ROUNDS JOB...
+#   --sheep  a real sheep (one node, local driver, -n, objects in RAM, copies 1;
+#            sheep and dog from run-vm.sh --bin) instead of the embedded store
 # Host runner: bash bench/vm-zc.sh. Leaves /out/zc.txt (one figure per line,
 # "key value"), /out/fio/*.json, serve.log, store.log.
 set -eu
+BACKEND=store
+[ "${1:-}" != --sheep ] || { BACKEND=sheep; shift; }
 RUNTIME=${1:-8}
 ROUNDS=${2:-2}
 shift 2 || true
@@ -30,10 +34,19 @@ die() { say "FAIL: $*"; exit 1; }
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 mkdir -p /tmp/store
-sheepdev store --dir /tmp/store --listen 127.0.0.1:7000 --no-sync --fast-reads >"$OUT/store.log" 2>&1 &
-STP=$!
+if [ "$BACKEND" = sheep ]; then
+    sheep -f -n -c local -p 7000 /tmp/store >"$OUT/store.log" 2>&1 &
+    STP=$!
+    i=0
+    while ! timeout 10 dog node list -p 7000 >/dev/null 2>&1; do i=$((i+1)); [ $i -lt 100 ] || die "sheep not up: $(cat "$OUT/store.log")"; sleep 0.2; done
+    timeout 60 dog cluster format -p 7000 -c 1 >>"$OUT/store.log" 2>&1 || die "dog cluster format: $(cat "$OUT/store.log")"
+else
+    sheepdev store --dir /tmp/store --listen 127.0.0.1:7000 --no-sync --fast-reads >"$OUT/store.log" 2>&1 &
+    STP=$!
+fi
 i=0
-while ! sheepdev vdi --connect-timeout 1 list >/dev/null 2>&1; do i=$((i+1)); [ $i -lt 100 ] || die "store not up"; sleep 0.2; done
+while ! sheepdev vdi --connect-timeout 1 list >/dev/null 2>&1; do i=$((i+1)); [ $i -lt 100 ] || die "the $BACKEND is not up"; sleep 0.2; done
+rec "backend $BACKEND$([ "$BACKEND" = sheep ] && echo " ($(sheep -v 2>&1 | head -n 1), 1 node, -n, copies 1)")"
 serve() {
     sheepdev serve --metrics-addr off >>"$OUT/serve.log" 2>&1 &
     SP=$!

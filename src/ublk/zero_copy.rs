@@ -158,7 +158,9 @@ fn try_ring() -> std::io::Result<Ring> {
     while rx.read(&mut sink).is_ok_and(|n| n > 0) {}
     rx.set_nonblocking(false)?;
     bufs[..4096].fill(0xa5);
-    let send = opcode::Send::new(types::Fd(tx.as_raw_fd()), std::ptr::null(), 4096)
+    // A user buffer's entry is addressed by its user address (a request's pages, by the
+    // offset into them: their entry starts at 0).
+    let send = opcode::Send::new(types::Fd(tx.as_raw_fd()), bufs.as_ptr(), 4096)
         .flags(libc::MSG_NOSIGNAL | libc::MSG_WAITALL)
         .build();
     let send = crate::shard::ring::with_fixed_buf(send, 0);

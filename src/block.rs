@@ -43,8 +43,6 @@ pub struct KernelBuf {
     pub len: u32,
     /// Whether the ring can read a socket into it (READ_FIXED; probed at start-up).
     pub ring_reads: bool,
-    /// Whether the ring can send from it with a plain SEND (Linux 7.2+; probed).
-    pub plain_send: bool,
 }
 
 impl KernelBuf {

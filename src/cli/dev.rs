@@ -328,7 +328,6 @@ pub fn features(a: FeaturesArgs) -> anyhow::Result<()> {
             "usable": zc.usable.is_ok(),
             "why_not": zc.usable.as_ref().err(),
             "ring_reads": zc.ring_reads,
-            "plain_sends": zc.plain_sends,
         });
         let v =
             serde_json::json!({"mask": format!("{have:#x}"), "features": rows, "zero_copy": zc});
@@ -342,8 +341,7 @@ pub fn features(a: FeaturesArgs) -> anyhow::Result<()> {
     }
     match &zc.usable {
         Ok(()) => println!(
-            "zero copy: yes (writes of 64 KiB and more sent with SEND_ZC from the request's pages, smaller ones {}; reads {})",
-            if zc.plain_sends { "with a plain SEND from them" } else { "copied out by user copy (no plain SEND from a registered buffer before 7.2)" },
+            "zero copy: yes (writes of 64 KiB and more sent with SEND_ZC from the request's pages, smaller ones copied out by user copy and batched; reads {})",
             if zc.ring_reads { "received into them with READ_FIXED" } else { "copied into them by user copy (this io_uring cannot READ_FIXED a socket)" },
         ),
         Err(why) => println!("zero copy: no ({why})"),

@@ -190,21 +190,6 @@ pub fn with_sqe_addr(sqe: squeue::Entry, addr: u64) -> squeue::Entry {
     patch_sqe(sqe, |raw| raw[16..24].copy_from_slice(&addr.to_ne_bytes()))
 }
 
-/// IORING_RECVSEND_FIXED_BUF (io_uring.h; io-uring keeps its `sys` module private).
-const RECVSEND_FIXED_BUF: u16 = 1 << 2;
-
-/// A SEND or RECV `sqe` that names entry `index` of the buffer table instead of memory
-/// (IORING_RECVSEND_FIXED_BUF in `ioprio`, bytes 2..4; `buf_index`, bytes 40..42), its
-/// address then being the offset into that buffer. io-uring's builders have this for
-/// SEND_ZC only; plain SEND and RECV take it from Linux 7.2 (probed before use).
-pub fn with_fixed_buf(sqe: squeue::Entry, index: u16) -> squeue::Entry {
-    patch_sqe(sqe, |raw| {
-        let prio = u16::from_ne_bytes([raw[2], raw[3]]) | RECVSEND_FIXED_BUF;
-        raw[2..4].copy_from_slice(&prio.to_ne_bytes());
-        raw[40..42].copy_from_slice(&index.to_ne_bytes());
-    })
-}
-
 /// Sleep on the ring (an IORING_OP_TIMEOUT).
 pub async fn sleep(d: Duration) {
     let ts = types::Timespec::new().sec(d.as_secs()).nsec(d.subsec_nanos());
@@ -299,7 +284,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn patched_sqes_carry_the_fields_the_builders_leave_out() {
+    fn a_patched_sqe_carries_the_auto_buf_reg_entry_the_builder_leaves_out() {
         let raw = |e: squeue::Entry| -> [u8; 64] {
             // SAFETY: as in `patch_sqe`.
             unsafe { std::mem::transmute(e) }
@@ -310,13 +295,6 @@ mod tests {
         assert_eq!(after[16..24], 0x1_0005u64.to_ne_bytes());
         assert_eq!(after[..16], before[..16], "opcode, fd and cmd_op untouched");
         assert_eq!(after[24..], before[24..], "the command bytes untouched");
-        let send =
-            opcode::Send::new(types::Fd(3), 64 as *const u8, 4096).flags(libc::MSG_WAITALL).build();
-        let before = raw(send.clone());
-        let after = raw(with_fixed_buf(send, 9));
-        assert_eq!(u16::from_ne_bytes([after[2], after[3]]), RECVSEND_FIXED_BUF);
-        assert_eq!(u16::from_ne_bytes([after[40], after[41]]), 9);
-        assert_eq!(after[4..40], before[4..40], "fd, address, length and flags untouched");
     }
 
     #[test]

@@ -216,10 +216,7 @@ impl Core {
         let zc = if q.transfer() == Transfer::AutoReg {
             let first = self.table.borrow_mut().as_mut().and_then(|t| t.take(depth));
             match first {
-                Some(first) => {
-                    let s = zero_copy::support();
-                    Some(Zc { first, ring_reads: s.ring_reads, plain_sends: s.plain_sends })
-                }
+                Some(first) => Some(Zc { first, ring_reads: zero_copy::support().ring_reads }),
                 None => {
                     let why = match &*self.table.borrow() {
                         Some(_) => format!("the core's buffer table has no {depth} free entries left for queue {qid} (zero copy; {} per core)", zero_copy::TABLE_ENTRIES),
@@ -322,7 +319,9 @@ async fn serve_tag(
         // (Flush, discard and write-zeroes carry no data: they need none.)
         let data_op = d.is_some_and(|d| matches!(d.op, Op::Read | Op::Write));
         let mut lease = match d {
-            Some(d) if data_op && mode != Transfer::Own && !(null && mode == Transfer::UserCopy) => {
+            Some(d)
+                if data_op && mode != Transfer::Own && !(null && mode == Transfer::UserCopy) =>
+            {
                 Some(bufs.get((d.len as usize).min(max_io as usize).max(4096)).await)
             }
             _ => None,
@@ -393,8 +392,6 @@ struct Zc {
     first: u16,
     /// Whether the ring reads sockets into registered buffers.
     ring_reads: bool,
-    /// Whether the ring sends from registered buffers with a plain SEND.
-    plain_sends: bool,
 }
 
 /// One tag of a zero-copy queue (`Transfer::AutoReg`): the driver registers each request's
@@ -422,13 +419,9 @@ async fn serve_tag_zc(
             (Some(_), None) => -libc::EIO,
             (Some(d), Some(s)) => {
                 let data_op = matches!(d.op, Op::Read | Op::Write);
-                // A small write where the ring cannot send from the pages with a plain SEND
-                // (before 7.2) is copied out of them (user copy) and sent with the other
-                // queued requests: SEND_ZC pins pages and posts a second completion, which
-                // costs more than it saves below `shard::ZC_SEND_MIN` (tuning/README.md,
-                // "Zero copy").
-                let small_write =
-                    d.op == Op::Write && d.len < crate::shard::ZC_SEND_MIN && !zc.plain_sends;
+                // A small write is copied out of the pages (user copy) and sent with the
+                // other queued requests in one SENDMSG (see `shard::ZC_SEND_MIN`).
+                let small_write = d.op == Op::Write && d.len < crate::shard::ZC_SEND_MIN;
                 let r = if data_op && (unregistered || small_write) {
                     let mut l = bufs.get((d.len as usize).min(max_io as usize).max(4096)).await;
                     user_copy_io(q, tag, d, &mut l, s).await
@@ -440,7 +433,6 @@ async fn serve_tag_zc(
                         off: 0,
                         len: d.len,
                         ring_reads: zc.ring_reads,
-                        plain_send: zc.plain_sends,
                     };
                     s.handle_data(d, Data::Kernel(k)).await.map_err(|e| e.errno())
                 } else {

@@ -335,10 +335,11 @@ impl RingConn {
     }
 }
 
-/// Kernel payloads smaller than this go with a plain SEND from the registered buffer where
-/// the ring has it (a copy into the socket), not SEND_ZC: pinning the pages and the second
-/// completion cost more than the copy saves on small payloads (tuning/README.md, "Zero
-/// copy").
+/// Kernel payloads smaller than this are not sent from the pages: the shard is handed a
+/// copy (user copy) that goes with the other queued requests in one SENDMSG. SEND_ZC pins
+/// pages and posts a second completion, and a plain SEND from the registered buffer (7.2+)
+/// still needs a SEND of its own per request in a linked chain; both cost more than the
+/// copy on small payloads (measured: tuning/README.md, "Zero copy").
 pub const ZC_SEND_MIN: u32 = 64 << 10;
 
 /// A piece of a batch (see [`RingConn::take_batch`]): iovecs `from..to` of it, or a
@@ -438,13 +439,6 @@ impl Chain {
                     opcode::SendMsg::new(fd, &self.msgs[m - 1]).flags(FLAGS as u32).build()
                 }
                 // The buffer "address" of kernel pages is the offset into the request.
-                Seg::Kernel(k) if k.plain_send && k.len < ZC_SEND_MIN => {
-                    let at = (k.off as usize) as *const u8;
-                    ring::with_fixed_buf(
-                        opcode::Send::new(fd, at, k.len).flags(FLAGS).build(),
-                        k.index,
-                    )
-                }
                 Seg::Kernel(k) => opcode::SendZc::new(fd, (k.off as usize) as *const u8, k.len)
                     .buf_index(Some(k.index))
                     .flags(FLAGS)

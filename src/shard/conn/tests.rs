@@ -90,15 +90,7 @@ fn queue_src(conn: &RingConn, op: Opcode, oid: u64, offset: u32, payload: Src<'_
 fn a_batch_with_kernel_payloads_goes_as_runs_of_iovecs_around_them() {
     let (_l, conn) = idle_conn(16);
     conn.set_coalesce(false);
-    let k = |index| KernelBuf {
-        index,
-        fd: -1,
-        pos: 0,
-        off: 0,
-        len: 4096,
-        ring_reads: true,
-        plain_send: true,
-    };
+    let k = |index| KernelBuf { index, fd: -1, pos: 0, off: 0, len: 4096, ring_reads: true };
     let mem = [7u8; 512];
     queue(&conn, Opcode::WriteObj, 1, 0, &mem);
     queue_src(&conn, Opcode::WriteObj, 2, 0, Src::Kernel(k(5)));

@@ -34,21 +34,4 @@ timeout=$(( 300 + rounds * 6 * (runtime + 6) ))
 echo "== batch I/O on vs off in the VM (kernel: $SHEEPDEV_VM_KERNEL; guest /out: $out)"
 bash tests/vm/run-vm.sh --quiet --timeout "$timeout" --bin "$bin" --out "$out" tests/vm/batch-guest.sh "$runtime" "$rounds"
 grep '^kernel ' "$out/batch.txt"
-awk -v secs="$((runtime + 2))" '
-    /^ticks_per_s/ { tps = $2 }
-    /^iops_/ { split($1, k, "_"); io[k[2], k[3], substr(k[4], 2)] = $2; jobs[k[3]] = 1; if (substr(k[4], 2) > R) R = substr(k[4], 2) }
-    /^cpu_/ { split($1, k, "_"); cpu[k[2], k[3], substr(k[4], 2)] = $2 }
-    END {
-        printf "| job | on IOPS | off IOPS | on/off per round | median | server us/IO on | off |\n|---|---|---|---|---|---|---|\n"
-        for (j in jobs) {
-            n = 0; list = ""; son = 0; soff = 0; con = 0; coff = 0
-            for (r = 1; r <= R; r++) if (io["off", j, r] > 0) {
-                x[++n] = io["on", j, r] / io["off", j, r]; list = list sprintf("%s%.2f", n > 1 ? " " : "", x[n])
-                son += io["on", j, r]; soff += io["off", j, r]
-                con += cpu["on", j, r] * 1e6 / tps / (io["on", j, r] * secs); coff += cpu["off", j, r] * 1e6 / tps / (io["off", j, r] * secs)
-            }
-            for (a = 1; a <= n; a++) for (b = a + 1; b <= n; b++) if (x[b] < x[a]) { t = x[a]; x[a] = x[b]; x[b] = t }
-            med = n % 2 ? x[(n + 1) / 2] : (x[n / 2] + x[n / 2 + 1]) / 2
-            printf "| %s | %.0f | %.0f | %s | **%.2f** | %.1f | %.1f |\n", j, son / n, soff / n, list, med, con / n, coff / n
-        }
-    }' "$out/batch.txt"
+awk -v secs="$((runtime + 2))" -v who=server -f bench/onoff.awk "$out/batch.txt"

@@ -49,24 +49,7 @@ echo "== zero copy on vs off in the VM (kernel: $SHEEPDEV_VM_KERNEL; guest /out:
 SHEEPDEV_VM_MEM=${SHEEPDEV_VM_MEM:-3072} bash tests/vm/run-vm.sh --quiet --timeout "$timeout" --bin "$bin" ${sheepbins[@]+"${sheepbins[@]}"} \
     --file bench/fio:/bench/fio --out "$out" tests/vm/zc-guest.sh ${sheep[@]+"${sheep[@]}"} "$runtime" "$rounds" ${jobs[@]+"${jobs[@]}"}
 grep -E '^(kernel|backend|zero_copy) ' "$out/zc.txt"
-awk -v secs="$((runtime + 2))" '
-    /^ticks_per_s/ { tps = $2 }
-    /^iops_/ { split($1, k, "_"); m = k[2]; j = k[3]; r = substr(k[4], 2); io[m, j, r] = $2; jobs[j] = 1; if (r > R) R = r }
-    /^cpu_/ { split($1, k, "_"); cpu[k[2], k[3], substr(k[4], 2)] = $3 }
-    /^(rss|hwm)_kib/ { mem[$1] = $2 }
-    END {
-        printf "| job | on IOPS | off IOPS | on/off per round | median | daemon us/IO on | off |\n|---|---|---|---|---|---|---|\n"
-        for (j in jobs) {
-            n = 0; list = ""; son = 0; soff = 0; con = 0; coff = 0
-            for (r = 1; r <= R; r++) if (io["off", j, r] > 0) {
-                x[++n] = io["on", j, r] / io["off", j, r]; list = list sprintf("%s%.2f", n > 1 ? " " : "", x[n])
-                son += io["on", j, r]; soff += io["off", j, r]
-                con += cpu["on", j, r] * 1e6 / tps / (io["on", j, r] * secs); coff += cpu["off", j, r] * 1e6 / tps / (io["off", j, r] * secs)
-            }
-            for (a = 1; a <= n; a++) for (b = a + 1; b <= n; b++) if (x[b] < x[a]) { t = x[a]; x[a] = x[b]; x[b] = t }
-            med = n % 2 ? x[(n + 1) / 2] : (x[n / 2] + x[n / 2 + 1]) / 2
-            printf "| %s | %.0f | %.0f | %s | **%.2f** | %.1f | %.1f |\n", j, son / n, soff / n, list, med, con / n, coff / n
-        }
-        printf "\ndaemon RSS: fresh %.1f MiB; after depth 128 x 512K x 2 queues under fio: zero copy %.1f MiB (peak %.1f), then copy mode %.1f MiB (peak %.1f)\n",
-            mem["rss_kib_fresh"] / 1024, mem["rss_kib_after_on"] / 1024, mem["hwm_kib_after_on"] / 1024, mem["rss_kib_after_off"] / 1024, mem["hwm_kib_after_off"] / 1024
-    }' "$out/zc.txt"
+awk -v secs="$((runtime + 2))" -v who=daemon -f bench/onoff.awk "$out/zc.txt"
+awk '/^(rss|hwm)_kib/ { mem[$1] = $2 }
+    END { printf "\ndaemon RSS: fresh %.1f MiB; after depth 128 x 512K x 2 queues under fio: zero copy %.1f MiB (peak %.1f), then copy mode %.1f MiB (peak %.1f)\n",
+            mem["rss_kib_fresh"] / 1024, mem["rss_kib_after_on"] / 1024, mem["hwm_kib_after_on"] / 1024, mem["rss_kib_after_off"] / 1024, mem["hwm_kib_after_off"] / 1024 }' "$out/zc.txt"

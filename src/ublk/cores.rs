@@ -345,19 +345,7 @@ async fn serve_tag(
                     _ if !data_op => s.handle(d, &mut []).await.map_err(|e| e.errno()),
                     _ => Err(libc::EIO),
                 };
-                match r {
-                    Ok(n) => n as i32,
-                    Err(errno) => {
-                        tracing::debug!(
-                            "queue {} tag {tag}: {:?} at {}+{}: errno {errno}",
-                            q.qid(),
-                            d.op,
-                            d.offset,
-                            d.len
-                        );
-                        -errno
-                    }
-                }
+                outcome(q, tag, d, r)
             }
         };
         next = match (mode, lease) {
@@ -438,22 +426,27 @@ async fn serve_tag_zc(
                 } else {
                     s.handle_data(d, Data::Mem(&mut [])).await.map_err(|e| e.errno())
                 };
-                match r {
-                    Ok(n) => n as i32,
-                    Err(errno) => {
-                        tracing::debug!(
-                            "queue {} tag {tag}: {:?} at {}+{}: errno {errno}",
-                            q.qid(),
-                            d.op,
-                            d.offset,
-                            d.len
-                        );
-                        -errno
-                    }
-                }
+                outcome(q, tag, d, r)
             }
         };
         q.commit_reg(tag, index, res).await?;
+    }
+}
+
+/// The commit result of a served request: the bytes done, or -errno (logged at debug).
+fn outcome(q: &Queue, tag: u16, d: crate::block::IoDesc, r: Result<u32, i32>) -> i32 {
+    match r {
+        Ok(n) => n as i32,
+        Err(errno) => {
+            tracing::debug!(
+                "queue {} tag {tag}: {:?} at {}+{}: errno {errno}",
+                q.qid(),
+                d.op,
+                d.offset,
+                d.len
+            );
+            -errno
+        }
     }
 }
 

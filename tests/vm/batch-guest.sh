@@ -44,7 +44,7 @@ run() { # MODE JOB RW QD ROUND
         --numjobs=2 --group_reporting --time_based --runtime="$RUNTIME" --ramp_time=2 --size=512M \
         --norandommap --randrepeat=0 --output-format=json --output="$OUT/fio/$1-$2-r$5.json" >/dev/null 2>&1 ||
         die "fio $2 on $1 failed"
-    rec "cpu_$1_$2_r$5 $(($(ticks "$pid") - t0))"
+    rec "cpu_$1_$2_r$5 server $(($(ticks "$pid") - t0))"
     rec "iops_$1_$2_r$5 $(iops "$OUT/fio/$1-$2-r$5.json")"
 }
 r=1

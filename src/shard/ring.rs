@@ -298,6 +298,42 @@ mod tests {
     }
 
     #[test]
+    fn a_chain_runs_in_order_and_a_failed_link_cancels_the_rest() {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        init_thread_ring(64).expect("ring");
+        let exe = super::super::exec::LocalExecutor::new();
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().expect("pair");
+        let parts: [&'static [u8]; 3] = [b"first ", b"second ", b"third"];
+        let fd = types::Fd(a.as_raw_fd());
+        let results = run_local(&exe, async move {
+            let (mut sqes, mut futs, mut out) = (Vec::new(), Vec::new(), Vec::new());
+            for p in parts {
+                let e = opcode::Send::new(fd, p.as_ptr(), p.len() as u32).flags(libc::MSG_WAITALL);
+                sqes.push(e.build());
+            }
+            submit_chain(&mut sqes, &mut futs, &mut out).await;
+            let ok = out.clone();
+            // A send on a socket shut down for writing fails: the links after it are cancelled.
+            a.shutdown(std::net::Shutdown::Write).expect("shutdown");
+            for p in parts {
+                let e = opcode::Send::new(fd, p.as_ptr(), p.len() as u32).flags(libc::MSG_NOSIGNAL);
+                sqes.push(e.build());
+            }
+            submit_chain(&mut sqes, &mut futs, &mut out).await;
+            (ok, out.clone(), sqes.is_empty() && futs.is_empty())
+        })
+        .expect("ran");
+        assert_eq!(results.0, [6, 7, 5], "every link sent all of its bytes");
+        let mut got = String::new();
+        b.read_to_string(&mut got).expect("read");
+        assert_eq!(got, "first second third", "in chain order, nothing after the shutdown");
+        assert_eq!(results.1[0], -libc::EPIPE);
+        assert_eq!(&results.1[1..], [-libc::ECANCELED, -libc::ECANCELED]);
+        assert!(results.2, "the scratch is left empty for reuse");
+    }
+
+    #[test]
     fn the_loop_clock_is_one_stamp_per_wake_up_and_moves_with_the_ring() {
         init_thread_ring(64).expect("ring");
         let exe = super::super::exec::LocalExecutor::new();

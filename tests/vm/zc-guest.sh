@@ -86,6 +86,7 @@ while [ $r -le "$ROUNDS" ]; do
     done
     r=$((r + 1))
 done
+rec "threads_after_jobs $(ls "/proc/$SP/task" | wc -l) ($(cat /proc/$SP/task/*/comm | sort | uniq -c | tr -s ' \n' ' '))"
 sheepdev del "$on" >/dev/null
 sheepdev del "$off" >/dev/null
 # The store keeps objects in the guest's RAM: make room for the RSS runs.

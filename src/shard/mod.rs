@@ -6,7 +6,10 @@
 //!
 //! Contract:
 //! - The kernel boundary is [`IoDesc`] `{op, offset, len, tag}` plus the tag's buffer;
-//!   ublk, tests and the no-kernel benchmark all enter through [`Shard::handle`].
+//!   ublk, tests and the no-kernel benchmark all enter through [`Shard::handle`] — or, with
+//!   zero copy, [`Shard::handle_data`] with the request's own kernel pages ([`Data::Kernel`]),
+//!   which every path below carries to the connections unchanged (unallocated objects read
+//!   as zeros are copied in by user copy).
 //! - READ: per object piece, zeros for unallocated objects, else READ_OBJ of the owner's
 //!   object. WRITE: WRITE_OBJ, CREATE or COW CREATE as `vdi::Volume` decides, creates of one
 //!   object serialised across every shard of the device, and the request completes only

@@ -323,7 +323,7 @@ async fn serve_tag(
             Some(d)
                 if data_op && mode != Transfer::Own && !(null && mode == Transfer::UserCopy) =>
             {
-                Some(bufs.get((d.len as usize).min(max_io as usize).max(4096)).await)
+                Some(lease(bufs, d, max_io).await)
             }
             _ => None,
         };
@@ -412,7 +412,7 @@ async fn serve_tag_zc(
                 // other queued requests in one SENDMSG (see `shard::ZC_SEND_MIN`).
                 let small_write = d.op == Op::Write && d.len < crate::shard::ZC_SEND_MIN;
                 let r = if data_op && (unregistered || small_write) {
-                    let mut l = bufs.get((d.len as usize).min(max_io as usize).max(4096)).await;
+                    let mut l = lease(bufs, d, max_io).await;
                     user_copy_io(q, tag, d, &mut l, s).await
                 } else if data_op {
                     let k = KernelBuf {
@@ -432,6 +432,11 @@ async fn serve_tag_zc(
         };
         q.commit_reg(tag, index, res).await?;
     }
+}
+
+/// A buffer from the core's pool for `d`'s data (at most `max_io`, at least a page).
+async fn lease(bufs: &Rc<Buffers>, d: crate::block::IoDesc, max_io: u32) -> super::buffers::Lease {
+    bufs.get((d.len as usize).min(max_io as usize).max(4096)).await
 }
 
 /// The commit result of a served request: the bytes done, or -errno (logged at debug).

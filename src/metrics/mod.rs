@@ -57,6 +57,18 @@ pub enum Backend {
 pub const BACKEND_LABELS: [&str; 6] =
     ["read_obj", "write_obj", "create_and_write", "cow_create", "inode_update", "vdi_lookup"];
 
+/// How a zero-copy device's read or write moved its data (`sheepdev_zero_copy_requests_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZcPath {
+    /// On the request's own pages, registered by the driver.
+    Pages = 0,
+    /// Registered, but a small write: copied out into a pool buffer.
+    Copied = 1,
+    /// Not registered (not asked for, or the registration failed): through a pool buffer.
+    Unregistered = 2,
+}
+pub const ZC_PATHS: [&str; 3] = ["pages", "copied", "unregistered"];
+
 /// 10 µs × 2^k, k = 0..20: 10 µs … ~10.5 s.
 pub fn latency_buckets() -> Vec<f64> {
     (0..21).map(|k| 10e-6 * f64::from(1u32 << k)).collect()
@@ -82,6 +94,7 @@ pub struct Families {
     pub cow_writes: IntCounterVec,
     pub create_waits: IntCounterVec,
     pub inode_reloads: IntCounterVec,
+    pub zero_copy: IntCounterVec,
 }
 
 fn reg<C: Collector + Clone + 'static>(r: &Registry, c: C) -> C {
@@ -175,6 +188,14 @@ impl Families {
                 "sheepdev_inode_reloads_total",
                 "Inode header reloads (live snapshots).",
                 dq,
+            ),
+            zero_copy: c(
+                "sheepdev_zero_copy_requests_total",
+                "Reads and writes of a zero-copy device by how their data moved: pages (on the \
+                 request's own pages, registered by the driver), copied (registered, but a small \
+                 write, copied out into a pool buffer) or unregistered (not registered: copied \
+                 through a pool buffer).",
+                &["device", "queue", "path"],
             ),
             registry: r,
         };
@@ -276,6 +297,7 @@ enum Fam {
     CowWrites,
     CreateWaits,
     InodeReloads,
+    ZeroCopy,
 }
 
 /// Every series created for one device, for [`DeviceMetrics::remove`].
@@ -331,8 +353,16 @@ impl DeviceMetrics {
         }
     }
 
-    /// Pre-resolved handles for queue `q` with `conns` connections to `gateway`.
-    pub fn shard(&self, q: u16, depth: u16, conns: usize, gateway: &str) -> ShardMetrics {
+    /// Pre-resolved handles for queue `q` with `conns` connections to `gateway`; with
+    /// `zero_copy`, the queue's zero-copy series too.
+    pub fn shard(
+        &self,
+        q: u16,
+        depth: u16,
+        conns: usize,
+        gateway: &str,
+        zero_copy: bool,
+    ) -> ShardMetrics {
         let f = global();
         let (d, qs) = (self.device.as_str(), q.to_string());
         let t = &self.tracked;
@@ -373,6 +403,9 @@ impl DeviceMetrics {
             cow: c(&f.cow_writes, Fam::CowWrites, &[d, &qs]),
             create_waits: c(&f.create_waits, Fam::CreateWaits, &[d, &qs]),
             inode_reloads: c(&f.inode_reloads, Fam::InodeReloads, &[d, &qs]),
+            zero_copy: zero_copy.then(|| {
+                ZC_PATHS.map(|p| c(&f.zero_copy, Fam::ZeroCopy, &[d, &qs, p]).local())
+            }),
             hdr: OPS.map(|_| new_hdr()),
             published: {
                 let p: Arc<ShardHdr> = Arc::new(OPS.map(|_| Mutex::new(new_hdr())));
@@ -429,6 +462,7 @@ impl DeviceMetrics {
                 Fam::CowWrites => f.cow_writes.remove_label_values(&l),
                 Fam::CreateWaits => f.create_waits.remove_label_values(&l),
                 Fam::InodeReloads => f.inode_reloads.remove_label_values(&l),
+                Fam::ZeroCopy => f.zero_copy.remove_label_values(&l),
             };
         }
     }
@@ -451,6 +485,8 @@ pub struct ShardMetrics {
     pub cow: IntCounter,
     pub create_waits: IntCounter,
     pub inode_reloads: IntCounter,
+    /// A zero-copy device's reads and writes by [`ZcPath`].
+    zero_copy: Option<[LocalIntCounter; 3]>,
     hdr: [Hdr<u64>; 5],
     published: Arc<ShardHdr>,
     device: String,
@@ -488,6 +524,13 @@ impl ShardMetrics {
         self.hdr[i].saturating_record(elapsed.as_nanos() as u64);
     }
 
+    /// A zero-copy device's read or write took `path`.
+    pub fn zero_copy(&mut self, path: ZcPath) {
+        if let Some(z) = &mut self.zero_copy {
+            z[path as usize].inc();
+        }
+    }
+
     /// Connection `i`'s requests in flight and whether it is up, as of now (from the
     /// shard's timer); an unknown `i` is ignored.
     pub fn set_conn(&self, i: usize, inflight: usize, up: bool) {
@@ -503,7 +546,13 @@ impl ShardMetrics {
     /// into the Prometheus series, the percentiles for `sheepdev stats` (from a timer, not
     /// per I/O; allocates nothing).
     pub fn flush(&mut self) {
-        for c in self.ok.iter_mut().chain(self.err.iter_mut()).chain(self.bytes.iter_mut()) {
+        for c in self
+            .ok
+            .iter_mut()
+            .chain(self.err.iter_mut())
+            .chain(self.bytes.iter_mut())
+            .chain(self.zero_copy.iter_mut().flatten())
+        {
             c.flush();
         }
         for h in self.latency.iter().chain(self.backend.iter()) {
@@ -561,7 +610,8 @@ mod tests {
     #[test]
     fn an_io_of_known_latency_lands_in_its_bucket() {
         let dm = DeviceMetrics::new("test-bucket", "v", "", false, 1, 4, 1 << 30);
-        let mut m = dm.shard(0, 4, 1, "127.0.0.1:7000");
+        let mut m = dm.shard(0, 4, 1, "127.0.0.1:7000", false);
+        m.zero_copy(ZcPath::Pages);
         m.begin_io();
         m.io(Op::Read, 4096, true, Duration::from_micros(150));
         assert_eq!(
@@ -580,7 +630,25 @@ mod tests {
         let read = s.iter().find(|o| o.op == "read").expect("read stats");
         assert_eq!(read.count, 1);
         assert!((read.p50_us - 150.0).abs() < 1.0, "p50 {}", read.p50_us);
+        assert!(!render().contains("sheepdev_zero_copy_requests_total{device=\"test-bucket\""));
         dm.remove();
         assert!(!render().contains("test-bucket"), "every series of a removed device is gone");
+    }
+
+    #[test]
+    fn a_zero_copy_queue_counts_its_paths() {
+        let dm = DeviceMetrics::new("test-zc", "v", "", false, 1, 4, 1 << 30);
+        let mut m = dm.shard(0, 4, 1, "127.0.0.1:7000", true);
+        m.zero_copy(ZcPath::Pages);
+        m.zero_copy(ZcPath::Unregistered);
+        m.zero_copy(ZcPath::Unregistered);
+        m.flush();
+        let text = render();
+        let z = "sheepdev_zero_copy_requests_total{device=\"test-zc\"";
+        assert!(text.contains(&format!("{z},path=\"pages\",queue=\"0\"}} 1")), "{text}");
+        assert!(text.contains(&format!("{z},path=\"copied\",queue=\"0\"}} 0")), "{text}");
+        assert!(text.contains(&format!("{z},path=\"unregistered\",queue=\"0\"}} 2")), "{text}");
+        dm.remove();
+        assert!(!render().contains("test-zc"));
     }
 }

@@ -207,7 +207,13 @@ impl Shard {
         exe: &exec::LocalExecutor<'_>,
     ) -> Rc<Shard> {
         let metrics = cfg.metrics.as_ref().map(|q| {
-            let m = q.device.shard(q.queue, q.depth, conns.len(), &conns[0].addr().to_string());
+            let m = q.device.shard(
+                q.queue,
+                q.depth,
+                conns.len(),
+                &conns[0].addr().to_string(),
+                q.zero_copy,
+            );
             for (i, c) in conns.iter().enumerate() {
                 m.set_conn(i, c.inflight(), c.is_up());
             }
@@ -234,6 +240,14 @@ impl Shard {
     }
 
     /// Block-layer sheep requests that rode on another one (were not sent on their own).
+    /// Count a zero-copy queue's read or write by how its data moved; published with the
+    /// other metrics.
+    pub fn zero_copy(&self, path: crate::metrics::ZcPath) {
+        if let Some(m) = &self.metrics {
+            m.borrow_mut().zero_copy(path);
+        }
+    }
+
     pub fn merged(&self) -> u64 {
         self.conns.iter().map(|c| c.merged()).sum()
     }

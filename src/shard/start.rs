@@ -67,6 +67,8 @@ pub struct QueueMetrics {
     pub queue: u16,
     /// The queue's depth (tags), shown as `sheepdev_queue_depth`.
     pub depth: u16,
+    /// The queue is served zero copy (`sheepdev_zero_copy_requests_total`).
+    pub zero_copy: bool,
 }
 
 impl std::fmt::Debug for QueueMetrics {

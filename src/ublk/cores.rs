@@ -38,7 +38,7 @@ use super::queue::{Next, Queue, Transfer};
 use super::zero_copy::{self, Table};
 use super::{to_desc, Abort};
 use crate::block::{Data, KernelBuf, Op};
-use crate::metrics::DeviceMetrics;
+use crate::metrics::{DeviceMetrics, ZcPath};
 use crate::shard::exec::LocalExecutor;
 use crate::shard::mail::{mailbox, Mail, Post};
 use crate::shard::{self, ring, Conns, Shard};
@@ -237,6 +237,7 @@ impl Core {
                     device: device.clone(),
                     queue: qid,
                     depth,
+                    zero_copy: zc.is_some(),
                 });
                 let cfg = shard::Config { metrics, abort: Some(a.abort.clone()), ..cfg.clone() };
                 match self.conns(&cfg, exe).await {
@@ -258,13 +259,17 @@ impl Core {
             q.dev().notify_buffer_registration_complete(false);
         }
         let null = matches!(&*a.target, QueueTarget::Null);
+        let registering = Rc::new(zero_copy::Registering::new(depth));
         let tags: Vec<_> = (0..depth)
             .map(|tag| {
                 let (q, shard, bufs) = (q.clone(), shard.clone(), self.buffers.clone());
+                let registering = registering.clone();
                 exe.spawn(async move {
                     let r = match zc {
                         Some(zc) => {
-                            serve_tag_zc(&q, tag, shard.as_deref(), null, a.max_io, &bufs, zc).await
+                            let s = shard.as_deref();
+                            let t = TagZc { zc, registering: &registering };
+                            serve_tag_zc(&q, tag, s, null, a.max_io, &bufs, t).await
                         }
                         None => serve_tag(&q, tag, shard.as_deref(), null, a.max_io, &bufs).await,
                     };
@@ -383,10 +388,19 @@ struct Zc {
     ring_reads: bool,
 }
 
+/// What a zero-copy tag shares with its queue.
+struct TagZc<'a> {
+    zc: Zc,
+    /// Whether the queue's next requests are registered (`zero_copy::Registering`).
+    registering: &'a zero_copy::Registering,
+}
+
 /// One tag of a zero-copy queue (`Transfer::AutoReg`): the driver registers each request's
 /// pages at the tag's entry before handing it over, and the shard sends from or reads into
-/// them ([`Data::Kernel`]); a request whose registration failed (flagged NEED_REG_BUF) is
-/// served by user copy with a borrowed buffer. Ends as [`serve_tag`] does.
+/// them ([`Data::Kernel`]) — unless the queue has only been given small requests lately
+/// (`zero_copy::Registering`: the tag then names no entry). A request that was not
+/// registered (flagged NEED_REG_BUF: not asked for, or the registration failed) is served
+/// by user copy with a borrowed buffer. Ends as [`serve_tag`] does.
 async fn serve_tag_zc(
     q: &Queue,
     tag: u16,
@@ -394,14 +408,18 @@ async fn serve_tag_zc(
     null: bool,
     max_io: u32,
     bufs: &Rc<Buffers>,
-    zc: Zc,
+    t: TagZc<'_>,
 ) -> Result<(), i32> {
+    let (zc, registering) = (t.zc, t.registering);
     let index = zc.first + tag;
-    q.fetch_reg(tag, index).await?;
+    q.fetch_reg(tag, registering.entry(index)).await?;
     loop {
         let iod = q.desc(tag);
         let d = to_desc(&iod, tag);
         let unregistered = iod.op_flags & libublk::sys::UBLK_IO_F_NEED_REG_BUF != 0;
+        if let Some(d) = d {
+            registering.saw(matches!(d.op, Op::Read | Op::Write), d.len);
+        }
         let res = match (d, shard) {
             (None, _) => -libc::EOPNOTSUPP,
             (Some(d), _) if null => d.len as i32,
@@ -412,9 +430,11 @@ async fn serve_tag_zc(
                 // other queued requests in one SENDMSG (see `shard::ZC_SEND_MIN`).
                 let small_write = d.op == Op::Write && d.len < crate::shard::ZC_SEND_MIN;
                 let r = if data_op && (unregistered || small_write) {
+                    s.zero_copy(if unregistered { ZcPath::Unregistered } else { ZcPath::Copied });
                     let mut l = lease(bufs, d, max_io).await;
                     user_copy_io(q, tag, d, &mut l, s).await
                 } else if data_op {
+                    s.zero_copy(ZcPath::Pages);
                     let k = KernelBuf {
                         index,
                         fd: q.fd(),
@@ -430,7 +450,7 @@ async fn serve_tag_zc(
                 outcome(q, tag, d, r)
             }
         };
-        q.commit_reg(tag, index, res).await?;
+        q.commit_reg(tag, registering.entry(index), res).await?;
     }
 }
 

@@ -16,6 +16,15 @@
 //! - [`Table`] hands out contiguous runs of entries of a core's buffer table (one entry per
 //!   tag of an attached queue, [`TABLE_ENTRIES`] per core) and takes them back when the
 //!   queue ends.
+//! - [`Registering`] decides, tag by tag, whether the driver should register the pages of
+//!   a zero-copy queue's next request at all: registering and unregistering a request's
+//!   pages costs the driver work on every request, and gains nothing for one under
+//!   [`REG_MIN`] (its bytes are copied either way: see `shard::ZC_SEND_MIN`). A tag that
+//!   should not register names [`NO_ENTRY`], an entry past the table: the driver's
+//!   registration fails at once and, with the FALLBACK flag, hands the request over
+//!   flagged NEED_REG_BUF, to be served by user copy. A queue registers while one of its
+//!   last [`Registering::window`] requests was large (and from the start), so a large
+//!   request after a run of small ones is copied once and turns registering back on.
 
 use std::sync::OnceLock;
 
@@ -169,6 +178,62 @@ pub fn flags() -> u64 {
     u64::from(sys::UBLK_F_AUTO_BUF_REG | sys::UBLK_F_USER_COPY)
 }
 
+/// Requests of at least this many bytes are worth registering (module contract): a write
+/// from here on is sent from its pages (`shard::ZC_SEND_MIN`), a read received into them.
+pub const REG_MIN: u32 = crate::shard::ZC_SEND_MIN;
+
+/// The buffer-table entry a tag names when its next request should not be registered: past
+/// every table, so the driver's registration fails without touching one.
+pub const NO_ENTRY: u16 = u16::MAX;
+const _: () = assert!((NO_ENTRY as u32) >= TABLE_ENTRIES);
+
+/// Whether a zero-copy queue registers its next requests' pages (module contract). Owned by
+/// the queue's core; its tags share it.
+#[derive(Debug)]
+pub struct Registering {
+    /// Requests the queue was given.
+    seen: std::cell::Cell<u64>,
+    /// `seen` at the last request of [`REG_MIN`] bytes or more.
+    last_large: std::cell::Cell<u64>,
+    window: u64,
+}
+
+impl Registering {
+    /// For a queue of `depth` tags: registering stops after two full queues' worth of small
+    /// requests (and at least 64).
+    pub fn new(depth: u16) -> Registering {
+        let window = (2 * u64::from(depth)).max(64);
+        Registering { seen: 0.into(), last_large: 0.into(), window }
+    }
+
+    pub fn window(&self) -> u64 {
+        self.window
+    }
+
+    /// The queue was given a request of `len` bytes (`data`: a read or write).
+    pub fn saw(&self, data: bool, len: u32) {
+        let n = self.seen.get() + 1;
+        self.seen.set(n);
+        if data && len >= REG_MIN {
+            self.last_large.set(n);
+        }
+    }
+
+    /// Whether the tag that just served a request should have the next one registered.
+    pub fn register_next(&self) -> bool {
+        self.seen.get() - self.last_large.get() < self.window
+    }
+
+    /// The entry to name for a tag whose own entry is `entry`.
+    pub fn entry(&self, entry: u16) -> u16 {
+        if self.register_next() {
+            entry
+        } else {
+            NO_ENTRY
+        }
+    }
+}
+
 /// A core's buffer-table entries (module contract).
 pub struct Table {
     used: Vec<bool>,
@@ -206,6 +271,33 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registering_stops_after_a_window_of_small_requests_and_resumes_on_a_large_one() {
+        let r = Registering::new(16);
+        assert_eq!(r.window(), 64);
+        assert!(r.register_next(), "a new queue registers");
+        for _ in 0..63 {
+            r.saw(true, 4096);
+        }
+        assert!(r.register_next(), "63 small requests are inside the window");
+        r.saw(true, 4096);
+        assert!(!r.register_next(), "64 small requests in a row end registering");
+        assert_eq!(r.entry(7), NO_ENTRY);
+        // Flushes and other requests without data count as small ones.
+        r.saw(false, 1 << 20);
+        assert!(!r.register_next());
+        r.saw(true, REG_MIN);
+        assert!(r.register_next(), "a large request turns it back on");
+        assert_eq!(r.entry(7), 7);
+        for _ in 0..63 {
+            r.saw(true, REG_MIN - 1);
+        }
+        assert!(r.register_next());
+        r.saw(true, 512);
+        assert!(!r.register_next());
+        assert_eq!(Registering::new(128).window(), 256);
+    }
 
     #[test]
     fn table_runs_are_contiguous_disjoint_and_come_back() {

@@ -17,13 +17,16 @@
 #     and one differ in nothing but the devices (not in fio's N jobs);
 #   - the CPU each fio run cost the daemon, the store and the whole guest
 #     (clock ticks from /proc, ramp included), to tell where a many/one gap goes.
-# Usage (guest): many-guest.sh [N [RUNTIME_S [ROUNDS]]]
+# Usage (guest): many-guest.sh [N [RUNTIME_S [ROUNDS [JOBS]]]]
+#   JOBS: "process" (fio's default, one process per job) or "thread" (fio
+#   --thread: the jobs are threads of one fio process) for every layout.
 # Host runner: bash bench/vm-many.sh. Leaves /out/many.txt (the figures, one per
 # line, "key value") and /out/fio/*.json, serve.log, store.log.
 set -eu
 N=${1:-32}
 RUNTIME=${2:-10}
 ROUNDS=${3:-2}
+JOBS=${4:-process}
 OUT=/out
 mkdir -p "$OUT/fio"
 R=$OUT/many.txt
@@ -82,6 +85,12 @@ for d in $devs; do dd if=/dev/urandom of="$d" bs=1M count=8 oflag=direct 2>/dev/
 snap prefilled
 dd if=/dev/urandom of="$one" bs=1M count="$((N * 8))" oflag=direct 2>/dev/null
 COMMON="--ioengine=io_uring --direct=1 --rw=randread --bs=4k --time_based --runtime=$RUNTIME --ramp_time=2 --group_reporting --output-format=json"
+case $JOBS in
+    thread) COMMON="$COMMON --thread" ;;
+    process) ;;
+    *) say "jobs: process or thread, not $JOBS"; exit 2 ;;
+esac
+rec "fio_jobs $JOBS"
 many() { # ROUND [null]
     local args="" i=0 d list=$devs
     [ -z "${2:-}" ] || list=$nulls

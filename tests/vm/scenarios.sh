@@ -51,6 +51,13 @@
 #                 quiesces the device where the kernel has QUIESCE) and again
 #                 with --quiesce off; fio's longest write for each goes to
 #                 /out/restart.txt
+#  11 zero-copy   where the kernel has zero copy (AUTO_BUF_REG, 6.16+): a
+#                 default add is zero copy; --zero-copy on passes fio crc32c
+#                 verify at 4k and 1M, seq 1M write+verify and ext4 + fsck;
+#                 4000 4k reads are served unregistered (copied) and the 1M
+#                 requests after them registered again (/metrics), with no
+#                 kernel WARNING; --zero-copy off copies; --own-buffers with
+#                 on is refused. Without it: on is refused, auto copies
 #
 # Each scenario prints "SCENARIO <n> <name>: PASS", or "FAIL: SCENARIO ..."
 # with what differed and the script exits non-zero (logs and diagnostics
@@ -59,7 +66,7 @@
 # Usage (host): bash tests/vm/kernel-tests.sh [SCENARIO...]
 #   or: bash tests/vm/run-vm.sh --quiet --timeout 900 --bin target/release/sheepdev \
 #         --out DIR tests/vm/scenarios.sh [SCENARIO...]
-# SCENARIO is a number (1-10) or a name (ext4, fio-verify, ...); default: all.
+# SCENARIO is a number (1-11) or a name (ext4, fio-verify, ...); default: all.
 #
 # Guest tools: busybox, fio, mkfs.ext4, e2fsck (run-vm.sh), sheepdev (--bin).
 # util-linux blkdiscard and fallocate (kernel-tests.sh adds them with --bin)
@@ -1275,8 +1282,22 @@ s10_restart() {
 features_of() {
     sd list --json | tr -d ' \n' | grep -o "\"device\":\"$1\"[^}]*" | grep -o '"features":\[[^]]*\]' | head -1
 }
+# s11_zc N: read the zero-copy path counters of /metrics (one device mapped) into
+# S11_PAGESN and S11_UNREGN; s11_paths: all three, for a message.
+S11_SMALL=4000
+s11_paths() {
+    wget -qO- http://127.0.0.1:9477/metrics | awk '/^sheepdev_zero_copy_requests_total/ {
+        match($0, /path="[a-z]*"/); p = substr($0, RSTART + 6, RLENGTH - 7); s[p] += $NF }
+        END { printf "pages %d copied %d unregistered %d", s["pages"], s["copied"], s["unregistered"] }'
+}
+s11_zc() {
+    local p
+    sleep 1 # the shard publishes every 250 ms
+    p=$(s11_paths)
+    eval "S11_PAGES$1=$(echo "$p" | awk '{ print $2 }') S11_UNREG$1=$(echo "$p" | awk '{ print $6 }')"
+}
 s11_zero_copy() {
-    local d f usable reads
+    local d f usable reads warns
     begin 11 zero-copy
     ensure_vdi linux 1G
     sd features --json >"$W/features.json" || fail "sheepdev features --json failed"
@@ -1307,13 +1328,33 @@ s11_zero_copy() {
     # --zero-copy on: crc32c verify with reads and writes, small and large requests.
     add_dev "$ADDR" linux --queues 2 --zero-copy on
     d=$DEV
+    warns=$(dmesg | grep -c "WARNING:" || true)
     s2_verify "$d" 4k "$S2_SIZE_4K"
     s2_verify "$d" 1M "$S2_SIZE_64K"
+    # Registering follows the requests (zero_copy::Registering): after a run of small reads a
+    # queue stops having its requests registered (they are copied: "unregistered"), and the
+    # first large requests turn it back on ("pages"). The slack: two queues x (the window of
+    # 2 x depth small requests + one request per tag that was already told not to register).
+    s11_zc 0
+    step "fio randread 4k x $S11_SMALL ios, iodepth 32 (zero copy)"
+    fio --name=zc-small --filename="$d" --ioengine="$(fio_engine)" --direct=1 --rw=randread --bs=4k \
+        --iodepth=32 --size="$S2_SIZE_4K" --number_ios="$S11_SMALL" --eta=never >"$W/fio-s11-small.out" 2>&1 ||
+        { tail -20 "$W/fio-s11-small.out" >&2; fail "fio randread 4k on a zero-copy device failed"; }
+    s11_zc 1
+    [ $((S11_UNREG1 - S11_UNREG0)) -ge $((S11_SMALL - 2 * (2 * 128 + 128))) ] ||
+        fail "after $S11_SMALL 4k reads only $((S11_UNREG1 - S11_UNREG0)) were served unregistered ($(s11_paths))"
+    step "4k reads: $((S11_UNREG1 - S11_UNREG0)) of $S11_SMALL unregistered"
     # Sequential 1M writes then reads back through the page-cache-free path, verified.
     step "fio seq write+verify bs=1M iodepth=8 (zero copy)"
     fio --name=zc-seq --filename="$d" --ioengine="$(fio_engine)" --direct=1 --rw=write --bs=1M \
         --iodepth=8 --size=256M --verify=crc32c --verify_fatal=1 --do_verify=1 \
         --eta=never >"$W/fio-s11-seq.out" 2>&1 || { tail -20 "$W/fio-s11-seq.out" >&2; fail "fio seq 1M verify failed"; }
+    # 256 MiB written and read back in requests of at most 512 KiB: 1024 or more large ones.
+    s11_zc 2
+    [ $((S11_PAGES2 - S11_PAGES1)) -ge $((1024 - 2 * 128)) ] ||
+        fail "of 1024+ large requests after small ones only $((S11_PAGES2 - S11_PAGES1)) were on their pages ($(s11_paths))"
+    step "1M requests after them: $((S11_PAGES2 - S11_PAGES1)) on their pages ($(s11_paths))"
+    [ "$(dmesg | grep -c "WARNING:" || true)" = "$warns" ] || fail "the kernel warned while zero copy ran: $(dmesg | grep -A5 "WARNING:" | tail -6)"
     # ext4 on it: mkfs, files, fsck.
     step "mkfs.ext4 + files + fsck on a zero-copy device"
     mkfs.ext4 -q -F "$d" >"$W/mkfs11.out" 2>&1 || fail "mkfs.ext4 on $d: $(tail -3 "$W/mkfs11.out")"

@@ -44,7 +44,9 @@
 //! 1, step 5 sends a payload of 64 KiB or more from them with SEND_ZC (linked after its
 //! header's SENDMSG; smaller ones are copied out by user copy and batched as before), a
 //! read's data is read into them with READ_FIXED (bytes that came with an earlier receive
-//! are copied in by user copy), and step 8's commit unregisters them.
+//! are copied in by user copy), and step 8's commit unregisters them. A queue that has
+//! been given only requests under 64 KiB for a while has them not registered at all (they
+//! are copied either way), until a large one comes (`ublk::zero_copy::Registering`).
 //! A write refused with READONLY (another client snapshotted the VDI) follows the live
 //! snapshot (`shard/follow.rs`) and is sent again as a COW.
 

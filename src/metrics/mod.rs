@@ -4,7 +4,7 @@
 //! Contract:
 //! - One process-wide registry ([`global`]). Names follow Prometheus conventions: prefix
 //!   `sheepdev_`, base units (`_seconds`, `_bytes`), `_total` on counters, and only
-//!   low-cardinality labels: device, queue, op, opcode, result, conn, gateway — never an
+//!   low-cardinality labels: device, queue, op, opcode, result, conn, gateway, path — never an
 //!   oid, offset or vid.
 //! - The hot path touches only the shard's own [`ShardMetrics`] (built once per shard, with
 //!   pre-resolved handles): a request adds to plain local counters and local histograms

@@ -400,7 +400,9 @@ struct TagZc<'a> {
 /// them ([`Data::Kernel`]) — unless the queue has only been given small requests lately
 /// (`zero_copy::Registering`: the tag then names no entry). A request that was not
 /// registered (flagged NEED_REG_BUF: not asked for, or the registration failed) is served
-/// by user copy with a borrowed buffer. Ends as [`serve_tag`] does.
+/// by user copy: a read's data goes into its pages with `pwrite` from what the connection
+/// received, a write's payload is copied out into a borrowed buffer. Ends as [`serve_tag`]
+/// does.
 async fn serve_tag_zc(
     q: &Queue,
     tag: u16,
@@ -429,20 +431,26 @@ async fn serve_tag_zc(
                 // A small write is copied out of the pages (user copy) and sent with the
                 // other queued requests in one SENDMSG (see `shard::ZC_SEND_MIN`).
                 let small_write = d.op == Op::Write && d.len < crate::shard::ZC_SEND_MIN;
-                let r = if data_op && (unregistered || small_write) {
+                let k = KernelBuf {
+                    index,
+                    fd: q.fd(),
+                    pos: q.pos(tag),
+                    off: 0,
+                    len: d.len,
+                    ring_reads: zc.ring_reads,
+                };
+                let r = if data_op && unregistered && d.op == Op::Read {
+                    // Not registered: the data still goes into the pages, by user copy
+                    // (`pwrite`) from what the connection received — no buffer borrowed.
+                    s.zero_copy(ZcPath::Unregistered);
+                    let k = KernelBuf { index: zero_copy::NO_ENTRY, ring_reads: false, ..k };
+                    s.handle_data(d, Data::Kernel(k)).await.map_err(|e| e.errno())
+                } else if data_op && (unregistered || small_write) {
                     s.zero_copy(if unregistered { ZcPath::Unregistered } else { ZcPath::Copied });
                     let mut l = lease(bufs, d, max_io).await;
                     user_copy_io(q, tag, d, &mut l, s).await
                 } else if data_op {
                     s.zero_copy(ZcPath::Pages);
-                    let k = KernelBuf {
-                        index,
-                        fd: q.fd(),
-                        pos: q.pos(tag),
-                        off: 0,
-                        len: d.len,
-                        ring_reads: zc.ring_reads,
-                    };
                     s.handle_data(d, Data::Kernel(k)).await.map_err(|e| e.errno())
                 } else {
                     s.handle_data(d, Data::Mem(&mut [])).await.map_err(|e| e.errno())

@@ -38,7 +38,8 @@
 //!     commit unregisters them, and the request completes once the ring's last use of them
 //!     (a zero-copy send still in flight) is over. Should the registration fail, the request
 //!     comes flagged UBLK_IO_F_NEED_REG_BUF (the fallback asked for) and is served by user
-//!     copy instead.
+//!     copy instead — which is also how a tag asks for no registration: it names an entry
+//!     past the table (`zero_copy::NO_ENTRY`).
 
 use std::io;
 use std::sync::Arc;

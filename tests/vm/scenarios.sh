@@ -54,9 +54,9 @@
 #  11 zero-copy   where the kernel has zero copy (AUTO_BUF_REG, 6.16+): a
 #                 default add is zero copy; --zero-copy on passes fio crc32c
 #                 verify at 4k and 1M, seq 1M write+verify and ext4 + fsck;
-#                 4000 4k reads are served unregistered (copied) and the 1M
-#                 requests after them registered again (/metrics), with no
-#                 kernel WARNING; --zero-copy off copies; --own-buffers with
+#                 4k writes + verify (16M) are served unregistered (user copy)
+#                 and the 1M requests after them registered again (/metrics),
+#                 with no kernel WARNING; --zero-copy off copies; --own-buffers with
 #                 on is refused. Without it: on is refused, auto copies
 #
 # Each scenario prints "SCENARIO <n> <name>: PASS", or "FAIL: SCENARIO ..."
@@ -1284,7 +1284,7 @@ features_of() {
 }
 # s11_zc N: read the zero-copy path counters of /metrics (one device mapped) into
 # S11_PAGESN and S11_UNREGN; s11_paths: all three, for a message.
-S11_SMALL=4000
+S11_SMALL=8192 # 16 MiB of 4k writes and the reads that verify them
 s11_paths() {
     wget -qO- http://127.0.0.1:9477/metrics | awk '/^sheepdev_zero_copy_requests_total/ {
         match($0, /path="[a-z]*"/); p = substr($0, RSTART + 6, RLENGTH - 7); s[p] += $NF }
@@ -1335,15 +1335,17 @@ s11_zero_copy() {
     # queue stops having its requests registered (they are copied: "unregistered"), and the
     # first large requests turn it back on ("pages"). The slack: two queues x (the window of
     # 2 x depth small requests + one request per tag that was already told not to register).
+    # The small run: 4k writes of 16 MiB, then fio reads them all back and verifies them.
     s11_zc 0
-    step "fio randread 4k x $S11_SMALL ios, iodepth 32 (zero copy)"
-    fio --name=zc-small --filename="$d" --ioengine="$(fio_engine)" --direct=1 --rw=randread --bs=4k \
-        --iodepth=32 --size="$S2_SIZE_4K" --number_ios="$S11_SMALL" --eta=never >"$W/fio-s11-small.out" 2>&1 ||
-        { tail -20 "$W/fio-s11-small.out" >&2; fail "fio randread 4k on a zero-copy device failed"; }
+    step "fio randwrite 4k 16M + crc32c verify, iodepth 32 (zero copy): $S11_SMALL requests"
+    fio --name=zc-small --filename="$d" --ioengine="$(fio_engine)" --direct=1 --rw=randwrite --bs=4k \
+        --iodepth=32 --size=16M --verify=crc32c --verify_fatal=1 --do_verify=1 \
+        --eta=never >"$W/fio-s11-small.out" 2>&1 ||
+        { tail -20 "$W/fio-s11-small.out" >&2; fail "fio randwrite 4k verify on a zero-copy device failed"; }
     s11_zc 1
     [ $((S11_UNREG1 - S11_UNREG0)) -ge $((S11_SMALL - 2 * (2 * 128 + 128))) ] ||
-        fail "after $S11_SMALL 4k reads only $((S11_UNREG1 - S11_UNREG0)) were served unregistered ($(s11_paths))"
-    step "4k reads: $((S11_UNREG1 - S11_UNREG0)) of $S11_SMALL unregistered"
+        fail "of $S11_SMALL 4k requests only $((S11_UNREG1 - S11_UNREG0)) were served unregistered ($(s11_paths))"
+    step "4k requests: $((S11_UNREG1 - S11_UNREG0)) of $S11_SMALL unregistered"
     # Sequential 1M writes then reads back through the page-cache-free path, verified.
     step "fio seq write+verify bs=1M iodepth=8 (zero copy)"
     fio --name=zc-seq --filename="$d" --ioengine="$(fio_engine)" --direct=1 --rw=write --bs=1M \

@@ -258,7 +258,9 @@ fn shard_thread(
         ..shard::Config::new([addr.clone()])
     };
     let metrics = match (driver, dm) {
-        (Driver::Sheepdev, Some(device)) => Some(shard::QueueMetrics { device, queue: s, depth, zero_copy: false }),
+        (Driver::Sheepdev, Some(device)) => {
+            Some(shard::QueueMetrics { device, queue: s, depth, zero_copy: false })
+        }
         _ => None,
     };
     let cfg = shard::Config { metrics, ..cfg };

@@ -416,7 +416,12 @@ fn run_shard(addr: SocketAddr, vol: Arc<Volume>, plan: Vec<Phase>) -> Vec<Outcom
         TAGS as u16,
         vol.size(),
     );
-    let qm = shard::QueueMetrics { device: metrics.clone(), queue: 0, depth: TAGS as u16 };
+    let qm = shard::QueueMetrics {
+        device: metrics.clone(),
+        queue: 0,
+        depth: TAGS as u16,
+        zero_copy: false,
+    };
     let cfg =
         shard::Config { connections: CONNECTIONS, metrics: Some(qm), ..shard::Config::new([addr]) };
     let spawned = shard::spawn("alloc-shard", cfg, vol, move |shard, exe| {

@@ -64,7 +64,8 @@ pub enum ZcPath {
     Pages = 0,
     /// Registered, but a small write: copied out into a pool buffer.
     Copied = 1,
-    /// Not registered (not asked for, or the registration failed): through a pool buffer.
+    /// Not registered (not asked for, or the registration failed): by user copy, a read's
+    /// data written into the pages, a write's payload read out into a pool buffer.
     Unregistered = 2,
 }
 pub const ZC_PATHS: [&str; 3] = ["pages", "copied", "unregistered"];
@@ -193,8 +194,8 @@ impl Families {
                 "sheepdev_zero_copy_requests_total",
                 "Reads and writes of a zero-copy device by how their data moved: pages (on the \
                  request's own pages, registered by the driver), copied (registered, but a small \
-                 write, copied out into a pool buffer) or unregistered (not registered: copied \
-                 through a pool buffer).",
+                 write, copied out into a pool buffer) or unregistered (not registered: moved by user \
+                 copy).",
                 &["device", "queue", "path"],
             ),
             registry: r,
@@ -403,9 +404,8 @@ impl DeviceMetrics {
             cow: c(&f.cow_writes, Fam::CowWrites, &[d, &qs]),
             create_waits: c(&f.create_waits, Fam::CreateWaits, &[d, &qs]),
             inode_reloads: c(&f.inode_reloads, Fam::InodeReloads, &[d, &qs]),
-            zero_copy: zero_copy.then(|| {
-                ZC_PATHS.map(|p| c(&f.zero_copy, Fam::ZeroCopy, &[d, &qs, p]).local())
-            }),
+            zero_copy: zero_copy
+                .then(|| ZC_PATHS.map(|p| c(&f.zero_copy, Fam::ZeroCopy, &[d, &qs, p]).local())),
             hdr: OPS.map(|_| new_hdr()),
             published: {
                 let p: Arc<ShardHdr> = Arc::new(OPS.map(|_| Mutex::new(new_hdr())));

@@ -239,7 +239,6 @@ impl Shard {
         shard
     }
 
-    /// Block-layer sheep requests that rode on another one (were not sent on their own).
     /// Count a zero-copy queue's read or write by how its data moved; published with the
     /// other metrics.
     pub fn zero_copy(&self, path: crate::metrics::ZcPath) {
@@ -248,6 +247,7 @@ impl Shard {
         }
     }
 
+    /// Block-layer sheep requests that rode on another one (were not sent on their own).
     pub fn merged(&self) -> u64 {
         self.conns.iter().map(|c| c.merged()).sum()
     }

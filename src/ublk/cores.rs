@@ -19,10 +19,11 @@
 //!   (`queue.rs`'s `Transfer`); on a driver with neither (before GET_FEATURES, 6.5) each tag
 //!   keeps its own `max_io` buffer, as the driver requires. A zero-copy device
 //!   (`Transfer::AutoReg`) borrows only for writes under `shard::ZC_SEND_MIN` (their
-//!   copy) and a failed registration: its requests' own pages are registered in the
-//!   core ring's buffer table (`zero_copy::TABLE_ENTRIES` entries, made when the core
-//!   starts where the kernel has zero copy), where each of its tags has an entry of its own
-//!   while the queue is attached, and the sheep connections send from and read into them.
+//!   copy) and writes that were not registered: its requests' own pages are registered
+//!   in the core ring's buffer table (`zero_copy::TABLE_ENTRIES` entries, made when the
+//!   core starts where the kernel has zero copy), where each of its tags has an entry of
+//!   its own while the queue is attached, and the sheep connections send from and read
+//!   into them — while the queue is given large requests (`zero_copy::Registering`).
 
 use std::cell::RefCell;
 use std::collections::HashMap;

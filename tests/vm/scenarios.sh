@@ -1331,7 +1331,7 @@ s11_zero_copy() {
     warns=$(dmesg | grep -c "WARNING:" || true)
     s2_verify "$d" 4k "$S2_SIZE_4K"
     s2_verify "$d" 1M "$S2_SIZE_64K"
-    # Registering follows the requests (zero_copy::Registering): after a run of small reads a
+    # Registering follows the requests (zero_copy::Registering): after a run of small requests a
     # queue stops having its requests registered (they are copied: "unregistered"), and the
     # first large requests turn it back on ("pages"). The slack: two queues x (the window of
     # 2 x depth small requests + one request per tag that was already told not to register).

@@ -9,9 +9,11 @@
 # Prints the figures and the ratios, and the CPU per I/O of each run (daemon,
 # store, whole guest).
 #
-# Usage: bash bench/vm-many.sh [--devices N] [--runtime SECS] [--rounds R] [--fio-thread] [--out DIR]
+# Usage: bash bench/vm-many.sh [--devices N] [--runtime SECS] [--rounds R] [--fio-thread] [--sheep PREFIX] [--out DIR]
 #   --fio-thread: fio's jobs are threads of one process (fio --thread) in every
 #   layout, instead of one process per job.
+#   --sheep PREFIX: against a real sheep in the guest (PREFIX/sbin/sheep, PREFIX/bin/dog:
+#   a sheep 1.0 you built, tests/README.md) instead of the embedded store.
 # Env: SHEEPDEV_BIN (the binary; default: cargo build --release), SHEEPDEV_VM_SKIP_SETUP=1,
 #      run-vm.sh's SHEEPDEV_VM_* variables.
 # The VM is qemu TCG with 2 vCPUs: absolute IOPS say nothing about hardware; the
@@ -19,6 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=32 runtime=10 rounds=2 out="" jobs=process
+sheep=() sheepbins=()
 while [ $# -gt 0 ]; do
     case $1 in
         --devices) n=$2; shift 2 ;;
@@ -26,6 +29,9 @@ while [ $# -gt 0 ]; do
         --rounds) rounds=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
         --fio-thread) jobs=thread; shift ;;
+        --sheep)
+            for b in sbin/sheep bin/dog; do [ -x "$2/$b" ] || { echo "vm-many: --sheep $2: no executable $b" >&2; exit 2; }; sheepbins+=(--bin "$2/$b"); done
+            sheep=(--sheep); shift 2 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "vm-many: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -40,8 +46,8 @@ out=${out:-target/bench-vm/many-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$out"
 timeout=$(( 300 + n * 6 + rounds * 6 * (runtime + 8) ))
 echo "== $n devices in the VM (guest /out: $out)"
-SHEEPDEV_VM_MEM=${SHEEPDEV_VM_MEM:-3072} bash tests/vm/run-vm.sh --quiet --timeout "$timeout" --bin "$bin" \
-    --out "$out" tests/vm/many-guest.sh "$n" "$runtime" "$rounds" "$jobs"
+SHEEPDEV_VM_MEM=${SHEEPDEV_VM_MEM:-3072} bash tests/vm/run-vm.sh --quiet --timeout "$timeout" --bin "$bin" ${sheepbins[@]+"${sheepbins[@]}"} \
+    --out "$out" tests/vm/many-guest.sh ${sheep[@]+"${sheep[@]}"} "$n" "$runtime" "$rounds" "$jobs"
 cat "$out/many.txt"
 awk -v n="$n" -v secs="$((runtime + 2))" '
     /^ticks_per_s/ { tps = $2 }

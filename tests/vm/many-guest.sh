@@ -17,12 +17,16 @@
 #     and one differ in nothing but the devices (not in fio's N jobs);
 #   - the CPU each fio run cost the daemon, the store and the whole guest
 #     (clock ticks from /proc, ramp included), to tell where a many/one gap goes.
-# Usage (guest): many-guest.sh [N [RUNTIME_S [ROUNDS [JOBS]]]]
+# Usage (guest): many-guest.sh [--sheep] [N [RUNTIME_S [ROUNDS [JOBS]]]]
+#   --sheep  a real sheep (one node, local driver, -n, objects on tmpfs, copies 1,
+#            over TCP; sheep and dog from run-vm.sh --bin) instead of the embedded store
 #   JOBS: "process" (fio's default, one process per job) or "thread" (fio
 #   --thread: the jobs are threads of one fio process) for every layout.
 # Host runner: bash bench/vm-many.sh. Leaves /out/many.txt (the figures, one per
 # line, "key value") and /out/fio/*.json, serve.log, store.log.
 set -eu
+BACKEND=store
+[ "${1:-}" != --sheep ] || { BACKEND=sheep; shift; }
 N=${1:-32}
 RUNTIME=${2:-10}
 ROUNDS=${3:-2}
@@ -33,15 +37,25 @@ R=$OUT/many.txt
 : >"$R"
 say() { echo "many: $*"; }
 rec() { echo "$*" >>"$R"; say "$*"; }
-sheepdev store --dir /tmp/store --listen 127.0.0.1:7000 --no-sync --fast-reads >"$OUT/store.log" 2>&1 &
-STP=$!
+mkdir -p /tmp/store
+if [ "$BACKEND" = sheep ]; then
+    sheep -f -n -c local -p 7000 /tmp/store >"$OUT/store.log" 2>&1 &
+    STP=$!
+    i=0
+    while ! timeout 10 dog node list -p 7000 >/dev/null 2>&1; do i=$((i+1)); [ $i -lt 100 ] || { say "sheep not up"; cat "$OUT/store.log"; exit 1; }; sleep 0.2; done
+    timeout 60 dog cluster format -p 7000 -c 1 >>"$OUT/store.log" 2>&1 || { say "dog cluster format failed"; cat "$OUT/store.log"; exit 1; }
+    GW=127.0.0.1:7000
+else
+    sheepdev store --dir /tmp/store --listen 127.0.0.1:7000 --no-sync --fast-reads >"$OUT/store.log" 2>&1 &
+    STP=$!
+    GW=unix:/tmp/store/sock
+fi
 i=0
-while ! sheepdev vdi --connect-timeout 1 list >/dev/null 2>&1; do i=$((i+1)); [ $i -lt 100 ] || { say "store not up"; exit 1; }; sleep 0.2; done
+while ! sheepdev vdi --connect-timeout 1 list >/dev/null 2>&1; do i=$((i+1)); [ $i -lt 100 ] || { say "the $BACKEND is not up"; exit 1; }; sleep 0.2; done
 sheepdev serve --metrics-addr off >"$OUT/serve.log" 2>&1 &
 SP=$!
 i=0
 while ! sheepdev list --json >/dev/null 2>&1; do i=$((i+1)); [ $i -lt 150 ] || { say "serve not up"; cat "$OUT/serve.log"; exit 1; }; sleep 0.2; done
-GW=unix:/tmp/store/sock
 snap() { # LABEL
     local t s r
     t=$(ls "/proc/$SP/task" | wc -l)
@@ -67,6 +81,7 @@ costed() { # LABEL CMD...
 }
 rec "ticks_per_s $(getconf CLK_TCK 2>/dev/null || echo 100)"
 rec "kernel $(uname -r)"
+rec "backend $BACKEND$([ "$BACKEND" = sheep ] && echo " ($(sheep -v 2>&1 | head -n 1), 1 node, -n, copies 1, TCP)")"
 rec "cpus $(nproc)"
 rec "devices $N"
 snap idle

@@ -9,11 +9,13 @@
 # Prints the figures and the ratios, and the CPU per I/O of each run (daemon,
 # store, whole guest).
 #
-# Usage: bash bench/vm-many.sh [--devices N] [--runtime SECS] [--rounds R] [--fio-thread] [--sheep PREFIX] [--out DIR]
+# Usage: bash bench/vm-many.sh [--devices N] [--runtime SECS] [--rounds R] [--fio-thread] [--sheep PREFIX] [--perf] [--out DIR]
 #   --fio-thread: fio's jobs are threads of one process (fio --thread) in every
 #   layout, instead of one process per job.
 #   --sheep PREFIX: against a real sheep in the guest (PREFIX/sbin/sheep, PREFIX/bin/dog:
 #   a sheep 1.0 you built, tests/README.md) instead of the embedded store.
+#   --perf: also profile the daemon in round 1 of each sheepdev layout (the host's perf,
+#   Debian's linux-perf, copied into the guest): DIR/perf-{one,spread,many}.txt.
 # Env: SHEEPDEV_BIN (the binary; default: cargo build --release), SHEEPDEV_VM_SKIP_SETUP=1,
 #      run-vm.sh's SHEEPDEV_VM_* variables.
 # The VM is qemu TCG with 2 vCPUs: absolute IOPS say nothing about hardware; the
@@ -21,7 +23,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=32 runtime=10 rounds=2 out="" jobs=process
-sheep=() sheepbins=()
+sheep=() sheepbins=() perf=()
 while [ $# -gt 0 ]; do
     case $1 in
         --devices) n=$2; shift 2 ;;
@@ -29,6 +31,9 @@ while [ $# -gt 0 ]; do
         --rounds) rounds=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
         --fio-thread) jobs=thread; shift ;;
+        --perf)
+            p=$(command -v perf) || { echo "vm-many: --perf: no perf on this host (apt-get install linux-perf)" >&2; exit 2; }
+            sheepbins+=(--bin "$p"); perf=(--perf); shift ;;
         --sheep)
             for b in sbin/sheep bin/dog; do [ -x "$2/$b" ] || { echo "vm-many: --sheep $2: no executable $b" >&2; exit 2; }; sheepbins+=(--bin "$2/$b"); done
             sheep=(--sheep); shift 2 ;;
@@ -47,7 +52,7 @@ mkdir -p "$out"
 timeout=$(( 300 + n * 6 + rounds * 6 * (runtime + 8) ))
 echo "== $n devices in the VM (guest /out: $out)"
 SHEEPDEV_VM_MEM=${SHEEPDEV_VM_MEM:-3072} bash tests/vm/run-vm.sh --quiet --timeout "$timeout" --bin "$bin" ${sheepbins[@]+"${sheepbins[@]}"} \
-    --out "$out" tests/vm/many-guest.sh ${sheep[@]+"${sheep[@]}"} "$n" "$runtime" "$rounds" "$jobs"
+    --out "$out" tests/vm/many-guest.sh ${sheep[@]+"${sheep[@]}"} ${perf[@]+"${perf[@]}"} "$n" "$runtime" "$rounds" "$jobs"
 cat "$out/many.txt"
 awk -v n="$n" -v secs="$((runtime + 2))" '
     /^ticks_per_s/ { tps = $2 }

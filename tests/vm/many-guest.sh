@@ -17,16 +17,26 @@
 #     and one differ in nothing but the devices (not in fio's N jobs);
 #   - the CPU each fio run cost the daemon, the store and the whole guest
 #     (clock ticks from /proc, ramp included), to tell where a many/one gap goes.
-# Usage (guest): many-guest.sh [--sheep] [N [RUNTIME_S [ROUNDS [JOBS]]]]
+# Usage (guest): many-guest.sh [--sheep] [--perf] [N [RUNTIME_S [ROUNDS [JOBS]]]]
 #   --sheep  a real sheep (one node, local driver, -n, objects on tmpfs, copies 1,
 #            over TCP; sheep and dog from run-vm.sh --bin) instead of the embedded store
+#   --perf   profile the daemon (perf from run-vm.sh --bin; cpu-clock samples, TCG has
+#            no PMU) during round 1 of the three sheepdev layouts, after fio's ramp:
+#            /out/perf-LAYOUT.txt, the symbols and objects by share of samples
 #   JOBS: "process" (fio's default, one process per job) or "thread" (fio
 #   --thread: the jobs are threads of one fio process) for every layout.
 # Host runner: bash bench/vm-many.sh. Leaves /out/many.txt (the figures, one per
 # line, "key value") and /out/fio/*.json, serve.log, store.log.
 set -eu
-BACKEND=store
-[ "${1:-}" != --sheep ] || { BACKEND=sheep; shift; }
+BACKEND=store PERF=0
+while :; do
+    case ${1:-} in
+        --sheep) BACKEND=sheep; shift ;;
+        --perf) PERF=1; shift ;;
+        *) break ;;
+    esac
+done
+[ "$PERF" = 0 ] || echo 0 >/proc/sys/kernel/kptr_restrict 2>/dev/null || true # kernel symbols for perf
 N=${1:-32}
 RUNTIME=${2:-10}
 ROUNDS=${3:-2}
@@ -76,7 +86,14 @@ costed() { # LABEL CMD...
     local l=$1 d0 s0 a0 w0
     shift
     d0=$(ticks "$SP") s0=$(ticks "$STP") a0=$(busy) w0=$(switches "$SP")
-    "$@"
+    case $PERF:$l in
+        1:many_r1|1:one_r1|1:spread_r1)
+            (sleep 2; exec perf record -q -e cpu-clock -F 1000 -p "$SP" -o "/tmp/perf-${l%_r1}.data" -- sleep "$RUNTIME") \
+                >"$OUT/perf-record-${l%_r1}.log" 2>&1 &
+            "$@"
+            wait $! || say "perf record for $l failed: $(cat "$OUT/perf-record-${l%_r1}.log")" ;;
+        *) "$@" ;;
+    esac
     rec "cpu_$l daemon $(($(ticks "$SP") - d0)) store $(($(ticks "$STP") - s0)) all $(($(busy) - a0)) switches $(($(switches "$SP") - w0))"
 }
 rec "ticks_per_s $(getconf CLK_TCK 2>/dev/null || echo 100)"
@@ -150,6 +167,15 @@ while [ $r -le "$ROUNDS" ]; do
     r=$((r + 1))
 done
 for d in $nulls $onenull; do sheepdev del "$d" >/dev/null; done
+if [ "$PERF" = 1 ]; then
+    for l in one spread many; do
+        [ -s "/tmp/perf-$l.data" ] || { say "no profile of $l"; continue; }
+        { perf report -i "/tmp/perf-$l.data" --stdio --no-children --sort dso 2>&1 | grep -v '^#' | grep . | head -n 8
+          perf report -i "/tmp/perf-$l.data" --stdio --no-children --sort sym 2>&1 | grep -E '^# Samples|^ ' | head -n 60
+        } >"$OUT/perf-$l.txt"
+        rec "perf_$l $(grep -m1 '^# Samples' "$OUT/perf-$l.txt" | sed 's/^# //')"
+    done
+fi
 sheepdev del one >/dev/null
 i=0
 while [ $i -lt "$N" ]; do sheepdev del "m$i" >/dev/null; i=$((i + 1)); done

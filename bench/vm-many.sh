@@ -15,7 +15,8 @@
 #   --sheep PREFIX: against a real sheep in the guest (PREFIX/sbin/sheep, PREFIX/bin/dog:
 #   a sheep 1.0 you built, tests/README.md) instead of the embedded store.
 #   --perf: also profile the daemon in round 1 of each sheepdev layout (the host's perf,
-#   Debian's linux-perf, copied into the guest): DIR/perf-{one,spread,many}.txt.
+#   Debian's linux-perf, copied into the guest): DIR/perf-{one,spread,many}.txt, and the
+#   kernel call chains of the hottest symbols in DIR/perf-{one,spread,many}-callers.txt.
 # Env: SHEEPDEV_BIN (the binary; default: cargo build --release), SHEEPDEV_VM_SKIP_SETUP=1,
 #      run-vm.sh's SHEEPDEV_VM_* variables.
 # The VM is qemu TCG with 2 vCPUs: absolute IOPS say nothing about hardware; the

@@ -14,6 +14,13 @@
 //!   absolute figures on a shared 2-core machine are noise.
 //! - The VDI is prefilled first, so reads hit real objects and writes overwrite them.
 //! - Latencies are recorded per thread in hdrhistogram (ns) and merged.
+//! - Many devices (`devices` > 1 in a point): each thread serves, as a core thread of the
+//!   daemon does, queue s of every device — one shard per device, each with its own
+//!   volume (its own inode map, claims, metrics) and its own slice of the region, all on the
+//!   thread's one set of connections ([`Shard::start_shared`], as `ublk/cores.rs` starts
+//!   them). The thread's `depth` tags are dealt out round-robin (tag t serves device
+//!   t mod devices), so the total depth, the connections and the bytes touched are those of
+//!   the one-device point: only the number of devices differs.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -101,6 +108,8 @@ pub struct Point {
     pub driver: Driver,
     pub shards: u16,
     pub depth: u16,
+    /// Devices each shard thread serves (module contract; 1 for the raw generator).
+    pub devices: u16,
     /// Coalescing on (sheepdev drivers; the raw generator never merges).
     pub coalesce: bool,
     /// Sheep requests that rode on another one (sheepdev drivers).
@@ -125,11 +134,54 @@ pub struct Target {
     pub region: u64,
     /// Sheep connections per shard (`add --connections`); the raw generator uses one.
     pub connections: usize,
+    /// Devices 2, 3, … of many-devices points ([`Target::add_devices`]; device 1 is
+    /// `vol` with `metrics`).
+    pub more: Vec<Device>,
+}
+
+/// One more device of a many-devices point: a volume of its own over the benchmark's VDI.
+#[derive(Clone)]
+pub struct Device {
+    pub vol: Arc<Volume>,
+    pub metrics: Option<DeviceMetrics>,
+}
+
+impl Target {
+    /// Give the target `n` devices in all (after [`prefill`]: each further device copies
+    /// the prefilled volume's inode map, so its writes overwrite objects, as device 1's do).
+    /// `metrics(i)` makes device i's metrics (i from 1).
+    pub fn add_devices(&mut self, n: u16, metrics: impl Fn(u16) -> Option<DeviceMetrics>) {
+        let v = &self.vol;
+        let entries: Vec<u32> = (0..v.nr_objects()).map(|i| v.entry(i).unwrap_or(0)).collect();
+        for i in (1 + self.more.len() as u16)..n {
+            let vol = Volume::new(v.header().clone(), entries.clone(), v.is_read_only());
+            self.more.push(Device { vol: Arc::new(vol), metrics: metrics(i) });
+        }
+    }
+
+    /// The bytes of the region each of `devices` devices touches (its slice; the whole
+    /// region for one device).
+    fn device_region(&self, devices: u16, bs: u32) -> u64 {
+        if devices <= 1 {
+            return self.region;
+        }
+        self.region / u64::from(devices) / u64::from(bs) * u64::from(bs)
+    }
 }
 
 /// xorshift64*: a fast, allocation-free generator for offsets.
 struct Rng(u64);
 impl Rng {
+    /// A generator for stream `n` (a thread and tag): distinct streams get distinct,
+    /// unrelated sequences (the splitmix64 finaliser spreads `n` over the whole state,
+    /// which xorshift64* needs non-zero).
+    fn stream(n: u64) -> Rng {
+        let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        Rng((z ^ (z >> 31)).max(1))
+    }
+
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
@@ -139,6 +191,8 @@ impl Rng {
 }
 
 struct ThreadResult {
+    /// When the thread's last request finished (its teardown is not counted).
+    ended: Instant,
     hist: Histogram<u64>,
     merged: u64,
     ios: u64,
@@ -146,16 +200,31 @@ struct ThreadResult {
     bytes: u64,
 }
 
-/// Run one point: `shards` threads × `depth` tasks for `duration`, with coalescing on or off.
+/// Run one point: `shards` threads × `depth` tasks for `duration`, with coalescing on or off,
+/// the tasks of each thread spread over `devices` devices (module contract; the raw
+/// generator has no devices: 1).
+#[allow(clippy::too_many_arguments)]
 pub fn run_point(
     t: &Target,
     w: Workload,
     driver: Driver,
     shards: u16,
     depth: u16,
+    devices: u16,
     coalesce: bool,
     duration: Duration,
 ) -> Result<Point, String> {
+    let devices = if driver == Driver::Raw { 1 } else { devices.max(1) };
+    if usize::from(devices) > 1 + t.more.len() {
+        return Err(format!("{devices} devices asked for, the target has {}", 1 + t.more.len()));
+    }
+    if t.device_region(devices, w.block_size()) < u64::from(w.block_size()) * u64::from(shards) {
+        return Err(format!(
+            "{devices} devices leave less than one {} request per shard of the {} MiB region",
+            w.name(),
+            t.region >> 20
+        ));
+    }
     if let (Driver::Sheepdev, Some(dm)) = (driver, &t.metrics) {
         // Queues this point does not run show depth 0, not the last point's depth.
         for q in shards..dm.queues() {
@@ -165,15 +234,24 @@ pub fn run_point(
     let start = Instant::now();
     let threads: Vec<_> = (0..shards)
         .map(|s| {
-            let (addr, vol, region, dm, conns) =
-                (t.addr.clone(), t.vol.clone(), t.region, t.metrics.clone(), t.connections);
+            let (addr, vol, dm, conns) =
+                (t.addr.clone(), t.vol.clone(), t.metrics.clone(), t.connections);
+            let more = t.more[..usize::from(devices) - 1].to_vec();
+            let region = t.device_region(devices, w.block_size());
             std::thread::Builder::new()
                 .name(format!("bench-shard-{s}"))
                 .spawn(move || {
-                    shard_thread(
-                        addr, conns, vol, region, dm, w, driver, s, shards, depth, coalesce,
-                        duration,
-                    )
+                    let job = Job {
+                        vol: vol.clone(),
+                        region,
+                        w,
+                        s,
+                        shards,
+                        depth,
+                        devices,
+                        deadline: Instant::now() + duration,
+                    };
+                    shard_thread(addr, conns, vol, more, dm, driver, coalesce, job)
                 })
                 .map_err(|e| format!("cannot start a shard thread: {e}"))
         })
@@ -181,19 +259,22 @@ pub fn run_point(
     let mut hist =
         Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).map_err(|e| e.to_string())?;
     let (mut ios, mut errors, mut bytes, mut merged) = (0, 0, 0, 0);
+    let mut ended = start;
     for th in threads {
         let r = th.join().map_err(|_| "a shard thread panicked".to_string())??;
         hist.add(&r.hist).map_err(|e| e.to_string())?;
         (ios, errors, bytes, merged) =
             (ios + r.ios, errors + r.errors, bytes + r.bytes, merged + r.merged);
+        ended = ended.max(r.ended);
     }
-    let seconds = start.elapsed().as_secs_f64();
+    let seconds = ended.saturating_duration_since(start).as_secs_f64().max(1e-9);
     let q = |x: f64| hist.value_at_quantile(x) as f64 / 1000.0;
     Ok(Point {
         workload: w,
         driver,
         shards,
         depth,
+        devices,
         coalesce: coalesce && driver != Driver::Raw,
         merged,
         ios,
@@ -211,11 +292,13 @@ pub fn run_point(
 #[derive(Clone)]
 struct Job {
     vol: Arc<Volume>,
+    /// Bytes each device touches (device d: its slice `d × region ..`).
     region: u64,
     w: Workload,
     s: u16,
     shards: u16,
     depth: u16,
+    devices: u16,
     deadline: Instant,
 }
 
@@ -231,20 +314,15 @@ fn shard_thread(
     addr: Gateway,
     conns: usize,
     vol: Arc<Volume>,
-    region: u64,
+    more: Vec<Device>,
     dm: Option<DeviceMetrics>,
-    w: Workload,
     driver: Driver,
-    s: u16,
-    shards: u16,
-    depth: u16,
     coalesce: bool,
-    duration: Duration,
+    job: Job,
 ) -> Result<ThreadResult, String> {
+    let (w, s, depth) = (job.w, job.s, job.depth);
     let bs = w.block_size();
     let slots = usize::from(depth) * 2 + 8;
-    let job =
-        Job { vol: vol.clone(), region, w, s, shards, depth, deadline: Instant::now() + duration };
     if driver == Driver::Raw {
         return raw_thread(addr, slots, job);
     }
@@ -257,19 +335,41 @@ fn shard_thread(
         ring_entries: u32::from(depth) * 4 + 64,
         ..shard::Config::new([addr.clone()])
     };
-    let metrics = match (driver, dm) {
+    // A device's queue is as deep as the tags it gets.
+    let dev_depth = depth.div_ceil(job.devices);
+    let queue_metrics = |dm: Option<DeviceMetrics>| match (driver, dm) {
         (Driver::Sheepdev, Some(device)) => {
-            Some(shard::QueueMetrics { device, queue: s, depth, zero_copy: false })
+            Some(shard::QueueMetrics { device, queue: s, depth: dev_depth, zero_copy: false })
         }
         _ => None,
     };
-    let cfg = shard::Config { metrics, ..cfg };
+    let cfg = shard::Config { metrics: queue_metrics(dm), ..cfg };
+    let more_cfg: Vec<_> = more
+        .into_iter()
+        .map(|d| (shard::Config { metrics: queue_metrics(d.metrics), ..cfg.clone() }, d.vol))
+        .collect();
     let spawned = shard::spawn(&format!("bench-shard-{s}"), cfg, vol, move |sh, exe| {
-        let tasks = run_tags(exe, Io::Shard(sh.clone()), job);
+        // Devices 2, 3, …: shards of their own on this thread's connections.
+        let others: Vec<_> = more_cfg
+            .into_iter()
+            .map(|(cfg, vol)| Shard::start_shared(&cfg, vol, sh.conns(), exe))
+            .collect();
+        let ios = std::iter::once(&sh).chain(&others).map(|x| Io::Shard(x.clone())).collect();
+        let tasks = run_tags(exe, ios, job);
         async move {
-            let mut r = tasks?.await?;
-            r.merged = sh.merged();
-            Ok(r)
+            let mut r = match tasks {
+                Ok(t) => t.await,
+                Err(e) => Err(e),
+            };
+            others.iter().for_each(|o| o.close());
+            for o in &others {
+                o.shut_down().await;
+            }
+            if let Ok(r) = &mut r {
+                // The connections are shared: every device's merges are counted on them.
+                r.merged = sh.merged();
+            }
+            r
         }
     })
     .map_err(|e| e.to_string())?;
@@ -287,7 +387,7 @@ fn raw_thread(addr: Gateway, slots: usize, job: Job) -> Result<ThreadResult, Str
             let exe = crate::shard::exec::LocalExecutor::new();
             let c = RingConn::connect(addr.clone(), Duration::from_secs(3), slots, &exe)
                 .map_err(|e| format!("{addr}: {e}"))?;
-            let tasks = run_tags(&exe, Io::Raw(c.clone()), job)?;
+            let tasks = run_tags(&exe, vec![Io::Raw(c.clone())], job)?;
             ring::run_local(&exe, async move {
                 let r = tasks.await;
                 c.shut_down().await;
@@ -300,10 +400,11 @@ fn raw_thread(addr: Gateway, slots: usize, job: Job) -> Result<ThreadResult, Str
         .map_err(|_| "a bench thread panicked".to_string())?
 }
 
-/// Spawn the `depth` tags of one bench thread; the future ends when they all have.
+/// Spawn the `depth` tags of one bench thread, tag t on device `t mod devices` (`io[d]`
+/// serves device d); the future ends when they all have.
 fn run_tags(
     exe: &crate::shard::exec::LocalExecutor<'_>,
-    io: Io,
+    io: Vec<Io>,
     job: Job,
 ) -> Result<impl std::future::Future<Output = Result<ThreadResult, String>> + 'static, String> {
     let (w, s, shards, depth, deadline) = (job.w, job.s, job.shards, job.depth, job.deadline);
@@ -312,20 +413,23 @@ fn run_tags(
         Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).map_err(|e| e.to_string())?,
     ));
     let (ios, errors) = (Rc::new(Cell::new(0u64)), Rc::new(Cell::new(0u64)));
-    // Sequential workloads: one cursor per shard, over its own slice of the region.
+    // Sequential workloads: one cursor per shard and device, over the shard's own slice of
+    // the device's region.
     let slice = job.region / u64::from(shards);
-    let cursor = Rc::new(Cell::new(0u64));
+    let cursors: Rc<[Cell<u64>]> = (0..io.len()).map(|_| Cell::new(0u64)).collect();
     let bss = job.vol.block_size_shift();
     let vid = job.vol.vid();
     let blocks = (job.region / u64::from(bs)).max(1);
     let tasks: Vec<_> = (0..depth)
         .map(|tag| {
-            let (io, hist, ios, errors, cursor) =
-                (io.clone(), hist.clone(), ios.clone(), errors.clone(), cursor.clone());
+            let dev = usize::from(tag) % io.len();
+            let base = dev as u64 * job.region;
+            let (io, hist, ios, errors, cursors) =
+                (io[dev].clone(), hist.clone(), ios.clone(), errors.clone(), cursors.clone());
             exe.spawn(async move {
+                let cursor = &cursors[dev];
                 let mut buf = vec![0xa5u8; bs as usize];
-                let mut rng =
-                    Rng(0x9e37_79b9_7f4a_7c15 ^ (u64::from(s) << 32 | u64::from(tag)) | 1);
+                let mut rng = Rng::stream(u64::from(s) << 32 | u64::from(tag));
                 while Instant::now() < deadline {
                     let (write, offset) = match w {
                         Workload::RandRead4k => (false, rng.next() % blocks * u64::from(bs)),
@@ -339,6 +443,7 @@ fn run_tags(
                             (true, u64::from(s) * slice + c)
                         }
                     };
+                    let offset = base + offset;
                     let t0 = Instant::now();
                     let ok = match &io {
                         Io::Shard(sh) => {
@@ -392,7 +497,14 @@ fn run_tags(
         }
         let n = ios.get();
         let hist = Rc::try_unwrap(hist).map_err(|_| "histogram still shared")?.into_inner();
-        Ok(ThreadResult { hist, merged: 0, ios: n, errors: errors.get(), bytes: n * u64::from(bs) })
+        Ok(ThreadResult {
+            ended: Instant::now(),
+            hist,
+            merged: 0,
+            ios: n,
+            errors: errors.get(),
+            bytes: n * u64::from(bs),
+        })
     })
 }
 
@@ -441,4 +553,53 @@ pub fn prefill(t: &Target) -> Result<(), String> {
         return Err("prefill writes failed".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_tag_of_every_thread_draws_its_own_offsets() {
+        // Seeds once collided in pairs (tags 2k and 2k+1 read the same blocks at once,
+        // cache-hot for the second): every stream's first draws must differ.
+        let mut seen = std::collections::HashSet::new();
+        for s in 0..4u64 {
+            for tag in 0..1024u64 {
+                let mut r = Rng::stream(s << 32 | tag);
+                let first: Vec<u64> = (0..4).map(|_| r.next() % (1 << 18)).collect();
+                assert!(seen.insert(first), "thread {s} tag {tag} repeats another stream");
+            }
+        }
+    }
+
+    #[test]
+    fn devices_split_the_region_into_whole_blocks() {
+        let vol = Volume::new(
+            crate::proto::InodeHeader {
+                vdi_size: 1 << 30,
+                block_size_shift: 22,
+                vdi_id: 7,
+                ..crate::proto::InodeHeader::default()
+            },
+            vec![7; 256],
+            false,
+        );
+        let mut t = Target {
+            addr: Gateway::from("127.0.0.1:7000".parse::<std::net::SocketAddr>().unwrap()),
+            vol: Arc::new(vol),
+            metrics: None,
+            region: (1 << 30) + 4096,
+            connections: 1,
+            more: Vec::new(),
+        };
+        assert_eq!(t.device_region(1, 4096), (1 << 30) + 4096, "one device: the whole region");
+        assert_eq!(t.device_region(32, 1 << 20), 32 << 20);
+        assert_eq!(t.device_region(3, 1 << 20) % (1 << 20), 0);
+        t.add_devices(4, |_| None);
+        assert_eq!(t.more.len(), 3);
+        assert!(t.more.iter().all(|d| d.vol.entry(255) == Some(7) && d.vol.vid() == Vid(7)));
+        t.add_devices(2, |_| None);
+        assert_eq!(t.more.len(), 3, "devices are only ever added");
+    }
 }

@@ -35,6 +35,12 @@ pub struct BenchArgs {
     /// Shard counts, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,2", value_parser = clap::value_parser!(u16).range(1..=64))]
     shards: Vec<u16>,
+    /// Devices each shard serves, comma-separated: with N, a shard's requests in flight are
+    /// spread over N devices (each its own shard, volume and slice of the region, all on the
+    /// shard's connections, as the daemon's core threads serve queue q of every device);
+    /// several counts are measured in the same run and compared with the first.
+    #[arg(long, value_delimiter = ',', default_value = "1", value_parser = clap::value_parser!(u16).range(1..=256))]
+    devices: Vec<u16>,
     /// Seconds per point.
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
@@ -110,6 +116,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     if a.size < (4 << 20) {
         bail!("--size must be at least 4M");
     }
+    let several_devices = a.devices.iter().any(|&d| d != a.devices[0]);
+    if several_devices && a.coalesce.contains(&true) && a.coalesce.contains(&false) {
+        bail!("--devices with several counts takes one --coalesce setting, not both");
+    }
     if let Some(p) = &a.plot {
         if !p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
             bail!("--plot writes a PNG: give a file name ending in .png, not {}", p.display());
@@ -183,40 +193,61 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             size,
         )
     });
-    let target = bench::Target {
+    let mut target = bench::Target {
         addr: addr.clone(),
         vol: Arc::new(vol),
         region: size,
         metrics,
         connections: usize::from(a.connections),
+        more: Vec::new(),
     };
     eprintln!("bench: prefilling {} MiB of {name} on {addr}", size >> 20);
     bench::prefill(&target).map_err(anyhow::Error::msg)?;
+    let max_devices = a.devices.iter().copied().max().unwrap_or(1);
+    target.add_devices(max_devices, |i| {
+        (!a.no_metrics).then(|| {
+            crate::metrics::DeviceMetrics::new(
+                &format!("bench-{}", i + 1),
+                name.as_str(),
+                "",
+                false,
+                max_shards,
+                max_depth,
+                size,
+            )
+        })
+    });
     let dur = Duration::from_secs_f64(a.seconds);
     let mut points: Vec<Point> = Vec::new();
     let driver = if a.no_metrics { Driver::SheepdevNoMetrics } else { Driver::Sheepdev };
     let both = a.coalesce.contains(&true) && a.coalesce.contains(&false);
     println!(
-        "| workload | shards | depth | coalesce | merged % | sheepdev IOPS | MiB/s | p50 µs | p99 µs | p99.9 µs | raw IOPS | raw p99 µs | IOPS ratio | p99 ratio |{}",
+        "| workload | shards | depth | devices | coalesce | merged % | sheepdev IOPS | MiB/s | p50 µs | p99 µs | p99.9 µs | raw IOPS | raw p99 µs | IOPS ratio | p99 ratio |{}",
         if a.metrics_overhead { " metrics off IOPS | on/off |" } else { "" }
     );
     println!(
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{}",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{}",
         if a.metrics_overhead { "---:|---:|" } else { "" }
     );
     let mut pairs: Vec<String> = Vec::new();
+    let mut by_devices: Vec<String> = Vec::new();
     // Per point: the sheepdev/raw ratios of each repetition (against the raw run next to
     // it), and for seqwrite-1m the MiB/s ÷ one request at a time.
     let mut goals: Vec<Goal> = Vec::new();
-    let run = |w, d, shards, depth, co| {
-        bench::run_point(&target, w, d, shards, depth, co, dur).map_err(anyhow::Error::msg)
+    let run = |w, d, shards, depth, devices, co| {
+        bench::run_point(&target, w, d, shards, depth, devices, co, dur).map_err(anyhow::Error::msg)
     };
+    // What each repetition measures: every coalesce setting with every device count.
+    let settings: Vec<(bool, u16)> =
+        a.coalesce.iter().flat_map(|&co| a.devices.iter().map(move |&dv| (co, dv))).collect();
     for &w in &a.workloads {
         // What `dog vdi write` does: one request at a time (seqwrite-1m only).
         let vs_one = w == Workload::SeqWrite1m && !a.no_raw;
         for &shards in &a.shards {
             for &depth in &a.depths {
                 let (mut on, mut off) = (Vec::new(), Vec::new());
+                // Per device count (in the order given): this point's runs.
+                let mut per_devices: Vec<Vec<Point>> = vec![Vec::new(); a.devices.len()];
                 let mut goal = Goal {
                     workload: w,
                     shards,
@@ -230,8 +261,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                     // The baselines run before sheepdev in even repetitions, after it in
                     // odd ones, so drift of the machine does not favour either side.
                     let baselines = |points: &mut Vec<Point>| -> anyhow::Result<(Option<Point>, Option<Point>)> {
-                        let raw = if a.no_raw { None } else { Some(run(w, Driver::Raw, shards, depth, true)?) };
-                        let one = if vs_one { Some(run(w, Driver::Raw, 1, 1, true)?) } else { None };
+                        let raw = if a.no_raw { None } else { Some(run(w, Driver::Raw, shards, depth, 1, true)?) };
+                        let one = if vs_one { Some(run(w, Driver::Raw, 1, 1, 1, true)?) } else { None };
                         for p in raw.iter().chain(&one) {
                             if p.errors > 0 {
                                 eprintln!("bench: {} raw errors in {} shards={} depth={}", p.errors, w.name(), p.shards, p.depth);
@@ -241,15 +272,15 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                         Ok((raw, one))
                     };
                     let before = if rep % 2 == 0 { Some(baselines(&mut points)?) } else { None };
-                    let mut order = a.coalesce.clone();
+                    let mut order = settings.clone();
                     if rep % 2 == 1 {
                         order.reverse();
                     }
                     let mut measured = Vec::new();
-                    for &co in &order {
-                        let p = run(w, driver, shards, depth, co)?;
+                    for &(co, dv) in &order {
+                        let p = run(w, driver, shards, depth, dv, co)?;
                         let moff = if a.metrics_overhead {
-                            Some(run(w, Driver::SheepdevNoMetrics, shards, depth, co)?)
+                            Some(run(w, Driver::SheepdevNoMetrics, shards, depth, dv, co)?)
                         } else {
                             None
                         };
@@ -268,8 +299,16 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                                 w.name()
                             );
                         }
-                        // The goals count the first coalesce setting given (the default, on).
-                        if a.coalesce.first() == Some(&p.coalesce) {
+                        if let Some(i) = a.devices.iter().position(|&d| d == p.devices) {
+                            if a.coalesce.first() == Some(&p.coalesce) {
+                                per_devices[i].push(p.clone());
+                            }
+                        }
+                        // The goals count the first coalesce setting and device count given
+                        // (the defaults: on, one device).
+                        if a.coalesce.first() == Some(&p.coalesce)
+                            && a.devices.first() == Some(&p.devices)
+                        {
                             if let Some(r) = &raw {
                                 goal.iops.push(p.iops / r.iops.max(1e-9));
                                 goal.p99.push(p.p99_us / r.p99_us.max(1e-9));
@@ -285,6 +324,9 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                     }
                 }
                 goals.push(goal);
+                if several_devices {
+                    by_devices.extend(devices_rows(w, shards, depth, &a.devices, &per_devices));
+                }
                 if both {
                     let iops = |v: &[Point]| median(v.iter().map(|p| p.iops).collect());
                     let p99 = |v: &[Point]| median(v.iter().map(|p| p.p99_us).collect());
@@ -310,6 +352,15 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         }
     }
     print_goals(&goals, a.repeat);
+    if several_devices {
+        println!(
+            "\nmany devices (medians of {} run(s) each, same run; the same total depth spread over the devices; against the first count given, {}; per-run ratios in run order):\n",
+            a.repeat, a.devices[0]
+        );
+        println!("| workload | shards | depth | devices | IOPS | p99 µs | IOPS ratio | p99 ratio | runs |");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
+        by_devices.iter().for_each(|l| println!("{l}"));
+    }
     if both {
         println!("\ncoalesce on/off (medians of {} run(s) each, same run; per-pair ratios in run order):\n", a.repeat);
         println!("| workload | shards | depth | on IOPS | off IOPS | IOPS on/off | p99 on/off | merged % (on) | pairs |");
@@ -340,6 +391,9 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 String::new()
             }
         );
+        // The curves are of the first device count given.
+        let points: Vec<Point> =
+            points.iter().filter(|p| p.devices == a.devices[0]).cloned().collect();
         crate::report::plot::draw(&points, &title, path)?;
         eprintln!("bench: plot written to {}", path.display());
     }
@@ -423,6 +477,40 @@ fn best_vs_one(goals: &[Goal]) -> Option<&Goal> {
 }
 
 /// One table row: a sheepdev point against the raw ceiling (and metrics off).
+/// The many-devices table's rows of one point: each device count against the first given
+/// (`runs[i]`: the runs with `devices[i]`, in run order).
+fn devices_rows(
+    w: Workload,
+    shards: u16,
+    depth: u16,
+    devices: &[u16],
+    runs: &[Vec<Point>],
+) -> Vec<String> {
+    let iops = |v: &[Point]| median(v.iter().map(|p| p.iops).collect());
+    let p99 = |v: &[Point]| median(v.iter().map(|p| p.p99_us).collect());
+    let Some(base) = runs.first() else { return Vec::new() };
+    devices
+        .iter()
+        .zip(runs)
+        .map(|(d, v)| {
+            let each: Vec<String> = v
+                .iter()
+                .zip(base)
+                .map(|(x, y)| format!("{:.2}", x.iops / y.iops.max(1e-9)))
+                .collect();
+            format!(
+                "| {} | {shards} | {depth} | {d} | {:.0} | {:.0} | **{:.2}** | {:.2} | {} |",
+                w.name(),
+                iops(v),
+                p99(v),
+                iops(v) / iops(base).max(1e-9),
+                p99(v) / p99(base).max(1e-9),
+                each.join(" ")
+            )
+        })
+        .collect()
+}
+
 fn print_row(p: &Point, raw: Option<&Point>, off: Option<&Point>) {
     let (rio, rp99, ratio, pratio) = match raw {
         Some(r) => (
@@ -436,10 +524,11 @@ fn print_row(p: &Point, raw: Option<&Point>, off: Option<&Point>) {
     let overhead = off
         .map_or(String::new(), |o| format!(" {:.0} | {:.3} |", o.iops, p.iops / o.iops.max(1e-9)));
     println!(
-        "| {} | {} | {} | {} | {:.0} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {rio} | {rp99} | {ratio} | {pratio} |{overhead}",
+        "| {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {rio} | {rp99} | {ratio} | {pratio} |{overhead}",
         p.workload.name(),
         p.shards,
         p.depth,
+        p.devices,
         if p.coalesce { "on" } else { "off" },
         100.0 * p.merged as f64 / p.ios.max(1) as f64,
         p.iops,

@@ -343,6 +343,7 @@ mod tests {
             driver,
             shards,
             depth,
+            devices: 1,
             coalesce: true,
             merged: 0,
             ios: 1,

@@ -247,6 +247,12 @@ impl Shard {
         }
     }
 
+    /// The shard's connections (to start another device's shard on them:
+    /// [`Shard::start_shared`]).
+    pub fn conns(&self) -> Conns {
+        self.conns.clone()
+    }
+
     /// Block-layer sheep requests that rode on another one (were not sent on their own).
     pub fn merged(&self) -> u64 {
         self.conns.iter().map(|c| c.merged()).sum()

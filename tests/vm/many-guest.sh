@@ -22,7 +22,8 @@
 #            over TCP; sheep and dog from run-vm.sh --bin) instead of the embedded store
 #   --perf   profile the daemon (perf from run-vm.sh --bin; cpu-clock samples, TCG has
 #            no PMU) during round 1 of the three sheepdev layouts, after fio's ramp:
-#            /out/perf-LAYOUT.txt, the symbols and objects by share of samples
+#            /out/perf-LAYOUT.txt, the symbols and objects by share of samples, and
+#            /out/perf-LAYOUT-callers.txt, the kernel call chains of the hottest ones
 #   JOBS: "process" (fio's default, one process per job) or "thread" (fio
 #   --thread: the jobs are threads of one fio process) for every layout.
 # Host runner: bash bench/vm-many.sh. Leaves /out/many.txt (the figures, one per
@@ -88,7 +89,7 @@ costed() { # LABEL CMD...
     d0=$(ticks "$SP") s0=$(ticks "$STP") a0=$(busy) w0=$(switches "$SP")
     case $PERF:$l in
         1:many_r1|1:one_r1|1:spread_r1)
-            (sleep 2; exec perf record -q -e cpu-clock -F 1000 -p "$SP" -o "/tmp/perf-${l%_r1}.data" -- sleep "$RUNTIME") \
+            (sleep 2; exec perf record -q -g -e cpu-clock -F 1000 -p "$SP" -o "/tmp/perf-${l%_r1}.data" -- sleep "$RUNTIME") \
                 >"$OUT/perf-record-${l%_r1}.log" 2>&1 &
             "$@"
             wait $! || say "perf record for $l failed: $(cat "$OUT/perf-record-${l%_r1}.log")" ;;
@@ -171,8 +172,11 @@ if [ "$PERF" = 1 ]; then
     for l in one spread many; do
         [ -s "/tmp/perf-$l.data" ] || { say "no profile of $l"; continue; }
         { perf report -i "/tmp/perf-$l.data" --stdio --no-children --sort dso 2>&1 | grep -v '^#' | grep . | head -n 8
-          perf report -i "/tmp/perf-$l.data" --stdio --no-children --sort sym 2>&1 | grep -E '^# Samples|^ ' | head -n 60
+          perf report -i "/tmp/perf-$l.data" --stdio --no-children --sort sym -g none 2>&1 | grep -E '^# Samples|^ ' | head -n 60
         } >"$OUT/perf-$l.txt"
+        # Who calls the kernel's hot symbols (kernel stacks; user code has no frame pointers).
+        perf report -i "/tmp/perf-$l.data" --stdio --no-children --sort sym -g caller,0.5,callee,function,percent \
+            --percent-limit 1.5 2>&1 | grep -v '^#' | head -n 600 >"$OUT/perf-$l-callers.txt"
         rec "perf_$l $(grep -m1 '^# Samples' "$OUT/perf-$l.txt" | sed 's/^# //')"
     done
 fi

@@ -159,14 +159,31 @@ impl Target {
         }
     }
 
-    /// The bytes of the region each of `devices` devices touches (its slice; the whole
-    /// region for one device).
     fn device_region(&self, devices: u16, bs: u32) -> u64 {
-        if devices <= 1 {
-            return self.region;
-        }
-        self.region / u64::from(devices) / u64::from(bs) * u64::from(bs)
+        device_region(self.region, devices, bs)
     }
+}
+
+/// The bytes of `region` each of `devices` devices touches (its slice, whole `bs` blocks;
+/// the whole region for one device).
+pub fn device_region(region: u64, devices: u16, bs: u32) -> u64 {
+    if devices <= 1 {
+        return region;
+    }
+    region / u64::from(devices) / u64::from(bs) * u64::from(bs)
+}
+
+/// Why a point of `w` with `shards` threads and `devices` devices cannot run on `region`
+/// bytes (each thread needs at least one request's worth of each device's slice).
+pub fn too_small(region: u64, w: Workload, shards: u16, devices: u16) -> Option<String> {
+    (device_region(region, devices, w.block_size()) < u64::from(w.block_size()) * u64::from(shards))
+        .then(|| {
+            format!(
+                "{devices} devices leave less than one {} request per shard of the {} MiB region",
+                w.name(),
+                region >> 20
+            )
+        })
 }
 
 /// xorshift64*: a fast, allocation-free generator for offsets.
@@ -218,12 +235,8 @@ pub fn run_point(
     if usize::from(devices) > 1 + t.more.len() {
         return Err(format!("{devices} devices asked for, the target has {}", 1 + t.more.len()));
     }
-    if t.device_region(devices, w.block_size()) < u64::from(w.block_size()) * u64::from(shards) {
-        return Err(format!(
-            "{devices} devices leave less than one {} request per shard of the {} MiB region",
-            w.name(),
-            t.region >> 20
-        ));
+    if let Some(why) = too_small(t.region, w, shards, devices) {
+        return Err(why);
     }
     if let (Driver::Sheepdev, Some(dm)) = (driver, &t.metrics) {
         // Queues this point does not run show depth 0, not the last point's depth.

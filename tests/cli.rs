@@ -374,6 +374,7 @@ fn snapshot_clone_rebase_delete_from_the_cli() {
 
 /// `sheepdev fio-report`: fio JSON (a warning line first, as fio writes it) from a directory,
 /// against a ceiling; a job that reported an error still prints, then fails the command.
+/// And the bench's bad options (`--plot`, `--devices`), refused in one line before it runs.
 #[test]
 fn fio_report_against_a_ceiling() {
     let job = |name: &str, iops: f64, p99: u64, error: i32| {
@@ -427,6 +428,24 @@ fn fio_report_against_a_ceiling() {
         .output()
         .expect("sheepdev runs");
     fails_with(&o, "--plot writes a PNG");
+
+    // Bad --devices: each fails at once with one line, before any store is started.
+    for (args, line) in [
+        (&["--devices", "0"][..], "0 is not in 1..=256"),
+        (&["--devices", "1,8", "--coalesce", "on,off"][..], "takes one --coalesce setting"),
+        (
+            &["--workloads", "seqwrite-1m", "--shards", "2", "--devices", "1,64", "--size", "64M"]
+                [..],
+            "64 devices leave less than one seqwrite-1m request per shard of the 64 MiB region",
+        ),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_sheepdev"))
+            .arg("bench")
+            .args(args)
+            .output()
+            .expect("sheepdev runs");
+        fails_with(&o, line);
+    }
 }
 
 /// `sheepdev serve` given the device table of a daemon that is gone, on a kernel that no

@@ -116,6 +116,16 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     if a.size < (4 << 20) {
         bail!("--size must be at least 4M");
     }
+    // Before the store and the prefill: a --size too small for --devices fails at once.
+    for &w in &a.workloads {
+        for &shards in &a.shards {
+            for &devices in &a.devices {
+                if let Some(why) = bench::too_small(a.size, w, shards, devices) {
+                    bail!("{why}: give a larger --size or fewer --devices");
+                }
+            }
+        }
+    }
     let several_devices = a.devices.iter().any(|&d| d != a.devices[0]);
     if several_devices && a.coalesce.contains(&true) && a.coalesce.contains(&false) {
         bail!("--devices with several counts takes one --coalesce setting, not both");

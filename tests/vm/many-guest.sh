@@ -171,7 +171,7 @@ for d in $nulls $onenull; do sheepdev del "$d" >/dev/null; done
 if [ "$PERF" = 1 ]; then
     for l in one spread many; do
         [ -s "/tmp/perf-$l.data" ] || { say "no profile of $l"; continue; }
-        { perf report -i "/tmp/perf-$l.data" --stdio --no-children --sort dso 2>&1 | grep -v '^#' | grep . | head -n 8
+        { perf report -i "/tmp/perf-$l.data" --stdio --no-children --sort dso -g none 2>&1 | grep -v '^#' | grep . | head -n 8
           perf report -i "/tmp/perf-$l.data" --stdio --no-children --sort sym -g none 2>&1 | grep -E '^# Samples|^ ' | head -n 60
         } >"$OUT/perf-$l.txt"
         # Who calls the kernel's hot symbols (kernel stacks; user code has no frame pointers).

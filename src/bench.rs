@@ -158,10 +158,6 @@ impl Target {
             self.more.push(Device { vol: Arc::new(vol), metrics: metrics(i) });
         }
     }
-
-    fn device_region(&self, devices: u16, bs: u32) -> u64 {
-        device_region(self.region, devices, bs)
-    }
 }
 
 /// The bytes of `region` each of `devices` devices touches (its slice, whole `bs` blocks;
@@ -250,7 +246,7 @@ pub fn run_point(
             let (addr, vol, dm, conns) =
                 (t.addr.clone(), t.vol.clone(), t.metrics.clone(), t.connections);
             let more = t.more[..usize::from(devices) - 1].to_vec();
-            let region = t.device_region(devices, w.block_size());
+            let region = device_region(t.region, devices, w.block_size());
             std::thread::Builder::new()
                 .name(format!("bench-shard-{s}"))
                 .spawn(move || {
@@ -606,9 +602,9 @@ mod tests {
             connections: 1,
             more: Vec::new(),
         };
-        assert_eq!(t.device_region(1, 4096), (1 << 30) + 4096, "one device: the whole region");
-        assert_eq!(t.device_region(32, 1 << 20), 32 << 20);
-        assert_eq!(t.device_region(3, 1 << 20) % (1 << 20), 0);
+        assert_eq!(device_region(t.region, 1, 4096), (1 << 30) + 4096, "one device: all of it");
+        assert_eq!(device_region(t.region, 32, 1 << 20), 32 << 20);
+        assert_eq!(device_region(t.region, 3, 1 << 20) % (1 << 20), 0);
         t.add_devices(4, |_| None);
         assert_eq!(t.more.len(), 3);
         assert!(t.more.iter().all(|d| d.vol.entry(255) == Some(7) && d.vol.vid() == Vid(7)));

@@ -109,6 +109,16 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// The median IOPS of some runs of one point.
+fn iops(v: &[Point]) -> f64 {
+    median(v.iter().map(|p| p.iops).collect())
+}
+
+/// The median p99 (µs) of some runs of one point.
+fn p99(v: &[Point]) -> f64 {
+    median(v.iter().map(|p| p.p99_us).collect())
+}
+
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     if !(0.1..=3600.0).contains(&a.seconds) {
         bail!("--seconds must be between 0.1 and 3600");
@@ -192,32 +202,11 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     }
     let max_shards = a.shards.iter().copied().max().unwrap_or(1);
     let max_depth = a.depths.iter().copied().max().unwrap_or(1);
-    let metrics = (!a.no_metrics).then(|| {
-        crate::metrics::DeviceMetrics::new(
-            "bench",
-            name.as_str(),
-            "",
-            false,
-            max_shards,
-            max_depth,
-            size,
-        )
-    });
-    let mut target = bench::Target {
-        addr: addr.clone(),
-        vol: Arc::new(vol),
-        region: size,
-        metrics,
-        connections: usize::from(a.connections),
-        more: Vec::new(),
-    };
-    eprintln!("bench: prefilling {} MiB of {name} on {addr}", size >> 20);
-    bench::prefill(&target).map_err(anyhow::Error::msg)?;
-    let max_devices = a.devices.iter().copied().max().unwrap_or(1);
-    target.add_devices(max_devices, |i| {
+    // A bench device's metrics (none with --no-metrics): `bench`, then `bench-2`, `bench-3`, …
+    let device_metrics = |device: &str| {
         (!a.no_metrics).then(|| {
             crate::metrics::DeviceMetrics::new(
-                &format!("bench-{}", i + 1),
+                device,
                 name.as_str(),
                 "",
                 false,
@@ -226,7 +215,19 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                 size,
             )
         })
-    });
+    };
+    let mut target = bench::Target {
+        addr: addr.clone(),
+        vol: Arc::new(vol),
+        region: size,
+        metrics: device_metrics("bench"),
+        connections: usize::from(a.connections),
+        more: Vec::new(),
+    };
+    eprintln!("bench: prefilling {} MiB of {name} on {addr}", size >> 20);
+    bench::prefill(&target).map_err(anyhow::Error::msg)?;
+    let max_devices = a.devices.iter().copied().max().unwrap_or(1);
+    target.add_devices(max_devices, |i| device_metrics(&format!("bench-{}", i + 1)));
     let dur = Duration::from_secs_f64(a.seconds);
     let mut points: Vec<Point> = Vec::new();
     let driver = if a.no_metrics { Driver::SheepdevNoMetrics } else { Driver::Sheepdev };
@@ -338,8 +339,6 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
                     by_devices.extend(devices_rows(w, shards, depth, &a.devices, &per_devices));
                 }
                 if both {
-                    let iops = |v: &[Point]| median(v.iter().map(|p| p.iops).collect());
-                    let p99 = |v: &[Point]| median(v.iter().map(|p| p.p99_us).collect());
                     let each: Vec<String> = on
                         .iter()
                         .zip(&off)
@@ -486,7 +485,6 @@ fn best_vs_one(goals: &[Goal]) -> Option<&Goal> {
         .max_by(|x, y| median(x.vs_one.clone()).total_cmp(&median(y.vs_one.clone())))
 }
 
-/// One table row: a sheepdev point against the raw ceiling (and metrics off).
 /// The many-devices table's rows of one point: each device count against the first given
 /// (`runs[i]`: the runs with `devices[i]`, in run order).
 fn devices_rows(
@@ -496,8 +494,6 @@ fn devices_rows(
     devices: &[u16],
     runs: &[Vec<Point>],
 ) -> Vec<String> {
-    let iops = |v: &[Point]| median(v.iter().map(|p| p.iops).collect());
-    let p99 = |v: &[Point]| median(v.iter().map(|p| p.p99_us).collect());
     let Some(base) = runs.first() else { return Vec::new() };
     devices
         .iter()
@@ -521,6 +517,7 @@ fn devices_rows(
         .collect()
 }
 
+/// One table row: a sheepdev point against the raw ceiling (and metrics off).
 fn print_row(p: &Point, raw: Option<&Point>, off: Option<&Point>) {
     let (rio, rp99, ratio, pratio) = match raw {
         Some(r) => (

@@ -7,9 +7,6 @@
 //!   memory an SQE points to must stay valid until that future resolves; callers own such
 //!   memory for at least that long and never drop these futures early (shard tasks run to
 //!   completion; see `conn.rs`).
-//! - [`submit_last`] is [`submit`] for an entry that should reach the kernel after the
-//!   others of this round: [`run_local`] pushes it just before it next enters the ring,
-//!   after everything the tasks pushed meanwhile (a ublk commit: `ublk::queue`).
 //! - [`init_thread_ring`] creates the ring for a thread that has no ublk queue (tests and
 //!   the no-kernel benchmark); [`run_local`] drives such a thread's tasks to completion with
 //!   the same reaping code the ublk queue loop uses, counting the task runs it makes
@@ -47,38 +44,6 @@ thread_local! {
     /// Tasks waiting in [`entered`]; woken after each enter. The vector keeps its
     /// capacity, so waiting allocates nothing once it has grown.
     static ENTERED: RefCell<Vec<std::task::Waker>> = const { RefCell::new(Vec::new()) };
-    /// Entries of [`submit_last`], pushed just before the loop's next enter.
-    static LAST: RefCell<Vec<squeue::Entry>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Whether `ublk::queue` pushes its commits with [`submit_last`]: yes, unless the process
-/// was started with `SHEEPDEV_COMMITS=first` — the order before, kept for the A/B benchmark
-/// `bench/vm-commits.sh` (tuning/README.md, "Commits last"). Read once per process.
-pub fn commits_last() -> bool {
-    static LAST: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *LAST.get_or_init(|| std::env::var("SHEEPDEV_COMMITS").as_deref() != Ok("first"))
-}
-
-/// [`submit`], but the entry goes to the end of the submission queue: it is pushed just
-/// before the loop's next enter, after every entry the tasks pushed meanwhile.
-pub async fn submit_last(sqe: squeue::Entry) -> i32 {
-    let f = UblkUringOpFuture::new(UblkUringData::Target as u64);
-    LAST.with_borrow_mut(|l| l.push(sqe.user_data(f.user_data)));
-    f.await
-}
-
-/// Push the entries of [`submit_last`] (flushing the submission queue where it is full).
-fn push_last(r: &mut IoUring<squeue::Entry, io_uring::cqueue::Entry>) -> std::io::Result<()> {
-    LAST.with_borrow_mut(|l| {
-        for sqe in l.drain(..) {
-            // SAFETY: as for any entry of `submit`: what it points to is kept valid by its
-            // submitter until its CQE (or, for a read's commit, until `entered`).
-            while unsafe { r.submission().push(&sqe) }.is_err() {
-                r.submit()?;
-            }
-        }
-        Ok(())
-    })
 }
 
 /// Wait until the loop has entered the ring once more (module contract).
@@ -290,7 +255,6 @@ pub fn run_local<'a, T: 'a>(
             break;
         }
         let r = libublk::io::with_task_io_ring_mut(|r| {
-            push_last(r)?;
             let entered = r.submit_and_wait(1);
             wake_entered();
             entered?;
@@ -384,38 +348,6 @@ mod tests {
         assert_eq!(a, b, "no wake-up between: one stamp");
         assert!(c >= a + Duration::from_millis(20), "refreshed after the ring woke the task");
         assert!(c <= Instant::now());
-    }
-
-    #[test]
-    fn an_entry_submitted_last_reaches_the_kernel_after_those_pushed_after_it() {
-        init_thread_ring(64).expect("ring");
-        let exe = super::super::exec::LocalExecutor::new();
-        let mut fds = [0; 2];
-        // SAFETY: `fds` is a live array of two descriptors, as pipe(2) wants.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
-        let (rd, wr) = (fds[0], fds[1]);
-        let (last, now) = (*b"L", *b"N");
-        // Both writes are pushed in one round of tasks, the "last" one first; both bytes live
-        // in the task (moved in) until their CQEs.
-        let (a, b) = run_local(&exe, async move {
-            futures_lite::future::zip(
-                submit_last(opcode::Write::new(types::Fd(wr), last.as_ptr(), 1).build()),
-                submit(opcode::Write::new(types::Fd(wr), now.as_ptr(), 1).build()),
-            )
-            .await
-        })
-        .expect("ran");
-        assert_eq!((a, b), (1, 1), "both written");
-        let mut got = [0u8; 2];
-        // SAFETY: reads at most 2 bytes into a live local array.
-        let n = unsafe { libc::read(rd, got.as_mut_ptr().cast(), got.len()) };
-        // SAFETY: closing descriptors this test opened and no longer uses.
-        unsafe {
-            libc::close(rd);
-            libc::close(wr);
-        }
-        assert_eq!(n, 2);
-        assert_eq!(&got, b"NL", "the entry submitted last went to the kernel last");
     }
 
     #[test]

@@ -16,12 +16,6 @@
 //!   on this thread's ring and resolve when the driver hands the tag its next request:
 //!   `Ok(())`, or `Err(errno)` when it will not (ENODEV: the device stops, or the queue is
 //!   aborted). Every command of a queue comes from the one thread that made it.
-//! - A commit goes to the end of the ring's submission queue ([`ring::submit_last`]): in
-//!   the loop's next `io_uring_enter` the kernel takes the sends to sheep that the same
-//!   round of tasks pushed first, then the commits. Completing a request wakes the
-//!   application thread waiting on it, which may preempt the core thread inside that very
-//!   enter; with commits first, the requests for sheep behind them waited for the core to
-//!   get its CPU back (measured: "Commits last" in tuning/README.md).
 //! - How request data moves is the device's [`Transfer`] mode ([`Queue::transfer`]):
 //!   - [`Transfer::GetData`] (UBLK_F_NEED_GET_DATA, the default for new sheep devices): a tag
 //!     has no buffer while it waits. A write with data first resolves
@@ -190,10 +184,6 @@ impl Queue {
         result: i32,
         sqe_addr: u64,
     ) -> Result<Next, i32> {
-        // A commit completes a request to its application, whose thread the driver wakes
-        // while the ring takes the command; it goes after what the tasks pushed for the
-        // backend (ring::submit_last): see the module contract.
-        let commit = op == sys::UBLK_U_IO_COMMIT_AND_FETCH_REQ;
         let mut c = [0u8; 16];
         c[0..2].copy_from_slice(&self.qid.to_ne_bytes());
         c[2..4].copy_from_slice(&tag.to_ne_bytes());
@@ -204,12 +194,7 @@ impl Queue {
         if sqe_addr != 0 {
             sqe = ring::with_sqe_addr(sqe, sqe_addr);
         }
-        let r = if commit && ring::commits_last() {
-            ring::submit_last(sqe).await
-        } else {
-            ring::submit(sqe).await
-        };
-        match r {
+        match ring::submit(sqe).await {
             r if r == sys::UBLK_IO_RES_OK as i32 => Ok(Next::Request),
             r if r == sys::UBLK_IO_RES_NEED_GET_DATA as i32
                 && self.transfer == Transfer::GetData =>

@@ -16,7 +16,8 @@
 #     devices (fio's file list, QD8 per device on average), so that N devices
 #     and one differ in nothing but the devices (not in fio's N jobs);
 #   - the CPU each fio run cost the daemon, the store and the whole guest
-#     (clock ticks from /proc, ramp included), to tell where a many/one gap goes.
+#     (clock ticks from /proc, ramp included), to tell where a many/one gap goes;
+#     and the same over fio's steady state alone (win_*: setup and ramp left out).
 # Usage (guest): many-guest.sh [--sheep] [--perf] [N [RUNTIME_S [ROUNDS [JOBS]]]]
 #   --sheep  a real sheep (one node, local driver, -n, objects on tmpfs, copies 1,
 #            over TCP; sheep and dog from run-vm.sh --bin) instead of the embedded store
@@ -43,6 +44,7 @@ RUNTIME=${2:-10}
 ROUNDS=${3:-2}
 JOBS=${4:-process}
 OUT=/out
+[ "$RUNTIME" -ge 4 ] || { echo "many: RUNTIME_S is at least 4 (the steady-state window)"; exit 2; }
 mkdir -p "$OUT/fio"
 R=$OUT/many.txt
 : >"$R"
@@ -83,9 +85,20 @@ busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 switches() { cat /proc/"$1"/task/*/status | awk '/^(non)?voluntary_ctxt_switches/ { n += $2 } END { print n }'; }
 # Run "$@" (one fio) and record, as cpu_LABEL, the ticks it cost the daemon, the store and
 # the guest, and the daemon's context switches: "daemon D store S all A switches W".
+# The same ticks over fio's steady state only, as win_LABEL (from 3 s after fio starts, past its
+# setup and ramp, for RUNTIME - 2 s): "daemon D store S all A secs T".
+window() { # LABEL
+    local d0 s0 a0
+    sleep 3
+    d0=$(ticks "$SP") s0=$(ticks "$STP") a0=$(busy)
+    sleep $((RUNTIME - 2))
+    rec "win_$1 daemon $(($(ticks "$SP") - d0)) store $(($(ticks "$STP") - s0)) all $(($(busy) - a0)) secs $((RUNTIME - 2))"
+}
 costed() { # LABEL CMD...
-    local l=$1 d0 s0 a0 w0
+    local l=$1 d0 s0 a0 w0 wp
     shift
+    window "$l" &
+    wp=$!
     d0=$(ticks "$SP") s0=$(ticks "$STP") a0=$(busy) w0=$(switches "$SP")
     case $PERF:$l in
         1:many_r1|1:one_r1|1:spread_r1)
@@ -96,6 +109,7 @@ costed() { # LABEL CMD...
         *) "$@" ;;
     esac
     rec "cpu_$l daemon $(($(ticks "$SP") - d0)) store $(($(ticks "$STP") - s0)) all $(($(busy) - a0)) switches $(($(switches "$SP") - w0))"
+    wait "$wp"
 }
 rec "ticks_per_s $(getconf CLK_TCK 2>/dev/null || echo 100)"
 rec "kernel $(uname -r)"

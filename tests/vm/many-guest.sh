@@ -83,10 +83,8 @@ ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 # Context switches (voluntary and not) of every thread of a process: its sleeps and wake-ups.
 switches() { cat /proc/"$1"/task/*/status | awk '/^(non)?voluntary_ctxt_switches/ { n += $2 } END { print n }'; }
-# Run "$@" (one fio) and record, as cpu_LABEL, the ticks it cost the daemon, the store and
-# the guest, and the daemon's context switches: "daemon D store S all A switches W".
-# The same ticks over fio's steady state only, as win_LABEL (from 3 s after fio starts, past its
-# setup and ramp, for RUNTIME - 2 s): "daemon D store S all A secs T".
+# The ticks of a fio run's steady state only, as win_LABEL (from 3 s after fio starts, past
+# its setup and ramp, for RUNTIME - 2 s): "daemon D store S all A secs T".
 window() { # LABEL
     local d0 s0 a0
     sleep 3
@@ -94,6 +92,9 @@ window() { # LABEL
     sleep $((RUNTIME - 2))
     rec "win_$1 daemon $(($(ticks "$SP") - d0)) store $(($(ticks "$STP") - s0)) all $(($(busy) - a0)) secs $((RUNTIME - 2))"
 }
+# Run "$@" (one fio) and record, as cpu_LABEL, the ticks it cost the daemon, the store and
+# the guest, and the daemon's context switches: "daemon D store S all A switches W"; and,
+# from window, the same over its steady state.
 costed() { # LABEL CMD...
     local l=$1 d0 s0 a0 w0 wp
     shift

@@ -251,7 +251,7 @@ pub fn run_point(
                 .name(format!("bench-shard-{s}"))
                 .spawn(move || {
                     let job = Job {
-                        vol: vol.clone(),
+                        vol,
                         region,
                         w,
                         s,
@@ -260,7 +260,7 @@ pub fn run_point(
                         devices,
                         deadline: Instant::now() + duration,
                     };
-                    shard_thread(addr, conns, vol, more, dm, driver, coalesce, job)
+                    shard_thread(addr, conns, more, dm, driver, coalesce, job)
                 })
                 .map_err(|e| format!("cannot start a shard thread: {e}"))
         })
@@ -318,11 +318,9 @@ enum Io {
     Raw(Rc<RingConn>),
 }
 
-#[allow(clippy::too_many_arguments)]
 fn shard_thread(
     addr: Gateway,
     conns: usize,
-    vol: Arc<Volume>,
     more: Vec<Device>,
     dm: Option<DeviceMetrics>,
     driver: Driver,
@@ -357,6 +355,7 @@ fn shard_thread(
         .into_iter()
         .map(|d| (shard::Config { metrics: queue_metrics(d.metrics), ..cfg.clone() }, d.vol))
         .collect();
+    let vol = job.vol.clone();
     let spawned = shard::spawn(&format!("bench-shard-{s}"), cfg, vol, move |sh, exe| {
         // Devices 2, 3, …: shards of their own on this thread's connections.
         let others: Vec<_> = more_cfg

@@ -411,7 +411,7 @@ impl Shard {
             .call_data(hdr, payload, dest)
             .await
             .and_then(|rsp| check(&rsp).map(|()| rsp));
-        let m = m.borrow();
+        let mut m = m.borrow_mut();
         m.backend(kind, ring::now().saturating_duration_since(t0));
         if let Err(e) = r {
             m.backend_error(kind, error_label(e));

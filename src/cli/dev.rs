@@ -85,8 +85,9 @@ pub struct AddArgs {
     /// Gateways host[:port] or unix:/path, comma-separated (instead of HOST[:PORT]).
     #[arg(short = 'a', long = "address")]
     address: Option<String>,
-    /// Hardware queues, queue q served by the daemon's core q mod cores; default: one per
-    /// core of the daemon (`serve --cores`).
+    /// Hardware queues, queue q served by the daemon's core q mod cores (with fewer queues
+    /// than cores, starting at core id x queues); default: one per core of the daemon
+    /// (`serve --cores`).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
     queues: Option<u16>,
     /// Requests in flight per queue.

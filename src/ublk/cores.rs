@@ -5,7 +5,8 @@
 //! - [`Cores::start`] starts one thread per listed CPU, once, at `serve`. Each pins itself,
 //!   makes its io_uring and executor, and waits on its mailbox (`shard::mail`) — the one
 //!   `io_uring_enter` it sleeps in also serves every queue and sheep socket it has.
-//! - A device's queue q is attached to core `q mod cores` with an owned message
+//! - A device's queue q is attached to core `q mod cores` (a device with fewer queues than
+//!   cores: shifted by `dev_id × queues`, [`core_of`]) with an owned message
 //!   ([`Attach`]): the core maps the queue (`queue.rs`), starts the device's shard for it on
 //!   the core's connections to those gateways (made by the first device that needs them,
 //!   each connect on a helper thread so that the core goes on serving its other devices
@@ -158,11 +159,26 @@ impl Cores {
         &self.cpus
     }
 
-    /// Hand queue `a.qid` to its core; `Err` when that core is gone.
+    /// Hand queue `a.qid` to its core ([`core_of`]); `Err` when that core is gone.
     pub(super) fn attach(&self, a: Attach) -> Result<(), super::Error> {
-        let core = usize::from(a.qid) % self.posts.len();
+        let info = &a.dev.dev_info;
+        let core = core_of(a.qid, info.nr_hw_queues, info.dev_id, self.posts.len());
         self.posts[core].send(a).map_err(|a| super::Error::CoreGone { core, queue: a.qid })
     }
+}
+
+/// The core that serves queue `qid` of device `dev_id`, which has `queues` queues, out of
+/// `cores`: core q mod cores, so that with a queue per core (the default) a core serves
+/// queue q of every device, the queue the kernel gives the requests of its own CPU. A device
+/// with fewer queues than there are cores starts at core `dev_id × queues`, so that such
+/// devices fill the cores in turn instead of all sitting on the first ones.
+pub(super) fn core_of(qid: u16, queues: u16, dev_id: u32, cores: usize) -> usize {
+    let first = if usize::from(queues) >= cores {
+        0
+    } else {
+        (dev_id as usize).wrapping_mul(usize::from(queues)) % cores
+    };
+    (first + usize::from(qid)) % cores
 }
 
 /// One core's state, owned by its thread.
@@ -507,4 +523,34 @@ async fn user_copy_io(
         q.copy_out(tag, &buf[..len]).map_err(io_err)?;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::core_of;
+
+    #[test]
+    fn a_queue_per_core_puts_queue_q_of_every_device_on_core_q() {
+        for dev in 0..8 {
+            for q in 0..4 {
+                assert_eq!(core_of(q, 4, dev, 4), usize::from(q));
+            }
+        }
+        // More queues than cores: q mod cores.
+        assert_eq!(core_of(5, 8, 3, 4), 1);
+    }
+
+    #[test]
+    fn devices_with_fewer_queues_than_cores_fill_the_cores_in_turn() {
+        let mut load = [0u32; 4];
+        for dev in 0..32 {
+            let cores: Vec<usize> = (0..2).map(|q| core_of(q, 2, dev, 4)).collect();
+            assert_ne!(cores[0], cores[1], "a device's queues are on distinct cores");
+            cores.iter().for_each(|&c| load[c] += 1);
+        }
+        assert_eq!(load, [16; 4]);
+        let one: Vec<usize> = (0..6).map(|dev| core_of(0, 1, dev, 2)).collect();
+        assert_eq!(one, [0, 1, 0, 1, 0, 1]);
+        assert_eq!(core_of(0, 1, u32::MAX, 3), (u32::MAX as usize) % 3);
+    }
 }

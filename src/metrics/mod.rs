@@ -256,6 +256,8 @@ pub struct Families {
     pub create_waits: IntCounterVec,
     pub inode_reloads: IntCounterVec,
     pub zero_copy: IntCounterVec,
+    pub core_enters: IntCounterVec,
+    pub core_completions: IntCounterVec,
 }
 
 /// A [`LatencyVec`] the registry holds while [`Families`] keeps its own handle.
@@ -368,6 +370,18 @@ impl Families {
                  write, copied out into a pool buffer) or unregistered (not registered: moved by user \
                  copy).",
                 &["device", "queue", "path"],
+            ),
+            core_enters: c(
+                "sheepdev_core_ring_enters_total",
+                "io_uring_enter calls of a core thread's loop (each one serves the kernel's \
+                 queues and the sheep sockets of every device on the core).",
+                &["core"],
+            ),
+            core_completions: c(
+                "sheepdev_core_ring_completions_total",
+                "Completions a core thread's loop reaped from its ring; divided by \
+                 sheepdev_core_ring_enters_total, the completions one system call serves.",
+                &["core"],
             ),
             registry: r,
         };

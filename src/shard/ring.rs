@@ -20,6 +20,7 @@
 //!   order). A SEND_ZC's second CQE (IORING_CQE_F_NOTIF: the kernel let go of the pages)
 //!   is dropped by the loop, never matched to a future. [`register_buffer_table`] gives the
 //!   ring the empty buffer table zero-copy queues register request pages in.
+//! - [`loop_counts`]: the loop's enters and reaped CQEs so far on this thread.
 //! - [`now`] is the thread's loop clock: the time the loop last woke from the ring
 //!   ([`run_ready`], which both loops call after each wake-up), so every event reaped
 //!   in one wake-up has one time stamp and a request reads no clock. It lags the real
@@ -41,6 +42,8 @@ thread_local! {
     static NOW: Cell<Option<Instant>> = const { Cell::new(None) };
     /// `io_uring_enter`s of [`run_local`] on this thread.
     static ENTERS: Cell<u64> = const { Cell::new(0) };
+    /// CQEs [`run_local`] reaped on this thread.
+    static REAPED: Cell<u64> = const { Cell::new(0) };
     /// Tasks waiting in [`entered`]; woken after each enter. The vector keeps its
     /// capacity, so waiting allocates nothing once it has grown.
     static ENTERED: RefCell<Vec<std::task::Waker>> = const { RefCell::new(Vec::new()) };
@@ -57,6 +60,12 @@ pub async fn entered() {
         std::task::Poll::Pending
     })
     .await
+}
+
+/// This thread's loop so far: its `io_uring_enter`s and the CQEs it reaped (their ratio
+/// is the loop's batch: completions served per system call).
+pub fn loop_counts() -> (u64, u64) {
+    (ENTERS.get(), REAPED.get())
 }
 
 /// The ring was just entered: count it and wake the tasks of [`entered`].
@@ -259,6 +268,7 @@ pub fn run_local<'a, T: 'a>(
             wake_entered();
             entered?;
             ublk_reap_events_with_handler(r, |cqe| {
+                REAPED.set(REAPED.get().wrapping_add(1));
                 // A zero-copy send's second CQE only says the kernel let go of the pages
                 // (which the driver tracks itself): its user data is the send's, whose
                 // future resolved with the first and may be reused now.

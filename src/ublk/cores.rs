@@ -15,6 +15,9 @@
 //!   and answers [`Event::Ready`] (or [`Event::Failed`]). When the driver aborts the
 //!   queue's tags (the device stopped), the core closes that shard, unmaps the queue and
 //!   answers [`Event::Ended`]; the core itself and its connections stay.
+//! - Each core publishes its loop's `io_uring_enter`s and reaped completions every second
+//!   (`sheepdev_core_ring_enters_total`, `sheepdev_core_ring_completions_total`, by
+//!   core): their ratio is how many completions one system call serves.
 //! - Buffers: a request borrows from the core's pool (`buffers.rs`, `cap` bytes per core)
 //!   only while in flight — with NEED_GET_DATA (new sheep devices) or user copy
 //!   (`queue.rs`'s `Transfer`); on a driver with neither (before GET_FEATURES, 6.5) each tag
@@ -133,6 +136,7 @@ impl Cores {
                         table: RefCell::new(table.flatten()),
                         tid,
                     });
+                    exe.spawn(publish_loop_counts(i)).detach();
                     ring::run_local(exe, core.run(mail, exe));
                 })?;
             match ok_rx.recv() {
@@ -179,6 +183,26 @@ pub(super) fn core_of(qid: u16, queues: u16, dev_id: u32, cores: usize) -> usize
         (dev_id as usize).wrapping_mul(usize::from(queues)) % cores
     };
     (first + usize::from(qid)) % cores
+}
+
+/// How often a core publishes its loop's counters (`sheepdev_core_ring_*`).
+const PUBLISH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Publish this core thread's ring enters and reaped completions, every [`PUBLISH`], for
+/// as long as the thread runs.
+async fn publish_loop_counts(core: usize) {
+    let label = core.to_string();
+    let f = crate::metrics::global();
+    let enters = f.core_enters.with_label_values(&[label.as_str()]);
+    let reaped = f.core_completions.with_label_values(&[label.as_str()]);
+    let mut seen = (0, 0);
+    loop {
+        ring::sleep(PUBLISH).await;
+        let now = ring::loop_counts();
+        enters.inc_by(now.0.wrapping_sub(seen.0));
+        reaped.inc_by(now.1.wrapping_sub(seen.1));
+        seen = now;
+    }
 }
 
 /// One core's state, owned by its thread.

@@ -39,7 +39,8 @@
 #   8 many-devices eight devices at once on the daemon's core threads: fio
 #                 crc32c verify on all of them, kill -9 the daemon mid-fio,
 #                 serve again re-attaches all eight, every fio verifies clean;
-#                 daemon threads stay at most cores + 6
+#                 daemon threads stay at most cores + 6; every core's loop
+#                 counters (/metrics) count the I/O
 #   9 resize      ext4 on a 256M VDI; a shrink and a bad size are refused;
 #                 with UPDATE_SIZE (6.16+): `sheepdev resize` to 640M under fio
 #                 randwrite crc32c verify on the mounted ext4, the device grows
@@ -1114,6 +1115,14 @@ s8_many() {
         i=$((i + 1))
     done
     step "every fio verified clean across the kill"
+    sleep 1.5 # each core publishes its loop counters every second
+    w0=$(wget -qO- http://127.0.0.1:9477/metrics | awk -v cores="$cores" '
+        /^sheepdev_core_ring_enters_total\{/ { match($0, /core="[0-9]+"/); e[substr($0, RSTART + 6, RLENGTH - 7)] = $NF }
+        /^sheepdev_core_ring_completions_total\{/ { match($0, /core="[0-9]+"/); c[substr($0, RSTART + 6, RLENGTH - 7)] = $NF }
+        END { for (k = 0; k < cores; k++) { if (!(e[k] > 0 && c[k] > 0)) { print "core " k ": enters " e[k] + 0 ", completions " c[k] + 0; exit }
+              printf "core %d %d/%d ", k, c[k], e[k] } }')
+    case $w0 in *": enters"*) fail "a core's loop counters are missing or zero in /metrics after the I/O ($w0)" ;; esac
+    step "core loops (completions/enters): $w0"
     i=0
     for d in $devs; do
         del_dev "many$i" -- "$d"

@@ -179,6 +179,7 @@ impl LatencyVec {
 
     /// The series of these label values (in the family's label order), made on first use.
     pub fn with_label_values(&self, values: &[&str]) -> Arc<LatencySeries> {
+        debug_assert_eq!(values.len(), self.desc.variable_labels.len(), "one value per label");
         let key: Vec<String> = values.iter().map(|v| v.to_string()).collect();
         self.series
             .lock()

@@ -4,9 +4,9 @@
 //! - The daemon starts its [`Cores`] once: one pinned thread per core, each with one ring
 //!   that serves queue q of every device and the sheep connections (`cores.rs`).
 //! - [`start`] creates the device (libublk 0.4.8 for the control commands), hands queue q
-//!   to core q mod cores (`cores::core_of`), where one task per tag loops fetch → [`IoDesc`] →
-//!   `Shard::handle` → commit (`queue.rs`: the queue protocol, since libublk's `UblkQueue`
-//!   allows one queue per thread), and starts it. [`stop`] ends it; [`Ended::wait`] waits
+//!   to core q mod cores (`cores::core_of`), where one task per tag loops fetch →
+//!   [`IoDesc`] → `Shard::handle` → commit (`queue.rs`: the queue protocol, since
+//!   libublk's `UblkQueue` allows one queue per thread), and starts it. [`stop`] ends it; [`Ended::wait`] waits
 //!   for every queue to have let go, then deletes the device.
 //! - Device limits follow the VDI: size = `vdi_size`, `chunk_sectors` = object size (no
 //!   request crosses an object; the shard splits defensively anyway), `max_sectors` =
@@ -357,7 +357,8 @@ impl Ended {
 }
 
 /// Create the device (or re-attach it, with `Spec::recover`), attach its queues to the
-/// cores (queue q to core q mod cores, `cores::core_of`) and start it; returns once `/dev/ublkbN` serves I/O.
+/// cores (queue q to core q mod cores, `cores::core_of`) and start it; returns once
+/// `/dev/ublkbN` serves I/O.
 /// Blocking (control commands): run it off the control plane's executor. A device that
 /// fails to start is stopped again and, unless it was being re-attached, deleted; a failed
 /// re-attach leaves it as it was (quiesced).

@@ -160,8 +160,13 @@ impl LatencySeries {
 
 /// A latency family: the series of [`LatencySeries`] by label values, collected as a
 /// Prometheus histogram. Series are created and removed off the hot path (a queue
-/// starting, a device removed); the map's lock is taken only then and by a scrape.
-pub struct LatencyVec {
+/// starting, a device removed); the map's lock is taken only then and by a scrape. A clone
+/// is a handle to the same family (as the prometheus crate's vectors are), so the registry
+/// and [`Families`] each hold one.
+#[derive(Clone)]
+pub struct LatencyVec(Arc<LatencyFamily>);
+
+struct LatencyFamily {
     desc: Desc,
     series: Mutex<BTreeMap<Vec<String>, Arc<LatencySeries>>>,
 }
@@ -174,14 +179,15 @@ impl LatencyVec {
             labels.iter().map(|l| l.to_string()).collect(),
             Default::default(),
         )?;
-        Ok(LatencyVec { desc, series: Mutex::new(BTreeMap::new()) })
+        Ok(LatencyVec(Arc::new(LatencyFamily { desc, series: Mutex::new(BTreeMap::new()) })))
     }
 
     /// The series of these label values (in the family's label order), made on first use.
     pub fn with_label_values(&self, values: &[&str]) -> Arc<LatencySeries> {
-        debug_assert_eq!(values.len(), self.desc.variable_labels.len(), "one value per label");
+        debug_assert_eq!(values.len(), self.0.desc.variable_labels.len(), "one value per label");
         let key: Vec<String> = values.iter().map(|v| v.to_string()).collect();
-        self.series
+        self.0
+            .series
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(key)
@@ -193,7 +199,7 @@ impl LatencyVec {
     /// prometheus crate's vectors say it).
     pub fn remove_label_values(&self, values: &[&str]) -> prometheus::Result<()> {
         let key: Vec<String> = values.iter().map(|v| v.to_string()).collect();
-        match self.series.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key) {
+        match self.0.series.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key) {
             Some(_) => Ok(()),
             None => Err(prometheus::Error::Msg(format!("no series {values:?}"))),
         }
@@ -202,14 +208,14 @@ impl LatencyVec {
 
 impl Collector for LatencyVec {
     fn desc(&self) -> Vec<&Desc> {
-        vec![&self.desc]
+        vec![&self.0.desc]
     }
 
     fn collect(&self) -> Vec<proto::MetricFamily> {
-        let series = self.series.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let series = self.0.series.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         // Label pairs sorted by name, as the prometheus crate's own vectors give them.
-        let mut order: Vec<usize> = (0..self.desc.variable_labels.len()).collect();
-        order.sort_by_key(|&i| &self.desc.variable_labels[i]);
+        let mut order: Vec<usize> = (0..self.0.desc.variable_labels.len()).collect();
+        order.sort_by_key(|&i| &self.0.desc.variable_labels[i]);
         let metrics = series
             .iter()
             .map(|(values, s)| {
@@ -217,7 +223,7 @@ impl Collector for LatencyVec {
                     .iter()
                     .map(|&i| {
                         let mut p = proto::LabelPair::default();
-                        p.set_name(self.desc.variable_labels[i].clone());
+                        p.set_name(self.0.desc.variable_labels[i].clone());
                         p.set_value(values[i].clone());
                         p
                     })
@@ -228,8 +234,8 @@ impl Collector for LatencyVec {
             })
             .collect();
         let mut mf = proto::MetricFamily::default();
-        mf.set_name(self.desc.fq_name.clone());
-        mf.set_help(self.desc.help.clone());
+        mf.set_name(self.0.desc.fq_name.clone());
+        mf.set_help(self.0.desc.help.clone());
         mf.set_field_type(proto::MetricType::HISTOGRAM);
         mf.set_metric(metrics);
         vec![mf]
@@ -244,10 +250,10 @@ pub struct Families {
     pub device_size: IntGaugeVec,
     pub io_requests: IntCounterVec,
     pub io_bytes: IntCounterVec,
-    pub io_latency: Arc<LatencyVec>,
+    pub io_latency: LatencyVec,
     pub queue_inflight: IntGaugeVec,
     pub queue_depth: IntGaugeVec,
-    pub backend_latency: Arc<LatencyVec>,
+    pub backend_latency: LatencyVec,
     pub backend_errors: IntCounterVec,
     pub backend_inflight: IntGaugeVec,
     pub connection_up: IntGaugeVec,
@@ -259,18 +265,6 @@ pub struct Families {
     pub zero_copy: IntCounterVec,
     pub core_enters: IntCounterVec,
     pub core_completions: IntCounterVec,
-}
-
-/// A [`LatencyVec`] the registry holds while [`Families`] keeps its own handle.
-struct SharedLatencyVec(Arc<LatencyVec>);
-
-impl Collector for SharedLatencyVec {
-    fn desc(&self) -> Vec<&Desc> {
-        self.0.desc()
-    }
-    fn collect(&self) -> Vec<proto::MetricFamily> {
-        self.0.collect()
-    }
 }
 
 fn reg<C: Collector + Clone + 'static>(r: &Registry, c: C) -> C {
@@ -288,10 +282,7 @@ impl Families {
             reg(&r, IntCounterVec::new(Opts::new(n, h), l).expect("valid counter"))
         };
         let hist = |n: &str, h: &str, l: &[&str]| {
-            let v = Arc::new(LatencyVec::new(n, h, l).expect("valid histogram"));
-            r.register(Box::new(SharedLatencyVec(v.clone())))
-                .expect("each family is registered once, with a valid name");
-            v
+            reg(&r, LatencyVec::new(n, h, l).expect("valid histogram"))
         };
         let dq = &["device", "queue"];
         let f = Families {

@@ -6,8 +6,8 @@
 //! - [`start`] creates the device (libublk 0.4.8 for the control commands), hands queue q
 //!   to core q mod cores (`cores::core_of`), where one task per tag loops fetch →
 //!   [`IoDesc`] → `Shard::handle` → commit (`queue.rs`: the queue protocol, since
-//!   libublk's `UblkQueue` allows one queue per thread), and starts it. [`stop`] ends it; [`Ended::wait`] waits
-//!   for every queue to have let go, then deletes the device.
+//!   libublk's `UblkQueue` allows one queue per thread), and starts it. [`stop`] ends it;
+//!   [`Ended::wait`] waits for every queue to have let go, then deletes the device.
 //! - Device limits follow the VDI: size = `vdi_size`, `chunk_sectors` = object size (no
 //!   request crosses an object; the shard splits defensively anyway), `max_sectors` =
 //!   `max_io` ≤ object size, discard granularity = object size. No volatile cache is
